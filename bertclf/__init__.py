@@ -1,0 +1,18 @@
+"""bertclf: fine-tune pretrained transformer encoders for text classification, then evaluate, predict,
+serve and export them."""
+
+__version__ = "0.1.0"
+
+__all__ = ["Classifier", "TrainConfig", "train", "__version__"]
+
+
+def __getattr__(name):  # lazy: `import bertclf` stays fast and torch-free until needed
+    if name == "Classifier":
+        from bertclf.predict import Classifier
+
+        return Classifier
+    if name in ("TrainConfig", "train"):
+        from bertclf import loop as _train
+
+        return getattr(_train, name)
+    raise AttributeError(name)

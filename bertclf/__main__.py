@@ -1,0 +1,3 @@
+from bertclf.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,505 @@
+"""Stage 4, the training loop: fine-tune an encoder with a classification head.
+
+It reads like the tutorial it grew from (load data, tokenize, loop over batches, print loss and accuracy
+every N steps, report test accuracy), with each speed and safety trick named where it happens:
+
+  tokenize once up front · length-bucketed batches with dynamic padding · AdamW (fused on GPU) with linear
+  warmup and decay · bf16 autocast on GPUs that have it (fp16 + loss scaling otherwise, fp32 on CPU) ·
+  gradient accumulation · on CUDA out-of-memory halve the micro-batch (the effective batch stays) ·
+  no per-step host syncs (numbers leave the GPU only when logged) · validation each epoch or every N steps,
+  best checkpoint kept, early stopping · atomic checkpoints with exact resume.
+
+Accelerate runs the same code on CPU, one GPU or many (`accelerate launch` / `torchrun`).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import platform
+import shutil
+import sys
+import time
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertclf import __version__
+from bertclf import checkpoint as ckpt
+from bertclf import data as D
+from bertclf.batches import collate, epoch_batches, split_micro
+from bertclf.errors import UserError
+from bertclf.inference import predict_logits, softmax
+from bertclf.metrics import classification_report
+from bertclf.models import DEFAULT_MODEL, load_classifier, load_tokenizer, resolve
+from bertclf.tokens import encode, lengths
+
+
+@dataclass
+class TrainConfig:
+    out: str
+    data: str | None = None            # "nsmc", or None for --train FILE
+    train: str | None = None
+    valid: str | None = None
+    test: str | None = None
+    text_col: str | None = None        # default: "document" for NSMC, else "text"
+    label_col: str | None = None       # default: "label"
+    data_dir: str | None = None
+    model: str = DEFAULT_MODEL
+    epochs: float = 2
+    batch_size: int | None = None      # default: 32 on CPU, 256 on GPU
+    lr: float | None = None            # default: scaled with the batch size
+    max_length: int = 128
+    sample: float = 1.0
+    seed: int = 42
+    max_steps: int | None = None
+    precision: str = "auto"            # auto | fp32 | bf16 | fp16
+    grad_accum: int = 1
+    eval_every: int | None = None      # steps; default once per epoch
+    patience: int | None = None        # evaluations without improvement before stopping
+    checkpoint_every: int | None = None
+    resume: bool = False
+    overwrite: bool = False
+    valid_frac: float = 0.05
+    warmup: float = 0.06               # fraction of steps
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    log_every: int | None = None       # steps; default ~20 lines per run, at most every 500
+    keep_checkpoints: int = 2
+    trim_vocab: bool = False           # keep only the vocabulary pieces the training data uses
+    eval_batch_size: int = 128
+
+
+# Settings that must match for --resume to continue the same run.
+RESUME_KEYS = ("data", "train", "valid", "model", "epochs", "batch_size", "lr", "max_length", "sample", "seed",
+               "max_steps", "precision", "grad_accum", "valid_frac", "warmup", "weight_decay", "trim_vocab",
+               "text_col", "label_col", "eval_every")
+
+
+def validate_config(cfg: TrainConfig) -> None:
+    def bad(flag, why):
+        raise UserError(f"--{flag}: {why}")
+
+    if cfg.data not in (None, "nsmc"):
+        bad("data", f"unknown dataset '{cfg.data}'; the builtin dataset is 'nsmc', or use --train FILE")
+    if (cfg.data is None) == (cfg.train is None):
+        bad("train", "give exactly one of --data nsmc or --train FILE")
+    if not cfg.epochs > 0:
+        bad("epochs", f"must be > 0, got {cfg.epochs}")
+    if cfg.batch_size is not None and cfg.batch_size < 1:
+        bad("batch-size", f"must be >= 1, got {cfg.batch_size}")
+    if cfg.lr is not None and not (0 < cfg.lr < 1):
+        bad("lr", f"must be between 0 and 1, got {cfg.lr}")
+    if not 8 <= cfg.max_length <= 8192:
+        bad("max-length", f"must be between 8 and 8192, got {cfg.max_length}")
+    if not 0 < cfg.sample <= 1:
+        bad("sample", f"must be a fraction in (0, 1], got {cfg.sample}")
+    if cfg.max_steps is not None and cfg.max_steps < 1:
+        bad("max-steps", f"must be >= 1, got {cfg.max_steps}")
+    if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
+        bad("precision", f"must be auto, fp32, bf16 or fp16, got {cfg.precision}")
+    if cfg.grad_accum < 1:
+        bad("grad-accum", f"must be >= 1, got {cfg.grad_accum}")
+    for name in ("eval_every", "patience", "checkpoint_every", "log_every"):
+        v = getattr(cfg, name)
+        if v is not None and v < 1:
+            bad(name.replace("_", "-"), f"must be >= 1, got {v}")
+    if not 0 < cfg.valid_frac < 0.5:
+        bad("valid-frac", f"must be in (0, 0.5), got {cfg.valid_frac}")
+    if not 0 <= cfg.warmup < 1:
+        bad("warmup", f"must be a fraction in [0, 1), got {cfg.warmup}")
+    if cfg.keep_checkpoints < 1:
+        bad("keep-checkpoints", f"must be >= 1, got {cfg.keep_checkpoints}")
+
+
+def load_data(cfg: TrainConfig, log=print):
+    """(train, valid, test or None) datasets, as the config asks."""
+    if cfg.data == "nsmc":
+        cfg.text_col = cfg.text_col or D.NSMC_TEXT_COL
+        cfg.label_col = cfg.label_col or D.NSMC_LABEL_COL
+        train = D.read_nsmc("train", cfg.data_dir, log=log)
+        test = D.read_nsmc("test", cfg.data_dir, log=log)
+    else:
+        cfg.text_col = cfg.text_col or "text"
+        cfg.label_col = cfg.label_col or "label"
+        train = D.read_labelled(cfg.train, cfg.text_col, cfg.label_col)
+        test = D.read_labelled(cfg.test, cfg.text_col, cfg.label_col) if cfg.test else None
+    train = D.sample(train, cfg.sample, cfg.seed)
+    if cfg.valid:
+        valid = D.read_labelled(cfg.valid, cfg.text_col, cfg.label_col)
+    else:
+        train, valid = D.split_valid(train, cfg.valid_frac, cfg.seed)
+    return train, valid, test
+
+
+def pick_precision(requested: str) -> str:
+    """Accelerate's mixed_precision name: bf16 where the GPU has it, fp16 on older GPUs, none on CPU."""
+    if requested == "fp32":
+        return "no"
+    if requested in ("bf16", "fp16"):
+        if not torch.cuda.is_available():
+            raise UserError(f"--precision {requested}: needs a CUDA GPU; use --precision fp32 (or auto) on CPU")
+        return requested
+    if torch.cuda.is_available():
+        return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
+    return "no"
+
+
+def prepare_out_dir(cfg: TrainConfig) -> Path:
+    out = Path(cfg.out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory; choose another path")
+    has_run = out.is_dir() and any(out.iterdir())
+    if cfg.resume:
+        if not ckpt.step_checkpoints(out) and not (out / ckpt.CHECKPOINTS / "config.json").is_file():
+            raise UserError(f"--resume: {out} holds no checkpoint to resume from; start without --resume")
+    elif has_run:
+        if not cfg.overwrite:
+            what = "a finished model" if (out / "bertclf.json").exists() else "files of another run"
+            raise UserError(f"--out {out}: already holds {what}; choose a new directory, add --resume to "
+                            f"continue it, or --overwrite to replace it")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from None
+    return out
+
+
+class Logger:
+    """Prints the tutorial-style line and appends every logged value to DIR/train_log.jsonl."""
+
+    def __init__(self, path: Path, main_process: bool, echo=print):
+        self.path, self.main, self.echo = path, main_process, echo
+
+    def __call__(self, line: str = "", **record):
+        if not self.main:
+            return
+        if line:
+            self.echo(line)
+        if record:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(record) + "\n")
+
+    def truncate_after(self, step: int):
+        """On resume: forget what was logged after the checkpoint we continue from."""
+        if not self.main or not self.path.exists():
+            return
+        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        from bertclf.files import atomic_file
+
+        with atomic_file(self.path) as f:
+            f.write("".join(k + "\n" for k in keep))
+
+
+def train(cfg: TrainConfig, echo=print) -> dict:
+    """Fine-tune as `cfg` says; returns the model card that is also written to DIR/bertclf.json."""
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import get_linear_schedule_with_warmup
+
+    t_start = time.time()
+    validate_config(cfg)
+
+    # ---- 0. device, precision, output directory ------------------------------------------------------------
+    mixed = pick_precision(cfg.precision)
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+    say = echo if main else (lambda *a, **k: None)
+    out = prepare_out_dir(cfg) if main else Path(cfg.out)
+    accelerator.wait_for_everyone()
+    on_gpu = device.type == "cuda"
+    batch_size = cfg.batch_size or (256 if on_gpu else 32)
+    lr = cfg.lr or (2e-4 if batch_size >= 256 else 5e-5 * math.sqrt(batch_size / 32))
+    set_seed(cfg.seed)
+
+    # ---- 1. data --------------------------------------------------------------------------------------------
+    train_ds, valid_ds, test_ds = load_data(cfg, log=say)
+    labels = D.LabelMap.from_labels(train_ds.labels, train_ds.source)
+    y_train = np.array(labels.encode(train_ds.labels, train_ds.source))
+    y_valid = np.array(labels.encode(valid_ds.labels, valid_ds.source or "validation"))
+    y_test = np.array(labels.encode(test_ds.labels, test_ds.source)) if test_ds else None
+    say(f"data: {len(train_ds)} train, {len(valid_ds)} validation"
+        + (f", {len(test_ds)} test" if test_ds else "")
+        + f" rows; labels {', '.join(labels.names)}"
+        + (f"; dropped {train_ds.dropped_empty} empty train / {test_ds.dropped_empty if test_ds else 0} empty test rows"
+           if cfg.data == "nsmc" or train_ds.dropped_empty else ""))
+
+    # ---- 2. model and tokenizer (vocabulary trimmed to the training texts if asked) -------------------------
+    base = resolve(cfg.model, log=say)
+    if cfg.trim_vocab:
+        base = trimmed_base(base, out, train_ds.texts + valid_ds.texts, accelerator, say)
+    tokenizer = load_tokenizer(base)
+    model = load_classifier(base, labels.id2label)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # ---- 3. tokenize once, up front -------------------------------------------------------------------------
+    t0 = time.time()
+    train_ids = encode(tokenizer, train_ds.texts, cfg.max_length)
+    valid_ids = encode(tokenizer, valid_ds.texts, cfg.max_length)
+    train_len = lengths(train_ids)
+    say(f"tokenized in {time.time() - t0:.1f}s: mean {train_len.mean():.1f} tokens per training text, "
+        f"{(train_len >= cfg.max_length).mean() * 100:.1f}% cut at --max-length {cfg.max_length}")
+
+    # ---- 4. batches, optimizer, schedule --------------------------------------------------------------------
+    eff_batch = batch_size * cfg.grad_accum  # rows per optimizer step on each process
+    steps_per_epoch = len(epoch_batches(train_len, eff_batch, cfg.seed, 0, world_size=world, rank=rank))
+    total_steps = math.ceil(steps_per_epoch * cfg.epochs)
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    n_epochs = math.ceil(total_steps / steps_per_epoch)
+    log_every = cfg.log_every or max(1, min(500, total_steps // 20))
+    eval_every = cfg.eval_every or steps_per_epoch
+    say(f"model {cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; device {device}"
+        f" x{world}, precision {'fp32' if mixed == 'no' else mixed}; global batch {eff_batch * world} "
+        f"(= {batch_size} per micro-batch x {cfg.grad_accum} accumulation x {world} processes), lr {lr:g}, "
+        f"{total_steps} steps over {n_epochs} epoch(s)")
+
+    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "LayerNorm" not in n]
+    no_decay = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "LayerNorm" not in n)]
+    optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": cfg.weight_decay},
+                                   {"params": no_decay, "weight_decay": 0.0}],
+                                  lr=lr, fused=on_gpu)  # fused: one kernel for all parameters
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * total_steps), total_steps)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    # ---- 5. resume ------------------------------------------------------------------------------------------
+    log = Logger(out / "train_log.jsonl", main, echo=say)
+    run_args = asdict(cfg) | {"batch_size": batch_size, "lr": lr}
+    state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_score": None, "best_step": None,
+             "evals_without_improvement": 0, "n_micro": cfg.grad_accum, "samples_seen": 0, "tokens_seen": 0,
+             "train_seconds": 0.0}
+    if cfg.resume:
+        found = ckpt.latest_checkpoint(out, log=say)
+        if found is None:
+            raise UserError(f"--resume: no complete checkpoint in {out / ckpt.CHECKPOINTS}; start without --resume")
+        state = ckpt.load_checkpoint(found, accelerator.unwrap_model(model), optimizer, scheduler)
+        saved = state.pop("args")
+        changed = [k for k in RESUME_KEYS if saved.get(k) != run_args.get(k)]
+        if changed:
+            raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
+                            f"run in {out}; repeat its settings (see {found / 'trainer_state.json'})")
+        log.truncate_after(state["step"])
+        say(f"resumed from {found.name}: step {state['step']}, epoch {state['epoch'] + 1}")
+    elif main:
+        (out / "train_log.jsonl").unlink(missing_ok=True)
+
+    # ---- 6. the loop ----------------------------------------------------------------------------------------
+    def evaluate_valid() -> dict:
+        logits = predict_logits(accelerator.unwrap_model(model), valid_ids, pad_id, cfg.eval_batch_size, device,
+                                autocast_dtype=autocast_dtype)
+        return classification_report(y_valid, logits.argmax(1), labels.names)
+
+    def save_checkpoint():
+        # The running log window is part of the state, so a resumed run logs exactly the same numbers.
+        state["window"] = [accelerator.reduce(sum_loss, "sum").item(), accelerator.reduce(sum_correct, "sum").item(),
+                           sum_rows]
+        if main:
+            ckpt.save_checkpoint(out, state["step"], accelerator.unwrap_model(model), optimizer, scheduler,
+                                 state | {"args": run_args}, keep=cfg.keep_checkpoints)
+        accelerator.wait_for_everyone()
+
+    autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed)
+    model.train()
+    progress = make_progress(total_steps, state["step"], main)
+    sum_loss = torch.zeros((), device=device)   # accumulated on the device: no sync per step
+    sum_correct = torch.zeros((), device=device)
+    sum_rows, window_start, window_samples, window_tokens = 0, time.time(), 0, 0
+    if "window" in state:  # resumed mid-window: continue its sums (already reduced over processes)
+        sum_loss += state["window"][0] / world
+        sum_correct += state["window"][1] / world
+        sum_rows = state["window"][2]
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    stop_reason = None
+    while state["step"] < total_steps and stop_reason is None:
+        epoch = state["epoch"]
+        batches = epoch_batches(train_len, eff_batch, cfg.seed, epoch, world_size=world, rank=rank)
+        for rows in batches[state["batch_in_epoch"]:]:
+            # One optimizer step over `rows`, in n_micro micro-batches. Each micro-batch's mean loss is
+            # weighted by its share of rows, so the gradient equals the whole batch's mean.
+            while True:
+                try:
+                    micro = split_micro(rows, state["n_micro"])
+                    for i, part in enumerate(micro):
+                        batch = {k: v.to(device, non_blocking=True)
+                                 for k, v in collate(train_ids, part, pad_id, y_train).items()}
+                        sync = accelerator.no_sync(model) if i < len(micro) - 1 else _null()
+                        with sync:
+                            outputs = model(**batch)
+                            accelerator.backward(outputs.loss * (len(part) / len(rows)))
+                        sum_loss += outputs.loss.detach().float() * len(part)
+                        sum_correct += (outputs.logits.detach().argmax(-1) == batch["labels"]).sum()
+                        nonfinite |= ~torch.isfinite(outputs.loss.detach())
+                    break
+                except torch.OutOfMemoryError:
+                    # The tutorial's author was stuck at batch 2: instead, halve the micro-batch and
+                    # accumulate twice as many; the effective batch (and so the recipe) is unchanged.
+                    optimizer.zero_grad(set_to_none=True)
+                    torch.cuda.empty_cache()
+                    if state["n_micro"] >= len(rows):
+                        raise UserError("CUDA out of memory even with one row per micro-batch; lower --max-length "
+                                        "or use a smaller model") from None
+                    state["n_micro"] *= 2
+                    say(f"CUDA out of memory: micro-batch now {math.ceil(len(rows) / state['n_micro'])} rows "
+                        f"x {state['n_micro']} accumulation steps (effective batch unchanged)")
+            accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            state["step"] += 1
+            state["batch_in_epoch"] += 1
+            sum_rows += len(rows)
+            n_tok = int(train_len[rows].sum())
+            state["samples_seen"] += len(rows) * world
+            state["tokens_seen"] += n_tok * world
+            window_samples += len(rows) * world
+            window_tokens += n_tok * world
+            progress.update(1)
+            step = state["step"]
+
+            if step % log_every == 0 or step == total_steps:
+                if bool(nonfinite):  # checked here, not every step: a host sync
+                    raise UserError(f"training diverged: the loss became NaN/inf before step {step}; lower --lr "
+                                    f"(now {lr:g}) or use --precision fp32; the last checkpoint is intact")
+                elapsed = time.time() - window_start
+                state["train_seconds"] += elapsed
+                loss = accelerator.reduce(sum_loss, "sum").item() / (sum_rows * world)
+                acc = accelerator.reduce(sum_correct, "sum").item() / (sum_rows * world)
+                sps, tps = window_samples / max(elapsed, 1e-9), window_tokens / max(elapsed, 1e-9)
+                log(f"[Epoch {epoch + 1}/{n_epochs}] step {step} -> loss {loss:.4f}, acc {acc:.4f} "
+                    f"({sps:.0f} samples/s)",
+                    step=step, epoch=epoch + state["batch_in_epoch"] / len(batches), loss=loss, acc=acc,
+                    lr=scheduler.get_last_lr()[0], samples_per_s=sps, tokens_per_s=tps,
+                    elapsed_s=time.time() - t_start)
+                progress.set_postfix(loss=f"{loss:.3f}", samples_s=f"{sps:.0f}")
+                sum_loss.zero_(), sum_correct.zero_()
+                sum_rows, window_start, window_samples, window_tokens = 0, time.time(), 0, 0
+
+            epoch_end = state["batch_in_epoch"] == len(batches)
+            if epoch_end:
+                state["epoch"] += 1
+                state["batch_in_epoch"] = 0
+            if step % eval_every == 0 or step == total_steps:
+                t_eval = time.time()
+                rep = evaluate_valid()
+                score = rep["accuracy"]
+                improved = state["best_score"] is None or score > state["best_score"]
+                if improved:
+                    state.update(best_score=score, best_step=step, evals_without_improvement=0)
+                    if main:
+                        ckpt.save_best(out, accelerator.unwrap_model(model), {"step": step, "valid": rep})
+                else:
+                    state["evals_without_improvement"] += 1
+                log(f"validation @ step {step}: accuracy {score:.4f}, macro-F1 {rep['macro_f1']:.4f}"
+                    + (" (best so far)" if improved else f" (best {state['best_score']:.4f} @ step {state['best_step']})"),
+                    step=step, epoch=step / steps_per_epoch, valid_accuracy=score, valid_macro_f1=rep["macro_f1"],
+                    valid_loss=None, best=improved)
+                window_start += time.time() - t_eval  # evaluation time is not training throughput
+                if cfg.patience and state["evals_without_improvement"] >= cfg.patience:
+                    stop_reason = f"early stop: no improvement in {cfg.patience} evaluation(s)"
+            if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0) and step < total_steps:
+                if bool(nonfinite):
+                    raise UserError(f"training diverged: the loss became NaN/inf before step {step}; lower --lr; "
+                                    f"the last checkpoint is intact")
+                save_checkpoint()
+            if step >= total_steps or stop_reason or epoch_end:
+                break
+    progress.close()
+    if stop_reason:
+        say(stop_reason)
+
+    # ---- 7. the best model, test report, model card ---------------------------------------------------------
+    unwrapped = accelerator.unwrap_model(model)
+    best = ckpt.load_best(out, unwrapped) if main else None
+    card = {}
+    if main:
+        test_rep = None
+        if test_ds is not None:
+            t0 = time.time()
+            test_ids = encode(tokenizer, test_ds.texts, cfg.max_length)
+            test_logits = predict_logits(unwrapped, test_ids, pad_id, cfg.eval_batch_size, device,
+                                         autocast_dtype=autocast_dtype)
+            test_rep = classification_report(y_test, test_logits.argmax(1), labels.names)
+            test_rep["seconds"] = time.time() - t0
+        wall = time.time() - t_start
+        card = {
+            "bertclf_version": __version__,
+            "task": "text-classification",
+            "base_model": cfg.model,
+            "labels": labels.names,
+            "max_length": cfg.max_length,
+            "args": run_args,
+            "data": {"train": train_ds.summary(), "valid": valid_ds.summary(),
+                     "test": test_ds.summary() if test_ds else None, "text_col": cfg.text_col,
+                     "label_col": cfg.label_col},
+            "metrics": {"valid": best["valid"] if best else None, "test": test_rep},
+            "training": {"steps": state["step"], "best_step": state["best_step"], "epochs": state["step"] / steps_per_epoch,
+                         "stop_reason": stop_reason or "finished", "wall_time_s": wall,
+                         "train_seconds": state["train_seconds"],
+                         "samples_per_s": state["samples_seen"] / max(state["train_seconds"], 1e-9),
+                         "tokens_per_s": state["tokens_seen"] / max(state["train_seconds"], 1e-9),
+                         "device": device_name(device), "processes": world,
+                         "precision": "fp32" if mixed == "no" else mixed, "global_batch": eff_batch * world},
+            "versions": versions(),
+        }
+        unwrapped.config.id2label = labels.id2label
+        unwrapped.config.label2id = {v: k for k, v in labels.id2label.items()}
+        ckpt.save_model_dir(out, unwrapped, tokenizer, card)
+        shutil.rmtree(out / ckpt.CHECKPOINTS, ignore_errors=True)  # finished: the final model is the best one
+        if test_rep:
+            say(f"test accuracy {test_rep['accuracy']:.4f} (macro-F1 {test_rep['macro_f1']:.4f}) on {test_rep['n']} rows; "
+                f"model saved to {out} in {wall / 60:.1f} min")
+        else:
+            say(f"best validation accuracy {state['best_score']:.4f}; model saved to {out} in {wall / 60:.1f} min")
+    accelerator.wait_for_everyone()
+    return card
+
+
+def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say) -> str:
+    """Trim the vocabulary to the pieces the training texts use (once per run; reused on resume)."""
+    from bertclf.vocab_trim import trim_vocab
+
+    target = out / ckpt.CHECKPOINTS / "base-model"
+    if accelerator.is_main_process and not (target / "config.json").is_file():
+        trim_vocab(base, texts, target, log=say)
+    accelerator.wait_for_everyone()
+    return str(target)
+
+
+class _null:
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a):
+        return False
+
+
+def make_progress(total: int, done: int, main: bool):
+    from tqdm.auto import tqdm
+
+    disable = (not main) or bool(os.environ.get("BERTCLF_NO_PROGRESS")) or None  # None: off when not a TTY
+    return tqdm(total=total, initial=done, unit="step", disable=disable, dynamic_ncols=True, leave=False)
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> dict:
+    import accelerate
+    import transformers
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "bertclf": __version__}
+
+
+def config_from_dict(d: dict) -> TrainConfig:
+    names = {f.name for f in fields(TrainConfig)}
+    return TrainConfig(**{k: v for k, v in d.items() if k in names})

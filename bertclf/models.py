@@ -1,0 +1,91 @@
+"""Which pretrained encoder to start from: a builtin name, a local directory, or a Hugging Face hub name.
+
+The hub path is the normal transformers one (online, or offline from the HF cache); offline and uncached
+it becomes a one-line error that names the builtin model, which needs no network at all.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from bertclf.errors import UserError
+
+DEFAULT_MODEL = "me5-small"
+
+
+def resolve(model: str, log=print) -> str:
+    """A local directory path or a hub name that from_pretrained can load."""
+    try:  # TEMP until builtin lands
+        from bertclf.builtin import BUILTIN_MODELS, builtin_model_path
+    except ImportError:
+        BUILTIN_MODELS = {}
+    if model in BUILTIN_MODELS:
+        return str(builtin_model_path(model, log=log))
+    p = Path(model).expanduser()
+    if p.exists():
+        return str(check_model_dir(p))
+    if model.startswith((".", "/", "~")) or model.count("/") > 1 or os.sep + os.sep in model:
+        raise UserError(f"{model}: model directory not found; give a model directory, a hub name, "
+                        f"or the builtin '{DEFAULT_MODEL}'")
+    return model
+
+
+def check_model_dir(p: Path) -> Path:
+    if not p.is_dir():
+        raise UserError(f"{p}: not a model directory; give a directory holding config.json and weights")
+    if not (p / "config.json").is_file():
+        raise UserError(f"{p}: not a model directory (no config.json); point at a saved model directory")
+    if not any((p / w).is_file() for w in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
+                                              "model.onnx")):
+        raise UserError(f"{p}: no weights (model.safetensors) in this directory; it holds an incomplete model")
+    return p
+
+
+def _hub_error(name: str, err: Exception) -> UserError:
+    first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+    return UserError(f"cannot load model '{name}' ({first[:200]}); without network use the builtin model "
+                     f"(--model {DEFAULT_MODEL}) or a local model directory")
+
+
+def quiet_transformers():
+    """No per-shard progress bars or 'newly initialized' notes: bertclf says what matters itself."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def load_tokenizer(name_or_dir: str):
+    from transformers import AutoTokenizer
+
+    quiet_transformers()
+    try:
+        tok = AutoTokenizer.from_pretrained(name_or_dir)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name_or_dir, e) from None
+    if not getattr(tok, "is_fast", False):
+        raise UserError(f"{name_or_dir}: only fast (Rust) tokenizers are supported; the model needs a tokenizer.json")
+    return tok
+
+
+def load_classifier(name_or_dir: str, id2label: dict[int, str] | None = None, dtype=None):
+    """AutoModelForSequenceClassification with our label map (a new head when the labels differ)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification
+
+    try:
+        config = AutoConfig.from_pretrained(name_or_dir)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name_or_dir, e) from None
+    kwargs = {}
+    if id2label is not None:
+        same = getattr(config, "id2label", None) and {int(k): v for k, v in config.id2label.items()} == id2label
+        kwargs = dict(num_labels=len(id2label), id2label=id2label, label2id={v: k for k, v in id2label.items()})
+        if not same:
+            kwargs["ignore_mismatched_sizes"] = True
+    quiet_transformers()  # "newly initialized classifier" warnings are expected here
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(name_or_dir, dtype=dtype or torch.float32, **kwargs)
+    except (OSError, ValueError) as e:
+        raise _hub_error(name_or_dir, e) from None
+    return model

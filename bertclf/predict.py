@@ -1,0 +1,84 @@
+"""Stage 5, predict: load a trained model directory and classify texts.
+
+    from bertclf import Classifier
+    clf = Classifier.load("runs/nsmc")
+    clf.predict(["정말 재밌어요", "시간 아깝다"])
+    # [{'label': 'positive', 'score': 0.98, 'probabilities': {'negative': 0.02, 'positive': 0.98}}, ...]
+
+A directory exported to ONNX (bertclf export) loads the same way and runs on onnxruntime.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bertclf.errors import UserError
+from bertclf.inference import predict_logits, softmax
+from bertclf.models import check_model_dir, load_tokenizer
+from bertclf.tokens import encode
+
+
+class Classifier:
+    """A trained text classifier: tokenizer + model + label names."""
+
+    def __init__(self, tokenizer, model, labels: list[str], max_length: int = 128, card: dict | None = None,
+                 path: str | None = None, backend: str = "torch"):
+        self.tokenizer, self.model, self.labels = tokenizer, model, labels
+        self.max_length, self.card, self.path, self.backend = max_length, card or {}, path, backend
+        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    @classmethod
+    def load(cls, path: str, device: str | None = None, max_length: int | None = None) -> "Classifier":
+        p = check_model_dir(Path(path))
+        card = read_card(p)
+        config = json.loads((p / "config.json").read_text())
+        id2label = config.get("id2label") or {}
+        labels = [id2label.get(str(i), id2label.get(i, f"LABEL_{i}")) for i in range(len(id2label))]
+        if not labels:
+            raise UserError(f"{p}/config.json: no id2label; this is not a trained classifier")
+        tokenizer = load_tokenizer(str(p))
+        max_length = max_length or card.get("max_length") or 128
+        if (p / "model.onnx").is_file():
+            from bertclf.onnx_model import OnnxClassifierModel
+
+            model, backend = OnnxClassifierModel(p / "model.onnx", len(labels)), "onnx"
+        else:
+            import torch
+
+            from bertclf.models import load_classifier
+
+            model = load_classifier(str(p)).to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+            backend = "torch"
+        return cls(tokenizer, model, labels, max_length, card, str(p), backend)
+
+    def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        texts = [t if isinstance(t, str) else str(t) for t in texts]
+        if not texts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        ids = encode(self.tokenizer, texts, self.max_length)
+        if self.backend == "onnx":
+            return self.model.predict_logits(ids, self.pad_id, batch_size)
+        return predict_logits(self.model, ids, self.pad_id, batch_size)
+
+    def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return softmax(self.logits(texts, batch_size))
+
+    def predict(self, texts: str | list[str], batch_size: int = 64) -> list[dict] | dict:
+        """Label, its probability, and every class's probability, per text, in input order."""
+        single = isinstance(texts, str)
+        probs = self.predict_proba([texts] if single else list(texts), batch_size)
+        out = [{"label": self.labels[int(row.argmax())], "score": float(row.max()),
+                "probabilities": {lab: float(p) for lab, p in zip(self.labels, row)}} for row in probs]
+        return out[0] if single else out
+
+
+def read_card(p: Path) -> dict:
+    f = p / "bertclf.json"
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except ValueError:
+        raise UserError(f"{f}: not valid JSON; the model directory is damaged, re-train or re-export it") from None
