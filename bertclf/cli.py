@@ -92,6 +92,37 @@ def build_parser() -> Parser:
     tv.add_argument("--corpus", required=True, metavar="FILE")
     tv.add_argument("--text-col", default="document")
     tv.add_argument("--out", required=True)
+    b = sub.add_parser("baseline", help="TF-IDF + logistic regression baseline in seconds")
+    b.add_argument("--data", help="builtin dataset: nsmc")
+    b.add_argument("--train", metavar="FILE")
+    b.add_argument("--test", metavar="FILE")
+    b.add_argument("--text-col")
+    b.add_argument("--label-col")
+    b.add_argument("--data-dir")
+    b.add_argument("--sample", type=_frac, default=1.0)
+    b.add_argument("--seed", type=int, default=42)
+    b.add_argument("--out", metavar="DIR", help="also store the result as DIR/baseline.json (e.g. a model directory)")
+    b.add_argument("--json", action="store_true")
+
+    s = sub.add_parser("serve", help="HTTP server (Hugging Face Inference API shape) with micro-batching")
+    s.add_argument("model_dir", metavar="DIR")
+    s.add_argument("--host", default="127.0.0.1")
+    s.add_argument("--port", type=int, default=8000)
+    s.add_argument("--max-batch", type=int, default=64, help="largest micro-batch of texts")
+    s.add_argument("--max-wait-ms", type=float, default=5.0, help="how long to wait for a micro-batch to fill")
+    s.add_argument("--max-texts", type=int, default=256, help="texts per request")
+    s.add_argument("--max-chars", type=int, default=10000, help="characters per text")
+    s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size")
+
+    x = sub.add_parser("export", help="export to ONNX (optionally int8) for fast CPU inference")
+    x.add_argument("model_dir", metavar="DIR")
+    x.add_argument("--onnx", action="store_true", required=True, help="export format (ONNX is the only one)")
+    x.add_argument("--int8", action="store_true", help="int8 dynamic quantization")
+    x.add_argument("--out", required=True, metavar="DIR2")
+
+    rp = sub.add_parser("report", help="plots and a self-contained HTML page for a run (two runs: compared)")
+    rp.add_argument("run_dirs", nargs="+", metavar="DIR")
+    rp.add_argument("--out", metavar="FILE", help="HTML file (default DIR/report.html)")
     return p
 
 
@@ -168,7 +199,40 @@ def cmd_trim_vocab(a) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
+def cmd_baseline(a) -> int:
+    from bertclf.baseline import format_baseline, run_baseline
+
+    res = run_baseline(data=a.data, train=a.train, test=a.test, text_col=a.text_col, label_col=a.label_col,
+                       data_dir=a.data_dir, sample=a.sample, seed=a.seed, out=a.out)
+    print(json.dumps(res, indent=2, ensure_ascii=False) if a.json else format_baseline(res))
+    return 0
+
+
+def cmd_serve(a) -> int:
+    from bertclf.serve import serve
+
+    serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
+          max_texts=a.max_texts, max_chars=a.max_chars, max_body_bytes=a.max_body_bytes)
+    return 0
+
+
+def cmd_export(a) -> int:
+    from bertclf.export import export_onnx
+
+    info = export_onnx(a.model_dir, a.out, int8=a.int8, log=lambda s: print(s, file=sys.stderr))
+    print(json.dumps(info, indent=2))
+    return 0
+
+
+def cmd_report(a) -> int:
+    from bertclf.report import write_report
+
+    print(write_report(a.run_dirs, out=a.out))
+    return 0
+
+
+COMMANDS = {"baseline": cmd_baseline, "serve": cmd_serve, "export": cmd_export, "report": cmd_report,
+            "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
             "trim-vocab": cmd_trim_vocab}
 
 

@@ -419,6 +419,10 @@ def train(cfg: TrainConfig, echo=print) -> dict:
     card = {}
     if main:
         test_rep = None
+        valid_logits = predict_logits(unwrapped, valid_ids, pad_id, cfg.eval_batch_size, device,
+                                      autocast_dtype=autocast_dtype)
+        preds = {"labels": np.array(labels.names), "valid_y": y_valid, "valid_probs": softmax(valid_logits),
+                 "valid_tokens": lengths(valid_ids), "valid_chars": np.array([len(t) for t in valid_ds.texts])}
         if test_ds is not None:
             t0 = time.time()
             test_ids = encode(tokenizer, test_ds.texts, cfg.max_length)
@@ -426,6 +430,9 @@ def train(cfg: TrainConfig, echo=print) -> dict:
                                          autocast_dtype=autocast_dtype)
             test_rep = classification_report(y_test, test_logits.argmax(1), labels.names)
             test_rep["seconds"] = time.time() - t0
+            preds |= {"test_y": y_test, "test_probs": softmax(test_logits), "test_tokens": lengths(test_ids),
+                      "test_chars": np.array([len(t) for t in test_ds.texts])}
+        save_predictions(out / PREDICTIONS, preds)
         wall = time.time() - t_start
         card = {
             "bertclf_version": __version__,
@@ -458,6 +465,16 @@ def train(cfg: TrainConfig, echo=print) -> dict:
             say(f"best validation accuracy {state['best_score']:.4f}; model saved to {out} in {wall / 60:.1f} min")
     accelerator.wait_for_everyone()
     return card
+
+
+PREDICTIONS = "eval_predictions.npz"  # the final model's validation/test probabilities, for reports
+
+
+def save_predictions(path: Path, arrays: dict) -> None:
+    from bertclf.files import atomic_file
+
+    with atomic_file(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
 
 
 def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say) -> str:

@@ -1,0 +1,83 @@
+"""Shared fixtures: NSMC location, the builtin model, and a tiny random-weight BERT with the real tokenizer."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def nsmc_dir_or_none() -> Path | None:
+    for d in (os.environ.get("BERTCLF_DATA_DIR"), REPO.parent / "shared" / "data" / "nsmc"):
+        if d and (Path(d) / "ratings_train.txt").is_file() and (Path(d) / "ratings_test.txt").is_file():
+            return Path(d)
+    return None
+
+
+@pytest.fixture(scope="session")
+def nsmc_dir() -> Path:
+    d = nsmc_dir_or_none()
+    if d is None:
+        pytest.skip("NSMC not found: set BERTCLF_DATA_DIR or put it in ../shared/data/nsmc")
+    return d
+
+
+def write_nsmc_slice(nsmc: Path, split: str, out: Path, start: int, n: int) -> Path:
+    """Rows [start, start+n) of ratings_{split}.txt as a small TSV with the same header."""
+    lines = (nsmc / f"ratings_{split}.txt").read_text(encoding="utf-8").splitlines(keepends=True)
+    out.write_text(lines[0] + "".join(lines[1 + start:1 + start + n]), encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def nsmc_slices(nsmc_dir, tmp_path_factory) -> dict[str, Path]:
+    """train.tsv (3,000 rows), test.tsv (500 rows) taken from the real NSMC files."""
+    d = tmp_path_factory.mktemp("nsmc")
+    return {"train": write_nsmc_slice(nsmc_dir, "train", d / "train.tsv", 0, 3000),
+            "test": write_nsmc_slice(nsmc_dir, "test", d / "test.tsv", 0, 500)}
+
+
+@pytest.fixture(scope="session")
+def me5_dir() -> Path:
+    from bertclf.builtin import builtin_model_path
+
+    return builtin_model_path("me5-small", log=lambda s: None)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(me5_dir, nsmc_slices, tmp_path_factory) -> Path:
+    """A tiny random-weight BERT (2 layers, hidden 32) with me5-small's real tokenizer, vocabulary trimmed to
+    an NSMC slice: a valid starting point for `--model` that trains in seconds."""
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from bertclf.data import read_labelled
+    from bertclf.vocab_trim import trim_vocab
+
+    d = tmp_path_factory.mktemp("tiny")
+    texts = read_labelled(nsmc_slices["train"], "document", "label").texts
+    texts += read_labelled(nsmc_slices["test"], "document", "label").texts
+    trim_vocab(str(me5_dir), texts, d / "trimmed", log=lambda s: None)
+    tok = AutoTokenizer.from_pretrained(d / "trimmed")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=514, pad_token_id=tok.pad_token_id)
+    out = d / "model"
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def trained_tiny_dir(tiny_model_dir, nsmc_slices, tmp_path_factory) -> Path:
+    """The tiny model fine-tuned for a few seconds on the NSMC slice by `bertclf train` (labels negative/positive
+    are '0'/'1' here since the slice is a plain file)."""
+    from bertclf.loop import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train(TrainConfig(out=str(out), train=str(nsmc_slices["train"]), test=str(nsmc_slices["test"]),
+                      text_col="document", model=str(tiny_model_dir), epochs=2, batch_size=16, lr=2e-3, seed=0),
+          echo=lambda s: None)
+    return out
