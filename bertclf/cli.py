@@ -122,7 +122,7 @@ def build_parser() -> Parser:
 
     rp = sub.add_parser("report", help="plots and a self-contained HTML page for a run (two runs: compared)")
     rp.add_argument("run_dirs", nargs="+", metavar="DIR")
-    rp.add_argument("--out", metavar="FILE", help="HTML file (default DIR/report.html)")
+    rp.add_argument("--out", metavar="FILE", help="HTML file (default DIR/report.html; several runs: A/compare-<B>.html)")
     return p
 
 

@@ -458,6 +458,12 @@ def train(cfg: TrainConfig, echo=print) -> dict:
         unwrapped.config.label2id = {v: k for k, v in labels.id2label.items()}
         ckpt.save_model_dir(out, unwrapped, tokenizer, card)
         shutil.rmtree(out / ckpt.CHECKPOINTS, ignore_errors=True)  # finished: the final model is the best one
+        try:  # the pictures are a bonus: never fail a finished run over them
+            from bertclf.report import write_report
+
+            say(f"report: {write_report([str(out)])}")
+        except Exception as e:  # noqa: BLE001
+            say(f"report not written: {e}")
         if test_rep:
             say(f"test accuracy {test_rep['accuracy']:.4f} (macro-F1 {test_rep['macro_f1']:.4f}) on {test_rep['n']} rows; "
                 f"model saved to {out} in {wall / 60:.1f} min")

@@ -15,10 +15,8 @@ DEFAULT_MODEL = "me5-small"
 
 def resolve(model: str, log=print) -> str:
     """A local directory path or a hub name that from_pretrained can load."""
-    try:  # TEMP until builtin lands
-        from bertclf.builtin import BUILTIN_MODELS, builtin_model_path
-    except ImportError:
-        BUILTIN_MODELS = {}
+    from bertclf.builtin import BUILTIN_MODELS, builtin_model_path
+
     if model in BUILTIN_MODELS:
         return str(builtin_model_path(model, log=log))
     p = Path(model).expanduser()

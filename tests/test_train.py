@@ -1,0 +1,108 @@
+"""The training loop on a tiny random-weight BERT with the real tokenizer: output format, exact resume,
+accumulation, early stopping, and refusals."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertclf.errors import UserError
+from bertclf.loop import TrainConfig, train
+
+
+def tiny_cfg(out, slices, model, **kw):
+    base = dict(out=str(out), train=str(slices["train"]), test=str(slices["test"]), text_col="document",
+                model=str(model), epochs=1, batch_size=16, lr=2e-3, seed=0)
+    return TrainConfig(**(base | kw))
+
+
+def test_output_is_a_standard_hf_directory(trained_tiny_dir):
+    from transformers import pipeline
+
+    d = trained_tiny_dir
+    for name in ("config.json", "model.safetensors", "tokenizer.json", "bertclf.json", "train_log.jsonl"):
+        assert (d / name).is_file(), name
+    assert not (d / "checkpoints").exists()
+    cfg = json.loads((d / "config.json").read_text())
+    assert cfg["id2label"] == {"0": "0", "1": "1"} and cfg["label2id"] == {"0": 0, "1": 1}
+    card = json.loads((d / "bertclf.json").read_text())
+    assert card["data"]["train"]["rows"] + card["data"]["valid"]["rows"] == 3000
+    assert card["metrics"]["test"]["n"] == 500
+    assert card["metrics"]["test"]["accuracy"] > 0.6  # the tiny model learns something in seconds
+    assert card["training"]["samples_per_s"] > 0 and card["versions"]["torch"]
+    clf = pipeline("text-classification", model=str(d), device="cpu")
+    out = clf(["정말 재밌어요 최고", "시간 아깝다 최악"])
+    assert [o["label"] for o in out] == ["1", "0"]
+
+
+def test_log_lines_match_the_tutorial(trained_tiny_dir):
+    rows = [json.loads(x) for x in (trained_tiny_dir / "train_log.jsonl").read_text().splitlines()]
+    train_rows = [r for r in rows if "loss" in r]
+    evals = [r for r in rows if "valid_accuracy" in r]
+    assert len(evals) == 2  # one validation per epoch, 2 epochs
+    assert all(np.isfinite(r["loss"]) and 0 <= r["acc"] <= 1 for r in train_rows)
+    assert train_rows[-1]["loss"] < train_rows[0]["loss"]
+
+
+def _strip(path):
+    return [{k: v for k, v in json.loads(x).items() if k not in ("elapsed_s", "samples_per_s", "tokens_per_s")}
+            for x in Path(path).read_text().splitlines()]
+
+
+def test_kill_and_resume_is_bit_identical(tiny_model_dir, nsmc_slices, tmp_path):
+    args = [sys.executable, "-m", "bertclf", "train", "--train", str(nsmc_slices["train"]), "--test",
+            str(nsmc_slices["test"]), "--text-col", "document", "--model", str(tiny_model_dir), "--epochs", "2",
+            "--batch-size", "16", "--lr", "2e-3", "--seed", "0", "--checkpoint-every", "25", "--log-every", "10"]
+    env = os.environ | {"BERTCLF_NO_PROGRESS": "1"}
+    subprocess.run(args + ["--out", str(tmp_path / "a")], check=True, env=env, capture_output=True)
+    b = tmp_path / "b"
+    proc = subprocess.Popen(args + ["--out", str(b)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list((b / "checkpoints").glob("step-00000050")):
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert list((b / "checkpoints").glob("step-*")), "the run was killed before its first checkpoint"
+    assert not (b / "bertclf.json").exists()
+    r = subprocess.run(args + ["--out", str(b), "--resume"], env=env, capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert "resumed from step-" in r.stdout
+    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
+    assert _strip(tmp_path / "a" / "train_log.jsonl") == _strip(b / "train_log.jsonl")
+
+
+def test_gradient_accumulation_matches_the_full_batch(tiny_model_dir, nsmc_slices, tmp_path):
+    import torch
+    from safetensors.torch import load_file
+
+    train(tiny_cfg(tmp_path / "full", nsmc_slices, tiny_model_dir, batch_size=16, max_steps=20), echo=lambda s: None)
+    train(tiny_cfg(tmp_path / "acc", nsmc_slices, tiny_model_dir, batch_size=4, grad_accum=4, max_steps=20),
+          echo=lambda s: None)
+    a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "acc" / "model.safetensors")
+    worst = max((a[k] - b[k]).abs().max().item() for k in a)
+    assert worst < 1e-4, worst
+
+
+def test_early_stopping(tiny_model_dir, nsmc_slices, tmp_path):
+    card = train(tiny_cfg(tmp_path / "es", nsmc_slices, tiny_model_dir, lr=1e-7, epochs=3, eval_every=10,
+                          patience=2), echo=lambda s: None)
+    assert card["training"]["stop_reason"].startswith("early stop")
+    assert card["training"]["steps"] < 3 * 179
+
+
+def test_refusals(tiny_model_dir, nsmc_slices, trained_tiny_dir, tmp_path):
+    with pytest.raises(UserError, match="already holds a finished model"):
+        train(tiny_cfg(trained_tiny_dir, nsmc_slices, tiny_model_dir), echo=lambda s: None)
+    with pytest.raises(UserError, match="no checkpoint to resume"):
+        train(tiny_cfg(tmp_path / "new", nsmc_slices, tiny_model_dir, resume=True), echo=lambda s: None)
+    with pytest.raises(UserError, match="--sample"):
+        train(tiny_cfg(tmp_path / "x", nsmc_slices, tiny_model_dir, sample=0), echo=lambda s: None)
+    with pytest.raises(UserError, match="--epochs"):
+        train(tiny_cfg(tmp_path / "x", nsmc_slices, tiny_model_dir, epochs=-1), echo=lambda s: None)
+    with pytest.raises(UserError, match="not a model directory"):
+        train(tiny_cfg(tmp_path / "x", nsmc_slices, tmp_path), echo=lambda s: None)
