@@ -33,8 +33,10 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, p
     if world_size == 1:
         return batches
     # Each rank takes every world_size-th row of each global batch: similar lengths on every rank
-    # (balanced work). A final batch with fewer rows than ranks is dropped, so all ranks step together.
-    return [b[rank::world_size] for b in batches if len(b) >= world_size]
+    # (balanced work). A batch with fewer rows than ranks borrows rows from the start of the epoch's order,
+    # as torch's DistributedSampler pads, so every rank steps together and the step count matches one process.
+    return [(b if len(b) >= world_size else np.concatenate([b, order[:world_size - len(b)]]))[rank::world_size]
+            for b in batches]
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -216,7 +216,7 @@ def train(cfg: TrainConfig, echo=print) -> dict:
     on_gpu = device.type == "cuda"
     batch_size = cfg.batch_size or (256 if on_gpu else 32)
     lr = cfg.lr or (2e-4 if batch_size >= 256 else 5e-5 * math.sqrt(batch_size / 32))
-    set_seed(cfg.seed)
+    set_seed(cfg.seed, device_specific=True)  # + process index: ranks draw different dropout masks
 
     # ---- 1. data --------------------------------------------------------------------------------------------
     train_ds, valid_ds, test_ds = load_data(cfg, log=say)
@@ -291,9 +291,22 @@ def train(cfg: TrainConfig, echo=print) -> dict:
 
     # ---- 6. the loop ----------------------------------------------------------------------------------------
     def evaluate_valid() -> dict:
-        logits = predict_logits(accelerator.unwrap_model(model), valid_ids, pad_id, cfg.eval_batch_size, device,
-                                autocast_dtype=autocast_dtype)
-        return classification_report(y_valid, logits.argmax(1), labels.names)
+        # Each process scores every world-th row; the shares are gathered and the padding rows that make
+        # them equal in size are dropped, so the metrics count exactly the validation rows.
+        share = np.arange(rank, len(valid_ids), world)
+        n_max = math.ceil(len(valid_ids) / world)
+        padded = np.concatenate([share, share[:1].repeat(n_max - len(share))]) if len(share) else np.zeros(n_max, int)
+        logits = predict_logits(accelerator.unwrap_model(model), [valid_ids[i] for i in padded], pad_id,
+                                cfg.eval_batch_size, device, autocast_dtype=autocast_dtype)
+        logits = torch.from_numpy(logits).to(device)
+        if world > 1:
+            logits = accelerator.gather(logits)
+        gathered = logits.cpu().numpy().reshape(world, n_max, -1)
+        full = np.zeros((len(valid_ids), gathered.shape[-1]), dtype=np.float32)
+        for r in range(world):
+            rows = np.arange(r, len(valid_ids), world)
+            full[rows] = gathered[r, :len(rows)]
+        return classification_report(y_valid, full.argmax(1), labels.names)
 
     def save_checkpoint():
         # The running log window is part of the state, so a resumed run logs exactly the same numbers.
@@ -363,7 +376,7 @@ def train(cfg: TrainConfig, echo=print) -> dict:
             step = state["step"]
 
             if step % log_every == 0 or step == total_steps:
-                if bool(nonfinite):  # checked here, not every step: a host sync
+                if bool(accelerator.reduce(nonfinite.float(), "sum") > 0):  # checked here, not every step: a sync
                     raise UserError(f"training diverged: the loss became NaN/inf before step {step}; lower --lr "
                                     f"(now {lr:g}) or use --precision fp32; the last checkpoint is intact")
                 elapsed = time.time() - window_start
@@ -403,7 +416,7 @@ def train(cfg: TrainConfig, echo=print) -> dict:
                 if cfg.patience and state["evals_without_improvement"] >= cfg.patience:
                     stop_reason = f"early stop: no improvement in {cfg.patience} evaluation(s)"
             if cfg.checkpoint_every and (step % cfg.checkpoint_every == 0) and step < total_steps:
-                if bool(nonfinite):
+                if bool(accelerator.reduce(nonfinite.float(), "sum") > 0):  # never checkpoint a diverged model
                     raise UserError(f"training diverged: the loss became NaN/inf before step {step}; lower --lr; "
                                     f"the last checkpoint is intact")
                 save_checkpoint()
