@@ -1,0 +1,200 @@
+"""Training speed, side by side in one run: HF Trainer vs the tutorial's loop vs bertclf's defaults.
+
+Same model, same data, same machine; each variant runs in its own process (clean peak memory) and the
+script prints samples/s, real (unpadded) tokens/s, wall time, peak memory, validation/test accuracy and the
+ratio of each to HF Trainer.
+
+    python benchmarks/train_speed.py --cpu            # an NSMC slice, a few minutes on a 2-core CPU
+    python benchmarks/train_speed.py --gpu            # full NSMC, one epoch, on one GPU
+
+Variants:
+  (a) hf-trainer  transformers.Trainer configured like transformers' run_classification example:
+                  pad to 128, batch 32, lr 5e-5, bf16 on GPU
+  (b) tutorial    the tutorial's loop: Adam lr 1e-5, batch 2, fp32, tokenize inside the loop
+  (c) bertclf     `bertclf train` with its defaults
+The model is me5-small with its vocabulary trimmed to the training texts (the same for all three).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+
+def peak_mem_mb() -> float:
+    if torch.cuda.is_available():
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def load_split(args):
+    from bertclf import data as D
+
+    train = D.read_nsmc("train", args.data_dir)
+    test = D.read_nsmc("test", args.data_dir)
+    if args.train_rows:
+        train = train.subset(list(range(args.train_rows)))
+    if args.test_rows:
+        test = test.subset(list(range(args.test_rows)))
+    train, valid = D.split_valid(train, 0.05, 42)
+    return train, valid, test
+
+
+def encode_labels(ds):
+    return [1 if lab == "positive" else 0 for lab in ds.labels]
+
+
+@torch.no_grad()
+def accuracy(model, tok, ds, device, max_length=128, bs=128):
+    from bertclf.inference import predict_logits
+    from bertclf.tokens import encode
+
+    ids = encode(tok, ds.texts, max_length)
+    logits = predict_logits(model, ids, tok.pad_token_id, bs, device)
+    return float((logits.argmax(1) == np.array(encode_labels(ds))).mean())
+
+
+def run_hf_trainer(args, model_dir, train, valid, test, device):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer, Trainer, TrainingArguments
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2)
+    enc = tok(train.texts, padding="max_length", truncation=True, max_length=128)
+    y = encode_labels(train)
+    rows = [{"input_ids": enc["input_ids"][i], "attention_mask": enc["attention_mask"][i], "labels": y[i]}
+            for i in range(len(y))]
+    targs = TrainingArguments(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=32, learning_rate=5e-5,
+                              num_train_epochs=1, bf16=device.type == "cuda", report_to=[], save_strategy="no",
+                              logging_steps=500, seed=42, disable_tqdm=True, dataloader_num_workers=0)
+    trainer = Trainer(model=model, args=targs, train_dataset=rows)
+    t0 = time.time()
+    trainer.train()
+    wall = time.time() - t0
+    return model, tok, wall
+
+
+def run_tutorial(args, model_dir, train, valid, test, device):
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(model_dir)
+    model = AutoModelForSequenceClassification.from_pretrained(model_dir, num_labels=2).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=1e-5)
+    y = encode_labels(train)
+    order = np.random.default_rng(42).permutation(len(y))
+    model.train()
+    t0 = time.time()
+    for i in range(0, len(order), 2):
+        idx = order[i:i + 2]
+        batch = tok([train.texts[j] for j in idx], padding=True, truncation=True, max_length=128,
+                    return_tensors="pt").to(device)
+        out = model(**batch, labels=torch.tensor([y[j] for j in idx], device=device))
+        optimizer.zero_grad()
+        out.loss.backward()
+        optimizer.step()
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+    return model, tok, time.time() - t0
+
+
+def run_bertclf(args, model_dir, train, valid, test, device, files):
+    from bertclf.loop import TrainConfig, train as bertclf_train
+    from bertclf.predict import Classifier
+
+    out = Path(tempfile.mkdtemp()) / "run"
+    card = bertclf_train(TrainConfig(out=str(out), train=str(files["train"]), valid=str(files["valid"]),
+                                     text_col="text", model=model_dir, epochs=1), echo=lambda s: None)
+    clf = Classifier.load(str(out))
+    return clf.model, clf.tokenizer, card["training"]["train_seconds"]
+
+
+def child(args):
+    """Run one variant; print one JSON line."""
+    from bertclf.tokens import encode, lengths
+
+    torch.manual_seed(42)
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    train, valid, test = load_split(args)
+    with tempfile.TemporaryDirectory() as tmp:
+        files = {}
+        for name, ds in (("train", train), ("valid", valid)):
+            files[name] = Path(tmp) / f"{name}.tsv"
+            with open(files[name], "w", encoding="utf-8") as f:
+                f.write("text\tlabel\n" + "".join(f"{t.replace(chr(9), ' ')}\t{lab}\n" for t, lab in zip(ds.texts, ds.labels)))
+        runner = {"hf-trainer": run_hf_trainer, "tutorial": run_tutorial}.get(args.variant)
+        if runner:
+            model, tok, wall = runner(args, args.model_dir, train, valid, test, device)
+        else:
+            model, tok, wall = run_bertclf(args, args.model_dir, train, valid, test, device, files)
+        model.to(device)
+        real_tokens = int(lengths(encode(tok, train.texts, 128)).sum())
+        res = {"variant": args.variant, "rows": len(train), "wall_s": wall, "samples_per_s": len(train) / wall,
+               "tokens_per_s": real_tokens / wall, "peak_mem_mb": peak_mem_mb(),
+               "valid_acc": accuracy(model, tok, valid, device), "test_acc": accuracy(model, tok, test, device)}
+    print("RESULT " + json.dumps(res), flush=True)
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    mode = p.add_mutually_exclusive_group()
+    mode.add_argument("--cpu", action="store_true", help="NSMC slice (default)")
+    mode.add_argument("--gpu", action="store_true", help="full NSMC")
+    p.add_argument("--data-dir", default=os.environ.get("BERTCLF_DATA_DIR", str(REPO.parent / "shared/data/nsmc")))
+    p.add_argument("--model-dir", help="model to train (default: me5-small trimmed to NSMC train)")
+    p.add_argument("--train-rows", type=int, help="default 1600 (cpu) / all (gpu)")
+    p.add_argument("--test-rows", type=int, help="default 1000 (cpu) / all (gpu)")
+    p.add_argument("--variants", default="hf-trainer,tutorial,bertclf")
+    p.add_argument("--variant", help=argparse.SUPPRESS)
+    p.add_argument("--json", help="also write the results here")
+    args = p.parse_args()
+    if not args.gpu:
+        args.train_rows = args.train_rows or 1600
+        args.test_rows = args.test_rows or 1000
+    if args.variant:
+        return child(args)
+    if not args.model_dir:
+        from bertclf.builtin import builtin_model_path
+        from bertclf.data import read_nsmc
+        from bertclf.vocab_trim import trim_vocab
+
+        args.model_dir = str(Path(tempfile.gettempdir()) / "bertclf-bench-me5-nsmc")
+        if not (Path(args.model_dir) / "config.json").is_file():
+            trim_vocab(str(builtin_model_path()), read_nsmc("train", args.data_dir).texts, args.model_dir)
+    results = []
+    for v in args.variants.split(","):
+        cmd = [sys.executable, __file__, "--variant", v, "--model-dir", args.model_dir, "--data-dir", args.data_dir]
+        for k in ("train_rows", "test_rows"):
+            if getattr(args, k):
+                cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
+        print(f"running {v} ...", flush=True)
+        r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"BERTCLF_NO_PROGRESS": "1"})
+        line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
+        if r.returncode or not line:
+            print(f"{v} failed:\n{r.stderr[-3000:]}")
+            continue
+        results.append(json.loads(line[0][7:]))
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{os.cpu_count()}"
+    print(f"\ndevice: {device}; {results[0]['rows'] if results else '?'} training rows, one epoch")
+    base = next((r for r in results if r["variant"] == "hf-trainer"), None)
+    print(f"{'variant':<11} {'samples/s':>10} {'tokens/s':>10} {'wall s':>8} {'peak MB':>8} {'valid':>7} {'test':>7} {'x HF':>6}")
+    for r in results:
+        ratio = r["samples_per_s"] / base["samples_per_s"] if base else float("nan")
+        print(f"{r['variant']:<11} {r['samples_per_s']:>10.1f} {r['tokens_per_s']:>10.0f} {r['wall_s']:>8.1f} "
+              f"{r['peak_mem_mb']:>8.0f} {r['valid_acc']:>7.4f} {r['test_acc']:>7.4f} {ratio:>6.2f}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"device": device, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
