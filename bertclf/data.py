@@ -91,11 +91,14 @@ class Dataset:
         return len(self.texts)
 
     def subset(self, idx: list[int], source_note: str = "") -> "Dataset":
+        """Selected rows; the file's provenance (rows read, empty rows dropped) stays with them."""
         return Dataset(
             [self.texts[i] for i in idx],
             [self.labels[i] for i in idx],
             source=self.source + source_note,
             sha256=self.sha256,
+            dropped_empty=self.dropped_empty,
+            rows_read=self.rows_read,
         )
 
     def summary(self) -> dict:
@@ -284,9 +287,7 @@ def sample(ds: Dataset, frac: float, seed: int) -> Dataset:
     if frac >= 1.0:
         return ds
     taken, _ = stratified_indices(ds.labels, frac, seed)
-    out = ds.subset(taken)
-    out.rows_read, out.dropped_empty = ds.rows_read, ds.dropped_empty
-    return out
+    return ds.subset(taken)
 
 
 def split_valid(ds: Dataset, frac: float, seed: int) -> tuple[Dataset, Dataset]:
