@@ -11,7 +11,7 @@ import numpy as np
 
 from bertclf import data as D
 from bertclf.errors import UserError
-from bertclf.files import write_json
+from bertclf.files import check_writable, write_json
 from bertclf.metrics import classification_report
 
 BASELINE_FILE = "baseline.json"
@@ -39,6 +39,8 @@ def run_baseline(data=None, train=None, test=None, text_col=None, label_col=None
         raise UserError(f"--data: unknown dataset '{data}'; the builtin dataset is 'nsmc', or use --train FILE")
     if not 0 < sample <= 1:
         raise UserError(f"--sample: must be a fraction in (0, 1], got {sample}")
+    if out:
+        check_writable(Path(out) / BASELINE_FILE)  # now, not after the work
     if data == "nsmc":
         train_ds, test_ds = D.read_nsmc("train", data_dir, log=log), D.read_nsmc("test", data_dir, log=log)
     else:

@@ -4,12 +4,17 @@ A checkpoint is a folder `checkpoints/step-00000500/` holding model weights, opt
 and the data position, plus `manifest.json` (SHA-256 of every file) written last. A folder appears whole
 (built under a temporary name, then renamed) and is verified against its manifest before use, so a crash,
 kill -9 or a truncated copy can only ever make us fall back to the previous checkpoint.
+
+Crash tests stop a run at exact points with BERTCLF_TEST_PAUSE_AT (see `pause_point`); unset, it costs nothing.
 """
 from __future__ import annotations
 
 import json
+import os
 import random
 import shutil
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -20,6 +25,27 @@ from bertclf.files import atomic_dir, sha256_file, write_json
 
 CHECKPOINTS = "checkpoints"
 BEST = "best"
+PAUSE_ENV = "BERTCLF_TEST_PAUSE_AT"
+PAUSE_MARK = "bertclf-test: paused at"
+
+
+def pause_point(name: str, step: int) -> None:
+    """A test hook, inert unless the environment sets BERTCLF_TEST_PAUSE_AT=NAME:STEP.
+
+    At that point of that step the process prints "bertclf-test: paused at NAME:STEP" on stderr and sleeps for
+    good, so a crash test can SIGKILL it exactly there. The points:
+      step:N              after optimizer step N, before its logging, validation and checkpoint (loop.py)
+      eval:N              during the validation at step N: scored, best checkpoint not yet written (loop.py)
+      best-write:N        inside the temporary folder of checkpoints/best, weights written, no manifest yet
+      checkpoint-write:N  inside the temporary folder of checkpoints/step-N, weights and optimizer written,
+                          no manifest yet
+      checkpoint-saved:N  right after checkpoints/step-N is complete and older ones are pruned
+    """
+    want = os.environ.get(PAUSE_ENV)
+    if want and want == f"{name}:{step}":
+        print(f"{PAUSE_MARK} {name}:{step}", file=sys.stderr, flush=True)
+        while True:
+            time.sleep(3600)
 
 
 def rng_state() -> dict:
@@ -64,19 +90,26 @@ def verify(folder: Path) -> str | None:
     return None
 
 
-def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int = 2) -> Path:
-    """Write checkpoints/step-N atomically, then drop all but the newest `keep` step checkpoints."""
+def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int = 2,
+                    rank_rngs: list[dict] | None = None) -> Path:
+    """Write checkpoints/step-N atomically, then drop all but the newest `keep` step checkpoints.
+
+    rank_rngs: every process's RNG state (distributed runs), so each rank resumes with its own dropout stream."""
     root = Path(run_dir) / CHECKPOINTS
     target = root / f"step-{step:08d}"
     with atomic_dir(target) as tmp:
         save_file(_state_dict_for_file(model), str(tmp / "model.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
+        pause_point("checkpoint-write", step)
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
+        if rank_rngs and len(rank_rngs) > 1:
+            torch.save(rank_rngs, tmp / "rng-ranks.pt")
         write_json(tmp / "trainer_state.json", state)
         _write_manifest(tmp, {"step": step})
     for old in step_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
+    pause_point("checkpoint-saved", step)
     return target
 
 
@@ -95,11 +128,16 @@ def latest_checkpoint(run_dir: Path, log=print) -> Path | None:
     return None
 
 
-def load_checkpoint(ckpt: Path, model, optimizer, scheduler) -> dict:
+def load_checkpoint(ckpt: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
+    """Restore weights, optimizer, schedule and this process's RNG state; return the trainer state."""
     model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
     optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
     scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
-    set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
+    per_rank = ckpt / "rng-ranks.pt"
+    if per_rank.is_file():
+        set_rng_state(torch.load(per_rank, weights_only=False)[rank])
+    else:
+        set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
     return json.loads((ckpt / "trainer_state.json").read_text())
 
 
@@ -107,6 +145,7 @@ def save_best(run_dir: Path, model, info: dict) -> None:
     """checkpoints/best: the weights with the best validation score so far."""
     with atomic_dir(Path(run_dir) / CHECKPOINTS / BEST) as tmp:
         save_file(_state_dict_for_file(model), str(tmp / "model.safetensors"))
+        pause_point("best-write", info.get("step"))
         write_json(tmp / "best.json", info)
         _write_manifest(tmp, {"step": info.get("step")})
 

@@ -9,6 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 
+from bertclf.errors import UserError
+
 
 def cache_dir() -> Path:
     """BERTCLF_CACHE, else $XDG_CACHE_HOME/bertclf, else ~/.cache/bertclf."""
@@ -41,19 +43,67 @@ def _fsync_dir(path: Path) -> None:
             os.close(fd)
 
 
+def _blocker(folder: Path) -> Path | None:
+    """The nearest existing ancestor of `folder` (itself included) when it is not a directory."""
+    for p in (folder, *folder.parents):
+        if p.exists():
+            return None if p.is_dir() else p
+    return None
+
+
+def check_writable(path: str | os.PathLike) -> None:
+    """Fail now, before any work, when `path` (a file or folder to create) cannot be written: a file stands where
+    a folder must be, or the nearest existing folder is not writable. The atomic writers check again."""
+    path = Path(path)
+    for p in (path.parent, *path.parent.parents):
+        if p.exists():
+            if not p.is_dir():
+                raise UserError(f"{path}: cannot write it ({p} is a file, not a folder); choose another path")
+            if not os.access(p, os.W_OK | os.X_OK):
+                raise UserError(f"{path}: cannot write it ({p} is not writable); choose another path")
+            return
+
+
+def _make_parent(path: Path) -> None:
+    """Create path's folder; a path the user cannot write to is a one-line UserError, not a traceback."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        blocker = _blocker(path.parent)
+        why = f"{blocker} is a file, not a folder" if blocker else f"cannot create {path.parent}: {e.strerror or e}"
+        raise UserError(f"{path}: cannot write it ({why}); choose another path") from None
+
+
+def _cannot_write(path: Path, e: OSError) -> UserError:
+    return UserError(f"{path}: cannot write it ({e.strerror or e}); choose a writable place with free space")
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | os.PathLike, mode: str = "w", **kwargs):
-    """Open a temporary file beside `path`; on success fsync and rename it over `path`."""
+    """Open a temporary file beside `path`; on success fsync and rename it over `path`.
+
+    A folder that cannot be created or written (a file in the way, no permission, disk full) is a UserError."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    if path.is_dir():  # before anything is written: os.replace would fail only at the end
+        raise UserError(f"{path}: is a folder; give a file name")
+    _make_parent(path)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     try:
         os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600; give the file the usual permissions
         with os.fdopen(fd, mode, **kwargs) as f:
             yield f
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
+            try:
+                f.flush()
+                os.fsync(f.fileno())
+            except OSError as e:  # disk full, quota
+                raise _cannot_write(path, e) from None
+        try:
+            os.replace(tmp, path)
+        except OSError as e:
+            raise _cannot_write(path, e) from None
         _fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
@@ -75,8 +125,11 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True):
     With replace=True an existing `path` is swapped out only after the new one is complete.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    _make_parent(path)
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    except OSError as e:
+        raise _cannot_write(path, e) from None
     try:
         os.chmod(tmp, 0o777 & ~_umask())
         yield tmp

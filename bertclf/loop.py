@@ -86,8 +86,8 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("data", f"unknown dataset '{cfg.data}'; the builtin dataset is 'nsmc', or use --train FILE")
     if (cfg.data is None) == (cfg.train is None):
         bad("train", "give exactly one of --data nsmc or --train FILE")
-    if not cfg.epochs > 0:
-        bad("epochs", f"must be > 0, got {cfg.epochs}")
+    if not (cfg.epochs > 0 and math.isfinite(cfg.epochs)):
+        bad("epochs", f"must be a number > 0, got {cfg.epochs}")
     if cfg.batch_size is not None and cfg.batch_size < 1:
         bad("batch-size", f"must be >= 1, got {cfg.batch_size}")
     if cfg.lr is not None and not (0 < cfg.lr < 1):
@@ -154,17 +154,26 @@ def prepare_out_dir(cfg: TrainConfig) -> Path:
     has_run = out.is_dir() and any(out.iterdir())
     if cfg.resume:
         if not ckpt.step_checkpoints(out) and not (out / ckpt.CHECKPOINTS / "config.json").is_file():
+            if (out / "bertclf.json").is_file():
+                raise UserError(f"--resume: {out} holds a finished model, there is nothing to resume; choose a new "
+                                f"directory or --overwrite to train it again")
+            if has_run:
+                raise UserError(f"--resume: {out} holds no checkpoint to resume from (the run stopped before its "
+                                f"first checkpoint); start it again with --overwrite instead of --resume")
             raise UserError(f"--resume: {out} holds no checkpoint to resume from; start without --resume")
     elif has_run:
         if not cfg.overwrite:
             what = "a finished model" if (out / "bertclf.json").exists() else "files of another run"
             raise UserError(f"--out {out}: already holds {what}; choose a new directory, add --resume to "
                             f"continue it, or --overwrite to replace it")
+    created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
         probe.write_text("")
         probe.unlink()
+        for p in created:  # checked, not kept: a run that fails on its input leaves no empty folder behind
+            p.rmdir()
     except OSError as e:
         raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from None
     return out
@@ -182,6 +191,7 @@ class Logger:
         if line:
             self.echo(line)
         if record:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
             with open(self.path, "a", encoding="utf-8") as f:
                 f.write(json.dumps(record) + "\n")
 
@@ -189,7 +199,13 @@ class Logger:
         """On resume: forget what was logged after the checkpoint we continue from."""
         if not self.main or not self.path.exists():
             return
-        keep = [ln for ln in self.path.read_text().splitlines() if ln.strip() and json.loads(ln).get("step", 0) <= step]
+        keep = []
+        for ln in self.path.read_text(encoding="utf-8").splitlines():
+            try:
+                if json.loads(ln).get("step", 0) <= step:
+                    keep.append(ln)
+            except (ValueError, AttributeError):  # blank, or torn by the crash (power loss, full disk)
+                continue
         from bertclf.files import atomic_file
 
         with atomic_file(self.path) as f:
@@ -199,7 +215,7 @@ class Logger:
 def train(cfg: TrainConfig, echo=print) -> dict:
     """Fine-tune as `cfg` says; returns the model card that is also written to DIR/bertclf.json."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import gather_object, set_seed
     from transformers import get_linear_schedule_with_warmup
 
     t_start = time.time()
@@ -233,7 +249,7 @@ def train(cfg: TrainConfig, echo=print) -> dict:
     # ---- 2. model and tokenizer (vocabulary trimmed to the training texts if asked) -------------------------
     base = resolve(cfg.model, log=say)
     if cfg.trim_vocab:
-        base = trimmed_base(base, out, train_ds.texts + valid_ds.texts, accelerator, say)
+        base = trimmed_base(base, out, train_ds.texts + valid_ds.texts, accelerator, say, reuse=cfg.resume)
     tokenizer = load_tokenizer(base)
     model = load_classifier(base, labels.id2label)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -270,7 +286,7 @@ def train(cfg: TrainConfig, echo=print) -> dict:
 
     # ---- 5. resume ------------------------------------------------------------------------------------------
     log = Logger(out / "train_log.jsonl", main, echo=say)
-    run_args = asdict(cfg) | {"batch_size": batch_size, "lr": lr}
+    run_args = asdict(cfg) | {"batch_size": batch_size, "lr": lr, "processes": world}
     state = {"step": 0, "epoch": 0, "batch_in_epoch": 0, "best_score": None, "best_step": None,
              "evals_without_improvement": 0, "n_micro": cfg.grad_accum, "samples_seen": 0, "tokens_seen": 0,
              "train_seconds": 0.0}
@@ -278,8 +294,13 @@ def train(cfg: TrainConfig, echo=print) -> dict:
         found = ckpt.latest_checkpoint(out, log=say)
         if found is None:
             raise UserError(f"--resume: no complete checkpoint in {out / ckpt.CHECKPOINTS}; start without --resume")
-        state = ckpt.load_checkpoint(found, accelerator.unwrap_model(model), optimizer, scheduler)
-        saved = state.pop("args")
+        saved = json.loads((found / "trainer_state.json").read_text())["args"]
+        if saved.get("processes", 1) != world:
+            # Another process count is another global batch: another batch plan, step count and schedule.
+            raise UserError(f"--resume: the run in {out} was trained by {saved.get('processes', 1)} process(es), "
+                            f"this one has {world}; resume with the same number of processes")
+        state = ckpt.load_checkpoint(found, accelerator.unwrap_model(model), optimizer, scheduler, rank=rank)
+        state.pop("args")
         changed = [k for k in RESUME_KEYS if saved.get(k) != run_args.get(k)]
         if changed:
             raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
@@ -288,6 +309,11 @@ def train(cfg: TrainConfig, echo=print) -> dict:
         say(f"resumed from {found.name}: step {state['step']}, epoch {state['epoch'] + 1}")
     elif main:
         (out / "train_log.jsonl").unlink(missing_ok=True)
+        # --overwrite: the old run's card (the "finished" mark) and checkpoints go, so that neither can pass for
+        # this run's: retention keeps the highest step numbers, and --resume would pick the old run's newest.
+        (out / "bertclf.json").unlink(missing_ok=True)
+        for old in ckpt.step_checkpoints(out) + [out / ckpt.CHECKPOINTS / ckpt.BEST]:
+            shutil.rmtree(old, ignore_errors=True)
 
     # ---- 6. the loop ----------------------------------------------------------------------------------------
     def evaluate_valid() -> dict:
@@ -312,9 +338,11 @@ def train(cfg: TrainConfig, echo=print) -> dict:
         # The running log window is part of the state, so a resumed run logs exactly the same numbers.
         state["window"] = [accelerator.reduce(sum_loss, "sum").item(), accelerator.reduce(sum_correct, "sum").item(),
                            sum_rows]
+        # Every rank draws its own dropout masks: keep each rank's RNG state, not only rank 0's.
+        rank_rngs = gather_object([ckpt.rng_state()]) if world > 1 else None
         if main:
             ckpt.save_checkpoint(out, state["step"], accelerator.unwrap_model(model), optimizer, scheduler,
-                                 state | {"args": run_args}, keep=cfg.keep_checkpoints)
+                                 state | {"args": run_args}, keep=cfg.keep_checkpoints, rank_rngs=rank_rngs)
         accelerator.wait_for_everyone()
 
     autocast_dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed)
@@ -374,6 +402,7 @@ def train(cfg: TrainConfig, echo=print) -> dict:
             window_tokens += n_tok * world
             progress.update(1)
             step = state["step"]
+            ckpt.pause_point("step", step)  # test hook (BERTCLF_TEST_PAUSE_AT); inert otherwise
 
             if step % log_every == 0 or step == total_steps:
                 if bool(accelerator.reduce(nonfinite.float(), "sum") > 0):  # checked here, not every step: a sync
@@ -400,6 +429,7 @@ def train(cfg: TrainConfig, echo=print) -> dict:
             if step % eval_every == 0 or step == total_steps:
                 t_eval = time.time()
                 rep = evaluate_valid()
+                ckpt.pause_point("eval", step)  # test hook (BERTCLF_TEST_PAUSE_AT); inert otherwise
                 score = rep["accuracy"]
                 improved = state["best_score"] is None or score > state["best_score"]
                 if improved:
@@ -496,12 +526,13 @@ def save_predictions(path: Path, arrays: dict) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say) -> str:
-    """Trim the vocabulary to the pieces the training texts use (once per run; reused on resume)."""
+def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say, reuse: bool = False) -> str:
+    """Trim the vocabulary to the pieces the training texts use (once per run; reused on resume only: an
+    --overwrite run may train on other texts)."""
     from bertclf.vocab_trim import trim_vocab
 
     target = out / ckpt.CHECKPOINTS / "base-model"
-    if accelerator.is_main_process and not (target / "config.json").is_file():
+    if accelerator.is_main_process and not (reuse and (target / "config.json").is_file()):
         trim_vocab(base, texts, target, log=say)
     accelerator.wait_for_everyone()
     return str(target)

@@ -5,6 +5,7 @@ it becomes a one-line error that names the builtin model, which needs no network
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
@@ -33,6 +34,14 @@ def check_model_dir(p: Path) -> Path:
         raise UserError(f"{p}: not a model directory; give a directory holding config.json and weights")
     if not (p / "config.json").is_file():
         raise UserError(f"{p}: not a model directory (no config.json); point at a saved model directory")
+    try:
+        config = json.loads((p / "config.json").read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        raise UserError(f"{p / 'config.json'}: not valid JSON ({e}); the model directory is damaged, "
+                        f"re-train or re-export it") from None
+    if not isinstance(config, dict):
+        raise UserError(f"{p / 'config.json'}: not a JSON object; the model directory is damaged, re-train or "
+                        f"re-export it")
     if not any((p / w).is_file() for w in ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin",
                                               "model.onnx")):
         raise UserError(f"{p}: no weights (model.safetensors) in this directory; it holds an incomplete model")
@@ -69,6 +78,7 @@ def load_tokenizer(name_or_dir: str):
 def load_classifier(name_or_dir: str, id2label: dict[int, str] | None = None, dtype=None):
     """AutoModelForSequenceClassification with our label map (a new head when the labels differ)."""
     import torch
+    from safetensors import SafetensorError
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
     try:
@@ -86,4 +96,7 @@ def load_classifier(name_or_dir: str, id2label: dict[int, str] | None = None, dt
         model = AutoModelForSequenceClassification.from_pretrained(name_or_dir, dtype=dtype or torch.float32, **kwargs)
     except (OSError, ValueError) as e:
         raise _hub_error(name_or_dir, e) from None
+    except SafetensorError as e:
+        raise UserError(f"{name_or_dir}: cannot read its weights ({e}); model.safetensors is truncated or corrupt, "
+                        f"copy it again or re-train") from None
     return model

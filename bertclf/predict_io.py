@@ -27,12 +27,31 @@ def _lines(f, path: str) -> Iterator[str]:
     while True:
         try:
             line = f.readline()
-        except UnicodeDecodeError:
-            raise UserError(f"{path}, line {n + 1}: not UTF-8 text; re-save the file as UTF-8") from None
+        except UnicodeDecodeError as e:
+            # the decoder reads ahead, so the line we are on is not where the bad byte is: find it in the file
+            where = _bad_utf8(path) if path != "-" else None
+            line_no, byte = where or (n + 1, e.object[e.start])
+            raise UserError(f"{path}, line {line_no}: not UTF-8 text (byte 0x{byte:02x}); re-save the file as "
+                            f"UTF-8") from None
         if not line:
             return
         n += 1
         yield line
+
+
+def _bad_utf8(path: str) -> tuple[int, int] | None:
+    """(line number, byte) of the first byte of `path` that is not UTF-8, read in bounded memory."""
+    import codecs
+
+    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as e:
+                return line + e.object[:e.start].count(b"\n"), e.object[e.start]
+            line += block.count(b"\n")
+    return None
 
 
 def iter_texts(path: str, text_col: str | None) -> Iterator[str]:

@@ -37,7 +37,7 @@ from pathlib import Path
 import numpy as np
 
 from bertclf.errors import UserError
-from bertclf.files import atomic_dir, atomic_file
+from bertclf.files import atomic_dir, atomic_file, check_writable
 
 CARD_FILE = "bertclf.json"           # as written by checkpoint.save_model_dir
 LOG_FILE = "train_log.jsonl"         # as written by loop.Logger
@@ -1079,6 +1079,7 @@ def write_report(run_dirs: list[str], out: str | None = None) -> str:
     else:
         html_path = default_out(runs)
     html_path = html_path.resolve()
+    check_writable(html_path)  # now, not after the plots
     assets = assets_dir(html_path)
     if not _ours(assets):
         raise UserError(f"{assets}: exists and is not a bertclf report folder (the report's PNGs go there); "

@@ -369,6 +369,12 @@ def create_app(clf, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_texts:
         function_to_apply: Optional[Literal["softmax", "sigmoid", "none"]] = Field(
             None, description=f"how logits become scores; 'none' gives raw logits (default: {default_fn})")
 
+        @field_validator("top_k", mode="before")
+        @classmethod
+        def _integral_number(cls, v):
+            # JSON Schema, and so the published spec, counts 2.0 as an integer: accept it. 1.5, "2", true: still 422.
+            return int(v) if isinstance(v, float) and v.is_integer() else v
+
     class PredictRequest(BaseModel):
         model_config = ConfigDict(extra="forbid", title="TextClassificationRequest")
         inputs: Annotated[Any, WithJsonSchema(inputs_schema)]

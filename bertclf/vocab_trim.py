@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
 import os
 import shutil
@@ -204,7 +205,9 @@ def read_texts(path: str | os.PathLike, text_col: str = "document") -> list[str]
         raise UserError(f"{path}: no such file")
     delimiter = "," if path.suffix.lower() == ".csv" else "\t"
     csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    with open(path, encoding="utf-8-sig", newline="") as f:
+    from bertclf.data import _decode  # UTF-8 or a one-line error naming the line
+
+    with io.StringIO(_decode(path), newline="") as f:
         reader = csv.reader(f, delimiter=delimiter)
         header = next(reader, None)
         if header is None:
@@ -225,6 +228,7 @@ def _check_dirs(src: Path, out: Path) -> None:
         raise UserError(f"{out}: the output directory must not be the source directory or contain it")
     if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not (out / "config.json").is_file())):
         raise UserError(f"{out}: exists and is not a model directory; choose a new output directory")
+    files.check_writable(out)  # now, not after the work
 
 
 def _plan(tok_json: dict, texts: list[str]) -> dict:

@@ -1,0 +1,294 @@
+"""Crash safety of `bertclf train`: SIGKILL at exact points, resume, and end with the uninterrupted run's bytes.
+
+The points come from the test hook BERTCLF_TEST_PAUSE_AT=NAME:STEP (bertclf/checkpoint.py `pause_point`): the
+run prints a marker on stderr and sleeps right there, and the test kills it with SIGKILL. Also: a corrupt newest
+checkpoint is skipped with a message, retention keeps at most --keep-checkpoints step checkpoints, and a
+NaN/inf loss stops the run with one line (exit 2) while the last checkpoint stays intact.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bertclf import checkpoint as ckpt
+
+REPO = Path(__file__).resolve().parents[1]
+TIMING = ("elapsed_s", "samples_per_s", "tokens_per_s")
+
+# 750 of the slice's 3,000 rows: 712 train (45 steps of 16 per epoch) + 38 validation. 60 steps cross the epoch
+# boundary at step 45; checkpoints every 10 steps, validation every 20, log lines every 5.
+STEPS = 60
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, BERTCLF_NO_PROGRESS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1",  # the reference run and the killed runs share the cores; same threads in all
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env.pop(ckpt.PAUSE_ENV, None)
+    return env | extra
+
+
+def _args(slices, model, out: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "bertclf", "train", "--train", str(slices["train"]), "--text-col", "document",
+            "--model", str(model), "--sample", "0.25", "--epochs", "2", "--max-steps", str(STEPS),
+            "--batch-size", "16", "--lr", "2e-3", "--seed", "0", "--checkpoint-every", "10", "--eval-every", "20",
+            "--log-every", "5", "--keep-checkpoints", "2", "--out", str(out), *extra]
+
+
+def _strip(path: Path) -> list[dict]:
+    return [{k: v for k, v in json.loads(x).items() if k not in TIMING} for x in path.read_text().splitlines()]
+
+
+def _steps(out: Path) -> list[int]:
+    return [int(p.name.split("-")[1]) for p in ckpt.step_checkpoints(out)]
+
+
+class Killed:
+    """One `bertclf train` process run until it pauses at `point` (NAME:STEP), then SIGKILLed there."""
+
+    def __init__(self, argv: list[str], point: str, log_dir: Path, timeout: float = 300):
+        self.point = point
+        tag = point.replace(":", "-")
+        self.out_path, self.err_path = log_dir / f"{tag}.out", log_dir / f"{tag}.err"
+        with open(self.out_path, "w") as o, open(self.err_path, "w") as e:
+            proc = subprocess.Popen(argv, cwd=REPO, env=_env(**{ckpt.PAUSE_ENV: point}), stdout=o, stderr=e)
+        deadline = time.monotonic() + timeout
+        try:
+            while f"{ckpt.PAUSE_MARK} {point}" not in self.err_path.read_text():
+                if proc.poll() is not None:
+                    pytest.fail(f"the run exited ({proc.returncode}) before reaching {point} (is the "
+                                f"{ckpt.PAUSE_ENV} hook in loop.py?):\n{self.err_path.read_text()[-2000:]}")
+                if time.monotonic() > deadline:
+                    pytest.fail(f"the run did not reach {point} in {timeout:.0f}s")
+                time.sleep(0.02)
+        finally:
+            proc.kill()  # SIGKILL: no handler, no atexit, no flush runs
+            proc.wait()
+        assert proc.returncode == -9
+        self.stdout = self.out_path.read_text()
+
+
+def _resumed_from(stdout: str) -> int:
+    m = re.search(r"resumed from step-(\d+): step (\d+)", stdout)
+    assert m, f"no 'resumed from' line in:\n{stdout[-2000:]}"
+    return int(m.group(1))
+
+
+def _train_in_process(argv: list[str], capsys) -> tuple[int, str, str]:
+    from bertclf.cli import main
+
+    rc = main(argv)
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def _one_line_error(err: str) -> str:
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("bertclf: error: "), err
+    assert "Traceback" not in err
+    return lines[0]
+
+
+def test_kill_at_every_kind_of_moment_then_resume_is_bit_identical(tiny_model_dir, nsmc_slices, tmp_path, capsys):
+    """One run killed at five kinds of moments (and restarted once from scratch) ends bit-identical to an
+    uninterrupted run: same model.safetensors bytes, same train_log.jsonl minus timings."""
+    ref_out, run = tmp_path / "reference", tmp_path / "run"
+    logs = tmp_path / "logs"
+    logs.mkdir()
+    # the reference runs alongside the killed runs (one thread each: 2 cores are enough)
+    ref = subprocess.Popen(_args(nsmc_slices, tiny_model_dir, ref_out), cwd=REPO, env=_env(),
+                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    argv = _args(nsmc_slices, tiny_model_dir, run)
+    in_process = argv[3:]  # the same flags for cli.main
+
+    try:
+        # 1. early: killed at step 7, before the first checkpoint. --resume refuses with one line that says
+        #    what to do instead (not "start without --resume", which would refuse in turn: the folder is not empty)
+        Killed(argv, "step:7", logs)
+        assert _steps(run) == [] and (run / "train_log.jsonl").is_file() and not (run / "bertclf.json").exists()
+        rc, _, err = _train_in_process(in_process + ["--resume"], capsys)
+        line = _one_line_error(err)
+        assert rc == 2 and "no checkpoint" in line and "--overwrite" in line, line
+        rc, _, err = _train_in_process(in_process, capsys)
+        assert rc == 2 and "--overwrite" in _one_line_error(err)
+
+        # 2. mid-epoch: step 13, three steps after the checkpoint of step 10
+        Killed(argv + ["--overwrite"], "step:13", logs)
+        assert _steps(run) == [10]
+        rc, _, err = _train_in_process(in_process + ["--resume", "--seed", "1"], capsys)  # other settings: refused
+        assert rc == 2 and "--seed" in _one_line_error(err)
+
+        # 3. right after a checkpoint is complete (and older ones pruned)
+        k = Killed(argv + ["--resume"], "checkpoint-saved:20", logs)
+        assert _resumed_from(k.stdout) == 10
+        assert _steps(run) == [10, 20]
+
+        # 4. during a checkpoint write: a hidden temporary folder without manifest, never a step-30 folder
+        k = Killed(argv + ["--resume"], "checkpoint-write:30", logs)
+        assert _resumed_from(k.stdout) == 20
+        assert _steps(run) == [10, 20]
+        tmp_dirs = [p for p in (run / ckpt.CHECKPOINTS).iterdir() if p.name.startswith(".step-00000030.")]
+        assert tmp_dirs and not (tmp_dirs[0] / "manifest.json").exists()
+
+        # 5. during evaluation (step 40: scored, best checkpoint and step-40 checkpoint not yet written)
+        k = Killed(argv + ["--resume"], "eval:40", logs)
+        assert _resumed_from(k.stdout) == 20
+        assert _steps(run) == [20, 30]
+
+        # 6. after checkpoint 50; then the newest checkpoint is damaged and the log's last line torn
+        k = Killed(argv + ["--resume"], "checkpoint-saved:50", logs)
+        assert _resumed_from(k.stdout) == 30
+        assert _steps(run) == [40, 50]  # retention: never more than --keep-checkpoints 2 (+ best)
+        assert ckpt.verify(run / ckpt.CHECKPOINTS / ckpt.BEST) is None
+        victim = run / ckpt.CHECKPOINTS / "step-00000050" / "optimizer.pt"
+        with open(victim, "r+b") as f:
+            f.truncate(victim.stat().st_size // 2)
+        with open(run / "train_log.jsonl", "a") as f:
+            f.write('{"step": 51, "loss": 0.4')  # a line cut short by a crash (power loss, full disk)
+
+        # 7. the last resume skips the broken checkpoint, says so, and finishes
+        r = subprocess.run(argv + ["--resume"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        assert r.returncode == 0, r.stderr[-3000:]
+        assert "Traceback" not in r.stderr
+        assert re.search(r"checkpoint step-00000050 is unusable \(optimizer\.pt fails its checksum", r.stdout), \
+            r.stdout
+        assert _resumed_from(r.stdout) == 40
+    finally:
+        if ref.poll() is None:
+            try:
+                ref.wait(timeout=600)
+            except subprocess.TimeoutExpired:
+                ref.kill()
+    assert ref.returncode == 0, ref.stderr.read()[-3000:]
+
+    assert (run / "bertclf.json").is_file() and not (run / ckpt.CHECKPOINTS).exists()
+    assert (ref_out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    assert _strip(ref_out / "train_log.jsonl") == _strip(run / "train_log.jsonl")
+    card_ref, card = (json.loads((d / "bertclf.json").read_text()) for d in (ref_out, run))
+    assert card["metrics"] == card_ref["metrics"]
+    assert card["training"]["steps"] == card_ref["training"]["steps"] == STEPS
+    assert card["training"]["best_step"] == card_ref["training"]["best_step"]
+
+
+def test_kill_while_writing_the_best_checkpoint(tiny_model_dir, nsmc_slices, tmp_path):
+    """checkpoints/best is replaced atomically too: killed inside its write, the previous best stays whole."""
+    run = tmp_path / "run"
+    argv = _args(nsmc_slices, tiny_model_dir, run)
+    Killed(argv, "best-write:20", tmp_path)
+    best = run / ckpt.CHECKPOINTS / ckpt.BEST
+    assert not best.exists() or ckpt.verify(best) is None
+    assert any(p.name.startswith(".best.") for p in (run / ckpt.CHECKPOINTS).iterdir())
+    assert _steps(run) == [10]  # step 20's checkpoint comes after its validation
+    assert ckpt.latest_checkpoint(run, log=lambda s: None) == run / ckpt.CHECKPOINTS / "step-00000010"
+
+
+# ---------------------------------------------------------------- numerical faults
+
+
+def _poisoned_copy(src: Path, dst: Path, edit) -> Path:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    shutil.copytree(src, dst)
+    weights = load_file(str(dst / "model.safetensors"))
+    edit(weights)
+    save_file(weights, str(dst / "model.safetensors"), metadata={"format": "pt"})
+    assert any(not torch.isfinite(w).all() for w in weights.values())
+    return dst
+
+
+def _first_step_with_token(cfg, model_dir: Path, after: int) -> tuple[int, int]:
+    """A (token id, step) such that the token first occurs in the batch of optimizer step `step` > after:
+    computed with the loop's own data split, tokenization and batch plan."""
+    import numpy as np
+
+    from bertclf.batches import epoch_batches
+    from bertclf.loop import load_data
+    from bertclf.models import load_tokenizer
+    from bertclf.tokens import encode, lengths
+
+    train_ds, _, _ = load_data(cfg, log=lambda s: None)
+    tok = load_tokenizer(str(model_dir))
+    ids = encode(tok, train_ds.texts, cfg.max_length)
+    batches = epoch_batches(lengths(ids), cfg.batch_size, cfg.seed, 0)
+    seen = set(tok.all_special_ids)
+    for i, rows in enumerate(batches):
+        here = set(np.concatenate([ids[r] for r in rows]).tolist())
+        if i + 1 > after and here - seen:
+            return min(here - seen), i + 1
+        seen |= here
+    raise AssertionError("no batch brings a new token")
+
+
+def test_nan_loss_stops_with_one_line_and_the_last_checkpoint_intact(tiny_model_dir, nsmc_slices, tmp_path, capsys):
+    """A word embedding row set to inf: the loss becomes NaN at the first batch holding that token. The run
+    stops there with exit 2 and one line, writes no checkpoint of the diverged model, and the checkpoints
+    before it pass their manifests. Then an --overwrite run whose LayerNorm weight is inf fails at its first
+    check, and must not leave the first run's checkpoints behind as if they were its own."""
+    from bertclf.loop import TrainConfig
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(out=str(run), train=str(nsmc_slices["train"]), text_col="document",
+                      model=str(tiny_model_dir), sample=0.1, batch_size=16, seed=0)
+    token, bad_step = _first_step_with_token(cfg, tiny_model_dir, after=3)
+
+    def poison_token(w):
+        w["embeddings.word_embeddings.weight"][token] = float("inf")
+
+    def poison_layernorm(w):
+        w["embeddings.LayerNorm.weight"][0] = float("inf")
+
+    flags = ["train", "--train", str(nsmc_slices["train"]), "--text-col", "document", "--sample", "0.1",
+             "--batch-size", "16", "--seed", "0", "--checkpoint-every", "1", "--keep-checkpoints", "2",
+             "--out", str(run)]
+    model = _poisoned_copy(tiny_model_dir, tmp_path / "poisoned-token", poison_token)
+    rc, out, err = _train_in_process(flags + ["--model", str(model), "--max-steps", str(bad_step + 5),
+                                              "--log-every", "1000"], capsys)
+    line = _one_line_error(err)
+    assert rc == 2 and "diverged" in line and "NaN" in line and f"step {bad_step}" in line, line
+    assert _steps(run) == [bad_step - 2, bad_step - 1]
+    for p in ckpt.step_checkpoints(run):
+        assert ckpt.verify(p) is None
+    state = json.loads((run / ckpt.CHECKPOINTS / f"step-{bad_step - 1:08d}" / "trainer_state.json").read_text())
+    assert state["step"] == bad_step - 1
+    assert not (run / "bertclf.json").exists() and not (run / "model.safetensors").exists()
+
+    model = _poisoned_copy(tiny_model_dir, tmp_path / "poisoned-layernorm", poison_layernorm)
+    rc, _, err = _train_in_process(flags + ["--model", str(model), "--max-steps", "10", "--log-every", "1",
+                                            "--overwrite"], capsys)
+    line = _one_line_error(err)
+    assert rc == 2 and "NaN" in line and "step 1" in line, line
+    # the first run's checkpoints are gone: --resume must not continue another run (nor retention keep it)
+    assert _steps(run) == [] and not (run / ckpt.CHECKPOINTS / ckpt.BEST).exists()
+
+
+def test_overwrite_trims_the_vocabulary_again(tiny_model_dir, nsmc_slices, tmp_path, capsys):
+    """--trim-vocab keeps the trimmed base model in checkpoints/base-model for --resume. An --overwrite run on
+    other texts must trim again, not reuse the old run's vocabulary (which lacks pieces of the new texts).
+    Both runs stop at step 1 (an inf LayerNorm weight makes the loss NaN), leaving their base model behind."""
+    from transformers import AutoTokenizer
+
+    lines = nsmc_slices["train"].read_text(encoding="utf-8").splitlines(keepends=True)
+    a, b = tmp_path / "a.tsv", tmp_path / "b.tsv"
+    a.write_text(lines[0] + "".join(lines[1:201]), encoding="utf-8")
+    b.write_text(lines[0] + "".join(lines[2001:2201]), encoding="utf-8")
+    model = _poisoned_copy(tiny_model_dir, tmp_path / "poisoned", lambda w: w["embeddings.LayerNorm.weight"].fill_(
+        float("inf")))
+    run = tmp_path / "run"
+    flags = ["train", "--text-col", "document", "--model", str(model), "--trim-vocab", "--batch-size", "16",
+             "--max-steps", "5", "--log-every", "1", "--out", str(run)]
+    for data, extra in ((a, []), (b, ["--overwrite"])):
+        rc, _, err = _train_in_process(flags + ["--train", str(data)] + extra, capsys)
+        assert rc == 2 and "NaN" in _one_line_error(err)
+    base = AutoTokenizer.from_pretrained(run / ckpt.CHECKPOINTS / "base-model")
+    full = AutoTokenizer.from_pretrained(tiny_model_dir)
+    texts = [ln.split("\t")[1] for ln in lines[2001:2201]]
+    assert [base.tokenize(t) for t in texts] == [full.tokenize(t) for t in texts]
