@@ -1,0 +1,250 @@
+"""CPU inference, side by side: torch eager fp32 vs ONNX fp32 vs ONNX int8, on NSMC test reviews.
+
+    python benchmarks/inference.py DIR [--n 5000] [--latency-n 200] [--work WORKDIR]
+
+DIR is a trained model directory (config.json with labels, model.safetensors, tokenizer). Get one with e.g.
+
+    bertclf train --data nsmc --model me5-small --trim-vocab --sample 0.1 --epochs 1 --out runs/x
+
+(any fine-tune works: speed does not depend on how well it is trained; the accuracy columns do). The script
+exports DIR with `bertclf.export.export_onnx` (fp32 and int8) into WORKDIR (default: a temporary directory;
+an existing export there from the same DIR is reused with --reuse), then measures on the first N reviews of
+NSMC's ratings_test.txt, every engine on the same pre-tokenized ids (tokenization is timed once, apart):
+
+  * batch-1 latency p50 / p99 (ms): --latency-n reviews one at a time, engines interleaved text by text so a
+    busy neighbour on the machine slows all engines alike;
+  * batch-64 throughput (texts/s): the N reviews in blocks of 1,000, engines interleaved block by block,
+    each block length-sorted and padded per batch as `bertclf predict` does;
+  * model size on disk, accuracy on the gold labels, label agreement with torch, max |probability difference|
+    and max |logit difference| against torch;
+  * ratios against torch eager: "x thru" (wall-clock texts/s at batch 64), "x cpu" (texts per CPU-second of
+    this process: with --threads 1 it hardly moves when other jobs share the machine), "x p50" (batch-1 latency).
+On a busy machine prefer --threads 1: multi-threaded torch (OpenMP) loses far more than onnxruntime when its
+threads are preempted, which inflates the ratios.
+Threads: torch and onnxruntime both get one thread per physical core (BERTCLF_THREADS overrides).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from bertclf.errors import UserError  # noqa: E402
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("model_dir", metavar="DIR", help="trained model directory (see the module docstring)")
+    p.add_argument("--n", type=int, default=5000, help="NSMC test reviews for throughput and accuracy")
+    p.add_argument("--latency-n", type=int, default=200, help="reviews timed one at a time")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--data-dir", help="folder with ratings_test.txt (default: BERTCLF_DATA_DIR, cache, shared/)")
+    p.add_argument("--work", help="where the exports go (default: a temporary directory, removed at the end)")
+    p.add_argument("--reuse", action="store_true", help="reuse exports already in --work")
+    p.add_argument("--engines", default="torch,onnx-fp32,onnx-int8", help="comma list of torch, onnx-fp32, onnx-int8")
+    p.add_argument("--threads", type=int, help="threads per engine (default: physical cores)")
+    p.add_argument("--no-fuse", action="store_true", help="export without onnxruntime's BERT fusions")
+    p.add_argument("--per-tensor", action="store_true", help="int8 weights per tensor instead of per channel")
+    p.add_argument("--full-range", action="store_true", help="8-bit int8 weights (default: 7-bit, no saturation "
+                   "in the AVX2 u8s8 kernels of CPUs without VNNI)")
+    p.add_argument("--no-smooth", action="store_true", help="int8 without SmoothQuant scaling of activation outliers")
+    p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
+    return p.parse_args(argv)
+
+
+def nsmc_test(n: int, data_dir: str | None, labels: list[str]) -> tuple[list[str], np.ndarray]:
+    from bertclf.data import NSMC_LABELS, nsmc_path, read_labelled
+
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsmc"
+    if data_dir is None and not os.environ.get("BERTCLF_DATA_DIR") and (shared / "ratings_test.txt").is_file():
+        data_dir = str(shared)
+    ds = read_labelled(nsmc_path("test", data_dir, log=lambda s: print(s, file=sys.stderr)), "document", "label")
+    index = {lab: i for i, lab in enumerate(labels)}
+    y = [index.get(NSMC_LABELS.get(r, r), index.get(r, -1)) for r in ds.labels[:n]]
+    if min(y) < 0:
+        print(f"note: model labels {labels} are not NSMC's (0/1 or negative/positive); accuracy is not shown",
+              file=sys.stderr)
+    return ds.texts[:n], np.array(y)
+
+
+def export(src: Path, work: Path, int8: bool, args) -> Path:
+    from bertclf.export import export_onnx
+
+    out = work / ("onnx-int8" if int8 else "onnx-fp32")
+    opts = dict(optimize=not args.no_fuse, per_channel=not args.per_tensor, reduce_range=not args.full_range,
+                smooth=None if args.no_smooth else 0.5)
+    card = out / "bertclf.json"
+    if args.reuse and card.is_file():
+        exp = json.loads(card.read_text()).get("export", {})
+        q = exp.get("quantization") or {}
+        same = (exp.get("source") == str(src.resolve()) and exp.get("int8") == int8
+                and exp.get("requested", {}).get("optimize", True) == opts["optimize"]
+                and (not int8 or (q.get("per_channel"), q.get("reduce_range"), bool(q.get("smoothquant_alpha")))
+                     == (opts["per_channel"], opts["reduce_range"], bool(opts["smooth"]))))
+        if same:
+            print(f"reusing {out}", file=sys.stderr)
+            return out
+    t = time.time()
+    export_onnx(str(src), str(out), int8=int8, log=lambda s: print("  " + s, file=sys.stderr), **opts)
+    print(f"  export took {time.time() - t:.1f}s", file=sys.stderr)
+    return out
+
+
+class Engine:
+    def __init__(self, name: str, path: Path, threads: int):
+        from bertclf.predict import Classifier
+
+        self.name, self.path = name, path
+        if name == "torch":
+            import torch
+
+            torch.set_num_threads(threads)
+            self.clf = Classifier.load(str(path), device="cpu")
+            self.size = sum(f.stat().st_size for f in path.iterdir() if f.name.startswith("model.safetensors"))
+        else:
+            from bertclf.onnx_model import OnnxClassifierModel, physical_cores
+
+            self.clf = Classifier.load(str(path))
+            if threads != physical_cores():
+                self.clf.model = OnnxClassifierModel(path / "model.onnx", len(self.clf.labels), threads=threads)
+            self.size = sum(f.stat().st_size for f in path.iterdir() if f.name.startswith("model.onnx"))
+        self.pad_id = self.clf.pad_id
+        self.logits = None
+        self.seconds = 0.0
+        self.cpu_seconds = 0.0
+        self.lat: list[float] = []
+
+    def run(self, ids: list[np.ndarray], batch_size: int) -> np.ndarray:
+        if self.name == "torch":
+            from bertclf.inference import predict_logits
+
+            return predict_logits(self.clf.model, ids, self.pad_id, batch_size)
+        return self.clf.model.predict_logits(ids, self.pad_id, batch_size)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    from bertclf.inference import softmax
+    from bertclf.models import check_model_dir
+    from bertclf.onnx_model import physical_cores
+    from bertclf.tokens import encode
+
+    src = check_model_dir(Path(args.model_dir))
+    if (src / "model.onnx").is_file():
+        raise UserError(f"{src}: give the trained (torch) model directory, not an export")
+    threads = args.threads or physical_cores()
+    names = [e.strip() for e in args.engines.split(",") if e.strip()]
+    if "torch" not in names:
+        names.insert(0, "torch")  # the reference for every comparison
+
+    tmp = None
+    if args.work:
+        work = Path(args.work)
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="bertclf-bench.")
+        work = Path(tmp.name)
+    paths = {"torch": src}
+    for name in names:
+        if name.startswith("onnx-"):
+            print(f"exporting {name} ...", file=sys.stderr)
+            paths[name] = export(src, work, name == "onnx-int8", args)
+
+    engines = [Engine(name, paths[name], threads) for name in names]
+    clf = engines[0].clf
+    texts, y = nsmc_test(args.n, args.data_dir, clf.labels)
+    t = time.perf_counter()
+    ids = encode(clf.tokenizer, texts, clf.max_length)
+    tok_s = time.perf_counter() - t
+    n_tokens = int(sum(len(x) for x in ids))
+    print(f"{len(texts)} reviews, {n_tokens / len(texts):.1f} tokens each on average; tokenizing took {tok_s:.2f}s; "
+          f"{threads} threads per engine", file=sys.stderr)
+
+    for e in engines:  # warm-up: first-call allocations, thread pools, lazy kernels
+        e.run(ids[:2 * args.batch_size], args.batch_size)
+        e.run(ids[:1], 1)
+
+    # batch-1 latency, interleaved text by text
+    rng = np.random.default_rng(0)
+    lat_rows = rng.choice(len(ids), size=min(args.latency_n, len(ids)), replace=False)
+    print(f"latency: {len(lat_rows)} reviews one at a time ...", file=sys.stderr)
+    for i in lat_rows:
+        for e in engines:
+            t = time.perf_counter()
+            e.run([ids[i]], 1)
+            e.lat.append(time.perf_counter() - t)
+
+    # batch-64 throughput, interleaved block by block
+    print(f"throughput: {len(ids)} reviews in batches of {args.batch_size} ...", file=sys.stderr)
+    for e in engines:
+        e.logits = np.zeros((len(ids), len(clf.labels)), dtype=np.float32)
+    block = 1000
+    for start in range(0, len(ids), block):
+        part = ids[start:start + block]
+        for e in engines:
+            t, c = time.perf_counter(), time.process_time()
+            e.logits[start:start + len(part)] = e.run(part, args.batch_size)
+            e.seconds += time.perf_counter() - t
+            e.cpu_seconds += time.process_time() - c
+        print(f"  {min(start + block, len(ids))}/{len(ids)}: " + ", ".join(
+            f"{e.name} {(start + len(part)) / e.seconds:.0f}/s" for e in engines), file=sys.stderr)
+
+    ref = engines[0]
+    p_ref = softmax(ref.logits)
+    results = []
+    for e in engines:
+        p = softmax(e.logits)
+        lat = np.array(e.lat) * 1000
+        r = {"engine": e.name, "path": str(e.path), "size_mb": e.size / 1e6,
+             "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),
+             "throughput": len(ids) / e.seconds, "texts_per_cpu_second": len(ids) / e.cpu_seconds,
+             "accuracy": float((e.logits.argmax(1) == y).mean()) if y.min() >= 0 else None,
+             "agreement": float((e.logits.argmax(1) == ref.logits.argmax(1)).mean()),
+             "max_prob_diff": float(np.abs(p - p_ref).max()),
+             "max_logit_diff": float(np.abs(e.logits - ref.logits).max())}
+        results.append(r)
+    base = results[0]
+    for r in results:
+        r["speedup_throughput"] = r["throughput"] / base["throughput"]
+        r["speedup_cpu"] = r["texts_per_cpu_second"] / base["texts_per_cpu_second"]
+        r["speedup_latency_p50"] = base["latency_p50_ms"] / r["latency_p50_ms"]
+        r["size_ratio"] = r["size_mb"] / base["size_mb"]
+
+    import onnxruntime
+    import torch
+
+    print(f"\nmodel {src}; {len(ids)} NSMC test reviews (latency: {len(lat_rows)}); batch {args.batch_size}; "
+          f"{threads} threads; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+    hdr = (f"{'engine':<10} {'size MB':>8} {'p50 ms':>7} {'p99 ms':>7} {'texts/s':>8} {'x thru':>6} {'x cpu':>6} "
+           f"{'x p50':>6} "
+           f"{'accuracy':>8} {'agree':>7} {'max dP':>8} {'max dlogit':>10}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in results:
+        acc = f"{r['accuracy']:.4f}" if r["accuracy"] is not None else "-"
+        print(f"{r['engine']:<10} {r['size_mb']:>8.1f} {r['latency_p50_ms']:>7.2f} {r['latency_p99_ms']:>7.2f} "
+              f"{r['throughput']:>8.1f} {r['speedup_throughput']:>6.2f} {r['speedup_cpu']:>6.2f} "
+              f"{r['speedup_latency_p50']:>6.2f} "
+              f"{acc:>8} {r['agreement']:>7.2%} {r['max_prob_diff']:>8.2g} {r['max_logit_diff']:>10.2g}")
+    if args.json:
+        Path(args.json).write_text(json.dumps({"model": str(src), "n": len(ids), "latency_n": len(lat_rows),
+                                               "batch_size": args.batch_size, "threads": threads,
+                                               "tokenize_seconds": tok_s, "results": results}, indent=2))
+    if tmp is not None:
+        tmp.cleanup()
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        raise SystemExit(main())
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        raise SystemExit(2)

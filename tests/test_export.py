@@ -1,0 +1,182 @@
+"""bertclf export --onnx [--int8]: the exported directory loads, predicts, and agrees with torch."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxruntime")
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args, **kw):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "bertclf", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300, **kw)
+
+
+@pytest.fixture(scope="module")
+def test_rows(nsmc_slices):
+    from bertclf.data import read_labelled
+
+    ds = read_labelled(nsmc_slices["test"], "document", "label")
+    return ds.texts, ds.labels
+
+
+@pytest.fixture(scope="module")
+def torch_logits(trained_tiny_dir, test_rows):
+    from bertclf.predict import Classifier
+
+    clf = Classifier.load(str(trained_tiny_dir), device="cpu")
+    assert clf.backend == "torch"
+    return clf.logits(test_rows[0])
+
+
+@pytest.fixture(scope="module")
+def onnx_fp32(trained_tiny_dir, tmp_path_factory):
+    from bertclf.export import export_onnx
+
+    out = tmp_path_factory.mktemp("export") / "fp32"
+    info = export_onnx(str(trained_tiny_dir), str(out), int8=False, log=lambda s: None)
+    return out, info
+
+
+@pytest.fixture(scope="module")
+def onnx_int8(trained_tiny_dir, tmp_path_factory):
+    """Through the command line: `bertclf export DIR --onnx --int8 --out DIR2` prints the info as JSON."""
+    out = tmp_path_factory.mktemp("export") / "int8"
+    r = run_cli("export", trained_tiny_dir, "--onnx", "--int8", "--out", out)
+    assert r.returncode == 0, r.stderr
+    return out, json.loads(r.stdout)
+
+
+def test_fp32_export_is_self_contained_and_matches_torch(onnx_fp32, trained_tiny_dir, test_rows, torch_logits):
+    from bertclf.predict import Classifier
+
+    out, info = onnx_fp32
+    assert {"model.onnx", "config.json", "tokenizer.json", "bertclf.json"} <= {p.name for p in out.iterdir()}
+    assert not any(p.name.startswith(".") for p in out.parent.iterdir()), "temporary files left behind"
+    card = json.loads((out / "bertclf.json").read_text())
+    exp = card["export"]
+    assert exp["int8"] is False and exp["opset"] == info["opset"] and exp["onnxruntime"]
+    assert exp["source"] == str(Path(trained_tiny_dir).resolve())
+    assert exp["check"]["max_abs_logit_diff"] < 1e-4 and exp["check"]["label_agreement"] == 1.0
+    assert exp["fused"].get("Attention"), "onnxruntime's BERT fusions did not apply"
+    assert card["labels"] == ["0", "1"] and card["max_length"] == 128  # the training card is kept
+
+    clf = Classifier.load(str(out))
+    assert clf.backend == "onnx" and clf.labels == ["0", "1"]
+    got = clf.logits(test_rows[0])
+    assert got.shape == torch_logits.shape and got.dtype == np.float32
+    assert np.abs(got - torch_logits).max() < 1e-4
+    assert (got.argmax(1) == torch_logits.argmax(1)).all()
+    one = clf.predict("정말 재밌어요")
+    assert one["label"] in ("0", "1") and abs(sum(one["probabilities"].values()) - 1) < 1e-5
+
+
+def test_onnx_model_keeps_input_order_for_any_batch_size(onnx_fp32, test_rows):
+    from bertclf.predict import Classifier
+    from bertclf.tokens import encode
+
+    clf = Classifier.load(str(onnx_fp32[0]))
+    texts = test_rows[0][:40]
+    ids = encode(clf.tokenizer, texts, clf.max_length)
+    a = clf.model.predict_logits(ids, clf.pad_id, batch_size=64)
+    b = clf.model.predict_logits(ids, clf.pad_id, batch_size=1)
+    c = clf.model.predict_logits(ids[::-1], clf.pad_id, batch_size=7)[::-1]
+    assert np.abs(a - b).max() < 1e-5 and np.abs(a - c).max() < 1e-5
+    assert clf.model.predict_logits([], clf.pad_id, 8).shape == (0, 2)
+
+
+def test_int8_export_agrees_with_torch(onnx_int8, onnx_fp32, test_rows, torch_logits):
+    from bertclf.predict import Classifier
+
+    out, info = onnx_int8
+    assert info["out"] == str(out) and info["int8"] is True
+    q = json.loads((out / "bertclf.json").read_text())["export"]["quantization"]
+    assert q["weight_type"] == "QInt8" and q["per_channel"] is True
+    assert (out / "model.onnx").stat().st_size < 0.5 * (onnx_fp32[0] / "model.onnx").stat().st_size
+
+    clf = Classifier.load(str(out))
+    got = clf.logits(test_rows[0])
+    y = np.array([int(lab) for lab in test_rows[1]])
+    agree = (got.argmax(1) == torch_logits.argmax(1)).mean()
+    acc_torch, acc_int8 = (torch_logits.argmax(1) == y).mean(), (got.argmax(1) == y).mean()
+    assert agree >= 0.995, f"int8 agrees with torch on only {agree:.1%} of {len(y)} reviews"
+    assert acc_int8 >= acc_torch - 0.005, f"int8 accuracy {acc_int8:.3f} vs torch {acc_torch:.3f}"
+
+
+def test_predict_cli_on_export(onnx_int8):
+    r = run_cli("predict", onnx_int8[0], "정말 재밌어요", "시간 아깝다")
+    assert r.returncode == 0, r.stderr
+    rows = [json.loads(line) for line in r.stdout.splitlines() if line.strip()]
+    assert len(rows) == 2 and all(row["label"] in ("0", "1") for row in rows)
+
+
+def test_reexport_replaces_an_earlier_export(trained_tiny_dir, onnx_fp32, tmp_path):
+    from bertclf.export import export_onnx
+
+    out = tmp_path / "again"
+    shutil.copytree(onnx_fp32[0], out)
+    info = export_onnx(str(trained_tiny_dir), str(out), int8=True, log=lambda s: None)
+    assert info["int8"] and json.loads((out / "bertclf.json").read_text())["export"]["int8"] is True
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again"]
+
+
+def test_failed_export_leaves_nothing(trained_tiny_dir, tmp_path, monkeypatch):
+    from bertclf import export
+
+    def boom(*a, **k):
+        raise RuntimeError("quantizer crashed")
+
+    monkeypatch.setattr(export, "_quantize", boom)
+    with pytest.raises(RuntimeError):
+        export.export_onnx(str(trained_tiny_dir), str(tmp_path / "out"), int8=True, log=lambda s: None)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_inputs_exit_2_with_one_line(trained_tiny_dir, onnx_fp32, tmp_path, capsys):
+    from bertclf.cli import main
+
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "notes.txt").write_text("mine")
+    (tmp_path / "afile").write_text("x")
+    (tmp_path / "empty").mkdir()
+    cases = {
+        "missing model dir": [tmp_path / "nope", "--out", tmp_path / "o1"],
+        "not a model dir": [tmp_path / "empty", "--out", tmp_path / "o2"],
+        "out not empty": [trained_tiny_dir, "--out", tmp_path / "busy"],
+        "out is a file": [trained_tiny_dir, "--out", tmp_path / "afile"],
+        "out under a file": [trained_tiny_dir, "--out", tmp_path / "afile" / "sub"],
+        "out is the model": [trained_tiny_dir, "--out", trained_tiny_dir],
+        "exporting an export": [onnx_fp32[0], "--out", tmp_path / "o3"],
+    }
+    for what, args in cases.items():
+        assert main(["export", *map(str, args), "--onnx"]) == 2, what
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("bertclf: error: ") and "\n" not in err, (what, err)
+    assert (tmp_path / "busy" / "notes.txt").read_text() == "mine"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["afile", "busy", "empty"]
+    assert main(["export", str(trained_tiny_dir), "--out", str(tmp_path / "o4")]) == 2  # --onnx is required
+    capsys.readouterr()
+    r = run_cli("export", tmp_path / "nope", "--onnx", "--out", tmp_path / "o5")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_damaged_onnx_file_is_a_user_error(onnx_fp32, tmp_path):
+    from bertclf.errors import UserError
+    from bertclf.predict import Classifier
+
+    bad = tmp_path / "bad"
+    shutil.copytree(onnx_fp32[0], bad)
+    (bad / "model.onnx").write_bytes(b"not a graph")
+    with pytest.raises(UserError, match="cannot load the ONNX model"):
+        Classifier.load(str(bad))
