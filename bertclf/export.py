@@ -16,9 +16,12 @@ How:
      which is how bertclf pads.
   3. --int8: onnxruntime's dynamic quantization: int8 weights per output channel, uint8 activations quantized
      on the fly, for the MatMul/Attention weights and the embedding tables. Two measures against the accuracy
-     loss: SmoothQuant (alpha 0.5, calibrated on built-in sample texts) moves the few outlier activation
+     loss: SmoothQuant (alpha 0.75, calibrated on built-in sample texts) moves the few outlier activation
      channels of BERT-like encoders into the weights, exactly, before quantizing; and weights use 7 bits
      (reduce_range), which avoids the saturation of the u8s8 AVX2 kernels on CPUs without VNNI.
+     Measured on a me5-small fine-tuned on 5,000 NSMC reviews (81.5% accurate, 4.5% of its predictions within
+     0.05 of 0.5), labels agreeing with torch on 2,000 test reviews: no smoothing 96.7%, alpha 0.5 97.3%,
+     alpha 0.75 98.3%, alpha 0.9 97.5%; accuracy drop 0.2-1.1 pt. Int8 costs agreement on borderline texts.
   4. Checked before the directory appears: the fp32 graph must give torch's logits on sample texts
      (max |diff| <= 1e-3 + 1e-3 * max |logit|); for int8 the label agreement and the largest probability
      difference against torch on the same texts are recorded in bertclf.json.
@@ -62,7 +65,7 @@ SAMPLE_TEXTS = [
 
 def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, opset: int = OPSET,
                 optimize: bool = True, per_channel: bool = True, reduce_range: bool = True,
-                smooth: float | None = 0.5) -> dict:
+                smooth: float | None = 0.75) -> dict:
     """Write an ONNX export of `model_dir` to `out_dir`; return what was done (also stored in bertclf.json)."""
     t0 = time.time()
     onnx, ort = _import_onnx()

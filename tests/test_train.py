@@ -1,12 +1,7 @@
-"""The training loop on a tiny random-weight BERT with the real tokenizer: output format, exact resume,
-accumulation, early stopping, and refusals."""
+"""The training loop on a tiny random-weight BERT with the real tokenizer: output format, accumulation, early
+stopping, and refusals. Kill-and-resume is tested in test_crash_resume.py."""
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
-from pathlib import Path
+import shutil
 
 import numpy as np
 import pytest
@@ -49,39 +44,19 @@ def test_log_lines_match_the_tutorial(trained_tiny_dir):
     assert train_rows[-1]["loss"] < train_rows[0]["loss"]
 
 
-def _strip(path):
-    return [{k: v for k, v in json.loads(x).items() if k not in ("elapsed_s", "samples_per_s", "tokens_per_s")}
-            for x in Path(path).read_text().splitlines()]
-
-
-def test_kill_and_resume_is_bit_identical(tiny_model_dir, nsmc_slices, tmp_path):
-    args = [sys.executable, "-m", "bertclf", "train", "--train", str(nsmc_slices["train"]), "--test",
-            str(nsmc_slices["test"]), "--text-col", "document", "--model", str(tiny_model_dir), "--epochs", "2",
-            "--batch-size", "16", "--lr", "2e-3", "--seed", "0", "--checkpoint-every", "25", "--log-every", "10"]
-    env = os.environ | {"BERTCLF_NO_PROGRESS": "1"}
-    subprocess.run(args + ["--out", str(tmp_path / "a")], check=True, env=env, capture_output=True)
-    b = tmp_path / "b"
-    proc = subprocess.Popen(args + ["--out", str(b)], env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list((b / "checkpoints").glob("step-00000050")):
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    assert list((b / "checkpoints").glob("step-*")), "the run was killed before its first checkpoint"
-    assert not (b / "bertclf.json").exists()
-    r = subprocess.run(args + ["--out", str(b), "--resume"], env=env, capture_output=True, text=True)
-    assert r.returncode == 0, r.stderr
-    assert "resumed from step-" in r.stdout
-    assert (tmp_path / "a" / "model.safetensors").read_bytes() == (b / "model.safetensors").read_bytes()
-    assert _strip(tmp_path / "a" / "train_log.jsonl") == _strip(b / "train_log.jsonl")
-
-
 def test_gradient_accumulation_matches_the_full_batch(tiny_model_dir, nsmc_slices, tmp_path):
     import torch
     from safetensors.torch import load_file
 
-    train(tiny_cfg(tmp_path / "full", nsmc_slices, tiny_model_dir, batch_size=16, max_steps=20), echo=lambda s: None)
-    train(tiny_cfg(tmp_path / "acc", nsmc_slices, tiny_model_dir, batch_size=4, grad_accum=4, max_steps=20),
+    # Dropout draws different masks for 4 micro-batches than for one batch; switch it off so the two runs
+    # compute the same function and only the accumulation is compared.
+    model = tmp_path / "no-dropout"
+    shutil.copytree(tiny_model_dir, model)
+    cfg = json.loads((model / "config.json").read_text())
+    cfg |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
+    (model / "config.json").write_text(json.dumps(cfg))
+    train(tiny_cfg(tmp_path / "full", nsmc_slices, model, batch_size=16, max_steps=20), echo=lambda s: None)
+    train(tiny_cfg(tmp_path / "acc", nsmc_slices, model, batch_size=4, grad_accum=4, max_steps=20),
           echo=lambda s: None)
     a, b = load_file(tmp_path / "full" / "model.safetensors"), load_file(tmp_path / "acc" / "model.safetensors")
     worst = max((a[k] - b[k]).abs().max().item() for k in a)
