@@ -22,13 +22,14 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 test: setup
-	BERTCLF_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -q $(PYTEST_ARGS)
+	BERTCLF_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
 
 test-fast: setup
 	BERTCLF_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 nsmc: setup
-	$(BIN)/bertclf train --data nsmc --data-dir $(DATA_DIR) --sample 0.06 --epochs 1 --out runs/nsmc-cpu --overwrite
+	$(BIN)/bertclf train --data nsmc --data-dir $(DATA_DIR) --sample 0.06 --epochs 1 --trim-vocab --lr 1e-4 \
+		--out runs/nsmc-cpu --overwrite
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache

@@ -382,6 +382,12 @@ def train(cfg: TrainConfig, echo=print) -> dict:
                     # accumulate twice as many; the effective batch (and so the recipe) is unchanged.
                     optimizer.zero_grad(set_to_none=True)
                     torch.cuda.empty_cache()
+                    if world > 1:
+                        # The other ranks may already wait in the gradient all-reduce: a retry cannot be agreed on
+                        # without a hang, so stop (torchrun ends the other processes) and say what to change.
+                        raise UserError(f"CUDA out of memory on process {rank}: with several processes the automatic "
+                                        f"micro-batch back-off is off; rerun with --grad-accum "
+                                        f"{2 * cfg.grad_accum} and --batch-size {max(1, batch_size // 2)}") from None
                     if state["n_micro"] >= len(rows):
                         raise UserError("CUDA out of memory even with one row per micro-batch; lower --max-length "
                                         "or use a smaller model") from None
