@@ -6,6 +6,7 @@ ratio of each to HF Trainer.
 
     python benchmarks/train_speed.py --cpu            # an NSMC slice, a few minutes on a 2-core CPU
     python benchmarks/train_speed.py --gpu            # full NSMC, one epoch, on one GPU
+    (a GPU machine without network: carry the inputs with benchmarks/gpu_pack.py, see its docstring)
 
 Variants:
   (a) hf-trainer  transformers.Trainer configured like transformers' run_classification example:
@@ -154,10 +155,12 @@ def main():
     p.add_argument("--model-dir", help="model to train (default: me5-small trimmed to NSMC train)")
     p.add_argument("--train-rows", type=int, help="default 1600 (cpu) / all (gpu)")
     p.add_argument("--test-rows", type=int, help="default 1000 (cpu) / all (gpu)")
-    p.add_argument("--variants", default="hf-trainer,tutorial,bertclf")
+    p.add_argument("--variants", help="default: hf-trainer,tutorial,bertclf (cpu); hf-trainer,bertclf (gpu: the "
+                                      "tutorial's batch-2 loop needs ~45 min for full NSMC; run it on --train-rows)")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
+    args.variants = args.variants or ("hf-trainer,bertclf" if args.gpu else "hf-trainer,tutorial,bertclf")
     if not args.gpu:
         args.train_rows = args.train_rows or 1600
         args.test_rows = args.test_rows or 1000

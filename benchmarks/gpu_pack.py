@@ -1,0 +1,94 @@
+"""Carry the GPU benchmark's inputs to a machine without network: NSMC (xz) and me5-small trimmed to NSMC.
+
+The device machine gets the working tree (at most 64 MiB) and nothing else: no ../shared, no PyPI, no hub.
+
+    python benchmarks/gpu_pack.py pack                    # here: writes .carry/gpu-inputs/ (~55 MB, git-ignored)
+    python benchmarks/gpu_pack.py unpack --to /tmp/in     # there: /tmp/in/nsmc/ratings_*.txt, /tmp/in/model/
+    python benchmarks/train_speed.py --gpu --data-dir /tmp/in/nsmc --model-dir /tmp/in/model --json $OUT/speed.json
+
+The trimmed model (9,816 pieces, 23.6M parameters) is 102 MB in fp32, too big to carry with the data: it
+travels as fp16 and is widened back to fp32 on unpacking. fp16 rounds the weights (relative error <= 2^-11):
+fine for speed, and the same start for every variant, but not bit-identical to the fp32 conversion.
+The NSMC files are checked against their SHA-256 on unpacking (the same checksums bertclf's reader uses).
+"""
+from __future__ import annotations
+
+import argparse
+import lzma
+import os
+import shutil
+import sys
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+PACK = REPO / ".carry" / "gpu-inputs"
+MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+
+
+def pack(data_dir: str | None) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from bertclf import data as D
+    from bertclf.builtin import builtin_model_path
+    from bertclf.files import atomic_dir
+    from bertclf.vocab_trim import trim_vocab
+
+    with atomic_dir(PACK) as tmp:
+        (tmp / "nsmc").mkdir()
+        for split, (name, _) in D.NSMC_FILES.items():
+            with open(D.nsmc_path(split, data_dir), "rb") as src, \
+                    lzma.open(tmp / "nsmc" / (name + ".xz"), "wb", preset=9) as dst:
+                shutil.copyfileobj(src, dst)
+        trimmed = tmp / "fp32"
+        trim_vocab(str(builtin_model_path()), D.read_nsmc("train", data_dir).texts, trimmed)
+        (tmp / "model").mkdir()
+        for name in MODEL_FILES:
+            if (trimmed / name).is_file():
+                shutil.copy2(trimmed / name, tmp / "model" / name)
+        weights = load_file(str(trimmed / "model.safetensors"))
+        save_file({k: v.to(torch.float16) if v.is_floating_point() else v for k, v in weights.items()},
+                  str(tmp / "model" / "model.fp16.safetensors"))
+        shutil.rmtree(trimmed)
+    total = sum(f.stat().st_size for f in PACK.rglob("*") if f.is_file())
+    print(f"wrote {PACK}: {total / 2**20:.1f} MiB (the working tree that travels is capped at 64 MiB)")
+
+
+def unpack(to: str) -> None:
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    from bertclf.data import NSMC_FILES
+    from bertclf.files import sha256_file
+
+    out = Path(to)
+    (out / "nsmc").mkdir(parents=True, exist_ok=True)
+    for name, sha in NSMC_FILES.values():
+        target = out / "nsmc" / name
+        with lzma.open(PACK / "nsmc" / (name + ".xz"), "rb") as src, open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst)
+        if sha256_file(target) != sha:
+            raise SystemExit(f"{target}: SHA-256 mismatch; pack again")
+    model = out / "model"
+    model.mkdir(exist_ok=True)
+    for f in (PACK / "model").iterdir():
+        if f.name != "model.fp16.safetensors":
+            shutil.copy2(f, model / f.name)
+    weights = load_file(str(PACK / "model" / "model.fp16.safetensors"))
+    save_file({k: v.to(torch.float32) if v.is_floating_point() else v for k, v in weights.items()},
+              str(model / "model.safetensors"))
+    print(f"unpacked to {out}: nsmc/ (checksums ok), model/ (fp32)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("action", choices=["pack", "unpack"])
+    p.add_argument("--data-dir", default=os.environ.get("BERTCLF_DATA_DIR", str(REPO.parent / "shared/data/nsmc")))
+    p.add_argument("--to", default="/tmp/bertclf-gpu-inputs")
+    a = p.parse_args()
+    pack(a.data_dir) if a.action == "pack" else unpack(a.to)
+
+
+if __name__ == "__main__":
+    main()
