@@ -36,6 +36,8 @@ def build_parser() -> Parser:
     src.add_argument("--label-col", help="label column (default: label)")
     src.add_argument("--data-dir", help="folder holding NSMC's ratings_train.txt / ratings_test.txt")
     src.add_argument("--sample", type=_frac, default=1.0, help="train on this fraction of the training rows (seeded)")
+    src.add_argument("--test-sample", type=_frac, default=1.0,
+                     help="score on this fraction of the test rows at the end (seeded, stratified)")
     src.add_argument("--valid-frac", type=_frac, default=0.05, help="share of train carved out for validation")
     m = t.add_argument_group("model and recipe")
     m.add_argument("--model", default="me5-small", help="builtin name, local directory or hub name (default me5-small)")
@@ -137,7 +139,7 @@ def cmd_train(a) -> int:
 
     cfg = TrainConfig(out=a.out, data=a.data, train=a.train, valid=a.valid, test=a.test, text_col=a.text_col,
                       label_col=a.label_col, data_dir=a.data_dir, model=a.model, epochs=a.epochs,
-                      batch_size=a.batch_size, lr=a.lr, max_length=a.max_length, sample=a.sample, seed=a.seed,
+                      batch_size=a.batch_size, lr=a.lr, max_length=a.max_length, sample=a.sample, test_sample=a.test_sample, seed=a.seed,
                       max_steps=a.max_steps, precision=a.precision, grad_accum=a.grad_accum, eval_every=a.eval_every,
                       patience=a.patience, checkpoint_every=a.checkpoint_every, resume=a.resume,
                       overwrite=a.overwrite, valid_frac=a.valid_frac, warmup=a.warmup, weight_decay=a.weight_decay,

@@ -81,3 +81,13 @@ def test_refusals(tiny_model_dir, nsmc_slices, trained_tiny_dir, tmp_path):
         train(tiny_cfg(tmp_path / "x", nsmc_slices, tiny_model_dir, epochs=-1), echo=lambda s: None)
     with pytest.raises(UserError, match="not a model directory"):
         train(tiny_cfg(tmp_path / "x", nsmc_slices, tmp_path), echo=lambda s: None)
+
+
+def test_test_sample_scores_a_stratified_share_of_the_test_rows(tiny_model_dir, nsmc_slices, tmp_path):
+    from bertclf.cli import main
+
+    card = train(tiny_cfg(tmp_path / "ts", nsmc_slices, tiny_model_dir, max_steps=2, test_sample=0.5),
+                 echo=lambda s: None)
+    assert card["metrics"]["test"]["n"] == 250 and card["data"]["test"]["rows"] == 250
+    assert main(["train", "--train", str(nsmc_slices["train"]), "--model", str(tiny_model_dir),
+                 "--out", str(tmp_path / "bad"), "--test-sample", "0"]) == 2
