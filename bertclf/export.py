@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import shutil
 import tempfile
 import time
@@ -41,7 +40,7 @@ from pathlib import Path
 import numpy as np
 
 from bertclf.errors import UserError
-from bertclf.files import atomic_dir, write_json
+from bertclf.files import atomic_dir, check_writable, write_json
 
 OPSET = 17
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -212,13 +211,7 @@ def _check_paths(model_dir: str, out_dir: str) -> tuple[Path, Path]:
         if any(out.iterdir()) and not _is_export(out):
             raise UserError(f"{out}: exists and is not empty (and is not an earlier ONNX export); "
                             f"give a new directory or remove it")
-    anc = out.parent
-    while not anc.exists() and anc != anc.parent:
-        anc = anc.parent
-    if not anc.is_dir():
-        raise UserError(f"{out}: cannot create it ({anc} is not a directory); choose another --out")
-    if not os.access(anc, os.W_OK | os.X_OK):
-        raise UserError(f"{out}: cannot write there ({anc} is not writable); choose another --out")
+    check_writable(out)
     return src, out
 
 
