@@ -48,6 +48,24 @@ def pause_point(name: str, step: int) -> None:
             time.sleep(3600)
 
 
+OOM_ENV = "BERTCLF_TEST_OOM_AT"
+_oom_done: set[str] = set()
+
+
+def fault_point(name: str, step: int, rank: int) -> None:
+    """A test hook, inert unless the environment sets BERTCLF_TEST_OOM_AT=RANK:STEP.
+
+    Process RANK raises torch.OutOfMemoryError once, in the first micro-batch of optimizer step STEP, as a
+    CUDA allocation would; the CPU test of the out-of-memory back-off (one process, and agreed across several)
+    uses it. `name` is the point ("oom").
+    """
+    want = os.environ.get(OOM_ENV)
+    key = f"{rank}:{step}"
+    if want and name == "oom" and want == key and key not in _oom_done:
+        _oom_done.add(key)
+        raise torch.OutOfMemoryError(f"bertclf-test: simulated CUDA out of memory on process {rank} at step {step}")
+
+
 def rng_state() -> dict:
     state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state()}
     if torch.cuda.is_available():

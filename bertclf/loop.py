@@ -74,6 +74,8 @@ class TrainConfig:
 
 
 # Settings that must match for --resume to continue the same run.
+# Accelerate's plain data-parallel (DDP) modes, where the loop can hold back the gradient all-reduce itself.
+DDP_TYPES = ("MULTI_GPU", "MULTI_CPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "MULTI_MUSA", "MULTI_HPU", "MULTI_SDAA")
 RESUME_KEYS = ("data", "train", "valid", "model", "epochs", "batch_size", "lr", "max_length", "sample", "seed",
                "max_steps", "precision", "grad_accum", "valid_frac", "warmup", "weight_decay", "trim_vocab",
                "text_col", "label_col", "eval_every")
@@ -361,6 +363,9 @@ def train(cfg: TrainConfig, echo=print) -> dict:
         sum_correct += state["window"][1] / world
         sum_rows = state["window"][2]
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    # With several DDP processes the out-of-memory back-off must be agreed on before the gradient all-reduce
+    # (a rank that retried alone would leave the others waiting in it): one flag all-reduce per step.
+    agreed_backoff = world > 1 and accelerator.distributed_type in DDP_TYPES
     stop_reason = None
     while state["step"] < total_steps and stop_reason is None:
         epoch = state["epoch"]
@@ -369,36 +374,51 @@ def train(cfg: TrainConfig, echo=print) -> dict:
             # One optimizer step over `rows`, in n_micro micro-batches. Each micro-batch's mean loss is
             # weighted by its share of rows, so the gradient equals the whole batch's mean.
             while True:
+                step_loss, step_correct = torch.zeros((), device=device), torch.zeros((), device=device)
+                out_of_memory = False
                 try:
                     micro = split_micro(rows, state["n_micro"])
                     for i, part in enumerate(micro):
+                        ckpt.fault_point("oom", state["step"] + 1, rank)  # test hook (BERTCLF_TEST_OOM_AT)
                         batch = {k: v.to(device, non_blocking=True)
                                  for k, v in collate(train_ids, part, pad_id, y_train).items()}
-                        sync = accelerator.no_sync(model) if i < len(micro) - 1 else _null()
-                        with sync:
+                        # DDP all-reduces gradients inside the last backward; with several processes that waits
+                        # until the OOM check below has passed on every rank (agreed_backoff).
+                        last = i == len(micro) - 1 and not agreed_backoff
+                        with _null() if last else accelerator.no_sync(model):
                             outputs = model(**batch)
                             accelerator.backward(outputs.loss * (len(part) / len(rows)))
-                        sum_loss += outputs.loss.detach().float() * len(part)
-                        sum_correct += (outputs.logits.detach().argmax(-1) == batch["labels"]).sum()
+                        step_loss += outputs.loss.detach().float() * len(part)
+                        step_correct += (outputs.logits.detach().argmax(-1) == batch["labels"]).sum()
                         nonfinite |= ~torch.isfinite(outputs.loss.detach())
-                    break
                 except torch.OutOfMemoryError:
-                    # The tutorial's author was stuck at batch 2: instead, halve the micro-batch and
-                    # accumulate twice as many; the effective batch (and so the recipe) is unchanged.
-                    optimizer.zero_grad(set_to_none=True)
+                    out_of_memory = True
+                outputs = batch = None  # free this attempt's activations before a retry
+                if agreed_backoff:  # every rank learns whether any rank ran out of memory: all retry together
+                    out_of_memory = any_rank(out_of_memory, device)
+                elif world > 1 and out_of_memory:
+                    # DeepSpeed/FSDP: the other ranks may already wait in a collective; stop with one line.
+                    raise UserError(f"CUDA out of memory on process {rank}: under DeepSpeed/FSDP the automatic "
+                                    f"micro-batch back-off is off; rerun with --grad-accum {2 * cfg.grad_accum} "
+                                    f"and --batch-size {max(1, batch_size // 2)}")
+                if not out_of_memory:
+                    if agreed_backoff:
+                        all_reduce_gradients(model, world)
+                    break
+                # The tutorial's author was stuck at batch 2: instead, halve the micro-batch and accumulate
+                # twice as many; the effective batch (and so the recipe) is unchanged.
+                optimizer.zero_grad(set_to_none=True)
+                if on_gpu:
                     torch.cuda.empty_cache()
-                    if world > 1:
-                        # The other ranks may already wait in the gradient all-reduce: a retry cannot be agreed on
-                        # without a hang, so stop (torchrun ends the other processes) and say what to change.
-                        raise UserError(f"CUDA out of memory on process {rank}: with several processes the automatic "
-                                        f"micro-batch back-off is off; rerun with --grad-accum "
-                                        f"{2 * cfg.grad_accum} and --batch-size {max(1, batch_size // 2)}") from None
-                    if state["n_micro"] >= len(rows):
-                        raise UserError("CUDA out of memory even with one row per micro-batch; lower --max-length "
-                                        "or use a smaller model") from None
-                    state["n_micro"] *= 2
-                    say(f"CUDA out of memory: micro-batch now {math.ceil(len(rows) / state['n_micro'])} rows "
-                        f"x {state['n_micro']} accumulation steps (effective batch unchanged)")
+                if state["n_micro"] >= eff_batch:
+                    raise UserError("CUDA out of memory even with one row per micro-batch; lower --max-length "
+                                    "or use a smaller model")
+                state["n_micro"] *= 2
+                say(f"CUDA out of memory{' on a process' if world > 1 else ''}: micro-batch now "
+                    f"{math.ceil(eff_batch / state['n_micro'])} rows x {state['n_micro']} accumulation steps"
+                    f"{' on every process' if world > 1 else ''} (effective batch unchanged)")
+            sum_loss += step_loss
+            sum_correct += step_correct
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -547,6 +567,37 @@ def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say, reuse
         trim_vocab(base, texts, target, log=say)
     accelerator.wait_for_everyone()
     return str(target)
+
+
+def any_rank(flag: bool, device) -> bool:
+    """True on every process if `flag` is true on any (a collective: every rank must call it)."""
+    t = torch.tensor([1.0 if flag else 0.0], device=device)
+    torch.distributed.all_reduce(t)
+    return bool(t.item() > 0)
+
+
+def all_reduce_gradients(model, world: int, bucket_elems: int = 1 << 24) -> None:
+    """Average the gradients over processes, as DDP's backward hooks would, in flat buckets of <= 16M values."""
+    params = [p for p in model.parameters() if p.requires_grad]
+    for p in params:
+        if p.grad is None:  # a parameter this rank did not use: it contributes zeros, as in DDP
+            p.grad = torch.zeros_like(p)
+    start = 0
+    while start < len(params):
+        end, size, dtype = start, 0, params[start].grad.dtype
+        while end < len(params) and params[end].grad.dtype == dtype and (size == 0 or size + params[end].numel()
+                                                                         <= bucket_elems):
+            size += params[end].numel()
+            end += 1
+        grads = [p.grad for p in params[start:end]]
+        flat = torch.cat([g.reshape(-1) for g in grads])
+        torch.distributed.all_reduce(flat)
+        flat /= world
+        offset = 0
+        for g in grads:
+            g.copy_(flat[offset:offset + g.numel()].view_as(g))
+            offset += g.numel()
+        start = end
 
 
 class _null:

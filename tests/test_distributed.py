@@ -70,9 +70,9 @@ def train_args(model: Path, slices: dict, out: Path, batch_size: int) -> list[st
             "--valid-frac", str(VALID_FRAC), "--out", str(out)]
 
 
-def start(cmd: list[str], log: Path) -> subprocess.Popen:
+def start(cmd: list[str], log: Path, env: dict | None = None) -> subprocess.Popen:
     f = open(log, "w")  # noqa: SIM115 - closed by finish()
-    p = subprocess.Popen(cmd, cwd=REPO, env=run_env(), stdout=f, stderr=subprocess.STDOUT)
+    p = subprocess.Popen(cmd, cwd=REPO, env=run_env() | (env or {}), stdout=f, stderr=subprocess.STDOUT)
     p.log_file, p.log = f, log
     return p
 
@@ -280,3 +280,37 @@ def test_resume_with_dropout_is_exact_on_every_rank(tiny_model_dir, nsmc_slices,
     finish(start(torchrun() + args + ["--resume"], tmp_path / "resume.log"))
     w0, w1 = weights(full), weights(out)
     assert all(np.array_equal(w0[k].numpy(), w1[k].numpy()) for k in w0)
+
+
+
+OOM_STEP = 5
+
+
+def test_out_of_memory_back_off_agrees_across_processes(runs, nodrop_model, nsmc_slices, tmp_path):
+    """A CUDA out-of-memory error on one rank only (simulated on CPU: BERTCLF_TEST_OOM_AT=RANK:STEP makes that
+    rank raise torch.OutOfMemoryError in the step's first micro-batch) makes every rank halve its micro-batch
+    and retry the step together: no hang, no lost or doubled step, and the same model as without the error,
+    since two half micro-batches accumulate the same gradient (dropout is off). One process backs off alike."""
+    two = start(torchrun() + train_args(nodrop_model, nsmc_slices, tmp_path / "two", BATCH), tmp_path / "two.log",
+                env={"BERTCLF_TEST_OOM_AT": f"1:{OOM_STEP}"})
+    one = start([sys.executable, "-m", "bertclf"] + train_args(nodrop_model, nsmc_slices, tmp_path / "one",
+                                                                BATCH * WORLD),
+                tmp_path / "one.log", env={"BERTCLF_TEST_OOM_AT": f"0:{OOM_STEP}"})
+    out_two, out_one = finish(two), finish(one)
+    assert out_two.count("CUDA out of memory") == 1, out_two[-3000:]
+    assert ("CUDA out of memory on a process: micro-batch now 8 rows x 2 accumulation steps on every process "
+            "(effective batch unchanged)") in out_two
+    assert out_one.count("CUDA out of memory") == 1, out_one[-3000:]
+    assert "CUDA out of memory: micro-batch now 16 rows x 2 accumulation steps (effective batch unchanged)" in out_one
+    for got, want in ((tmp_path / "two", runs["two"]), (tmp_path / "one", runs["one"])):
+        assert card(got)["training"]["steps"] == card(want)["training"]["steps"]
+        a, b = strip_timing(log_rows(got)), strip_timing(log_rows(want))
+        assert [r["step"] for r in a] == [r["step"] for r in b]
+        for x, y in zip(a, b):
+            for k in ("loss", "acc", "valid_accuracy"):
+                if k in y:
+                    assert x[k] == pytest.approx(y[k], abs=1e-4), (x, y)
+        w0, w1 = weights(want), weights(got)
+        assert max((w0[k] - w1[k]).abs().max().item() for k in w0) < 1e-4
+        assert card(got)["metrics"]["valid"]["accuracy"] == pytest.approx(card(want)["metrics"]["valid"]["accuracy"],
+                                                                         abs=1e-9)
