@@ -18,10 +18,15 @@ NSMC's ratings_test.txt, every engine on the same pre-tokenized ids (tokenizatio
   * model size on disk, accuracy on the gold labels, label agreement with torch, max |probability difference|
     and max |logit difference| against torch;
   * ratios against torch eager: "x thru" (wall-clock texts/s at batch 64), "x cpu" (texts per CPU-second of
-    this process: with --threads 1 it hardly moves when other jobs share the machine), "x p50" (batch-1 latency).
+    this process: with --threads 1 it hardly moves when other jobs share the machine), "x p50" (batch-1 latency);
+  * the ceiling this CPU puts on int8: one matrix product of the model's FFN shape at batch 64 (64 x mean
+    tokens rows), timed in torch fp32 (MKL), onnxruntime fp32 and onnxruntime int8 (DynamicQuantizeMatMul,
+    what the int8 export runs, activation quantization included). Matrix products are ~75% of torch's time;
+    int8 cannot speed the whole model up by more than it speeds them up.
 On a busy machine prefer --threads 1: multi-threaded torch (OpenMP) loses far more than onnxruntime when its
 threads are preempted, which inflates the ratios.
-Threads: torch and onnxruntime both get one thread per physical core (BERTCLF_THREADS overrides).
+Threads: torch and onnxruntime both get one thread per physical core (BERTCLF_THREADS overrides); idle
+onnxruntime threads sleep rather than spin (otherwise they slow down whichever engine runs next).
 """
 from __future__ import annotations
 
@@ -80,7 +85,7 @@ def export(src: Path, work: Path, int8: bool, args) -> Path:
 
     out = work / ("onnx-int8" if int8 else "onnx-fp32")
     opts = dict(optimize=not args.no_fuse, per_channel=not args.per_tensor, reduce_range=not args.full_range,
-                smooth=None if args.no_smooth else 0.5)
+                **({"smooth": None} if args.no_smooth else {}))  # else the export's default alpha
     card = out / "bertclf.json"
     if args.reuse and card.is_file():
         exp = json.loads(card.read_text()).get("export", {})
@@ -88,7 +93,7 @@ def export(src: Path, work: Path, int8: bool, args) -> Path:
         same = (exp.get("source") == str(src.resolve()) and exp.get("int8") == int8
                 and exp.get("requested", {}).get("optimize", True) == opts["optimize"]
                 and (not int8 or (q.get("per_channel"), q.get("reduce_range"), bool(q.get("smoothquant_alpha")))
-                     == (opts["per_channel"], opts["reduce_range"], bool(opts["smooth"]))))
+                     == (opts["per_channel"], opts["reduce_range"], not args.no_smooth)))
         if same:
             print(f"reusing {out}", file=sys.stderr)
             return out
@@ -110,11 +115,12 @@ class Engine:
             self.clf = Classifier.load(str(path), device="cpu")
             self.size = sum(f.stat().st_size for f in path.iterdir() if f.name.startswith("model.safetensors"))
         else:
-            from bertclf.onnx_model import OnnxClassifierModel, physical_cores
+            from bertclf.onnx_model import OnnxClassifierModel
 
             self.clf = Classifier.load(str(path))
-            if threads != physical_cores():
-                self.clf.model = OnnxClassifierModel(path / "model.onnx", len(self.clf.labels), threads=threads)
+            # Idle onnxruntime threads must not spin: the engines take turns in one process, and spinning
+            # threads would steal the 2 cores from the next engine (torch's batch-1 latency: 100 ms vs 34 ms).
+            self.clf.model = OnnxClassifierModel(path / "model.onnx", len(self.clf.labels), threads=threads, spin=False)
             self.size = sum(f.stat().st_size for f in path.iterdir() if f.name.startswith("model.onnx"))
         self.pad_id = self.clf.pad_id
         self.logits = None
@@ -128,6 +134,47 @@ class Engine:
 
             return predict_logits(self.clf.model, ids, self.pad_id, batch_size)
         return self.clf.model.predict_logits(ids, self.pad_id, batch_size)
+
+
+def gemm_ceiling(m: int, k: int, n: int, threads: int, seconds: float = 1.5) -> dict:
+    """GFLOP/s (GOP/s for int8) of one (m x k) @ (k x n) product: torch fp32, onnxruntime fp32 and int8."""
+    import onnxruntime as ort
+    import torch
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    x = rng.standard_normal((m, k)).astype(np.float32)
+    w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
+    scale = (np.abs(w).max(0) / 63).astype(np.float32)  # 7-bit weights per column, as the export stores them
+    wq = np.clip(np.round(w / scale), -64, 63).astype(np.int8)
+
+    def session(node, inits):
+        graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [m, k])],
+                                  [helper.make_tensor_value_info("y", TensorProto.FLOAT, None)],
+                                  [numpy_helper.from_array(a, name) for name, a in inits.items()])
+        model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
+                                                        helper.make_opsetid("com.microsoft", 1)])
+        so = ort.SessionOptions()
+        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+
+    fp32 = session(helper.make_node("MatMul", ["x", "w"], ["y"]), {"w": w})
+    int8 = session(helper.make_node("DynamicQuantizeMatMul", ["x", "wq", "scale"], ["y"], domain="com.microsoft"),
+                   {"wq": wq, "scale": scale})
+    tx, tw = torch.from_numpy(x), torch.from_numpy(w)
+    engines = {"torch_fp32": lambda: torch.mm(tx, tw), "onnxruntime_fp32": lambda: fp32.run(None, {"x": x}),
+               "onnxruntime_int8": lambda: int8.run(None, {"x": x})}
+    torch.set_num_threads(threads)
+    out = {}
+    for name, f in engines.items():
+        for _ in range(3):
+            f()
+        reps, t = 0, time.perf_counter()
+        while time.perf_counter() - t < seconds:
+            f()
+            reps += 1
+        out[name] = 2 * m * k * n * reps / (time.perf_counter() - t) / 1e9
+    return out
 
 
 def main(argv=None) -> int:
@@ -220,6 +267,12 @@ def main(argv=None) -> int:
     import onnxruntime
     import torch
 
+    cfg = json.loads((src / "config.json").read_text())
+    hidden = cfg["hidden_size"]
+    shape = (args.batch_size * round(n_tokens / len(ids)), hidden, cfg.get("intermediate_size", 4 * hidden))
+    print(f"matrix-product ceiling: {shape[0]} x {shape[1]} @ {shape[1]} x {shape[2]} ...", file=sys.stderr)
+    gemm = gemm_ceiling(*shape, threads)
+
     print(f"\nmodel {src}; {len(ids)} NSMC test reviews (latency: {len(lat_rows)}); batch {args.batch_size}; "
           f"{threads} threads; torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
     hdr = (f"{'engine':<10} {'size MB':>8} {'p50 ms':>7} {'p99 ms':>7} {'texts/s':>8} {'x thru':>6} {'x cpu':>6} "
@@ -233,10 +286,16 @@ def main(argv=None) -> int:
               f"{r['throughput']:>8.1f} {r['speedup_throughput']:>6.2f} {r['speedup_cpu']:>6.2f} "
               f"{r['speedup_latency_p50']:>6.2f} "
               f"{acc:>8} {r['agreement']:>7.2%} {r['max_prob_diff']:>8.2g} {r['max_logit_diff']:>10.2g}")
+    print(f"\nmatrix product {shape[0]} x {shape[1]} @ {shape[1]} x {shape[2]} (the FFN at batch {args.batch_size}), "
+          f"{threads} threads: torch fp32 {gemm['torch_fp32']:.0f} GFLOP/s, onnxruntime fp32 "
+          f"{gemm['onnxruntime_fp32']:.0f}, onnxruntime int8 {gemm['onnxruntime_int8']:.0f} GOP/s = "
+          f"{gemm['onnxruntime_int8'] / gemm['torch_fp32']:.2f}x torch fp32: the most int8 can gain on the model's "
+          f"matrix products on this CPU")
     if args.json:
         Path(args.json).write_text(json.dumps({"model": str(src), "n": len(ids), "latency_n": len(lat_rows),
                                                "batch_size": args.batch_size, "threads": threads,
-                                               "tokenize_seconds": tok_s, "results": results}, indent=2))
+                                               "tokenize_seconds": tok_s, "results": results,
+                                               "matrix_product": {"shape": shape, "gflops": gemm}}, indent=2))
     if tmp is not None:
         tmp.cleanup()
     return 0
