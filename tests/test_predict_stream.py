@@ -138,8 +138,9 @@ def test_shards_split_the_file_exactly(big_run, trained_tiny_dir):
         b = union[k]
         assert (a["text"], a["label"]) == (b["text"], b["label"]), k
         assert probs_close(a["probabilities"], b["probabilities"]) and abs(a["score"] - b["score"]) <= PROB_TOL, (a, b)
-    same = sum(whole[k] == union[k] for k in whole)
-    assert same >= 0.99 * rows_in  # bit-identical but for last-bit rounding in a few rows
+    # Not asserted bit-identical: on a CPU each batch is padded to its own longest row, so a row lands in
+    # batches of other widths in a shard than in the whole run, and its logits move in the last bits
+    # (measured: 4% of the 5,000 rows differ, all by < 1e-6).
 
 
 @pytest.fixture(scope="module")
