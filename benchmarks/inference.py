@@ -156,6 +156,7 @@ def gemm_ceiling(m: int, k: int, n: int, threads: int, seconds: float = 1.5) -> 
                                                         helper.make_opsetid("com.microsoft", 1)])
         so = ort.SessionOptions()
         so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
+        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the engines above
         return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
 
     fp32 = session(helper.make_node("MatMul", ["x", "w"], ["y"]), {"w": w})

@@ -73,9 +73,9 @@ class TrainConfig:
     eval_batch_size: int = 128
 
 
-# Settings that must match for --resume to continue the same run.
 # Accelerate's plain data-parallel (DDP) modes, where the loop can hold back the gradient all-reduce itself.
 DDP_TYPES = ("MULTI_GPU", "MULTI_CPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "MULTI_MUSA", "MULTI_HPU", "MULTI_SDAA")
+# Settings that must match for --resume to continue the same run.
 RESUME_KEYS = ("data", "train", "valid", "model", "epochs", "batch_size", "lr", "max_length", "sample", "seed",
                "max_steps", "precision", "grad_accum", "valid_frac", "warmup", "weight_decay", "trim_vocab",
                "text_col", "label_col", "eval_every")
@@ -375,31 +375,32 @@ def train(cfg: TrainConfig, echo=print) -> dict:
             # weighted by its share of rows, so the gradient equals the whole batch's mean.
             while True:
                 step_loss, step_correct = torch.zeros((), device=device), torch.zeros((), device=device)
+                step_nonfinite = torch.zeros((), dtype=torch.bool, device=device)
                 out_of_memory = False
                 try:
                     micro = split_micro(rows, state["n_micro"])
                     for i, part in enumerate(micro):
-                        ckpt.fault_point("oom", state["step"] + 1, rank)  # test hook (BERTCLF_TEST_OOM_AT)
                         batch = {k: v.to(device, non_blocking=True)
                                  for k, v in collate(train_ids, part, pad_id, y_train).items()}
                         # DDP all-reduces gradients inside the last backward; with several processes that waits
                         # until the OOM check below has passed on every rank (agreed_backoff).
-                        last = i == len(micro) - 1 and not agreed_backoff
-                        with _null() if last else accelerator.no_sync(model):
+                        sync = i == len(micro) - 1 and not agreed_backoff
+                        with _null() if sync else accelerator.no_sync(model):
                             outputs = model(**batch)
                             accelerator.backward(outputs.loss * (len(part) / len(rows)))
+                        ckpt.fault_point("oom", state["step"] + 1, rank)  # test hook (BERTCLF_TEST_OOM_AT); inert
                         step_loss += outputs.loss.detach().float() * len(part)
                         step_correct += (outputs.logits.detach().argmax(-1) == batch["labels"]).sum()
-                        nonfinite |= ~torch.isfinite(outputs.loss.detach())
+                        step_nonfinite |= ~torch.isfinite(outputs.loss.detach())
                 except torch.OutOfMemoryError:
                     out_of_memory = True
                 outputs = batch = None  # free this attempt's activations before a retry
                 if agreed_backoff:  # every rank learns whether any rank ran out of memory: all retry together
                     out_of_memory = any_rank(out_of_memory, device)
                 elif world > 1 and out_of_memory:
-                    # DeepSpeed/FSDP: the other ranks may already wait in a collective; stop with one line.
-                    raise UserError(f"CUDA out of memory on process {rank}: under DeepSpeed/FSDP the automatic "
-                                    f"micro-batch back-off is off; rerun with --grad-accum {2 * cfg.grad_accum} "
+                    # DeepSpeed/FSDP/...: the other ranks may already wait in a collective; stop with one line.
+                    raise UserError(f"CUDA out of memory on process {rank}: outside plain DDP (DeepSpeed, FSDP) "
+                                    f"the automatic micro-batch back-off is off; rerun with --grad-accum {2 * cfg.grad_accum} "
                                     f"and --batch-size {max(1, batch_size // 2)}")
                 if not out_of_memory:
                     if agreed_backoff:
@@ -417,8 +418,9 @@ def train(cfg: TrainConfig, echo=print) -> dict:
                 say(f"CUDA out of memory{' on a process' if world > 1 else ''}: micro-batch now "
                     f"{math.ceil(eff_batch / state['n_micro'])} rows x {state['n_micro']} accumulation steps"
                     f"{' on every process' if world > 1 else ''} (effective batch unchanged)")
-            sum_loss += step_loss
+            sum_loss += step_loss  # only the attempt that succeeded counts
             sum_correct += step_correct
+            nonfinite |= step_nonfinite
             accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             optimizer.step()
             scheduler.step()
@@ -580,8 +582,8 @@ def all_reduce_gradients(model, world: int, bucket_elems: int = 1 << 24) -> None
     """Average the gradients over processes, as DDP's backward hooks would, in flat buckets of <= 16M values."""
     params = [p for p in model.parameters() if p.requires_grad]
     for p in params:
-        if p.grad is None:  # a parameter this rank did not use: it contributes zeros, as in DDP
-            p.grad = torch.zeros_like(p)
+        if p.grad is None:  # unused on this rank: it contributes zeros (all ranks need the same buckets; unlike
+            p.grad = torch.zeros_like(p)  # DDP, a parameter no rank used gets a zero gradient, not None)
     start = 0
     while start < len(params):
         end, size, dtype = start, 0, params[start].grad.dtype

@@ -296,7 +296,12 @@ def test_out_of_memory_back_off_agrees_across_processes(runs, nodrop_model, nsmc
     one = start([sys.executable, "-m", "bertclf"] + train_args(nodrop_model, nsmc_slices, tmp_path / "one",
                                                                 BATCH * WORLD),
                 tmp_path / "one.log", env={"BERTCLF_TEST_OOM_AT": f"0:{OOM_STEP}"})
-    out_two, out_one = finish(two), finish(one)
+    try:
+        out_two, out_one = finish(two), finish(one)  # a hang (the failure this guards against) times out here
+    finally:
+        for p in (two, one):
+            if p.poll() is None:
+                kill_tree(p)
     assert out_two.count("CUDA out of memory") == 1, out_two[-3000:]
     assert ("CUDA out of memory on a process: micro-batch now 8 rows x 2 accumulation steps on every process "
             "(effective batch unchanged)") in out_two
