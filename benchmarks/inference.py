@@ -65,13 +65,19 @@ def parse_args(argv=None):
     return p.parse_args(argv)
 
 
+def nsmc_dir(data_dir: str | None) -> str | None:
+    """--data-dir, else BERTCLF_DATA_DIR or the cache (nsmc_path decides), else the checkout's ../shared copy."""
+    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsmc"
+    if data_dir is None and not os.environ.get("BERTCLF_DATA_DIR") and (shared / "ratings_test.txt").is_file():
+        return str(shared)
+    return data_dir
+
+
 def nsmc_test(n: int, data_dir: str | None, labels: list[str]) -> tuple[list[str], np.ndarray]:
     from bertclf.data import NSMC_LABELS, nsmc_path, read_labelled
 
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsmc"
-    if data_dir is None and not os.environ.get("BERTCLF_DATA_DIR") and (shared / "ratings_test.txt").is_file():
-        data_dir = str(shared)
-    ds = read_labelled(nsmc_path("test", data_dir, log=lambda s: print(s, file=sys.stderr)), "document", "label")
+    ds = read_labelled(nsmc_path("test", nsmc_dir(data_dir), log=lambda s: print(s, file=sys.stderr)),
+                       "document", "label")
     index = {lab: i for i, lab in enumerate(labels)}
     y = [index.get(NSMC_LABELS.get(r, r), index.get(r, -1)) for r in ds.labels[:n]]
     if min(y) < 0:
@@ -142,6 +148,8 @@ def gemm_ceiling(m: int, k: int, n: int, threads: int, seconds: float = 1.5) -> 
     import torch
     from onnx import TensorProto, helper, numpy_helper
 
+    from bertclf.onnx_model import session_options
+
     rng = np.random.default_rng(0)
     x = rng.standard_normal((m, k)).astype(np.float32)
     w = (rng.standard_normal((k, n)) / np.sqrt(k)).astype(np.float32)
@@ -154,10 +162,8 @@ def gemm_ceiling(m: int, k: int, n: int, threads: int, seconds: float = 1.5) -> 
                                   [numpy_helper.from_array(a, name) for name, a in inits.items()])
         model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17),
                                                         helper.make_opsetid("com.microsoft", 1)])
-        so = ort.SessionOptions()
-        so.intra_op_num_threads, so.inter_op_num_threads = threads, 1
-        so.add_session_config_entry("session.intra_op.allow_spinning", "0")  # as the engines above
-        return ort.InferenceSession(model.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return ort.InferenceSession(model.SerializeToString(), session_options(threads, spin=False),
+                                    providers=["CPUExecutionProvider"])
 
     fp32 = session(helper.make_node("MatMul", ["x", "w"], ["y"]), {"w": w})
     int8 = session(helper.make_node("DynamicQuantizeMatMul", ["x", "wq", "scale"], ["y"], domain="com.microsoft"),

@@ -80,7 +80,7 @@ def blockwise(src: Path, dst: Path, block: int):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.disable(logging.WARNING)
-    from bertclf.data import NSMC_LABELS, nsmc_path, read_labelled
+    from bertclf.data import nsmc_path, read_labelled
     from bertclf.export import SAMPLE_TEXTS, _smooth, export_onnx
     from bertclf.inference import predict_logits
     from bertclf.models import check_model_dir
@@ -91,16 +91,12 @@ def main(argv=None) -> int:
     src = check_model_dir(Path(args.model_dir))
     if (src / "model.onnx").is_file():
         raise UserError(f"{src}: give the trained (torch) model directory, not an export")
-    data_dir = args.data_dir
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsmc"
-    if data_dir is None and (shared / "ratings_test.txt").is_file():
-        data_dir = str(shared)
+    from inference import nsmc_dir, nsmc_test  # benchmarks/inference.py, beside this script
+
     clf = Classifier.load(str(src), device="cpu")
-    test = read_labelled(nsmc_path("test", data_dir, log=lambda s: None), "document", "label")
-    train = read_labelled(nsmc_path("train", data_dir, log=lambda s: None), "document", "label")
-    ids = encode(clf.tokenizer, test.texts[:args.n], clf.max_length)
-    index = {lab: i for i, lab in enumerate(clf.labels)}
-    y = np.array([index.get(NSMC_LABELS.get(r, r), -1) for r in test.labels[:args.n]])
+    texts, y = nsmc_test(args.n, args.data_dir, clf.labels)
+    train = read_labelled(nsmc_path("train", nsmc_dir(args.data_dir), log=lambda s: None), "document", "label")
+    ids = encode(clf.tokenizer, texts, clf.max_length)
     calib = {"sample": encode(clf.tokenizer, SAMPLE_TEXTS, clf.max_length),
              "train": encode(clf.tokenizer, train.texts[-args.calib_n:], clf.max_length)}
     n_layers = clf.model.config.num_hidden_layers

@@ -56,8 +56,9 @@ def fault_point(name: str, step: int, rank: int) -> None:
     """A test hook, inert unless the environment sets BERTCLF_TEST_OOM_AT=RANK:STEP.
 
     Process RANK raises torch.OutOfMemoryError once, after the backward pass of the first micro-batch of
-    optimizer step STEP (so that rank holds gradients the retry must drop), as a CUDA allocation would; the CPU test of the out-of-memory back-off (one process, and agreed across several)
-    uses it. `name` is the point ("oom").
+    optimizer step STEP (so that rank holds gradients the retry must drop), as a CUDA allocation would. The
+    CPU test of the out-of-memory back-off (one process, and agreed across several) uses it. `name` is the
+    point ("oom").
     """
     want = os.environ.get(OOM_ENV)
     key = f"{rank}:{step}"

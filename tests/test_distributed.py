@@ -282,13 +282,12 @@ def test_resume_with_dropout_is_exact_on_every_rank(tiny_model_dir, nsmc_slices,
     assert all(np.array_equal(w0[k].numpy(), w1[k].numpy()) for k in w0)
 
 
-
 OOM_STEP = 5
 
 
 def test_out_of_memory_back_off_agrees_across_processes(runs, nodrop_model, nsmc_slices, tmp_path):
     """A CUDA out-of-memory error on one rank only (simulated on CPU: BERTCLF_TEST_OOM_AT=RANK:STEP makes that
-    rank raise torch.OutOfMemoryError in the step's first micro-batch) makes every rank halve its micro-batch
+    rank raise torch.OutOfMemoryError after the step's first backward) makes every rank halve its micro-batch
     and retry the step together: no hang, no lost or doubled step, and the same model as without the error,
     since two half micro-batches accumulate the same gradient (dropout is off). One process backs off alike."""
     two = start(torchrun() + train_args(nodrop_model, nsmc_slices, tmp_path / "two", BATCH), tmp_path / "two.log",
