@@ -13,8 +13,7 @@ from bertclf import data as D
 from bertclf.errors import UserError
 from bertclf.files import check_writable, write_json
 from bertclf.metrics import classification_report
-
-BASELINE_FILE = "baseline.json"
+from bertclf.rundir import BASELINE_FILE
 
 
 def fit_predict(train_texts, train_y, test_texts, seed: int = 42):

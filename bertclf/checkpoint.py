@@ -5,66 +5,28 @@ and the data position, plus `manifest.json` (SHA-256 of every file) written last
 (built under a temporary name, then renamed) and is verified against its manifest before use, so a crash,
 kill -9 or a truncated copy can only ever make us fall back to the previous checkpoint.
 
-Crash tests stop a run at exact points with BERTCLF_TEST_PAUSE_AT (see `pause_point`); unset, it costs nothing.
+Tests stop or fault a run at the moments named in bertclf/callbacks.py (`on_write` below is one of them).
 """
 from __future__ import annotations
 
 import json
-import os
 import random
 import shutil
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import torch
 from safetensors.torch import load_file, save_file
 
+from bertclf import rundir
 from bertclf.files import atomic_dir, sha256_file, write_json
+from bertclf.rundir import step_checkpoints
 
-CHECKPOINTS = "checkpoints"
-BEST = "best"
-PAUSE_ENV = "BERTCLF_TEST_PAUSE_AT"
-PAUSE_MARK = "bertclf-test: paused at"
+TRAINER_STATE = "trainer_state.json"
 
 
-def pause_point(name: str, step: int) -> None:
-    """A test hook, inert unless the environment sets BERTCLF_TEST_PAUSE_AT=NAME:STEP.
-
-    At that point of that step the process prints "bertclf-test: paused at NAME:STEP" on stderr and sleeps for
-    good, so a crash test can SIGKILL it exactly there. The points:
-      step:N              after optimizer step N, before its logging, validation and checkpoint (loop.py)
-      eval:N              during the validation at step N: scored, best checkpoint not yet written (loop.py)
-      best-write:N        inside the temporary folder of checkpoints/best, weights written, no manifest yet
-      checkpoint-write:N  inside the temporary folder of checkpoints/step-N, weights and optimizer written,
-                          no manifest yet
-      checkpoint-saved:N  right after checkpoints/step-N is complete and older ones are pruned
-    """
-    want = os.environ.get(PAUSE_ENV)
-    if want and want == f"{name}:{step}":
-        print(f"{PAUSE_MARK} {name}:{step}", file=sys.stderr, flush=True)
-        while True:
-            time.sleep(3600)
-
-
-OOM_ENV = "BERTCLF_TEST_OOM_AT"
-_oom_done: set[str] = set()
-
-
-def fault_point(name: str, step: int, rank: int) -> None:
-    """A test hook, inert unless the environment sets BERTCLF_TEST_OOM_AT=RANK:STEP.
-
-    Process RANK raises torch.OutOfMemoryError once, after the backward pass of the first micro-batch of
-    optimizer step STEP (so that rank holds gradients the retry must drop), as a CUDA allocation would. The
-    CPU test of the out-of-memory back-off (one process, and agreed across several) uses it. `name` is the
-    point ("oom").
-    """
-    want = os.environ.get(OOM_ENV)
-    key = f"{rank}:{step}"
-    if want and name == "oom" and want == key and key not in _oom_done:
-        _oom_done.add(key)
-        raise torch.OutOfMemoryError(f"bertclf-test: simulated CUDA out of memory on process {rank} at step {step}")
+def _no_hook(kind: str, step: int, folder: Path) -> None:
+    pass
 
 
 def rng_state() -> dict:
@@ -110,31 +72,29 @@ def verify(folder: Path) -> str | None:
 
 
 def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state: dict, keep: int = 2,
-                    rank_rngs: list[dict] | None = None) -> Path:
+                    rank_rngs: list[dict] | None = None, on_write=_no_hook) -> Path:
     """Write checkpoints/step-N atomically, then drop all but the newest `keep` step checkpoints.
 
-    rank_rngs: every process's RNG state (distributed runs), so each rank resumes with its own dropout stream."""
-    root = Path(run_dir) / CHECKPOINTS
-    target = root / f"step-{step:08d}"
+    rank_rngs: every process's RNG state (distributed runs), so each rank resumes with its own dropout stream.
+    on_write(kind, step, folder): called inside the temporary folder, weights and optimizer written."""
+    target = rundir.step_dir(run_dir, step)
     with atomic_dir(target) as tmp:
         save_file(_state_dict_for_file(model), str(tmp / "model.safetensors"))
         torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        pause_point("checkpoint-write", step)
+        on_write("step", step, tmp)
         torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
         torch.save(rng_state(), tmp / "rng.pt")
         if rank_rngs and len(rank_rngs) > 1:
             torch.save(rank_rngs, tmp / "rng-ranks.pt")
-        write_json(tmp / "trainer_state.json", state)
+        write_json(tmp / TRAINER_STATE, state)
         _write_manifest(tmp, {"step": step})
     for old in step_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
-    pause_point("checkpoint-saved", step)
     return target
 
 
-def step_checkpoints(run_dir: Path) -> list[Path]:
-    root = Path(run_dir) / CHECKPOINTS
-    return sorted(root.glob("step-[0-9]*")) if root.is_dir() else []
+def read_trainer_state(ckpt: Path) -> dict:
+    return json.loads((Path(ckpt) / TRAINER_STATE).read_text())
 
 
 def latest_checkpoint(run_dir: Path, log=print) -> Path | None:
@@ -157,20 +117,20 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler, rank: int = 0) -> d
         set_rng_state(torch.load(per_rank, weights_only=False)[rank])
     else:
         set_rng_state(torch.load(ckpt / "rng.pt", weights_only=False))
-    return json.loads((ckpt / "trainer_state.json").read_text())
+    return read_trainer_state(ckpt)
 
 
-def save_best(run_dir: Path, model, info: dict) -> None:
+def save_best(run_dir: Path, model, info: dict, on_write=_no_hook) -> None:
     """checkpoints/best: the weights with the best validation score so far."""
-    with atomic_dir(Path(run_dir) / CHECKPOINTS / BEST) as tmp:
+    with atomic_dir(rundir.best_dir(run_dir)) as tmp:
         save_file(_state_dict_for_file(model), str(tmp / "model.safetensors"))
-        pause_point("best-write", info.get("step"))
+        on_write("best", info.get("step"), tmp)
         write_json(tmp / "best.json", info)
         _write_manifest(tmp, {"step": info.get("step")})
 
 
 def load_best(run_dir: Path, model) -> dict | None:
-    best = Path(run_dir) / CHECKPOINTS / BEST
+    best = rundir.best_dir(run_dir)
     if not best.is_dir() or verify(best) is not None:
         return None
     model.load_state_dict(load_file(str(best / "model.safetensors")))
@@ -178,19 +138,18 @@ def load_best(run_dir: Path, model) -> dict | None:
 
 
 def save_model_dir(out_dir: Path, model, tokenizer, card: dict) -> None:
-    """The final, standard Hugging Face directory (+ bertclf.json), each file replaced atomically.
+    """The final, standard Hugging Face directory (+ the model card), each file replaced atomically.
 
-    Weights and tokenizer are written to a temporary folder first and renamed into place; bertclf.json,
-    written last, marks the directory complete.
+    Weights and tokenizer are written to a temporary folder first and renamed into place; the card, written
+    last, marks the directory complete.
     """
     out_dir = Path(out_dir)
-    staging = out_dir / CHECKPOINTS / "final"
+    staging = rundir.checkpoints_dir(out_dir) / rundir.FINAL_STAGING
     with atomic_dir(staging) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-    stale = out_dir / "bertclf.json"
-    stale.unlink(missing_ok=True)
+    rundir.remove_card(out_dir)
     for p in sorted(staging.iterdir()):
         p.replace(out_dir / p.name)
     shutil.rmtree(staging, ignore_errors=True)
-    write_json(out_dir / "bertclf.json", card)
+    rundir.write_card(out_dir, card)

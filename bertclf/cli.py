@@ -144,7 +144,14 @@ def cmd_train(a) -> int:
                       patience=a.patience, checkpoint_every=a.checkpoint_every, resume=a.resume,
                       overwrite=a.overwrite, valid_frac=a.valid_frac, warmup=a.warmup, weight_decay=a.weight_decay,
                       log_every=a.log_every, keep_checkpoints=a.keep_checkpoints, trim_vocab=a.trim_vocab)
-    train(cfg)
+    card = train(cfg)
+    if card:  # the main process (the others return {}) writes the report
+        try:  # the pictures are a bonus: never fail a finished run over them
+            from bertclf.report import write_report
+
+            print(f"report: {write_report([str(cfg.out)])}")
+        except Exception as e:  # noqa: BLE001
+            print(f"report not written: {e}")
     return 0
 
 

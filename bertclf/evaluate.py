@@ -1,7 +1,9 @@
-"""Stage 6, eval: score a trained model on a labelled test set (NSMC or a file); optionally dump its errors."""
+"""Stage 6, eval: score a model on labelled rows: during training (sharded over processes), or a trained model
+directory on a labelled test set (NSMC or a file), optionally dumping its errors."""
 from __future__ import annotations
 
 import csv
+import math
 import time
 from pathlib import Path
 
@@ -10,8 +12,40 @@ import numpy as np
 from bertclf import data as D
 from bertclf.errors import UserError
 from bertclf.files import atomic_file
+from bertclf.inference import predict_logits
 from bertclf.metrics import classification_report
-from bertclf.predict import Classifier
+
+
+def gathered_logits(model, ids: list, pad_id: int, batch_size: int, accelerator=None,
+                    autocast_dtype=None) -> np.ndarray:
+    """Logits for every row of `ids`, in order. With an accelerator of several processes (every one must call
+    this) each process scores every world-th row; the shares are gathered and the padding rows that made them
+    equal in size are dropped, so the result holds exactly the rows of `ids`."""
+    world = accelerator.num_processes if accelerator is not None else 1
+    rank = accelerator.process_index if accelerator is not None else 0
+    device = accelerator.device if accelerator is not None else None
+    share = np.arange(rank, len(ids), world)
+    n_max = math.ceil(len(ids) / world)
+    padded = np.concatenate([share, share[:1].repeat(n_max - len(share))]) if len(share) else np.zeros(n_max, int)
+    logits = predict_logits(model, [ids[i] for i in padded], pad_id, batch_size, device,
+                            autocast_dtype=autocast_dtype)
+    if world == 1:
+        return logits
+    import torch
+
+    gathered = accelerator.gather(torch.from_numpy(logits).to(device)).cpu().numpy().reshape(world, n_max, -1)
+    full = np.zeros((len(ids), gathered.shape[-1]), dtype=np.float32)
+    for r in range(world):
+        rows = np.arange(r, len(ids), world)
+        full[rows] = gathered[r, :len(rows)]
+    return full
+
+
+def score_ids(model, ids: list, y: np.ndarray, label_names: list[str], pad_id: int, batch_size: int,
+              accelerator=None, autocast_dtype=None) -> tuple[dict, np.ndarray]:
+    """(classification report, logits) of `model` on tokenized rows `ids` with true classes `y`."""
+    logits = gathered_logits(model, ids, pad_id, batch_size, accelerator, autocast_dtype)
+    return classification_report(y, logits.argmax(1), label_names), logits
 
 
 def evaluate(model_dir: str, data: str | None = None, test: str | None = None, text_col: str | None = None,
@@ -22,6 +56,8 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
         raise UserError("eval: give exactly one of --data nsmc or --test FILE")
     if data not in (None, "nsmc"):
         raise UserError(f"--data: unknown dataset '{data}'; the builtin dataset is 'nsmc', or use --test FILE")
+    from bertclf.predict import Classifier
+
     clf = Classifier.load(model_dir)
     card_data = clf.card.get("data") or {}
     if data == "nsmc":

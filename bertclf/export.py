@@ -40,7 +40,8 @@ from pathlib import Path
 import numpy as np
 
 from bertclf.errors import UserError
-from bertclf.files import atomic_dir, check_writable, write_json
+from bertclf.files import atomic_dir, check_writable
+from bertclf.rundir import CARD_FILE, write_card
 
 OPSET = 17
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
@@ -76,7 +77,7 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
     import torch
 
     from bertclf.models import load_classifier, load_tokenizer
-    from bertclf.predict import read_card
+    from bertclf.rundir import read_card
 
     card = read_card(src)
     max_length = card.get("max_length") or 128
@@ -152,7 +153,7 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
             new_card.setdefault("labels", [config["id2label"].get(str(i)) for i in range(len(config["id2label"]))])
             new_card.setdefault("max_length", max_length)
             new_card["export"] = info
-            write_json(tmp / "bertclf.json", new_card)
+            write_card(tmp, new_card)
 
             # The end-to-end check: load the new directory the way users will, and compare with torch.
             from bertclf.inference import softmax
@@ -170,7 +171,7 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
             info["size_bytes"] = sum(f.stat().st_size for f in tmp.iterdir() if f.name.startswith("model.onnx"))
             info["source_size_bytes"] = _weights_bytes(src)
             info["seconds"] = round(time.time() - t0, 2)
-            write_json(tmp / "bertclf.json", new_card)
+            write_card(tmp, new_card)
             del clf
     except OSError as e:
         raise UserError(f"{out}: cannot write the export ({e.strerror or e}); choose a writable --out directory") from None
@@ -218,7 +219,7 @@ def _check_paths(model_dir: str, out_dir: str) -> tuple[Path, Path]:
 def _is_export(p: Path) -> bool:
     """An earlier `bertclf export` output, which a new export may replace."""
     try:
-        return (p / "model.onnx").is_file() and "export" in json.loads((p / "bertclf.json").read_text())
+        return (p / "model.onnx").is_file() and "export" in json.loads((p / CARD_FILE).read_text())
     except (OSError, ValueError):
         return False
 

@@ -17,6 +17,7 @@ import numpy as np
 from bertclf.errors import UserError
 from bertclf.inference import predict_logits, softmax
 from bertclf.models import check_model_dir, load_tokenizer
+from bertclf.rundir import read_card
 from bertclf.tokens import encode
 
 
@@ -72,13 +73,3 @@ class Classifier:
         out = [{"label": self.labels[int(row.argmax())], "score": float(row.max()),
                 "probabilities": {lab: float(p) for lab, p in zip(self.labels, row)}} for row in probs]
         return out[0] if single else out
-
-
-def read_card(p: Path) -> dict:
-    f = p / "bertclf.json"
-    if not f.is_file():
-        return {}
-    try:
-        return json.loads(f.read_text())
-    except ValueError:
-        raise UserError(f"{f}: not valid JSON; the model directory is damaged, re-train or re-export it") from None

@@ -38,11 +38,8 @@ import numpy as np
 
 from bertclf.errors import UserError
 from bertclf.files import atomic_dir, atomic_file, check_writable
+from bertclf.rundir import BASELINE_FILE, CARD_FILE, LOG_FILE, PREDICTIONS_FILE
 
-CARD_FILE = "bertclf.json"           # as written by checkpoint.save_model_dir
-LOG_FILE = "train_log.jsonl"         # as written by loop.Logger
-PREDICTIONS_FILE = "eval_predictions.npz"  # as written by loop.save_predictions
-BASELINE_FILE = "baseline.json"      # as written by baseline.run_baseline(out=DIR)
 REPORT_FILE = "report.html"
 DATA_FILE = "data.json"
 REPORT_FORMAT = 1                    # data.json["bertclf_report"]: bump when its layout changes

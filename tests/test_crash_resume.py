@@ -1,7 +1,8 @@
 """Crash safety of `bertclf train`: SIGKILL at exact points, resume, and end with the uninterrupted run's bytes.
 
-The points come from the test hook BERTCLF_TEST_PAUSE_AT=NAME:STEP (bertclf/checkpoint.py `pause_point`): the
-run prints a marker on stderr and sleeps right there, and the test kills it with SIGKILL. Also: a corrupt newest
+The points come from the test callback BERTCLF_TEST_PAUSE_AT=NAME:STEP (tests/train_hooks.py, installed by the
+test-only entry point tests/hooked_train.py): the run prints a marker on stderr and sleeps right there, and the
+test kills it with SIGKILL. Also: a corrupt newest
 checkpoint is skipped with a message, retention keeps at most --keep-checkpoints step checkpoints, and a
 NaN/inf loss stops the run with one line (exit 2) while the last checkpoint stays intact.
 """
@@ -19,8 +20,14 @@ from pathlib import Path
 import pytest
 
 from bertclf import checkpoint as ckpt
+from bertclf import rundir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_hooks import PAUSE_ENV, PAUSE_MARK  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+CLI = [sys.executable, "-m", "bertclf"]
+HOOKED = [sys.executable, str(REPO / "tests" / "hooked_train.py")]  # the CLI plus the test callbacks
 TIMING = ("elapsed_s", "samples_per_s", "tokens_per_s")
 
 # 750 of the slice's 3,000 rows: 712 train (45 steps of 16 per epoch) + 38 validation. 60 steps cross the epoch
@@ -32,12 +39,13 @@ def _env(**extra) -> dict:
     env = dict(os.environ, BERTCLF_NO_PROGRESS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
                OMP_NUM_THREADS="1",  # the reference run and the killed runs share the cores; same threads in all
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    env.pop(ckpt.PAUSE_ENV, None)
+    env.pop(PAUSE_ENV, None)
     return env | extra
 
 
 def _args(slices, model, out: Path, *extra: str) -> list[str]:
-    return [sys.executable, "-m", "bertclf", "train", "--train", str(slices["train"]), "--text-col", "document",
+    """The `train` command's arguments (after the program)."""
+    return ["train", "--train", str(slices["train"]), "--text-col", "document",
             "--model", str(model), "--sample", "0.25", "--epochs", "2", "--max-steps", str(STEPS),
             "--batch-size", "16", "--lr", "2e-3", "--seed", "0", "--checkpoint-every", "10", "--eval-every", "20",
             "--log-every", "5", "--keep-checkpoints", "2", "--out", str(out), *extra]
@@ -48,24 +56,25 @@ def _strip(path: Path) -> list[dict]:
 
 
 def _steps(out: Path) -> list[int]:
-    return [int(p.name.split("-")[1]) for p in ckpt.step_checkpoints(out)]
+    return [rundir.step_of(p) for p in rundir.step_checkpoints(out)]
 
 
 class Killed:
-    """One `bertclf train` process run until it pauses at `point` (NAME:STEP), then SIGKILLed there."""
+    """One `bertclf train ARGS` process (with the test callbacks) run until it pauses at `point` (NAME:STEP), then
+    SIGKILLed there."""
 
-    def __init__(self, argv: list[str], point: str, log_dir: Path, timeout: float = 300):
+    def __init__(self, args: list[str], point: str, log_dir: Path, timeout: float = 300):
         self.point = point
         tag = point.replace(":", "-")
         self.out_path, self.err_path = log_dir / f"{tag}.out", log_dir / f"{tag}.err"
         with open(self.out_path, "w") as o, open(self.err_path, "w") as e:
-            proc = subprocess.Popen(argv, cwd=REPO, env=_env(**{ckpt.PAUSE_ENV: point}), stdout=o, stderr=e)
+            proc = subprocess.Popen(HOOKED + args, cwd=REPO, env=_env(**{PAUSE_ENV: point}), stdout=o, stderr=e)
         deadline = time.monotonic() + timeout
         try:
-            while f"{ckpt.PAUSE_MARK} {point}" not in self.err_path.read_text():
+            while f"{PAUSE_MARK} {point}" not in self.err_path.read_text():
                 if proc.poll() is not None:
-                    pytest.fail(f"the run exited ({proc.returncode}) before reaching {point} (is the "
-                                f"{ckpt.PAUSE_ENV} hook in loop.py?):\n{self.err_path.read_text()[-2000:]}")
+                    pytest.fail(f"the run exited ({proc.returncode}) before reaching {point} (is the {PAUSE_ENV} "
+                                f"callback installed by tests/hooked_train.py?):\n{self.err_path.read_text()[-2000:]}")
                 if time.monotonic() > deadline:
                     pytest.fail(f"the run did not reach {point} in {timeout:.0f}s")
                 time.sleep(0.02)
@@ -104,10 +113,10 @@ def test_kill_at_every_kind_of_moment_then_resume_is_bit_identical(tiny_model_di
     logs = tmp_path / "logs"
     logs.mkdir()
     # the reference runs alongside the killed runs (one thread each: 2 cores are enough)
-    ref = subprocess.Popen(_args(nsmc_slices, tiny_model_dir, ref_out), cwd=REPO, env=_env(),
+    ref = subprocess.Popen(CLI + _args(nsmc_slices, tiny_model_dir, ref_out), cwd=REPO, env=_env(),
                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     argv = _args(nsmc_slices, tiny_model_dir, run)
-    in_process = argv[3:]  # the same flags for cli.main
+    in_process = argv  # the same flags for cli.main
 
     try:
         # 1. early: killed at step 7, before the first checkpoint. --resume refuses with one line that says
@@ -135,7 +144,7 @@ def test_kill_at_every_kind_of_moment_then_resume_is_bit_identical(tiny_model_di
         k = Killed(argv + ["--resume"], "checkpoint-write:30", logs)
         assert _resumed_from(k.stdout) == 20
         assert _steps(run) == [10, 20]
-        tmp_dirs = [p for p in (run / ckpt.CHECKPOINTS).iterdir() if p.name.startswith(".step-00000030.")]
+        tmp_dirs = [p for p in rundir.checkpoints_dir(run).iterdir() if p.name.startswith(".step-00000030.")]
         assert tmp_dirs and not (tmp_dirs[0] / "manifest.json").exists()
 
         # 5. during evaluation (step 40: scored, best checkpoint and step-40 checkpoint not yet written)
@@ -147,15 +156,15 @@ def test_kill_at_every_kind_of_moment_then_resume_is_bit_identical(tiny_model_di
         k = Killed(argv + ["--resume"], "checkpoint-saved:50", logs)
         assert _resumed_from(k.stdout) == 30
         assert _steps(run) == [40, 50]  # retention: never more than --keep-checkpoints 2 (+ best)
-        assert ckpt.verify(run / ckpt.CHECKPOINTS / ckpt.BEST) is None
-        victim = run / ckpt.CHECKPOINTS / "step-00000050" / "optimizer.pt"
+        assert ckpt.verify(rundir.best_dir(run)) is None
+        victim = rundir.step_dir(run, 50) / "optimizer.pt"
         with open(victim, "r+b") as f:
             f.truncate(victim.stat().st_size // 2)
         with open(run / "train_log.jsonl", "a") as f:
             f.write('{"step": 51, "loss": 0.4')  # a line cut short by a crash (power loss, full disk)
 
         # 7. the last resume skips the broken checkpoint, says so, and finishes
-        r = subprocess.run(argv + ["--resume"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+        r = subprocess.run(CLI + argv + ["--resume"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
         assert r.returncode == 0, r.stderr[-3000:]
         assert "Traceback" not in r.stderr
         assert re.search(r"checkpoint step-00000050 is unusable \(optimizer\.pt fails its checksum", r.stdout), \
@@ -169,10 +178,10 @@ def test_kill_at_every_kind_of_moment_then_resume_is_bit_identical(tiny_model_di
                 ref.kill()
     assert ref.returncode == 0, ref.stderr.read()[-3000:]
 
-    assert (run / "bertclf.json").is_file() and not (run / ckpt.CHECKPOINTS).exists()
+    assert rundir.has_card(run) and not rundir.checkpoints_dir(run).exists()
     assert (ref_out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
-    assert _strip(ref_out / "train_log.jsonl") == _strip(run / "train_log.jsonl")
-    card_ref, card = (json.loads((d / "bertclf.json").read_text()) for d in (ref_out, run))
+    assert _strip(rundir.log_path(ref_out)) == _strip(rundir.log_path(run))
+    card_ref, card = (rundir.read_card(d) for d in (ref_out, run))
     assert card["metrics"] == card_ref["metrics"]
     assert card["training"]["steps"] == card_ref["training"]["steps"] == STEPS
     assert card["training"]["best_step"] == card_ref["training"]["best_step"]
@@ -183,11 +192,11 @@ def test_kill_while_writing_the_best_checkpoint(tiny_model_dir, nsmc_slices, tmp
     run = tmp_path / "run"
     argv = _args(nsmc_slices, tiny_model_dir, run)
     Killed(argv, "best-write:20", tmp_path)
-    best = run / ckpt.CHECKPOINTS / ckpt.BEST
+    best = rundir.best_dir(run)
     assert not best.exists() or ckpt.verify(best) is None
-    assert any(p.name.startswith(".best.") for p in (run / ckpt.CHECKPOINTS).iterdir())
+    assert any(p.name.startswith(".best.") for p in rundir.checkpoints_dir(run).iterdir())
     assert _steps(run) == [10]  # step 20's checkpoint comes after its validation
-    assert ckpt.latest_checkpoint(run, log=lambda s: None) == run / ckpt.CHECKPOINTS / "step-00000010"
+    assert ckpt.latest_checkpoint(run, log=lambda s: None) == rundir.step_dir(run, 10)
 
 
 # ---------------------------------------------------------------- numerical faults
@@ -201,8 +210,48 @@ def _poisoned_copy(src: Path, dst: Path, edit) -> Path:
     weights = load_file(str(dst / "model.safetensors"))
     edit(weights)
     save_file(weights, str(dst / "model.safetensors"), metadata={"format": "pt"})
-    assert any(not torch.isfinite(w).all() for w in weights.values())
+    original = load_file(str(src / "model.safetensors"))
+    assert any(not torch.equal(w, original[k]) for k, w in weights.items())
     return dst
+
+
+# A word embedding row this large is finite, but the first forward pass over its token overflows (loss NaN).
+HUGE = 1e30
+
+
+def _tensors(obj):
+    import torch
+
+    if isinstance(obj, torch.Tensor):
+        yield obj
+    elif isinstance(obj, dict):
+        for v in obj.values():
+            yield from _tensors(v)
+    elif isinstance(obj, (list, tuple)):
+        for v in obj:
+            yield from _tensors(v)
+
+
+def _nonfinite_tensors(folder: Path) -> list[str]:
+    """'file: name' of every tensor under `folder` (weights, optimizer states, hidden temporary folders too)
+    that holds a NaN or inf."""
+    import torch
+    from safetensors.torch import load_file
+
+    bad, n = [], 0
+    for f in sorted(folder.rglob("*")):
+        if f.suffix == ".safetensors":
+            items = load_file(str(f)).items()
+        elif f.suffix in (".pt", ".bin"):
+            items = [(str(i), t) for i, t in enumerate(_tensors(torch.load(f, weights_only=False)))]
+        else:
+            continue
+        for name, t in items:
+            n += 1
+            if t.is_floating_point() and not torch.isfinite(t).all():
+                bad.append(f"{f.relative_to(folder)}: {name}")
+    assert n, f"no tensor under {folder}: nothing was checked"
+    return bad
 
 
 def _first_step_with_token(cfg, model_dir: Path, after: int) -> tuple[int, int]:
@@ -229,7 +278,7 @@ def _first_step_with_token(cfg, model_dir: Path, after: int) -> tuple[int, int]:
 
 
 def test_nan_loss_stops_with_one_line_and_the_last_checkpoint_intact(tiny_model_dir, nsmc_slices, tmp_path, capsys):
-    """A word embedding row set to inf: the loss becomes NaN at the first batch holding that token. The run
+    """A huge word embedding row: the loss becomes NaN at the first batch holding that token. The run
     stops there with exit 2 and one line, writes no checkpoint of the diverged model, and the checkpoints
     before it pass their manifests. Then an --overwrite run whose LayerNorm weight is inf fails at its first
     check, and must not leave the first run's checkpoints behind as if they were its own."""
@@ -241,7 +290,7 @@ def test_nan_loss_stops_with_one_line_and_the_last_checkpoint_intact(tiny_model_
     token, bad_step = _first_step_with_token(cfg, tiny_model_dir, after=3)
 
     def poison_token(w):
-        w["embeddings.word_embeddings.weight"][token] = float("inf")
+        w["embeddings.word_embeddings.weight"][token] = HUGE
 
     def poison_layernorm(w):
         w["embeddings.LayerNorm.weight"][0] = float("inf")
@@ -255,9 +304,9 @@ def test_nan_loss_stops_with_one_line_and_the_last_checkpoint_intact(tiny_model_
     line = _one_line_error(err)
     assert rc == 2 and "diverged" in line and "NaN" in line and f"step {bad_step}" in line, line
     assert _steps(run) == [bad_step - 2, bad_step - 1]
-    for p in ckpt.step_checkpoints(run):
+    for p in rundir.step_checkpoints(run):
         assert ckpt.verify(p) is None
-    state = json.loads((run / ckpt.CHECKPOINTS / f"step-{bad_step - 1:08d}" / "trainer_state.json").read_text())
+    state = ckpt.read_trainer_state(rundir.step_dir(run, bad_step - 1))
     assert state["step"] == bad_step - 1
     assert not (run / "bertclf.json").exists() and not (run / "model.safetensors").exists()
 
@@ -267,7 +316,32 @@ def test_nan_loss_stops_with_one_line_and_the_last_checkpoint_intact(tiny_model_
     line = _one_line_error(err)
     assert rc == 2 and "NaN" in line and "step 1" in line, line
     # the first run's checkpoints are gone: --resume must not continue another run (nor retention keep it)
-    assert _steps(run) == [] and not (run / ckpt.CHECKPOINTS / ckpt.BEST).exists()
+    assert _steps(run) == [] and not (rundir.best_dir(run)).exists()
+
+
+def test_divergence_right_before_a_validation_writes_no_diverged_tensor(tiny_model_dir, nsmc_slices, tmp_path,
+                                                                       capsys):
+    """The loss turns NaN at step N, a validation step, with no log line due: the run exits 2 with one line
+    before validating, so neither checkpoints/best nor any other file under the run folder holds a NaN/inf
+    tensor (earlier, validation and the best-checkpoint save ran before the NaN check)."""
+    from bertclf.loop import TrainConfig
+
+    run = tmp_path / "run"
+    cfg = TrainConfig(out=str(run), train=str(nsmc_slices["train"]), text_col="document",
+                      model=str(tiny_model_dir), sample=0.1, batch_size=16, seed=0)
+    token, bad_step = _first_step_with_token(cfg, tiny_model_dir, after=3)
+    model = _poisoned_copy(tiny_model_dir, tmp_path / "poisoned", lambda w: w["embeddings.word_embeddings.weight"]
+                           [token].fill_(HUGE))
+    # the first validation is at bad_step, so the diverged model would be the best so far and be saved
+    flags = ["train", "--train", str(nsmc_slices["train"]), "--text-col", "document", "--sample", "0.1",
+             "--batch-size", "16", "--seed", "0", "--model", str(model), "--max-steps", str(bad_step + 5),
+             "--eval-every", str(bad_step), "--checkpoint-every", "1", "--log-every", "1000", "--out", str(run)]
+    rc, _, err = _train_in_process(flags, capsys)
+    line = _one_line_error(err)
+    assert rc == 2 and "diverged" in line and f"step {bad_step}" in line, line
+    assert _nonfinite_tensors(run) == []
+    assert not rundir.best_dir(run).exists() and not rundir.has_card(run)
+    assert _steps(run) == [bad_step - 2, bad_step - 1]
 
 
 def test_overwrite_trims_the_vocabulary_again(tiny_model_dir, nsmc_slices, tmp_path, capsys):
@@ -288,7 +362,7 @@ def test_overwrite_trims_the_vocabulary_again(tiny_model_dir, nsmc_slices, tmp_p
     for data, extra in ((a, []), (b, ["--overwrite"])):
         rc, _, err = _train_in_process(flags + ["--train", str(data)] + extra, capsys)
         assert rc == 2 and "NaN" in _one_line_error(err)
-    base = AutoTokenizer.from_pretrained(run / ckpt.CHECKPOINTS / "base-model")
+    base = AutoTokenizer.from_pretrained(rundir.base_model_dir(run))
     full = AutoTokenizer.from_pretrained(tiny_model_dir)
     texts = [ln.split("\t")[1] for ln in lines[2001:2201]]
     assert [base.tokenize(t) for t in texts] == [full.tokenize(t) for t in texts]

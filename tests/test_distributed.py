@@ -30,6 +30,7 @@ from bertclf.errors import UserError
 
 REPO = Path(__file__).resolve().parents[1]
 ACCELERATE_CONFIG = REPO / "examples" / "accelerate_ddp_cpu.yaml"
+HOOKED_TRAIN = REPO / "tests" / "hooked_train.py"  # the CLI plus the test callbacks of tests/train_hooks.py
 BATCH, WORLD = 16, 2                      # per-rank micro-batch, processes: global batch 32
 VALID_FRAC = 0.2                          # 600 validation rows out of the 3,000-row slice
 CKPT_STEP = 10
@@ -56,8 +57,10 @@ def run_env() -> dict:
                          "PYTHONUNBUFFERED": "1"}
 
 
-def torchrun(port: int | None = None) -> list[str]:
-    return TORCHRUN + ["--nproc_per_node", str(WORLD), "--master_port", str(port or free_port()), "-m", "bertclf"]
+def torchrun(port: int | None = None, hooked: bool = False) -> list[str]:
+    """torchrun running `bertclf`, or with hooked=True the test-only entry point tests/hooked_train.py."""
+    program = [str(HOOKED_TRAIN)] if hooked else ["-m", "bertclf"]
+    return TORCHRUN + ["--nproc_per_node", str(WORLD), "--master_port", str(port or free_port()), *program]
 
 
 def accelerate_launch() -> list[str]:
@@ -286,13 +289,14 @@ OOM_STEP = 5
 
 
 def test_out_of_memory_back_off_agrees_across_processes(runs, nodrop_model, nsmc_slices, tmp_path):
-    """A CUDA out-of-memory error on one rank only (simulated on CPU: BERTCLF_TEST_OOM_AT=RANK:STEP makes that
-    rank raise torch.OutOfMemoryError after the step's first backward) makes every rank halve its micro-batch
+    """A CUDA out-of-memory error on one rank only (simulated on CPU: with BERTCLF_TEST_OOM_AT=RANK:STEP the test
+    callback of tests/train_hooks.py makes that rank raise torch.OutOfMemoryError after the step's first
+    backward) makes every rank halve its micro-batch
     and retry the step together: no hang, no lost or doubled step, and the same model as without the error,
     since two half micro-batches accumulate the same gradient (dropout is off). One process backs off alike."""
-    two = start(torchrun() + train_args(nodrop_model, nsmc_slices, tmp_path / "two", BATCH), tmp_path / "two.log",
-                env={"BERTCLF_TEST_OOM_AT": f"1:{OOM_STEP}"})
-    one = start([sys.executable, "-m", "bertclf"] + train_args(nodrop_model, nsmc_slices, tmp_path / "one",
+    two = start(torchrun(hooked=True) + train_args(nodrop_model, nsmc_slices, tmp_path / "two", BATCH),
+                tmp_path / "two.log", env={"BERTCLF_TEST_OOM_AT": f"1:{OOM_STEP}"})
+    one = start([sys.executable, str(HOOKED_TRAIN)] + train_args(nodrop_model, nsmc_slices, tmp_path / "one",
                                                                 BATCH * WORLD),
                 tmp_path / "one.log", env={"BERTCLF_TEST_OOM_AT": f"0:{OOM_STEP}"})
     try:

@@ -1,0 +1,41 @@
+"""Events of a training run that code outside the loop may act on (tests pause or inject faults through them).
+
+Subclass TrainCallback, override what you need, and pass instances to `train(cfg, callbacks=[...])`. Every
+method is called, in the order the callbacks were given, on each process that reaches that moment (checkpoint
+writes: the main process only); the defaults do nothing.
+"""
+from __future__ import annotations
+
+
+class TrainCallback:
+    def on_backward(self, step: int, micro_batch: int, rank: int) -> None:
+        """After the backward pass of micro-batch `micro_batch` of optimizer step `step` (counting from 1),
+        inside the step's out-of-memory guard: raising torch.OutOfMemoryError here is handled as a real one."""
+
+    def on_step_end(self, step: int) -> None:
+        """After optimizer step `step`, before its logging, validation and checkpoint."""
+
+    def on_evaluate(self, step: int, report: dict) -> None:
+        """After the validation at `step` is scored, before the best checkpoint is written."""
+
+    def on_checkpoint_write(self, kind: str, step: int, folder) -> None:
+        """Inside a checkpoint's temporary folder, weights written, no manifest yet. kind: "step" or "best"."""
+
+    def on_checkpoint_saved(self, step: int) -> None:
+        """After checkpoints/step-N is complete and older ones are pruned."""
+
+
+class Events:
+    """Calls the same method on each callback."""
+
+    def __init__(self, callbacks=()):
+        self.callbacks = list(callbacks or ())
+
+    def __getattr__(self, name):
+        if not name.startswith("on_"):
+            raise AttributeError(name)
+
+        def call(*args, **kwargs):
+            for cb in self.callbacks:
+                getattr(cb, name)(*args, **kwargs)
+        return call

@@ -1,0 +1,40 @@
+"""The model card (DIR/bertclf.json): what was trained, on what, how, and how well."""
+from __future__ import annotations
+
+import platform
+import sys
+
+import torch
+
+from bertclf import __version__
+
+
+def build_card(cfg, run_args: dict, labels: list[str], data: dict, metrics: dict, training: dict) -> dict:
+    """data: {"train", "valid", "test"} dataset summaries; metrics: {"valid", "test"} reports;
+    training: steps, timings, device and batch facts (see loop.finish)."""
+    return {
+        "bertclf_version": __version__,
+        "task": "text-classification",
+        "base_model": cfg.model,
+        "labels": labels,
+        "max_length": cfg.max_length,
+        "args": run_args,
+        "data": data | {"text_col": cfg.text_col, "label_col": cfg.label_col},
+        "metrics": metrics,
+        "training": training,
+        "versions": versions(),
+    }
+
+
+def device_name(device) -> str:
+    if device.type == "cuda":
+        return torch.cuda.get_device_name(device)
+    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+
+
+def versions() -> dict:
+    import accelerate
+    import transformers
+
+    return {"python": sys.version.split()[0], "torch": torch.__version__, "transformers": transformers.__version__,
+            "accelerate": accelerate.__version__, "bertclf": __version__}

@@ -1,0 +1,168 @@
+"""The run directory (`bertclf train --out DIR`): the one place that names its files and reads/writes them.
+
+    DIR/bertclf.json            the model card; written last, it marks a finished model
+    DIR/train_log.jsonl         one JSON record per logged training window and per validation
+    DIR/eval_predictions.npz    the final model's validation/test probabilities (for reports)
+    DIR/baseline.json           `bertclf baseline --out DIR`
+    DIR/checkpoints/step-N/     periodic checkpoints (bertclf/checkpoint.py writes their contents)
+    DIR/checkpoints/best/       the best validation score's weights so far
+    DIR/checkpoints/base-model/ the --trim-vocab base model, kept for --resume
+plus the standard Hugging Face files (config.json, model.safetensors, tokenizer files) of the final model.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from bertclf.errors import UserError
+from bertclf.files import atomic_file, write_json
+
+CARD_FILE = "bertclf.json"
+LOG_FILE = "train_log.jsonl"
+PREDICTIONS_FILE = "eval_predictions.npz"
+BASELINE_FILE = "baseline.json"
+CHECKPOINTS = "checkpoints"
+BEST = "best"
+BASE_MODEL = "base-model"
+FINAL_STAGING = "final"  # checkpoints/final: the final model's files before they move up into DIR
+
+
+def checkpoints_dir(run_dir) -> Path:
+    return Path(run_dir) / CHECKPOINTS
+
+
+def step_dir(run_dir, step: int) -> Path:
+    return checkpoints_dir(run_dir) / f"step-{step:08d}"
+
+
+def step_of(checkpoint: Path) -> int:
+    return int(Path(checkpoint).name.split("-")[1])
+
+
+def step_checkpoints(run_dir) -> list[Path]:
+    """The step checkpoints (complete or not), oldest first."""
+    root = checkpoints_dir(run_dir)
+    return sorted(root.glob("step-[0-9]*")) if root.is_dir() else []
+
+
+def best_dir(run_dir) -> Path:
+    return checkpoints_dir(run_dir) / BEST
+
+
+def base_model_dir(run_dir) -> Path:
+    return checkpoints_dir(run_dir) / BASE_MODEL
+
+
+def has_card(run_dir) -> bool:
+    return (Path(run_dir) / CARD_FILE).is_file()
+
+
+def read_card(run_dir) -> dict:
+    """The model card, {} when there is none (a plain Hugging Face directory)."""
+    f = Path(run_dir) / CARD_FILE
+    if not f.is_file():
+        return {}
+    try:
+        return json.loads(f.read_text())
+    except ValueError:
+        raise UserError(f"{f}: not valid JSON; the model directory is damaged, re-train or re-export it") from None
+
+
+def write_card(run_dir, card: dict) -> None:
+    write_json(Path(run_dir) / CARD_FILE, card)
+
+
+def remove_card(run_dir) -> None:
+    (Path(run_dir) / CARD_FILE).unlink(missing_ok=True)
+
+
+def log_path(run_dir) -> Path:
+    return Path(run_dir) / LOG_FILE
+
+
+def append_log(run_dir, record: dict) -> None:
+    path = log_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def truncate_log(run_dir, step: int) -> None:
+    """On resume: forget what was logged after the checkpoint we continue from (and lines torn by a crash)."""
+    path = log_path(run_dir)
+    if not path.exists():
+        return
+    keep = []
+    for ln in path.read_text(encoding="utf-8").splitlines():
+        try:
+            if json.loads(ln).get("step", 0) <= step:
+                keep.append(ln)
+        except (ValueError, AttributeError):  # blank, or torn by the crash (power loss, full disk)
+            continue
+    with atomic_file(path) as f:
+        f.write("".join(k + "\n" for k in keep))
+
+
+def remove_log(run_dir) -> None:
+    log_path(run_dir).unlink(missing_ok=True)
+
+
+def predictions_path(run_dir) -> Path:
+    return Path(run_dir) / PREDICTIONS_FILE
+
+
+def save_predictions(run_dir, arrays: dict) -> None:
+    with atomic_file(predictions_path(run_dir), "wb") as f:
+        np.savez_compressed(f, **arrays)
+
+
+def baseline_path(run_dir) -> Path:
+    return Path(run_dir) / BASELINE_FILE
+
+
+def prepare(out, resume: bool, overwrite: bool) -> Path:
+    """Check that `out` may hold this run (refusing, with what to do, when it may not) and that it is writable.
+
+    Only the main process calls it. Folders it had to create for the check are removed again: a run that fails
+    on its input leaves no empty folder behind."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out}: exists and is not a directory; choose another path")
+    has_run = out.is_dir() and any(out.iterdir())
+    if resume:
+        if not step_checkpoints(out) and not (checkpoints_dir(out) / "config.json").is_file():
+            if has_card(out):
+                raise UserError(f"--resume: {out} holds a finished model, there is nothing to resume; choose a new "
+                                f"directory or --overwrite to train it again")
+            if has_run:
+                raise UserError(f"--resume: {out} holds no checkpoint to resume from (the run stopped before its "
+                                f"first checkpoint); start it again with --overwrite instead of --resume")
+            raise UserError(f"--resume: {out} holds no checkpoint to resume from; start without --resume")
+    elif has_run and not overwrite:
+        what = "a finished model" if has_card(out) else "files of another run"
+        raise UserError(f"--out {out}: already holds {what}; choose a new directory, add --resume to "
+                        f"continue it, or --overwrite to replace it")
+    created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / ".write-test"
+        probe.write_text("")
+        probe.unlink()
+        for p in created:
+            p.rmdir()
+    except OSError as e:
+        raise UserError(f"--out {out}: cannot write there ({e.strerror}); choose a writable directory") from None
+    return out
+
+
+def clear_previous_run(out) -> None:
+    """--overwrite: the old run's log, card (the "finished" mark) and checkpoints go, so that none can pass for
+    this run's: retention keeps the highest step numbers, and --resume would pick the old run's newest."""
+    import shutil
+
+    remove_log(out)
+    remove_card(out)
+    for old in step_checkpoints(out) + [best_dir(out)]:
+        shutil.rmtree(old, ignore_errors=True)
