@@ -52,8 +52,9 @@ def train(cfg: TrainConfig, echo=print, callbacks=()) -> dict:
             optimizer.step()
             scheduler.step()
             optimizer.zero_grad(set_to_none=True)
-            epoch_end = state.advance(len(rows), int(run.train_len[rows].sum()), run.world, len(batches))
-            meter.add(loss, correct, nonfinite, len(rows), int(run.train_len[rows].sum()))
+            tokens = int(run.train_len[rows].sum())
+            epoch_end = state.advance(len(rows), tokens, run.world, len(batches))
+            meter.add(loss, correct, nonfinite, len(rows), tokens)
             progress.update(1)
             step = state.step
             events.on_step_end(step)
@@ -122,7 +123,8 @@ def save_checkpoint(run: Run, meter: Meter, events) -> None:
     rank_rngs = gather_object([ckpt.rng_state()]) if run.world > 1 else None
     if run.main:
         ckpt.save_checkpoint(run.out, run.state.step, run.unwrapped(), run.optimizer, run.scheduler,
-                             run.state.to_dict() | {"args": run.run_args}, keep=run.cfg.keep_checkpoints,
+                             run.state.to_dict() | {"args": run.run_args, "data_sha256": run.data_sha256()},
+                             keep=run.cfg.keep_checkpoints,
                              rank_rngs=rank_rngs, on_write=events.on_checkpoint_write)
         events.on_checkpoint_saved(run.state.step)
     run.accelerator.wait_for_everyone()

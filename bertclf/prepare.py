@@ -84,6 +84,10 @@ class Run:
     def unwrapped(self):
         return self.accelerator.unwrap_model(self.model)
 
+    def data_sha256(self) -> dict:
+        """The SHA-256 of the training (and --valid) file, which --resume requires unchanged."""
+        return {"train": self.train_ds.sha256} | ({"valid": self.valid_ds.sha256} if self.cfg.valid else {})
+
 
 def load_data(cfg: TrainConfig, log=print):
     """(train, valid, test or None) datasets, as the config asks."""
@@ -199,11 +203,13 @@ def resume(run: Run) -> None:
     found = ckpt.latest_checkpoint(out, log=say)
     if found is None:
         raise UserError(f"--resume: no complete checkpoint in {rundir.checkpoints_dir(out)}; start without --resume")
-    saved = ckpt.read_trainer_state(found)["args"]
+    saved_state = ckpt.read_trainer_state(found)
+    saved = saved_state["args"]
     if saved.get("processes", 1) != run.world:
         # Another process count is another global batch: another batch plan, step count and schedule.
         raise UserError(f"--resume: the run in {out} was trained by {saved.get('processes', 1)} process(es), "
                         f"this one has {run.world}; resume with the same number of processes")
+    check_same_data(run, saved_state.get("data_sha256") or {}, found)
     loaded = ckpt.load_checkpoint(found, run.unwrapped(), run.optimizer, run.scheduler,
                                   rank=run.accelerator.process_index)
     changed = [k for k in RESUME_KEYS if saved.get(k) != run.run_args.get(k)]
@@ -214,6 +220,16 @@ def resume(run: Run) -> None:
     if run.main:
         rundir.truncate_log(out, run.state.step)
     say(f"resumed from {found.name}: step {run.state.step}, epoch {run.state.epoch + 1}")
+
+
+def check_same_data(run: Run, recorded: dict, found: Path) -> None:
+    """The same path is not enough: a training file replaced between the crash and --resume is refused."""
+    for split, sha in run.data_sha256().items():
+        if recorded.get(split) and sha and recorded[split] != sha:
+            path = run.cfg.train if split == "train" else run.cfg.valid
+            raise UserError(f"--resume: {path or run.train_ds.source} changed since the run in {run.out} was "
+                            f"checkpointed (SHA-256 differs from {found.name}); resume with the original file or "
+                            f"start again with --overwrite")
 
 
 def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say, reuse: bool = False) -> str:

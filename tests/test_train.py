@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pytest
 
+from bertclf.callbacks import TrainCallback
 from bertclf.errors import UserError
 from bertclf.loop import TrainConfig, train
 
@@ -91,3 +92,41 @@ def test_test_sample_scores_a_stratified_share_of_the_test_rows(tiny_model_dir, 
     assert card["metrics"]["test"]["n"] == 250 and card["data"]["test"]["rows"] == 250
     assert main(["train", "--train", str(nsmc_slices["train"]), "--model", str(tiny_model_dir),
                  "--out", str(tmp_path / "bad"), "--test-sample", "0"]) == 2
+
+
+class _StopAt(TrainCallback):
+    """A callback that crashes the run (an exception, as a bug or a lost node would) after step `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, step):
+        if step == self.step:
+            raise RuntimeError(f"crash after step {step}")
+
+
+class _ResumeAccepted(Exception):
+    pass
+
+
+def test_resume_refuses_a_changed_training_file(tiny_model_dir, nsmc_slices, tmp_path, monkeypatch):
+    """--resume compares the training file's SHA-256 with the one in the checkpoint, not only its path: a file
+    replaced between the crash and the resume is refused with one line; the original file is accepted."""
+    import bertclf.loop as loop
+
+    data = tmp_path / "train.tsv"
+    shutil.copy(nsmc_slices["train"], data)
+    cfg = dict(out=tmp_path / "run", slices={"train": data, "test": nsmc_slices["test"]}, model=tiny_model_dir,
+               max_steps=5, checkpoint_every=2, sample=0.2)
+    with pytest.raises(RuntimeError, match="crash after step 3"):
+        train(tiny_cfg(**cfg), echo=lambda s: None, callbacks=[_StopAt(3)])
+    original = data.read_bytes()
+    lines = original.decode("utf-8").splitlines(keepends=True)
+    data.write_text(lines[0] + lines[2] + lines[1] + "".join(lines[3:]), encoding="utf-8")  # same rows, reordered
+    with pytest.raises(UserError, match=r"--resume: .*train\.tsv changed since .* SHA-256 differs"):
+        train(tiny_cfg(**cfg, resume=True), echo=lambda s: None)
+
+    data.write_bytes(original)
+    monkeypatch.setattr(loop, "make_progress", lambda *a, **k: (_ for _ in ()).throw(_ResumeAccepted()))
+    with pytest.raises(_ResumeAccepted):  # past every resume check
+        train(tiny_cfg(**cfg, resume=True), echo=lambda s: None)
