@@ -6,13 +6,16 @@ DIR is a trained model directory (e.g. runs/nsmc-cpu from `make nsmc`). The scri
 fused fp32 ONNX graph (bertclf.export, as `bertclf export --onnx` does), builds every variant from that graph,
 and scores the first N NSMC test reviews with each: label agreement with torch, mean and max |logit
 difference|, accuracy, and texts/s at batch 64 (engines in turn, block by block, so machine noise hits all
-alike; the ratio "x torch" is against torch eager in the same run). The variants:
+alike; the ratio "x torch" is against torch eager fp32 in the same run; torch-bf16 is bf16 autocast). The output
+starts with the CPU's model name and matrix features (bertclf/cpu.py). The variants:
 
   s8-7bit            onnxruntime dynamic int8 as-is: int8 weights per channel, 7-bit (reduce_range)
   smooth-0.5/0.75/0.9  the same after SmoothQuant with that alpha, calibrated on the export's 24 sample texts
                      (0.75 is what `bertclf export --int8` writes)
   smooth-0.75-train  SmoothQuant 0.75 calibrated on --calib-n NSMC training reviews
   u8-8bit            unsigned 8-bit weights, full range (no saturation-avoiding 7th bit), SmoothQuant 0.75
+  s8-8bit            signed 8-bit weights, full range, SmoothQuant 0.75: what the export tries first on CPUs
+                     with VNNI/AMX (u8 x s8 dot products there do not saturate); s8-8bit-emb / -emb-ffn2 as below
   u8-train-emb       u8-8bit calibrated on training reviews, the embedding tables left in fp32
   u8-train-emb-ffn2  the same with the FFN output products of layers 0-4 left in fp32 as well
   block32/block128   per-block 8-bit weights with int8 compute (onnxruntime MatMulNBits, accuracy_level 4;
@@ -80,8 +83,12 @@ def blockwise(src: Path, dst: Path, block: int):
 def main(argv=None) -> int:
     args = parse_args(argv)
     logging.disable(logging.WARNING)
+    from bertclf import cpu
+
+    print(f"device: {cpu.describe()}", file=sys.stderr)
     from bertclf.data import nsmc_path, read_labelled
-    from bertclf.export import SAMPLE_TEXTS, _smooth, export_onnx
+    from bertclf.export import SAMPLE_TEXTS, export_onnx
+    from bertclf.quantize import smooth as _smooth
     from bertclf.inference import predict_logits
     from bertclf.models import check_model_dir
     from bertclf.onnx_model import OnnxClassifierModel
@@ -120,6 +127,11 @@ def main(argv=None) -> int:
             "smooth-0.9": quantize(smoothed["sample", 0.9], w / "sm09.onnx"),
             "smooth-0.75-train": quantize(smoothed["train", 0.75], w / "sm075t.onnx"),
             "u8-8bit": quantize(smoothed["sample", 0.75], w / "u8.onnx", unsigned=True, reduce_range=False),
+            "s8-8bit": quantize(smoothed["sample", 0.75], w / "s8f.onnx", reduce_range=False),
+            "s8-8bit-emb": quantize(smoothed["sample", 0.75], w / "s8fe.onnx", reduce_range=False,
+                                    exclude=["EmbedLayerNormalization_0"]),
+            "s8-8bit-emb-ffn2": quantize(smoothed["sample", 0.75], w / "s8fef.onnx", reduce_range=False,
+                                         exclude=["EmbedLayerNormalization_0"] + ffn2_early),
             "u8-train-emb": quantize(smoothed["train", 0.75], w / "u8te.onnx", unsigned=True, reduce_range=False,
                                      exclude=["EmbedLayerNormalization_0"]),
             "u8-train-emb-ffn2": quantize(smoothed["train", 0.75], w / "u8tef.onnx", unsigned=True,
@@ -146,7 +158,10 @@ def main(argv=None) -> int:
                 break
             variants[f"block{block}"] = path
 
-        engines = {"torch": lambda x: predict_logits(clf.model, x, clf.pad_id, 64)}
+        import torch
+
+        engines = {"torch": lambda x: predict_logits(clf.model, x, clf.pad_id, 64),
+                   "torch-bf16": lambda x: predict_logits(clf.model, x, clf.pad_id, 64, autocast_dtype=torch.bfloat16)}
         for name, path in variants.items():
             m = OnnxClassifierModel(path, len(clf.labels), spin=False)
             engines[name] = (lambda m: lambda x: m.predict_logits(x, clf.pad_id, 64))(m)
@@ -174,7 +189,8 @@ def main(argv=None) -> int:
         p = np.exp(ref - ref.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         top = p.max(1)
-        print(f"\nmodel {src}; {len(ids)} NSMC test reviews; torch predictions within 0.05 of 0.5: "
+        print(f"\ndevice: {cpu.describe()}")
+        print(f"model {src}; {len(ids)} NSMC test reviews; torch predictions within 0.05 of 0.5: "
               f"{(top < 0.55).mean():.1%}, within 0.02: {(top < 0.52).mean():.1%}")
         print(f"{'variant':<20} {'agree':>7} {'mean dlogit':>11} {'max dlogit':>10} {'accuracy':>8} {'texts/s':>8} "
               f"{'x torch':>7} {'MB':>6}")
@@ -202,7 +218,7 @@ def main(argv=None) -> int:
             for n, v in sorted(sens.items(), key=lambda kv: -kv[1]):
                 print(f"  {v:.4f}  {n}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"model": str(src), "n": len(ids), "variants": rows,
+        Path(args.json).write_text(json.dumps({"device": cpu.describe(), "cpu": cpu.summary(), "model": str(src), "n": len(ids), "variants": rows,
                                                "sensitivity": sens}, indent=2))
     return 0
 

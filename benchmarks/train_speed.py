@@ -6,6 +6,7 @@ ratio of each to HF Trainer.
 
     python benchmarks/train_speed.py --cpu            # an NSMC slice, a few minutes on a 2-core CPU
     python benchmarks/train_speed.py --gpu            # full NSMC, one epoch, on one GPU
+    python benchmarks/train_speed.py --precision-rounds 5   # CPU training step: fp32 vs bf16 autocast
     (a GPU machine without network: carry the inputs with benchmarks/gpu_pack.py, see its docstring)
 
 Variants:
@@ -13,7 +14,15 @@ Variants:
                   pad to 128, batch 32, lr 5e-5, bf16 on GPU
   (b) tutorial    the tutorial's loop: Adam lr 1e-5, batch 2, fp32, tokenize inside the loop
   (c) bertclf     `bertclf train` with its defaults
+  (d) bertclf-fp32 / bertclf-bf16: `bertclf train` with --precision forced (add them with --variants; on a
+                  CPU with AMX / AVX-512 BF16 `bertclf` alone already trains in bf16)
 The model is me5-small with its vocabulary trimmed to the training texts (the same for all three).
+
+--precision-rounds N: the training step alone (batch 32 of NSMC reviews, AdamW, bertclf's length-bucketed
+padding), fp32 and bf16 autocast alternating in one process, --round-steps steps each per round, N rounds;
+prints each precision's median samples/s and the ratio. Alternating in one process is what keeps the ratio
+honest when other jobs share the machine. Every output starts with the device line (CPU model and matrix
+features, bertclf/cpu.py).
 """
 from __future__ import annotations
 
@@ -114,8 +123,10 @@ def run_bertclf(args, model_dir, train, valid, test, device, files):
     from bertclf.predict import Classifier
 
     out = Path(tempfile.mkdtemp()) / "run"
+    precision = {"bertclf-fp32": "fp32", "bertclf-bf16": "bf16"}.get(args.variant, "auto")
     card = bertclf_train(TrainConfig(out=str(out), train=str(files["train"]), valid=str(files["valid"]),
-                                     text_col="text", model=model_dir, epochs=1), echo=lambda s: None)
+                                     text_col="text", model=model_dir, epochs=1, precision=precision),
+                         echo=lambda s: None)
     clf = Classifier.load(str(out))
     return clf.model, clf.tokenizer, card["training"]["train_seconds"]
 
@@ -146,6 +157,51 @@ def child(args):
     print("RESULT " + json.dumps(res), flush=True)
 
 
+def precision_rounds(args) -> dict:
+    """fp32 vs bf16 autocast training steps, alternating in this process; medians of per-round samples/s."""
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    from bertclf.batches import collate, epoch_batches
+    from bertclf.tokens import encode, lengths
+
+    train, _, _ = load_split(args)
+    tok = AutoTokenizer.from_pretrained(args.model_dir)
+    ids = encode(tok, train.texts, 128)
+    y = np.array(encode_labels(train))
+    batches = epoch_batches(lengths(ids), 32, 42, 0)
+    runs = {}
+    for prec in ("fp32", "bf16"):
+        torch.manual_seed(42)
+        model = AutoModelForSequenceClassification.from_pretrained(args.model_dir, num_labels=2).train()
+        runs[prec] = {"model": model, "opt": torch.optim.AdamW(model.parameters(), lr=5e-5), "rates": [],
+                      "losses": []}
+    step = 0
+    for r in range(args.precision_rounds + 1):  # round 0 warms up both
+        for prec, run in runs.items():
+            rows_done, t = 0, time.perf_counter()
+            for i in range(args.round_steps):
+                rows = batches[(step + i) % len(batches)]
+                batch = collate(ids, rows, tok.pad_token_id, y)
+                with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
+                    loss = run["model"](**batch).loss
+                loss.backward()
+                run["opt"].step()
+                run["opt"].zero_grad(set_to_none=True)
+                rows_done += len(rows)
+                run["losses"].append(float(loss))
+            if r:
+                run["rates"].append(rows_done / (time.perf_counter() - t))
+        step += args.round_steps
+        if r:
+            print(f"round {r}: " + ", ".join(f"{p} {run['rates'][-1]:.1f} samples/s" for p, run in runs.items()),
+                  flush=True)
+    med = {p: float(np.median(run["rates"])) for p, run in runs.items()}
+    return {"rounds": args.precision_rounds, "steps_per_round": args.round_steps, "batch": 32,
+            "median_samples_per_s": med, "bf16_over_fp32": med["bf16"] / med["fp32"],
+            "rates": {p: run["rates"] for p, run in runs.items()},
+            "final_loss": {p: float(np.mean(run["losses"][-args.round_steps:])) for p, run in runs.items()}}
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     mode = p.add_mutually_exclusive_group()
@@ -157,6 +213,8 @@ def main():
     p.add_argument("--test-rows", type=int, help="default 1000 (cpu) / all (gpu)")
     p.add_argument("--variants", help="default: hf-trainer,tutorial,bertclf (cpu); hf-trainer,bertclf (gpu: the "
                                       "tutorial's batch-2 loop needs ~45 min for full NSMC; run it on --train-rows)")
+    p.add_argument("--precision-rounds", type=int, help="time fp32 vs bf16 training steps, alternating, N rounds")
+    p.add_argument("--round-steps", type=int, default=5, help="training steps per precision per round")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
@@ -166,6 +224,10 @@ def main():
         args.test_rows = args.test_rows or 1000
     if args.variant:
         return child(args)
+    from bertclf import cpu
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu.describe()
+    print(f"device: {device}", flush=True)
     if not args.model_dir:
         from bertclf.builtin import builtin_model_path
         from bertclf.data import read_nsmc
@@ -174,6 +236,16 @@ def main():
         args.model_dir = str(Path(tempfile.gettempdir()) / "bertclf-bench-me5-nsmc")
         if not (Path(args.model_dir) / "config.json").is_file():
             trim_vocab(str(builtin_model_path()), read_nsmc("train", args.data_dir).texts, args.model_dir)
+    if args.precision_rounds:
+        res = precision_rounds(args)
+        m = res["median_samples_per_s"]
+        print(f"\ndevice: {device}; training step, batch 32, {res['rounds']} rounds x {res['steps_per_round']} steps "
+              f"per precision, alternating: median fp32 {m['fp32']:.1f} samples/s, bf16 {m['bf16']:.1f} = "
+              f"{res['bf16_over_fp32']:.2f}x (mean loss of the last round: fp32 {res['final_loss']['fp32']:.3f}, "
+              f"bf16 {res['final_loss']['bf16']:.3f})")
+        if args.json:
+            Path(args.json).write_text(json.dumps({"device": device, "cpu": cpu.summary(), "precision": res}, indent=2))
+        return
     results = []
     for v in args.variants.split(","):
         cmd = [sys.executable, __file__, "--variant", v, "--model-dir", args.model_dir, "--data-dir", args.data_dir]
@@ -187,7 +259,6 @@ def main():
             print(f"{v} failed:\n{r.stderr[-3000:]}")
             continue
         results.append(json.loads(line[0][7:]))
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else f"cpu x{os.cpu_count()}"
     print(f"\ndevice: {device}; {results[0]['rows'] if results else '?'} training rows, one epoch")
     base = next((r for r in results if r["variant"] == "hf-trainer"), None)
     print(f"{'variant':<11} {'samples/s':>10} {'tokens/s':>10} {'wall s':>8} {'peak MB':>8} {'valid':>7} {'test':>7} {'x HF':>6}")
@@ -196,7 +267,8 @@ def main():
         print(f"{r['variant']:<11} {r['samples_per_s']:>10.1f} {r['tokens_per_s']:>10.0f} {r['wall_s']:>8.1f} "
               f"{r['peak_mem_mb']:>8.0f} {r['valid_acc']:>7.4f} {r['test_acc']:>7.4f} {ratio:>6.2f}")
     if args.json:
-        Path(args.json).write_text(json.dumps({"device": device, "results": results}, indent=2))
+        Path(args.json).write_text(json.dumps({"device": device, "cpu": None if torch.cuda.is_available()
+                                               else cpu.summary(), "results": results}, indent=2))
 
 
 if __name__ == "__main__":

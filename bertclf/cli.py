@@ -21,6 +21,9 @@ def _frac(s):
         raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
 
 
+PRECISION_HELP = "auto | fp32 | bf16 (auto: bf16 on AMX / AVX-512 BF16 CPUs and bf16 GPUs, else fp32)"
+
+
 def build_parser() -> Parser:
     p = Parser(prog="bertclf", description="Fine-tune transformer encoders for text classification.")
     p.add_argument("--version", action="version", version=_version())
@@ -72,6 +75,7 @@ def build_parser() -> Parser:
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--errors", metavar="FILE", help="write misclassified rows with probabilities (TSV/CSV)")
     e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--precision", default="auto", help=PRECISION_HELP)
 
     pr = sub.add_parser("predict", help="classify texts", description="Classify texts given as arguments, "
                         "in a TSV/CSV/JSONL/plain-lines file, or on stdin; prints or writes JSONL (CSV by extension).")
@@ -82,6 +86,7 @@ def build_parser() -> Parser:
     pr.add_argument("--text-col", help="text column of --input (default: the training text column, else text)")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--shard", metavar="I/N", help="only rows whose index modulo N is I (split work over N workers)")
+    pr.add_argument("--precision", default="auto", help=PRECISION_HELP)
 
     mo = sub.add_parser("models", help="builtin models: list, path")
     mo_sub = mo.add_subparsers(dest="models_command", metavar="ACTION", parser_class=Parser)
@@ -115,11 +120,15 @@ def build_parser() -> Parser:
     s.add_argument("--max-texts", type=int, default=256, help="texts per request")
     s.add_argument("--max-chars", type=int, default=10000, help="characters per text")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size")
+    s.add_argument("--precision", default="auto", help=PRECISION_HELP)
 
     x = sub.add_parser("export", help="export to ONNX (optionally int8) for fast CPU inference")
     x.add_argument("model_dir", metavar="DIR")
     x.add_argument("--onnx", action="store_true", required=True, help="export format (ONNX is the only one)")
-    x.add_argument("--int8", action="store_true", help="int8 dynamic quantization")
+    x.add_argument("--int8", action="store_true", help="int8 dynamic quantization, checked against fp32")
+    x.add_argument("--check", metavar="FILE", help="labelled file to check int8 on (default: the model's validation rows)")
+    x.add_argument("--min-agreement", type=_frac, default=0.99,
+                   help="int8 must agree with fp32 on this share of labels, else a more faithful variant is tried")
     x.add_argument("--out", required=True, metavar="DIR2")
 
     rp = sub.add_parser("report", help="plots and a self-contained HTML page for a run (two runs: compared)")
@@ -161,7 +170,7 @@ def cmd_eval(a) -> int:
 
     rep = evaluate(a.model_dir, data=a.data, test=a.test, text_col=a.text_col, label_col=a.label_col,
                    data_dir=a.data_dir, errors=a.errors, batch_size=a.batch_size,
-                   log=lambda s: print(s, file=sys.stderr))
+                   log=lambda s: print(s, file=sys.stderr), precision=a.precision)
     if a.json:
         print(json.dumps(rep, indent=2, ensure_ascii=False))
     else:
@@ -179,7 +188,7 @@ def cmd_predict(a) -> int:
         raise UserError("predict: give texts as arguments or --input FILE, not both")
     if not a.texts and not a.input and sys.stdin.isatty():
         raise UserError("predict: no texts; give them as arguments, with --input FILE, or on stdin")
-    clf = Classifier.load(a.model_dir)
+    clf = Classifier.load(a.model_dir, precision=a.precision)
     predict_to(clf, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
                output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, shard=parse_shard(a.shard))
     return 0
@@ -221,14 +230,17 @@ def cmd_serve(a) -> int:
     from bertclf.serve import serve
 
     serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
-          max_texts=a.max_texts, max_chars=a.max_chars, max_body_bytes=a.max_body_bytes)
+          max_texts=a.max_texts, max_chars=a.max_chars, max_body_bytes=a.max_body_bytes, precision=a.precision)
     return 0
 
 
 def cmd_export(a) -> int:
     from bertclf.export import export_onnx
 
-    info = export_onnx(a.model_dir, a.out, int8=a.int8, log=lambda s: print(s, file=sys.stderr))
+    if a.check and not a.int8:
+        raise UserError("export: --check is for --int8 (the fp32 graph is checked against torch anyway)")
+    info = export_onnx(a.model_dir, a.out, int8=a.int8, log=lambda s: print(s, file=sys.stderr), check=a.check,
+                       min_agreement=a.min_agreement)
     print(json.dumps(info, indent=2))
     return 0
 

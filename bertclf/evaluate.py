@@ -50,7 +50,7 @@ def score_ids(model, ids: list, y: np.ndarray, label_names: list[str], pad_id: i
 
 def evaluate(model_dir: str, data: str | None = None, test: str | None = None, text_col: str | None = None,
              label_col: str | None = None, data_dir: str | None = None, errors: str | None = None,
-             batch_size: int = 128, log=print) -> dict:
+             batch_size: int = 128, log=print, precision: str = "auto") -> dict:
     """The classification report of `model_dir` on NSMC test or a labelled file."""
     if (data is None) == (test is None):
         raise UserError("eval: give exactly one of --data nsmc or --test FILE")
@@ -58,7 +58,7 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
         raise UserError(f"--data: unknown dataset '{data}'; the builtin dataset is 'nsmc', or use --test FILE")
     from bertclf.predict import Classifier
 
-    clf = Classifier.load(model_dir)
+    clf = Classifier.load(model_dir, precision=precision)
     card_data = clf.card.get("data") or {}
     if data == "nsmc":
         ds = D.read_nsmc("test", data_dir, log=log)
@@ -77,6 +77,7 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
     rep["seconds"] = time.time() - t0
     rep["data"] = ds.summary()
     rep["model"] = str(model_dir)
+    rep["precision"] = clf.precision
     if errors:
         write_errors(errors, ds, y, probs, clf.labels)
     return rep

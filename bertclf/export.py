@@ -1,7 +1,7 @@
 """Export a trained model directory to ONNX (optionally int8) for fast CPU inference with onnxruntime.
 
     bertclf export runs/nsmc --onnx --out runs/nsmc-onnx            # fp32
-    bertclf export runs/nsmc --onnx --int8 --out runs/nsmc-int8     # int8 dynamic quantization
+    bertclf export runs/nsmc --onnx --int8 --out runs/nsmc-int8     # int8, checked on the validation rows
 
 The output directory is self-contained: model.onnx, config.json (labels), the tokenizer files and bertclf.json
 (the training card plus an "export" section). `Classifier.load`, `bertclf predict/eval/serve` use it as they use
@@ -14,14 +14,16 @@ How:
      BiasGelu); eager attention is what its patterns match. If fusing fails or changes the logits, the plain
      graph is kept. The fused Attention takes the padding mask as per-row lengths: padding must be on the right,
      which is how bertclf pads.
-  3. --int8: onnxruntime's dynamic quantization: int8 weights per output channel, uint8 activations quantized
-     on the fly, for the MatMul/Attention weights and the embedding tables. Two measures against the accuracy
-     loss: SmoothQuant (alpha 0.75, calibrated on built-in sample texts) moves the few outlier activation
-     channels of BERT-like encoders into the weights, exactly, before quantizing; and weights use 7 bits
-     (reduce_range), which avoids the saturation of the u8s8 AVX2 kernels on CPUs without VNNI.
-     Measured on a me5-small fine-tuned on 5,000 NSMC reviews (81.5% accurate, 4.5% of its predictions within
-     0.05 of 0.5), labels agreeing with torch on 2,000 test reviews: no smoothing 96.7%, alpha 0.5 97.3%,
-     alpha 0.75 98.3%, alpha 0.9 97.5%; accuracy drop 0.2-1.1 pt. Int8 costs agreement on borderline texts.
+  3. --int8: onnxruntime's dynamic quantization (bertclf/quantize.py): int8 weights per output channel,
+     uint8 activations quantized on the fly, after SmoothQuant (alpha 0.75, calibrated on built-in sample
+     texts), which moves the few outlier activation channels of BERT-like encoders into the weights, exactly.
+     Then it checks itself: the fp32 and int8 graphs score the model's validation rows (rebuilt from
+     bertclf.json; or --check FILE), and below --min-agreement (default 0.99) label agreement the next, more
+     faithful variant is tried: 7-bit weights first on CPUs without VNNI (their u8s8 AVX2 kernels saturate on
+     8 bits), full 8-bit weights first where VNNI/AMX is present, then fp32 embeddings, then fp32 FFN output
+     products. The first variant that passes is kept and named in bertclf.json ("int8_check"); if none does,
+     nothing is written (UserError). Measured on a me5-small fine-tuned on 5,000 NSMC reviews, labels
+     agreeing with torch on 2,000 test reviews: no smoothing 96.7%, alpha 0.5 97.3%, alpha 0.75 98.3%.
   4. Checked before the directory appears: the fp32 graph must give torch's logits on sample texts
      (max |diff| <= 1e-3 + 1e-3 * max |logit|); for int8 the label agreement and the largest probability
      difference against torch on the same texts are recorded in bertclf.json.
@@ -29,7 +31,6 @@ The directory is written atomically: it appears complete or not at all.
 """
 from __future__ import annotations
 
-import contextlib
 import json
 import shutil
 import tempfile
@@ -40,7 +41,8 @@ from pathlib import Path
 import numpy as np
 
 from bertclf.errors import UserError
-from bertclf.files import atomic_dir, check_writable
+from bertclf.files import atomic_dir, check_writable, write_json
+from bertclf.quantize import SMOOTH_ALPHA, Variant, choose, quiet_logging, smooth
 from bertclf.rundir import CARD_FILE, write_card
 
 OPSET = 17
@@ -64,9 +66,13 @@ SAMPLE_TEXTS = [
 
 
 def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, opset: int = OPSET,
-                optimize: bool = True, per_channel: bool = True, reduce_range: bool = True,
-                smooth: float | None = 0.75) -> dict:
-    """Write an ONNX export of `model_dir` to `out_dir`; return what was done (also stored in bertclf.json)."""
+                optimize: bool = True, smooth_alpha: float | None = SMOOTH_ALPHA, check: str | None = None,
+                min_agreement: float = 0.99, variants: list[Variant] | None = None) -> dict:
+    """Write an ONNX export of `model_dir` to `out_dir`; return what was done (also stored in bertclf.json).
+    int8: the first of `variants` (default: quantize.variants() for this CPU) whose labels agree with the fp32
+    graph on >= min_agreement of the check rows (`check` FILE, else the model's validation rows)."""
+    if not 0.0 <= min_agreement <= 1.0:
+        raise UserError(f"--min-agreement must be between 0 and 1, got {min_agreement}")
     t0 = time.time()
     onnx, ort = _import_onnx()
     src, out = _check_paths(model_dir, out_dir)
@@ -97,8 +103,15 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
                   "onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
                   "exporter": "torch.onnx.export (TorchScript, dynamo=False)", "inputs": ["input_ids", "attention_mask"],
                   "output": "logits", "external_data": large,
-                  "requested": {"optimize": optimize, "per_channel": per_channel, "reduce_range": reduce_range,
-                                "smooth": smooth}}
+                  "requested": {"optimize": optimize, "smooth": smooth_alpha, "check": check,
+                                "min_agreement": min_agreement if int8 else None}}
+    if int8:  # the rows the int8 graph is checked on; read before anything is exported, so bad input fails fast
+        from bertclf.validation_rows import check_rows
+
+        labels = [config["id2label"].get(str(i)) for i in range(len(config["id2label"]))]
+        check_texts, check_y, check_from = check_rows(src, card, labels, check)
+        check_ids = encode(tokenizer, check_texts, max_length)
+        info["cpu"] = cpu_summary()
 
     try:
         with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix=".bertclf-export.", dir=tmp.parent) as work:
@@ -127,22 +140,22 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
             target = tmp / "model.onnx"
             if int8:
                 smoothed = 0
-                if smooth and not large:
-                    smoothed = _smooth(fp32, work / "smooth.onnx", sample_ids, pad_id, smooth)
+                if smooth_alpha and not large:
+                    smoothed = smooth(fp32, work / "smooth.onnx", sample_ids, pad_id, smooth_alpha)
                     sdiff = _max_diff(_run(work / "smooth.onnx", sample_ids, pad_id, ref.shape[1]), ref)
                     if _close(sdiff, ref):
                         fp32 = work / "smooth.onnx"
                     else:  # cannot happen in exact arithmetic; keep the plain graph if rounding says otherwise
                         log(f"not smoothing: the smoothed graph differs from torch by {sdiff:.3g}")
                         smoothed = 0
-                log(f"int8 dynamic quantization ({'per-channel' if per_channel else 'per-tensor'} weights"
-                    f"{', reduced range' if reduce_range else ''}{f', {smoothed} MatMuls smoothed' if smoothed else ''})"
-                    f" ...")
-                _quantize(fp32, target, per_channel, reduce_range, large)
-                info["quantization"] = {"method": "onnxruntime.quantization.quantize_dynamic", "weight_type": "QInt8",
-                                        "activations": "uint8, dynamic", "per_channel": per_channel,
-                                        "reduce_range": reduce_range,
-                                        "smoothquant_alpha": smooth if smoothed else None, "smoothed_nodes": smoothed}
+                log(f"int8 dynamic quantization{f' after SmoothQuant ({smoothed} MatMuls)' if smoothed else ''}, "
+                    f"checked on {check_from} ...")
+                chosen, report = choose(fp32, work, check_ids, check_y, pad_id, ref.shape[1], min_agreement, large,
+                                        log, variants)
+                _save_as(chosen, target, large)
+                info["quantization"] = report.pop("quantization") | {
+                    "smoothquant_alpha": smooth_alpha if smoothed else None, "smoothed_nodes": smoothed}
+                info["int8_check"] = report | {"rows_from": check_from}
             else:
                 _save_as(fp32, target, large)
 
@@ -176,6 +189,10 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
     except OSError as e:
         raise UserError(f"{out}: cannot write the export ({e.strerror or e}); choose a writable --out directory") from None
 
+    if int8:
+        k = info["int8_check"]
+        log(f"int8 ({k['variant']}) vs fp32 on {k['rows']} rows: labels agree {k['agreement']:.2%}, accuracy "
+            f"{k['accuracy_fp32']:.2%} -> {k['accuracy_int8']:.2%} ({k['accuracy_change'] * 100:+.2f} pt)")
     c = info["check"]
     log(f"wrote {out}: model.onnx {info['size_bytes'] / 1e6:.1f} MB ({'int8' if int8 else 'fp32'}; torch weights "
         f"{info['source_size_bytes'] / 1e6:.1f} MB); vs torch on {c['texts']} texts: labels agree "
@@ -184,6 +201,12 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
 
 
 # --- steps ---------------------------------------------------------------------------------------------------
+
+
+def cpu_summary() -> dict:
+    from bertclf import cpu
+
+    return cpu.summary()
 
 
 def _import_onnx():
@@ -254,7 +277,7 @@ def _fuse(raw: Path, dst: Path, config: dict, large: bool, ids, pad_id, ref, log
     try:
         from onnxruntime.transformers.optimizer import optimize_model
 
-        with warnings.catch_warnings(), _quiet_logging():
+        with warnings.catch_warnings(), quiet_logging():
             warnings.simplefilter("ignore")
             opt = optimize_model(str(raw), model_type=opt_type, num_heads=int(heads), hidden_size=int(hidden),
                                  opt_level=0)
@@ -270,92 +293,6 @@ def _fuse(raw: Path, dst: Path, config: dict, large: bool, ids, pad_id, ref, log
         return raw, None
     log("fused: " + ", ".join(f"{k} x{v}" for k, v in stats.items()))
     return dst, stats
-
-
-def _smooth(src: Path, dst: Path, ids: list[np.ndarray], pad_id: int, alpha: float) -> int:
-    """SmoothQuant for dynamic int8: move activation outliers into the weights, exactly.
-
-    A few hidden channels of BERT-like encoders carry values 10x larger than the rest (e.g. the GELU output
-    into FFN2 of multilingual-e5-small reaches 60 in one channel while the others stay below 5). Dynamic int8
-    quantizes each activation tensor with one scale, so that one channel wastes most of the 256 levels. For
-    every MatMul/Attention with a constant weight W (in x out) we insert x -> x / s before it and store
-    W * s[:, None], with s_j = max|x_j|^alpha / max|W_j|^(1 - alpha) measured on the calibration ids: the
-    product is unchanged (fp32-checked afterwards), the quantized activation is flatter. Returns how many
-    nodes were smoothed.
-    """
-    import onnx
-    from onnx import TensorProto, helper, numpy_helper
-
-    from bertclf.batches import collate
-    from bertclf.onnx_model import import_onnxruntime
-
-    ort = import_onnxruntime()
-    m = onnx.load(str(src))
-    inits = {i.name: i for i in m.graph.initializer}
-    uses: dict[str, int] = {}
-    for n in m.graph.node:
-        for x in n.input:
-            uses[x] = uses.get(x, 0) + 1
-    targets = []
-    for n in m.graph.node:
-        if n.op_type in ("MatMul", "Attention") and len(n.input) > 1 and n.input[1] in inits \
-                and uses[n.input[1]] == 1 \
-                and len(inits[n.input[1]].dims) == 2 and inits[n.input[1]].data_type == TensorProto.FLOAT:
-            targets.append(n)
-    if not targets:
-        return 0
-    names = sorted({n.input[0] for n in targets})
-    probe = onnx.ModelProto()
-    probe.CopyFrom(m)
-    have = {o.name for o in probe.graph.output}
-    probe.graph.output.extend(helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in names if x not in have)
-    so = ort.SessionOptions()
-    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the probed tensors
-    so.log_severity_level = 3
-    sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
-    del probe
-    amax: dict[str, np.ndarray] = {}
-    for start in range(0, len(ids), 8):
-        b = collate(ids, np.arange(start, min(start + 8, len(ids))), pad_id, multiple=1)
-        mask = b["attention_mask"].numpy().astype(bool)
-        feed = {"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()}
-        for x, v in zip(names, sess.run(names, feed)):
-            v = np.abs(v.reshape(mask.shape + (-1,))[mask] if v.shape[:2] == mask.shape else v.reshape(-1, v.shape[-1]))
-            amax[x] = np.maximum(amax[x], v.max(0)) if x in amax else v.max(0)
-    del sess
-    order = list(m.graph.node)
-    done = 0
-    for k, n in enumerate(targets):
-        w_init = inits[n.input[1]]
-        W = numpy_helper.to_array(w_init).astype(np.float32)
-        a = amax.get(n.input[0])
-        if a is None or a.shape[0] != W.shape[0]:
-            continue
-        scale = np.maximum(a, 1e-5) ** alpha / np.maximum(np.abs(W).max(1), 1e-5) ** (1 - alpha)
-        scale = (scale / np.exp(np.log(scale).mean())).astype(np.float32)  # geometric mean 1
-        w_init.CopyFrom(numpy_helper.from_array((W * scale[:, None]).astype(np.float32), w_init.name))
-        inv, out = f"smooth_{k}_inv_scale", f"smooth_{k}_output"
-        m.graph.initializer.append(numpy_helper.from_array((1.0 / scale).astype(np.float32), inv))
-        order.insert(order.index(n), helper.make_node("Mul", [n.input[0], inv], [out], name=f"Smooth_{k}"))
-        n.input[0] = out
-        done += 1
-    del m.graph.node[:]
-    m.graph.node.extend(order)
-    onnx.save(m, str(dst))
-    return done
-
-
-def _quantize(src: Path, dst: Path, per_channel: bool, reduce_range: bool, large: bool) -> None:
-    from onnx import TensorProto
-    from onnxruntime.quantization import QuantType, quantize_dynamic
-
-    with warnings.catch_warnings(), _quiet_logging():
-        warnings.simplefilter("ignore")
-        # DefaultTensorType: ONNX shape inference cannot type the outputs of the fused (com.microsoft) ops;
-        # everything here is float32.
-        quantize_dynamic(str(src), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
-                         reduce_range=reduce_range, use_external_data_format=large,
-                         extra_options={"DefaultTensorType": TensorProto.FLOAT})
 
 
 def _save_as(src: Path, dst: Path, large: bool) -> None:
@@ -386,15 +323,3 @@ def _close(diff: float, ref: np.ndarray) -> bool:
 def _weights_bytes(src: Path) -> int:
     return sum(f.stat().st_size for f in src.iterdir()
                if f.name.startswith(("model.safetensors", "model-", "pytorch_model")) and f.is_file())
-
-
-@contextlib.contextmanager
-def _quiet_logging():
-    import logging
-
-    prev = logging.root.manager.disable
-    logging.disable(logging.WARNING)
-    try:
-        yield
-    finally:
-        logging.disable(prev)

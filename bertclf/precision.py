@@ -1,19 +1,64 @@
-"""Which precision to train and predict in, for the device at hand."""
+"""Which precision to train and predict in, for the device at hand.
+
+auto: bf16 autocast on GPUs that have it (fp16 on older GPUs) and on CPUs that multiply bf16 natively (AMX,
+AVX-512 BF16: bertclf.cpu); fp32 on other CPUs, where bf16 is emulated and slower than fp32. bf16 can be
+forced on any CPU (slow without native support, but it runs: that is how it is tested on AVX2 machines).
+fp16 autocast needs a GPU (CPU fp16 kernels are slow, and fp16 training needs loss scaling).
+"""
 from __future__ import annotations
 
 import torch
 
+from bertclf import cpu
 from bertclf.errors import UserError
+
+CHOICES = ("auto", "fp32", "bf16", "fp16")
+INFERENCE_CHOICES = ("auto", "fp32", "bf16")
 
 
 def pick_precision(requested: str) -> str:
-    """Accelerate's mixed_precision name: bf16 where the GPU has it, fp16 on older GPUs, none on CPU."""
+    """Accelerate's mixed_precision name ("no", "bf16", "fp16") for training; Accelerate autocasts the
+    forward pass in it, on a CPU too (Accelerator(mixed_precision="bf16", cpu=True))."""
+    _check(requested, CHOICES, "--precision")
+    on_gpu = torch.cuda.is_available()
     if requested == "fp32":
         return "no"
+    if requested == "fp16" and not on_gpu:
+        raise UserError("--precision fp16: needs a CUDA GPU; on a CPU use --precision bf16, fp32 or auto")
     if requested in ("bf16", "fp16"):
-        if not torch.cuda.is_available():
-            raise UserError(f"--precision {requested}: needs a CUDA GPU; use --precision fp32 (or auto) on CPU")
+        if requested == "bf16" and on_gpu and not torch.cuda.is_bf16_supported():
+            raise UserError("--precision bf16: this GPU has no bf16; use --precision fp16 or auto")
         return requested
-    if torch.cuda.is_available():
+    if on_gpu:
         return "bf16" if torch.cuda.is_bf16_supported() else "fp16"
-    return "no"
+    return "bf16" if cpu.native_bf16() else "no"
+
+
+def autocast_dtype(mixed: str):
+    """The torch.autocast dtype for an accelerate mixed_precision name; None for fp32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed)
+
+
+def inference_dtype(requested: str, device) -> torch.dtype | None:
+    """The autocast dtype for predict/eval/serve on `device` (None: fp32). auto: bf16 where the device
+    multiplies it natively (a bf16 GPU, an AMX / AVX-512 BF16 CPU), fp32 elsewhere."""
+    _check(requested, INFERENCE_CHOICES, "--precision")
+    device = torch.device(device)
+    if requested == "fp32":
+        return None
+    if requested == "bf16":
+        if device.type == "cuda" and not torch.cuda.is_bf16_supported():
+            raise UserError("--precision bf16: this GPU has no bf16; use --precision fp32 or auto")
+        return torch.bfloat16
+    if device.type == "cuda":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else None
+    return torch.bfloat16 if device.type == "cpu" and cpu.native_bf16() else None
+
+
+def precision_name(dtype) -> str:
+    return {torch.bfloat16: "bf16", torch.float16: "fp16"}.get(dtype, "fp32")
+
+
+def _check(requested: str, choices: tuple[str, ...], flag: str) -> None:
+    if requested not in choices:
+        raise UserError(f"{flag} {requested}: must be one of {', '.join(choices)}")

@@ -6,6 +6,8 @@
     # [{'label': 'positive', 'score': 0.98, 'probabilities': {'negative': 0.02, 'positive': 0.98}}, ...]
 
 A directory exported to ONNX (bertclf export) loads the same way and runs on onnxruntime.
+precision="auto" (the default) runs torch in bf16 autocast where the device multiplies bf16 natively (AMX /
+AVX-512 BF16 CPUs, bf16 GPUs), fp32 elsewhere; "fp32" or "bf16" force it (bertclf/precision.py).
 """
 from __future__ import annotations
 
@@ -25,13 +27,15 @@ class Classifier:
     """A trained text classifier: tokenizer + model + label names."""
 
     def __init__(self, tokenizer, model, labels: list[str], max_length: int = 128, card: dict | None = None,
-                 path: str | None = None, backend: str = "torch"):
+                 path: str | None = None, backend: str = "torch", autocast_dtype=None):
         self.tokenizer, self.model, self.labels = tokenizer, model, labels
         self.max_length, self.card, self.path, self.backend = max_length, card or {}, path, backend
+        self.autocast_dtype = autocast_dtype  # torch backend: None = fp32
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     @classmethod
-    def load(cls, path: str, device: str | None = None, max_length: int | None = None) -> "Classifier":
+    def load(cls, path: str, device: str | None = None, max_length: int | None = None,
+             precision: str = "auto") -> "Classifier":
         p = check_model_dir(Path(path))
         card = read_card(p)
         config = json.loads((p / "config.json").read_text())
@@ -41,18 +45,36 @@ class Classifier:
             raise UserError(f"{p}/config.json: no id2label; this is not a trained classifier")
         tokenizer = load_tokenizer(str(p))
         max_length = max_length or card.get("max_length") or 128
+        dtype = None
         if (p / "model.onnx").is_file():
             from bertclf.onnx_model import OnnxClassifierModel
 
+            if precision not in ("auto", "fp32", "bf16"):  # as bertclf.precision checks; torch not imported here
+                raise UserError(f"--precision {precision}: must be one of auto, fp32, bf16")
+            if precision == "bf16":
+                raise UserError(f"--precision bf16: {p} is an ONNX export, which runs in the precision it was "
+                                f"exported in; drop --precision or use the trained (torch) directory")
             model, backend = OnnxClassifierModel(p / "model.onnx", len(labels)), "onnx"
         else:
             import torch
 
             from bertclf.models import load_classifier
+            from bertclf.precision import inference_dtype
 
-            model = load_classifier(str(p)).to(device or ("cuda" if torch.cuda.is_available() else "cpu")).eval()
+            device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+            dtype = inference_dtype(precision, device)
+            model = load_classifier(str(p)).to(device).eval()
             backend = "torch"
-        return cls(tokenizer, model, labels, max_length, card, str(p), backend)
+        return cls(tokenizer, model, labels, max_length, card, str(p), backend, dtype)
+
+    @property
+    def precision(self) -> str:
+        """What the model computes in: fp32 or bf16 (torch autocast); int8 or fp32 for an ONNX export."""
+        if self.backend == "onnx":
+            return "int8" if (self.card.get("export") or {}).get("int8") else "fp32"
+        from bertclf.precision import precision_name
+
+        return precision_name(self.autocast_dtype)
 
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         texts = [t if isinstance(t, str) else str(t) for t in texts]
@@ -61,7 +83,7 @@ class Classifier:
         ids = encode(self.tokenizer, texts, self.max_length)
         if self.backend == "onnx":
             return self.model.predict_logits(ids, self.pad_id, batch_size)
-        return predict_logits(self.model, ids, self.pad_id, batch_size)
+        return predict_logits(self.model, ids, self.pad_id, batch_size, autocast_dtype=self.autocast_dtype)
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return softmax(self.logits(texts, batch_size))

@@ -551,7 +551,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64, max_wait_ms: float = 5.0,
-          max_texts: int = 256, max_chars: int = 10000, max_body_bytes: int = 1 << 20, log=None) -> None:
+          max_texts: int = 256, max_chars: int = 10000, max_body_bytes: int = 1 << 20, log=None,
+          precision: str = "auto") -> None:
     """Load the model, listen on host:port and serve until SIGINT/SIGTERM. Bad settings or a bad model
     directory raise UserError before anything listens."""
     log = log or (lambda s: print(s, flush=True))
@@ -577,7 +578,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
     try:
         from bertclf.predict import Classifier
 
-        clf = Classifier.load(model_dir)
+        clf = Classifier.load(model_dir, precision=precision)
         _share_cores(clf)
         try:  # fail now, not on the first request, if the model cannot run
             clf.logits(["warm-up"], batch_size=1)
@@ -596,7 +597,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
         raise
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    log(f"bertclf: serving {model_dir} ({clf.backend}, labels: {', '.join(map(str, clf.labels))}) on "
+    log(f"bertclf: serving {model_dir} ({clf.backend} {clf.precision}, labels: {', '.join(map(str, clf.labels))}) on "
         f"http://{shown}:{bound_port} - POST /predict, GET /health /info /docs")
     config = uvicorn.Config(app, log_level=os.environ.get("BERTCLF_LOG_LEVEL", "warning"), access_log=False,
                             timeout_graceful_shutdown=10, lifespan="on")

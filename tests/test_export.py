@@ -97,12 +97,25 @@ def test_onnx_model_keeps_input_order_for_any_batch_size(onnx_fp32, test_rows):
 
 
 def test_int8_export_agrees_with_torch(onnx_int8, onnx_fp32, test_rows, torch_logits):
+    from bertclf import cpu
     from bertclf.predict import Classifier
+    from bertclf.quantize import variants
 
     out, info = onnx_int8
     assert info["out"] == str(out) and info["int8"] is True
-    q = json.loads((out / "bertclf.json").read_text())["export"]["quantization"]
-    assert q["weight_type"] == "QInt8" and q["per_channel"] is True
+    exp = json.loads((out / "bertclf.json").read_text())["export"]
+    q, k = exp["quantization"], exp["int8_check"]
+    names = [v.name for v in variants()]
+    assert q["variant"] == k["variant"] in names and q["per_channel"] is True
+    # VNNI/AMX CPUs start from full-range 8-bit weights, others from 7-bit ones
+    assert q["reduce_range"] == (k["variant"] == "s8-7bit")
+    assert names[0] == ("s8-8bit" if cpu.fast_int8() else "s8-7bit")
+    assert exp["cpu"]["fast_int8"] == cpu.fast_int8()
+    # checked on the model's 150 validation rows (5% of the 3,000-row slice), rebuilt from bertclf.json
+    assert k["rows"] == 150 and "validation rows" in k["rows_from"] and k["min_agreement"] == 0.99
+    assert k["agreement"] >= 0.99 and [t["variant"] for t in k["tried"]] == names[:len(k["tried"])]
+    assert all(t["agreement"] < 0.99 for t in k["tried"][:-1]) and k["tried"][-1]["variant"] == k["variant"]
+    assert abs(k["accuracy_change"] - (k["accuracy_int8"] - k["accuracy_fp32"])) < 1e-12
     assert (out / "model.onnx").stat().st_size < 0.5 * (onnx_fp32[0] / "model.onnx").stat().st_size
 
     clf = Classifier.load(str(out))
@@ -112,6 +125,88 @@ def test_int8_export_agrees_with_torch(onnx_int8, onnx_fp32, test_rows, torch_lo
     acc_torch, acc_int8 = (torch_logits.argmax(1) == y).mean(), (got.argmax(1) == y).mean()
     assert agree >= 0.995, f"int8 agrees with torch on only {agree:.1%} of {len(y)} reviews"
     assert acc_int8 >= acc_torch - 0.005, f"int8 accuracy {acc_int8:.3f} vs torch {acc_torch:.3f}"
+
+
+@pytest.fixture(scope="module")
+def check_file(nsmc_slices, tmp_path_factory):
+    """Check rows where int8 and fp32 may disagree: the test slice and the training slice (3,500 rows)."""
+    f = tmp_path_factory.mktemp("check") / "check.tsv"
+    lines = nsmc_slices["test"].read_text(encoding="utf-8").splitlines()
+    lines += nsmc_slices["train"].read_text(encoding="utf-8").splitlines()[1:]
+    f.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return f
+
+
+@pytest.fixture(scope="module")
+def agreements(trained_tiny_dir, check_file):
+    """Each variant's label agreement with fp32 on check_file, measured through export_onnx one at a time."""
+    from bertclf.export import export_onnx
+    from bertclf.quantize import variants
+
+    out = {}
+    for v in variants():
+        info = export_onnx(str(trained_tiny_dir), str(check_file.parent / v.name), int8=True, log=lambda s: None,
+                           check=str(check_file), min_agreement=0.0, variants=[v])
+        out[v.name] = info["int8_check"]["agreement"]
+        assert info["int8_check"]["rows"] == 3500 and str(check_file) in info["int8_check"]["rows_from"]
+    return out
+
+
+def test_int8_falls_through_to_the_first_variant_that_passes(trained_tiny_dir, check_file, agreements, tmp_path):
+    """Below --min-agreement the next variant is tried; the first that passes is kept and named."""
+    from bertclf.export import export_onnx
+
+    names = list(agreements)
+    first = agreements[names[0]]
+    better = [a for a in agreements.values() if a > first]
+    if not better:
+        pytest.skip(f"no variant agrees better than {names[0]} ({first:.4f}) on this CPU: nothing to fall through to")
+    threshold = min(better)
+    want = next(n for n in names if agreements[n] >= threshold)
+    logs = []
+    info = export_onnx(str(trained_tiny_dir), str(tmp_path / "out"), int8=True, log=logs.append,
+                       check=str(check_file), min_agreement=threshold)
+    k = info["int8_check"]
+    assert k["variant"] == want and k["agreement"] == agreements[want]
+    assert [t["variant"] for t in k["tried"]] == names[:names.index(want) + 1]
+    assert any("below --min-agreement" in line for line in logs)
+    assert json.loads((tmp_path / "out" / "bertclf.json").read_text())["export"]["quantization"]["variant"] == want
+
+
+def test_int8_that_no_variant_passes_exits_2_and_writes_nothing(trained_tiny_dir, check_file, agreements, tmp_path):
+    best = max(agreements.values())
+    if best >= 1.0:
+        pytest.skip("every label agrees with some variant on this CPU; no threshold can fail")
+    r = run_cli("export", trained_tiny_dir, "--onnx", "--int8", "--check", check_file, "--min-agreement",
+                (best + 1.0) / 2, "--out", tmp_path / "out")
+    assert r.returncode == 2, r.stderr
+    err = r.stderr.strip().splitlines()
+    assert err[-1].startswith("bertclf: error: no int8 variant agrees") and "nothing written" in err[-1]
+    assert len([e for e in err if e.startswith("bertclf: error")]) == 1 and "Traceback" not in r.stderr
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_check_needs_rows(trained_tiny_dir, tmp_path, capsys):
+    """Without a way to rebuild the validation rows (the card's data moved), --int8 asks for --check FILE."""
+    from bertclf.cli import main
+
+    moved = tmp_path / "model"
+    shutil.copytree(trained_tiny_dir, moved)
+    card = json.loads((moved / "bertclf.json").read_text())
+    card["args"]["train"] = str(tmp_path / "gone.tsv")
+    (moved / "bertclf.json").write_text(json.dumps(card))
+    assert main(["export", str(moved), "--onnx", "--int8", "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "cannot rebuild the validation rows" in err and "--check FILE" in err and "\n" not in err
+    bad = tmp_path / "bad.tsv"
+    bad.write_text("document\tlabel\n좋아요\tmaybe\n", encoding="utf-8")
+    assert main(["export", str(moved), "--onnx", "--int8", "--check", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown to the model" in err and "\n" not in err
+    assert main(["export", str(moved), "--onnx", "--check", str(bad), "--out", str(tmp_path / "o")]) == 2
+    assert main(["export", str(moved), "--onnx", "--int8", "--min-agreement", "1.5", "--out", str(tmp_path / "o")]) == 2
+    capsys.readouterr()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bad.tsv", "model"]
 
 
 def test_predict_cli_on_export(onnx_int8):
@@ -137,7 +232,7 @@ def test_failed_export_leaves_nothing(trained_tiny_dir, tmp_path, monkeypatch):
     def boom(*a, **k):
         raise RuntimeError("quantizer crashed")
 
-    monkeypatch.setattr(export, "_quantize", boom)
+    monkeypatch.setattr(export, "choose", boom)
     with pytest.raises(RuntimeError):
         export.export_onnx(str(trained_tiny_dir), str(tmp_path / "out"), int8=True, log=lambda s: None)
     assert list(tmp_path.iterdir()) == []
@@ -169,6 +264,15 @@ def test_bad_inputs_exit_2_with_one_line(trained_tiny_dir, onnx_fp32, tmp_path, 
     capsys.readouterr()
     r = run_cli("export", tmp_path / "nope", "--onnx", "--out", tmp_path / "o5")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1, r.stderr
+
+
+def test_bf16_on_an_onnx_export_is_a_user_error(onnx_fp32):
+    from bertclf.errors import UserError
+    from bertclf.predict import Classifier
+
+    with pytest.raises(UserError, match="ONNX export"):
+        Classifier.load(str(onnx_fp32[0]), precision="bf16")
+    assert Classifier.load(str(onnx_fp32[0]), precision="fp32").backend == "onnx"
 
 
 def test_damaged_onnx_file_is_a_user_error(onnx_fp32, tmp_path):

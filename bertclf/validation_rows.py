@@ -1,0 +1,81 @@
+"""The labelled rows a model can be checked on: its own validation split, rebuilt from bertclf.json, or a file.
+
+bertclf.json keeps the run's arguments (data source, --sample, --seed, --valid-frac, columns) and a summary
+of the validation rows (source file's sha256, row and label counts); eval_predictions.npz keeps their label
+ids in order. The split is rebuilt with the same data.py calls `bertclf train` makes and accepted only if all
+of that matches, so a changed data file or a changed split rule is noticed instead of checking on other rows.
+"""
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+
+from bertclf import data as D
+from bertclf.errors import UserError
+
+PREDICTIONS = "eval_predictions.npz"  # written by loop.save_predictions
+
+
+def check_rows(model_dir: Path, card: dict, labels: list[str], check_file: str | None = None
+               ) -> tuple[list[str], np.ndarray, str]:
+    """(texts, label ids, where they come from): --check FILE's rows, else the model's validation rows.
+    Raises UserError naming what is missing when neither is available."""
+    if check_file:
+        cols = card.get("data") or {}
+        ds = D.read_labelled(check_file, cols.get("text_col") or "text", cols.get("label_col") or "label")
+        return ds.texts, _label_ids(ds, labels), f"{check_file} ({len(ds)} rows)"
+    ds, why = rebuild_validation(model_dir, card)
+    if ds is None:
+        raise UserError(f"{model_dir}: cannot rebuild the validation rows to check the int8 model on ({why}); "
+                        f"give a labelled file with --check FILE")
+    y = _label_ids(ds, labels)
+    npz = model_dir / PREDICTIONS
+    if npz.is_file():
+        with np.load(npz, allow_pickle=False) as f:
+            kept = f["valid_y"] if "valid_y" in f.files else None
+        if kept is not None and not np.array_equal(kept, y):
+            raise UserError(f"{model_dir}: the rebuilt validation rows' labels differ from {PREDICTIONS}'s (the data "
+                            f"changed since training?); give a labelled file with --check FILE")
+    return ds.texts, y, f"the model's {len(ds)} validation rows (rebuilt from bertclf.json)"
+
+
+def rebuild_validation(model_dir: Path, card: dict) -> tuple[D.Dataset | None, str]:
+    """The validation split `bertclf train` used, or (None, why not)."""
+    args, kept = card.get("args") or {}, (card.get("data") or {}).get("valid") or {}
+    if not args or not kept:
+        return None, "bertclf.json has no training arguments or validation summary"
+    text_col, label_col = args.get("text_col"), args.get("label_col")
+    try:
+        if args.get("valid"):
+            valid = D.read_labelled(args["valid"], text_col or "text", label_col or "label")
+        else:
+            if args.get("data") == "nsmc":
+                train = D.read_nsmc("train", args.get("data_dir"), log=lambda s: None)
+            elif args.get("train"):
+                train = D.read_labelled(args["train"], text_col or "text", label_col or "label")
+            else:
+                return None, "bertclf.json names no training data"
+            train = D.sample(train, args.get("sample", 1.0), args.get("seed", 42))
+            _, valid = D.split_valid(train, args.get("valid_frac", 0.05), args.get("seed", 42))
+    except (UserError, OSError) as e:
+        return None, f"reading the training data: {str(e)[:160]}"
+    if kept.get("sha256") and valid.sha256 != kept["sha256"]:
+        return None, f"{valid.source.split(' (')[0]} changed since training (sha256 differs)"
+    counts = {str(k): v for k, v in Counter(valid.labels).items()}
+    if len(valid) != kept.get("rows") or counts != {str(k): v for k, v in (kept.get("label_counts") or {}).items()}:
+        return None, f"the rebuilt split has {len(valid)} rows, bertclf.json says {kept.get('rows')}"
+    return valid, ""
+
+
+def _label_ids(ds: D.Dataset, labels: list[str]) -> np.ndarray:
+    index = {lab: i for i, lab in enumerate(labels)}
+    if sorted(labels) == sorted(set(D.NSMC_LABELS.values())) and set(ds.labels) <= set(D.NSMC_LABELS):
+        index = {raw: index[name] for raw, name in D.NSMC_LABELS.items()}  # NSMC's own file says 0/1
+    unseen = sorted(set(ds.labels) - set(index), key=str)
+    if unseen:
+        raise UserError(f"{ds.source}: label(s) {', '.join(map(repr, unseen[:5]))} unknown to the model (it knows "
+                        f"{', '.join(labels)}); fix the labels or the label column")
+    return np.array([index[lab] for lab in ds.labels])
+
