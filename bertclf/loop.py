@@ -10,6 +10,7 @@ every N steps, report test accuracy); each speed and safety trick is named where
   meter.py     no per-step host syncs (numbers leave the GPU only when logged)
   evaluate.py  validation each epoch or every N steps, sharded over processes
   checkpoint.py  atomic checkpoints, best checkpoint kept; early stopping below
+  preemption.py  SIGTERM/SIGUSR1: finish the step, checkpoint, stop (exit 75); `--resume auto` continues
   finish.py    the best model, test score, model card
 
 Accelerate runs the same code on CPU, one GPU or many (`accelerate launch` / `torchrun`).
