@@ -62,7 +62,9 @@ def build_parser() -> Parser:
     r.add_argument("--patience", type=int, help="stop after N validations without improvement")
     r.add_argument("--checkpoint-every", type=int, help="write a resumable checkpoint every N steps")
     r.add_argument("--keep-checkpoints", type=int, default=2, help="how many step checkpoints to keep (plus best)")
-    r.add_argument("--resume", action="store_true", help="continue the run in --out from its last checkpoint")
+    r.add_argument("--resume", nargs="?", const=True, default=False, choices=["auto"],
+                   help="continue the run in --out from its last checkpoint; --resume auto: continue it if it has "
+                        "a complete checkpoint, else start fresh (one command for restart loops)")
     r.add_argument("--overwrite", action="store_true", help="replace what --out holds")
 
     e = sub.add_parser("eval", help="score a trained model on labelled data")

@@ -32,7 +32,8 @@ class TrainConfig:
     eval_every: int | None = None      # steps; default once per epoch
     patience: int | None = None        # evaluations without improvement before stopping
     checkpoint_every: int | None = None
-    resume: bool = False
+    resume: bool | str = False         # True: continue the run in `out`; "auto": continue it if it has a
+                                       # complete checkpoint, else start fresh (one command for restart loops)
     overwrite: bool = False
     valid_frac: float = 0.05
     warmup: float = 0.06               # fraction of steps
@@ -84,6 +85,8 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("valid-frac", f"must be in (0, 0.5), got {cfg.valid_frac}")
     if not 0 <= cfg.warmup < 1:
         bad("warmup", f"must be a fraction in [0, 1), got {cfg.warmup}")
+    if cfg.resume not in (False, True, "auto"):
+        bad("resume", f"give --resume alone, or --resume auto; got {cfg.resume!r}")
     if cfg.keep_checkpoints < 1:
         bad("keep-checkpoints", f"must be >= 1, got {cfg.keep_checkpoints}")
 

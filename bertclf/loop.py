@@ -10,6 +10,7 @@ every N steps, report test accuracy); each speed and safety trick is named where
   meter.py     no per-step host syncs (numbers leave the GPU only when logged)
   evaluate.py  validation each epoch or every N steps, sharded over processes
   checkpoint.py  atomic checkpoints, best checkpoint kept; early stopping below
+  preemption.py  SIGTERM/SIGUSR1: finish the step, checkpoint, stop (exit 75); `--resume auto` continues
   finish.py    the best model, test score, model card
 
 Accelerate runs the same code on CPU, one GPU or many (`accelerate launch` / `torchrun`).
@@ -20,12 +21,14 @@ import os
 import time
 
 from bertclf import checkpoint as ckpt
+from bertclf import rundir
 from bertclf.callbacks import Events
 from bertclf.config import RESUME_KEYS, TrainConfig, config_from_dict, validate_config  # noqa: F401 (re-exported)
 from bertclf.errors import UserError
 from bertclf.evaluate import score_ids
 from bertclf.finish import finish
 from bertclf.meter import Meter
+from bertclf.preemption import Preemption
 from bertclf.prepare import Run, load_data, prepare  # noqa: F401 (load_data re-exported)
 from bertclf.stepper import Stepper
 
@@ -37,6 +40,13 @@ def train(cfg: TrainConfig, echo=print, callbacks=()) -> dict:
     validate_config(cfg)
     events = Events(callbacks)
     run = prepare(cfg, echo)
+    with Preemption() as preemption:
+        return run_loop(run, events, preemption, t_start)
+
+
+def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
+    """batches -> step -> log -> evaluate -> checkpoint -> stop, then the final model."""
+    cfg = run.cfg
     model, optimizer, scheduler, plan, state = run.model, run.optimizer, run.scheduler, run.plan, run.state
     stepper = Stepper(model, optimizer, run.accelerator, run.train_ids, run.y_train, run.pad_id, plan.eff_batch,
                       cfg.grad_accum, events, say=run.say)
@@ -62,8 +72,12 @@ def train(cfg: TrainConfig, echo=print, callbacks=()) -> dict:
                 log_window(run, meter, epoch, len(batches), progress, t_start)
             if step % plan.eval_every == 0 or step == plan.total_steps:
                 stop_reason = validate(run, meter, events)
-            if cfg.checkpoint_every and step % cfg.checkpoint_every == 0 and step < plan.total_steps:
+            preempted = step < plan.total_steps and preemption.requested(run.accelerator)
+            checkpoint_due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+            if (checkpoint_due or preempted) and step < plan.total_steps:
                 save_checkpoint(run, meter, events)
+            if preempted:
+                raise preemption.stop(step, rundir.step_dir(run.out, step))
             if step >= plan.total_steps or stop_reason or epoch_end:
                 break
     progress.close()

@@ -120,7 +120,8 @@ def prepare(cfg: TrainConfig, echo=print) -> Run:
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
     say = echo if main else (lambda *a, **k: None)
-    out = rundir.prepare(cfg.out, cfg.resume, cfg.overwrite) if main else Path(cfg.out)
+    resuming, overwrite = resume_or_start(cfg)
+    out = rundir.prepare(cfg.out, resuming, overwrite) if main else Path(cfg.out)
     accelerator.wait_for_everyone()
     on_gpu = device.type == "cuda"
     batch_size = cfg.batch_size or (256 if on_gpu else 32)
@@ -140,7 +141,7 @@ def prepare(cfg: TrainConfig, echo=print) -> Run:
            if cfg.data == "nsmc" or train_ds.dropped_empty else ""))
     base = resolve(cfg.model, log=say)
     if cfg.trim_vocab:
-        base = trimmed_base(base, out, train_ds.texts + valid_ds.texts, accelerator, say, reuse=cfg.resume)
+        base = trimmed_base(base, out, train_ds.texts + valid_ds.texts, accelerator, say, reuse=resuming)
     tokenizer = load_tokenizer(base)
     model = load_classifier(base, labels.id2label)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -165,7 +166,7 @@ def prepare(cfg: TrainConfig, echo=print) -> Run:
               y_train, y_valid, y_test, tokenizer, pad_id, train_ids, valid_ids, train_len, plan, model, optimizer,
               scheduler, asdict(cfg) | {"batch_size": batch_size, "lr": lr, "processes": world},
               TrainState(n_micro=cfg.grad_accum))
-    if cfg.resume:
+    if resuming:
         resume(run)
     elif main:
         rundir.clear_previous_run(out)
@@ -195,6 +196,20 @@ def make_optimizer(cfg: TrainConfig, model, plan: Plan, fused: bool):
                                   lr=plan.lr, fused=fused)  # fused: one kernel for all parameters
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * plan.total_steps), plan.total_steps)
     return optimizer, scheduler
+
+
+def resume_or_start(cfg: TrainConfig) -> tuple[bool, bool]:
+    """(resume?, overwrite?) for this run. --resume auto continues a run that has a complete checkpoint and
+    otherwise starts fresh, replacing what a run killed before its first checkpoint left; a finished model is
+    never replaced by it. Every process decides alike: they read the same folder."""
+    if cfg.resume != "auto":
+        return bool(cfg.resume), cfg.overwrite
+    if ckpt.latest_checkpoint(Path(cfg.out), log=lambda s: None) is not None:
+        return True, cfg.overwrite
+    if rundir.has_card(cfg.out) and not cfg.overwrite:
+        raise UserError(f"--resume auto: {cfg.out} holds a finished model and no checkpoint; there is nothing to "
+                        f"resume: choose a new directory or --overwrite to train it again")
+    return False, True
 
 
 def resume(run: Run) -> None:

@@ -322,3 +322,44 @@ def test_out_of_memory_back_off_agrees_across_processes(runs, nodrop_model, nsmc
         assert max((w0[k] - w1[k]).abs().max().item() for k in w0) < 1e-4
         assert card(got)["metrics"]["valid"]["accuracy"] == pytest.approx(card(want)["metrics"]["valid"]["accuracy"],
                                                                          abs=1e-9)
+
+
+SIGNAL_STEP = 7  # mid-epoch; these runs write no periodic checkpoint
+
+
+def test_stop_signal_checkpoints_and_resume_auto_is_exact(runs, nodrop_model, nsmc_slices, tmp_path):
+    """SIGTERM to rank 1 only of a 2-process run (SIGUSR1 to a 1-process run) after step 7, with no periodic
+    checkpoint configured: every rank finishes the step, a checkpoint of step 7 is written, the run stops with
+    one line (exit 75 for one process) and the same command, with --resume auto, finishes bit-identical to the
+    uninterrupted run. (--resume auto started the first attempt fresh: the folder was empty.)"""
+    cases = (("two", torchrun(hooked=True), BATCH, f"1:{SIGNAL_STEP}:SIGTERM", "SIGTERM"),
+             ("one", [sys.executable, str(HOOKED_TRAIN)], BATCH * WORLD, f"0:{SIGNAL_STEP}:SIGUSR1", "SIGUSR1"))
+    for name, launcher, batch, signal_at, sig in cases:
+        out = tmp_path / name
+        args = train_args(nodrop_model, nsmc_slices, out, batch) + ["--resume", "auto"]
+        p = start(launcher + args, tmp_path / f"{name}-signalled.log", env={"BERTCLF_TEST_SIGNAL_AT": signal_at})
+        try:
+            p.wait(timeout=300)
+        finally:
+            if p.poll() is None:
+                kill_tree(p)
+            p.log_file.close()
+        log = p.log.read_text()
+        lines = [ln for ln in log.splitlines() if "stopped by" in ln]
+        # one line per process (torchrun adds its own report of the workers' exit code, and exits 1)
+        assert len(lines) == (WORLD if name == "two" else 1), log[-3000:]
+        assert all(f"stopped by {sig} after step {SIGNAL_STEP}" in ln for ln in lines), log[-3000:]
+        if name == "one":
+            assert p.returncode == 75 and "Traceback" not in log, log[-3000:]
+        assert p.returncode != 0
+        ckpt = out / "checkpoints" / f"step-{SIGNAL_STEP:08d}"
+        assert (ckpt / "manifest.json").is_file() and not (out / "bertclf.json").exists()
+
+        again = finish(start(launcher + args, tmp_path / f"{name}-resumed.log"))
+        assert f"resumed from step-{SIGNAL_STEP:08d}: step {SIGNAL_STEP}" in again
+        w0, w1 = weights(runs[name]), weights(out)
+        assert all(np.array_equal(w0[k].numpy(), w1[k].numpy()) for k in w0)
+        got, want = strip_timing(log_rows(out)), strip_timing(log_rows(runs[name]))
+        assert [r["step"] for r in got] == [r["step"] for r in want]
+        for a, b in zip(got, want):  # the cut window's sums: equal up to float32 rounding with 2 processes
+            assert a == {k: pytest.approx(v, rel=1e-6) if isinstance(v, float) else v for k, v in b.items()}

@@ -130,3 +130,30 @@ def test_resume_refuses_a_changed_training_file(tiny_model_dir, nsmc_slices, tmp
     monkeypatch.setattr(loop, "make_progress", lambda *a, **k: (_ for _ in ()).throw(_ResumeAccepted()))
     with pytest.raises(_ResumeAccepted):  # past every resume check
         train(tiny_cfg(**cfg, resume=True), echo=lambda s: None)
+
+
+def test_resume_auto_continues_a_checkpoint_or_starts_fresh(tiny_model_dir, nsmc_slices, trained_tiny_dir, tmp_path,
+                                                            monkeypatch):
+    """--resume auto: the same command resumes where a complete checkpoint exists, starts fresh where none does
+    (an empty folder, or a run killed before its first checkpoint), and never replaces a finished model."""
+    import bertclf.loop as loop
+
+    out = tmp_path / "run"
+    cfg = dict(out=out, slices=nsmc_slices, model=tiny_model_dir, max_steps=5, checkpoint_every=2, sample=0.2)
+    with pytest.raises(RuntimeError, match="crash after step 2"):  # before its first checkpoint: fresh start next
+        train(tiny_cfg(**cfg, resume="auto"), echo=lambda s: None, callbacks=[_StopAt(2)])
+    assert (out / "train_log.jsonl").exists() and not (out / "checkpoints").exists()
+    with pytest.raises(RuntimeError, match="crash after step 3"):
+        train(tiny_cfg(**cfg, resume="auto"), echo=lambda s: None, callbacks=[_StopAt(3)])
+
+    started = []
+    monkeypatch.setattr(loop, "make_progress", lambda total, done, main: started.append(done) or
+                        (_ for _ in ()).throw(_ResumeAccepted()))
+    lines = []
+    with pytest.raises(_ResumeAccepted):
+        train(tiny_cfg(**cfg, resume="auto"), echo=lines.append)
+    assert started == [2] and "resumed from step-00000002: step 2, epoch 1" in lines
+    with pytest.raises(UserError, match="finished model"):
+        train(tiny_cfg(trained_tiny_dir, nsmc_slices, tiny_model_dir, resume="auto"), echo=lambda s: None)
+    with pytest.raises(UserError, match="--resume"):
+        train(tiny_cfg(**cfg, resume="yes"), echo=lambda s: None)

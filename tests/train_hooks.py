@@ -11,6 +11,9 @@
     BERTCLF_TEST_OOM_AT=RANK:STEP    process RANK raises torch.OutOfMemoryError once, after the backward pass of
                                      the first micro-batch of optimizer step STEP (so that rank holds gradients
                                      the retry must drop), as a CUDA allocation would.
+    BERTCLF_TEST_SIGNAL_AT=RANK:STEP:SIGNAL  process RANK (the RANK variable torchrun sets; 0 without it) sends
+                                     itself SIGNAL (SIGTERM, SIGUSR1) right after optimizer step STEP, as a
+                                     cluster that takes the machine away would.
 
 tests/hooked_train.py installs them; the package itself never reads these variables.
 """
@@ -25,6 +28,7 @@ from bertclf.callbacks import TrainCallback
 PAUSE_ENV = "BERTCLF_TEST_PAUSE_AT"
 PAUSE_MARK = "bertclf-test: paused at"
 OOM_ENV = "BERTCLF_TEST_OOM_AT"
+SIGNAL_ENV = "BERTCLF_TEST_SIGNAL_AT"
 
 
 class PauseAt(TrainCallback):
@@ -62,10 +66,24 @@ class OutOfMemoryAt(TrainCallback):
             raise torch.OutOfMemoryError(f"bertclf-test: simulated CUDA out of memory on process {rank} at step {step}")
 
 
+class SignalAt(TrainCallback):
+    def __init__(self, where: str):
+        rank, step, self.signal = where.split(":")
+        self.rank, self.step = int(rank), int(step)
+
+    def on_step_end(self, step):
+        import signal
+
+        if step == self.step and int(os.environ.get("RANK", "0")) == self.rank:
+            os.kill(os.getpid(), getattr(signal, self.signal))
+
+
 def from_env() -> list[TrainCallback]:
     hooks = []
     if os.environ.get(PAUSE_ENV):
         hooks.append(PauseAt(os.environ[PAUSE_ENV]))
     if os.environ.get(OOM_ENV):
         hooks.append(OutOfMemoryAt(os.environ[OOM_ENV]))
+    if os.environ.get(SIGNAL_ENV):
+        hooks.append(SignalAt(os.environ[SIGNAL_ENV]))
     return hooks
