@@ -17,6 +17,7 @@ Accelerate runs the same code on CPU, one GPU or many (`accelerate launch` / `to
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 
@@ -39,9 +40,10 @@ def train(cfg: TrainConfig, echo=print, callbacks=()) -> dict:
     t_start = time.time()
     validate_config(cfg)
     events = Events(callbacks)
-    run = prepare(cfg, echo)
-    with Preemption() as preemption:
-        return run_loop(run, events, preemption, t_start)
+    with contextlib.ExitStack() as held:  # the output folder's lock (one run per folder), for the whole run
+        run = prepare(cfg, echo, held)
+        with Preemption() as preemption:
+            return run_loop(run, events, preemption, t_start)
 
 
 def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:

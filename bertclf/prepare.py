@@ -111,7 +111,8 @@ def load_data(cfg: TrainConfig, log=print):
     return train, valid, test
 
 
-def prepare(cfg: TrainConfig, echo=print) -> Run:
+def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:
+    """held: a contextlib.ExitStack that keeps the output folder's lock until the run ends."""
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
@@ -122,6 +123,8 @@ def prepare(cfg: TrainConfig, echo=print) -> Run:
     say = echo if main else (lambda *a, **k: None)
     resuming, overwrite = resume_or_start(cfg)
     out = rundir.prepare(cfg.out, resuming, overwrite) if main else Path(cfg.out)
+    if main and held is not None:  # after the read-only refusals, before anything in the folder changes
+        held.enter_context(rundir.lock(out))
     accelerator.wait_for_everyone()
     on_gpu = device.type == "cuda"
     batch_size = cfg.batch_size or (256 if on_gpu else 32)

@@ -7,11 +7,16 @@
     DIR/checkpoints/step-N/     periodic checkpoints (bertclf/checkpoint.py writes their contents)
     DIR/checkpoints/best/       the best validation score's weights so far
     DIR/checkpoints/base-model/ the --trim-vocab base model, kept for --resume
+    DIR/.bertclf.lock           held (OS file lock) while a run trains in DIR
 plus the standard Hugging Face files (config.json, model.safetensors, tokenizer files) of the final model.
 """
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
+import os
+import socket
 from pathlib import Path
 
 import numpy as np
@@ -130,7 +135,7 @@ def prepare(out, resume: bool, overwrite: bool) -> Path:
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory; choose another path")
-    has_run = out.is_dir() and any(out.iterdir())
+    has_run = out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
     if resume:
         if not step_checkpoints(out) and not (checkpoints_dir(out) / "config.json").is_file():
             if has_card(out):
@@ -166,3 +171,43 @@ def clear_previous_run(out) -> None:
     remove_card(out)
     for old in step_checkpoints(out) + [best_dir(out)]:
         shutil.rmtree(old, ignore_errors=True)
+
+
+LOCK_FILE = ".bertclf.lock"
+
+
+@contextlib.contextmanager
+def lock(out):
+    """One run per folder: an OS lock (flock) on DIR/.bertclf.lock, held by the main process for the whole run.
+    A second run on the folder is refused with one line naming the holder; the OS drops the lock of a process
+    that dies, so a stale file never blocks. Folders created only to hold the lock are removed again."""
+    out = Path(out)
+    created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
+    out.mkdir(parents=True, exist_ok=True)  # prepare() has checked that it can
+    fd = _locked_fd(out / LOCK_FILE)
+    try:
+        yield
+    finally:
+        (out / LOCK_FILE).unlink(missing_ok=True)  # before unlocking: a waiting run retries on a fresh file
+        os.close(fd)
+        for p in created:  # a run that failed on its input leaves no empty folder behind
+            with contextlib.suppress(OSError):
+                p.rmdir()
+
+
+def _locked_fd(path: Path) -> int:
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 200).decode("utf-8", "replace").strip() or "another process"
+            os.close(fd)
+            raise UserError(f"--out {path.parent}: another 'bertclf train' ({holder}) is running in this folder; "
+                            f"wait for it to end or choose another --out") from None
+        if path.exists() and os.stat(path).st_ino == os.fstat(fd).st_ino:
+            break
+        os.close(fd)  # the holder removed the file between our open and lock: lock the new one
+    os.ftruncate(fd, 0)
+    os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}".encode())
+    return fd

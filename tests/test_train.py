@@ -2,6 +2,7 @@
 stopping, and refusals. Kill-and-resume is tested in test_crash_resume.py."""
 import json
 import shutil
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -157,3 +158,37 @@ def test_resume_auto_continues_a_checkpoint_or_starts_fresh(tiny_model_dir, nsmc
         train(tiny_cfg(trained_tiny_dir, nsmc_slices, tiny_model_dir, resume="auto"), echo=lambda s: None)
     with pytest.raises(UserError, match="--resume"):
         train(tiny_cfg(**cfg, resume="yes"), echo=lambda s: None)
+
+
+def test_one_run_per_output_folder(tiny_model_dir, nsmc_slices, tmp_path):
+    """A second run on an --out that a live run holds is refused with one line naming that process, even with
+    --overwrite or --resume; once the holder is dead (SIGKILL: no cleanup ran), its lock does not block."""
+    import os
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    repo = Path(__file__).resolve().parents[1]
+    out = tmp_path / "run"
+    args = ["train", "--train", str(nsmc_slices["train"]), "--text-col", "document", "--model", str(tiny_model_dir),
+            "--sample", "0.2", "--batch-size", "16", "--max-steps", "4", "--checkpoint-every", "1", "--out", str(out)]
+    env = os.environ | {"BERTCLF_TEST_PAUSE_AT": "step:2", "BERTCLF_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
+                        "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
+    holder = subprocess.Popen([sys.executable, str(repo / "tests" / "hooked_train.py"), *args], cwd=repo, env=env,
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.monotonic() + 600
+        while "paused at step:2" not in (err := holder.stderr.readline()) and holder.poll() is None:
+            assert time.monotonic() < deadline, "the first run did not reach step 2"
+        assert holder.poll() is None, err
+        cfg = tiny_cfg(out, nsmc_slices, tiny_model_dir, sample=0.2, max_steps=4, checkpoint_every=1)
+        for kw in ({"overwrite": True}, {"resume": True}, {"resume": "auto"}):
+            with pytest.raises(UserError, match=rf"another 'bertclf train' \(pid {holder.pid} on .*\) is running"):
+                train(replace(cfg, **kw), echo=lambda s: None)
+    finally:
+        holder.kill()
+        holder.wait()
+    assert (out / ".bertclf.lock").exists()  # left behind by the killed run: it must not block
+    card = train(replace(cfg, resume=True), echo=lambda s: None)
+    assert card["training"]["steps"] == 4 and not (out / ".bertclf.lock").exists()
