@@ -14,6 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertclf.config import check_batch_size
 from bertclf.errors import UserError
 from bertclf.inference import predict_logits, softmax
 from bertclf.models import check_model_dir, load_tokenizer
@@ -54,6 +55,7 @@ class Classifier:
         return cls(tokenizer, model, labels, max_length, card, str(p), backend)
 
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        check_batch_size(batch_size, "batch_size")
         texts = [t if isinstance(t, str) else str(t) for t in texts]
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)
