@@ -112,10 +112,16 @@ def validate_config(cfg: TrainConfig) -> None:
 
     check_encoding(cfg.encoding)
     cfg.columns = parse_columns(cfg.columns)
-    limit = usable_positions(cfg.model)
-    if limit is not None and cfg.max_length > limit:
-        bad("max-length", f"{cfg.max_length} is more than the {limit} positions model {cfg.model} has; "
-                          f"use --max-length {limit} or less")
+    check_max_length(cfg.max_length, cfg.model)
+
+
+def check_max_length(max_length: int, model: str) -> None:
+    """--max-length within the model's position embeddings (when its config.json is on disk: a local directory
+    or a built builtin model; the loop can call this again on the resolved directory of a hub model)."""
+    limit = usable_positions(model)
+    if limit is not None and max_length > limit:
+        raise UserError(f"--max-length: {max_length} is more than the {limit} positions model {model} has; "
+                        f"use --max-length {limit} or less")
 
 
 def check_batch_size(batch_size, flag: str = "--batch-size") -> None:

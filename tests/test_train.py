@@ -91,3 +91,18 @@ def test_test_sample_scores_a_stratified_share_of_the_test_rows(tiny_model_dir, 
     assert card["metrics"]["test"]["n"] == 250 and card["data"]["test"]["rows"] == 250
     assert main(["train", "--train", str(nsmc_slices["train"]), "--model", str(tiny_model_dir),
                  "--out", str(tmp_path / "bad"), "--test-sample", "0"]) == 2
+
+
+@pytest.mark.xfail(strict=True, reason="loop.py must read its data through bertclf.data.load_training_data "
+                   "(one-line change for the lead when merging the loop rewrite); then remove this mark")
+def test_train_reads_headerless_cp949_files_with_columns_and_encoding(tiny_model_dir, nsmc_slices, tmp_path):
+    from bertclf.cli import main
+
+    lines = nsmc_slices["train"].read_text(encoding="utf-8").splitlines(keepends=True)[1:401]
+    f = tmp_path / "headerless-cp949.tsv"
+    f.write_bytes("".join(lines).encode("cp949", errors="replace"))
+    assert main(["train", "--train", str(f), "--columns", "id,text,label", "--encoding", "cp949", "--model",
+                 str(tiny_model_dir), "--batch-size", "16", "--max-steps", "2", "--out", str(tmp_path / "run")]) == 0
+    card = json.loads((tmp_path / "run" / "bertclf.json").read_text())
+    assert card["args"]["columns"] == ["id", "text", "label"]
+    assert card["data"]["train"]["rows"] + card["data"]["valid"]["rows"] == 400
