@@ -17,11 +17,10 @@ class Parser(argparse.ArgumentParser):
         raise UserError(f"{command + ': ' if command else ''}{message}; see '{self.prog} -h'")
 
 
-def _read_flags(p, columns=True) -> None:
+def _read_flags(p) -> None:
     """The flags of the shared row reader (bertclf.rows) for commands that read files."""
-    if columns:
-        p.add_argument("--columns", metavar="A,B,...", help="names of the columns of a file without a header line, "
-                       "e.g. id,text,label (the first line is then a row)")
+    p.add_argument("--columns", metavar="A,B,...", help="names of the columns of a file without a header line, "
+                   "e.g. id,text,label (the first line is then a row)")
     p.add_argument("--encoding", default="utf-8", help="text encoding of the input, e.g. cp949 or euc-kr")
 
 

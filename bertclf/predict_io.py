@@ -1,15 +1,15 @@
 """Streaming prediction over files: read rows in chunks, classify, write, in bounded memory.
 
 Input: texts given directly, a TSV/CSV/JSONL file with a text column, a plain file with one text per line,
-or stdin (one text per line, or a format named with `fmt`), all read by bertclf.rows. Output: JSONL (or CSV by extension), one record per input row in input order, written to a
-temporary file and renamed at the end (no half-written output). `shard=(i, n)` keeps rows whose index
+or stdin (one text per line, or a format named with `fmt`), all read by bertclf.rows. Output: JSONL (or CSV
+by extension), one record per non-empty input row in input order, written to a temporary file and renamed at
+the end (no half-written output). `shard=(i, n)` keeps rows whose index
 modulo n is i, so n workers can split one file deterministically.
 """
 from __future__ import annotations
 
 import csv
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Iterator

@@ -12,7 +12,8 @@ Rules (docs/guarantees.md, "Reading files"):
   * JSONL: one JSON object per "\\n"-terminated line (U+2028 and other Unicode separators are text).
   * lines: every line is one text (header-less, one column; a blank line is an empty text).
   * A header line names the columns, unless `columns` names them (header-less files); names are stripped.
-  * Blank lines are skipped; a row with another number of fields than the header is an error naming its line.
+  * Blank lines are skipped (in "lines" a blank line is an empty text); a row with another number of fields
+    than the header is an error naming its line.
   * Text is decoded with `encoding` (default UTF-8, a BOM is skipped); a byte that does not decode is an error
     naming its line.
 """
