@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
@@ -73,10 +72,7 @@ def parse_args(argv=None):
 
 
 def nsmc_dir(data_dir: str | None) -> str | None:
-    """--data-dir, else BERTCLF_DATA_DIR or the cache (nsmc_path decides), else the checkout's ../shared copy."""
-    shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsmc"
-    if data_dir is None and not os.environ.get("BERTCLF_DATA_DIR") and (shared / "ratings_test.txt").is_file():
-        return str(shared)
+    """--data-dir; bertclf.data.nsmc_search_dirs looks everywhere else (environment, cache, ../shared)."""
     return data_dir
 
 

@@ -6,7 +6,8 @@
 
 Reports throughput (requests/s, texts/s), p50/p90/p99 latency, errors (0 expected), the server's micro-batch
 counters from /info, and, for a server it started, its RSS before and after the load and how long SIGTERM took.
-Texts: the `document` column of ratings_test.txt from --data-dir, $BERTCLF_DATA_DIR or ../shared/data/nsmc.
+Texts: the `document` column of ratings_test.txt, found as bertclf finds NSMC (--data-dir, $BERTCLF_DATA_DIR,
+the cache, ../shared/data/nsmc).
 """
 from __future__ import annotations
 
@@ -26,23 +27,23 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def nsmc_texts(data_dir: str | None, limit: int = 50000) -> list[str]:
-    candidates = [data_dir, os.environ.get("BERTCLF_DATA_DIR"), str(REPO.parent / "shared" / "data" / "nsmc")]
-    for d in filter(None, candidates):
-        f = Path(d) / "ratings_test.txt"
-        if f.is_file():
-            texts = []
-            with open(f, encoding="utf-8") as fh:
-                next(fh, None)  # header: id, document, label
-                for line in fh:
-                    parts = line.rstrip("\r\n").split("\t")
-                    if len(parts) >= 2 and parts[1].strip():
-                        texts.append(parts[1])
-                    if len(texts) >= limit:
-                        break
-            if texts:
-                return texts
-    sys.exit(f"load.py: no NSMC ratings_test.txt found (tried {', '.join(filter(None, candidates))}); "
-             "give --data-dir or set BERTCLF_DATA_DIR")
+    """The first `limit` non-empty reviews of ratings_test.txt, found and read as bertclf finds and reads it."""
+    sys.path.insert(0, str(REPO))
+    from bertclf.data import NSMC_TEXT_COL, nsmc_path
+    from bertclf.errors import UserError
+    from bertclf.rows import iter_rows
+
+    try:
+        path = nsmc_path("test", data_dir, download=False)
+    except UserError as e:
+        sys.exit(f"load.py: {e}")
+    texts = []
+    for _n, row in iter_rows(path, [NSMC_TEXT_COL]):
+        if row[NSMC_TEXT_COL].strip():
+            texts.append(row[NSMC_TEXT_COL])
+        if len(texts) >= limit:
+            break
+    return texts
 
 
 def rss_mb(pid: int) -> float | None:

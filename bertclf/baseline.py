@@ -31,7 +31,7 @@ def fit_predict(train_texts, train_y, test_texts, seed: int = 42):
 
 
 def run_baseline(data=None, train=None, test=None, text_col=None, label_col=None, data_dir=None, sample=1.0,
-                 seed=42, out=None, log=print) -> dict:
+                 seed=42, out=None, log=print, encoding="utf-8", columns=None) -> dict:
     if (data is None) == (train is None):
         raise UserError("baseline: give exactly one of --data nsmc or --train FILE")
     if data not in (None, "nsmc"):
@@ -44,12 +44,13 @@ def run_baseline(data=None, train=None, test=None, text_col=None, label_col=None
         train_ds, test_ds = D.read_nsmc("train", data_dir, log=log), D.read_nsmc("test", data_dir, log=log)
     else:
         text_col, label_col = text_col or "text", label_col or "label"
-        train_ds = D.read_labelled(train, text_col, label_col)
+        read = dict(encoding=encoding, columns=columns)
+        train_ds = D.read_labelled(train, text_col, label_col, **read)
         if not test:
-            train_ds, test_ds = D.split_valid(train_ds, 0.2, seed)
+            train_ds, test_ds = D.split_valid(train_ds, 0.2, seed, other="pass --test FILE")
         else:
-            test_ds = D.read_labelled(test, text_col, label_col)
-    train_ds = D.sample(train_ds, sample, seed)
+            test_ds = D.read_labelled(test, text_col, label_col, **read)
+    train_ds = D.sample(train_ds, sample, seed, "--sample")
     labels = D.LabelMap.from_labels(train_ds.labels, train_ds.source)
     y_train = labels.encode(train_ds.labels, train_ds.source)
     y_test = labels.encode(test_ds.labels, test_ds.source)

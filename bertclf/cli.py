@@ -6,19 +6,22 @@ import json
 import os
 import sys
 
+from bertclf.config import add_train_flags, number
 from bertclf.errors import UserError
+from bertclf.rows import FORMATS, check_encoding, parse_columns
 
 
 class Parser(argparse.ArgumentParser):
-    def error(self, message):  # one line, exit 2, no usage dump
-        raise UserError(f"{self.prog}: {message}; see '{self.prog} -h'")
+    def error(self, message):  # one line, exit 2, no usage dump; main() adds the "bertclf: error: " prefix
+        command = self.prog.removeprefix("bertclf").strip()
+        raise UserError(f"{command + ': ' if command else ''}{message}; see '{self.prog} -h'")
 
 
-def _frac(s):
-    try:
-        return float(s)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None
+def _read_flags(p) -> None:
+    """The flags of the shared row reader (bertclf.rows) for commands that read files."""
+    p.add_argument("--columns", metavar="A,B,...", help="names of the columns of a file without a header line, "
+                   "e.g. id,text,label (the first line is then a row)")
+    p.add_argument("--encoding", default="utf-8", help="text encoding of the input, e.g. cp949 or euc-kr")
 
 
 PRECISION_HELP = "auto | fp32 | bf16 (auto: bf16 on AMX / AVX-512 BF16 CPUs and bf16 GPUs, else fp32)"
@@ -30,42 +33,7 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     t = sub.add_parser("train", help="fine-tune a model", description="Fine-tune a pretrained encoder on labelled text.")
-    src = t.add_argument_group("data")
-    src.add_argument("--data", choices=None, help="builtin dataset: nsmc")
-    src.add_argument("--train", metavar="FILE", help="labelled TSV/CSV/JSONL file")
-    src.add_argument("--valid", metavar="FILE", help="validation file (default: a stratified split of --train)")
-    src.add_argument("--test", metavar="FILE", help="test file, scored once at the end")
-    src.add_argument("--text-col", help="text column (default: document for NSMC, else text)")
-    src.add_argument("--label-col", help="label column (default: label)")
-    src.add_argument("--data-dir", help="folder holding NSMC's ratings_train.txt / ratings_test.txt")
-    src.add_argument("--sample", type=_frac, default=1.0, help="train on this fraction of the training rows (seeded)")
-    src.add_argument("--test-sample", type=_frac, default=1.0,
-                     help="score on this fraction of the test rows at the end (seeded, stratified)")
-    src.add_argument("--valid-frac", type=_frac, default=0.05, help="share of train carved out for validation")
-    m = t.add_argument_group("model and recipe")
-    m.add_argument("--model", default="me5-small", help="builtin name, local directory or hub name (default me5-small)")
-    m.add_argument("--out", required=True, help="output directory (a Hugging Face model directory)")
-    m.add_argument("--epochs", type=_frac, default=2)
-    m.add_argument("--batch-size", type=int, help="rows per micro-batch (default 32 on CPU, 256 on GPU)")
-    m.add_argument("--lr", type=_frac, help="peak learning rate (default scales with the batch size)")
-    m.add_argument("--max-length", type=int, default=128, help="tokens per text, longer texts are cut")
-    m.add_argument("--seed", type=int, default=42)
-    m.add_argument("--max-steps", type=int, help="stop after this many optimizer steps")
-    m.add_argument("--precision", default="auto", help="auto | fp32 | bf16 | fp16")
-    m.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
-    m.add_argument("--warmup", type=_frac, default=0.06, help="warmup share of the steps")
-    m.add_argument("--weight-decay", type=_frac, default=0.01)
-    m.add_argument("--trim-vocab", action="store_true", help="keep only the vocabulary the training texts use")
-    r = t.add_argument_group("logging, evaluation, checkpoints")
-    r.add_argument("--log-every", type=int, help="print loss/accuracy every N steps")
-    r.add_argument("--eval-every", type=int, help="validate every N steps (default: each epoch)")
-    r.add_argument("--patience", type=int, help="stop after N validations without improvement")
-    r.add_argument("--checkpoint-every", type=int, help="write a resumable checkpoint every N steps")
-    r.add_argument("--keep-checkpoints", type=int, default=2, help="how many step checkpoints to keep (plus best)")
-    r.add_argument("--resume", nargs="?", const=True, default=False, choices=["auto"],
-                   help="continue the run in --out from its last checkpoint; --resume auto: continue it if it has "
-                        "a complete checkpoint, else start fresh (one command for restart loops)")
-    r.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    add_train_flags(t)  # one flag per TrainConfig field (bertclf/config.py)
 
     e = sub.add_parser("eval", help="score a trained model on labelled data")
     e.add_argument("model_dir", metavar="DIR")
@@ -77,10 +45,12 @@ def build_parser() -> Parser:
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--errors", metavar="FILE", help="write misclassified rows with probabilities (TSV/CSV)")
     e.add_argument("--batch-size", type=int, default=128)
-    e.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    e.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help=PRECISION_HELP)
+    _read_flags(e)
 
     pr = sub.add_parser("predict", help="classify texts", description="Classify texts given as arguments, "
-                        "in a TSV/CSV/JSONL/plain-lines file, or on stdin; prints or writes JSONL (CSV by extension).")
+                        "in a TSV/CSV/JSONL/plain-lines file, or on stdin (one text per line unless --format says "
+                        "otherwise); prints or writes JSONL (CSV by extension). Empty texts are skipped.")
     pr.add_argument("model_dir", metavar="DIR")
     pr.add_argument("texts", nargs="*", metavar="TEXT")
     pr.add_argument("--input", metavar="FILE", help="file to classify ('-' for stdin)")
@@ -88,7 +58,9 @@ def build_parser() -> Parser:
     pr.add_argument("--text-col", help="text column of --input (default: the training text column, else text)")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--shard", metavar="I/N", help="only rows whose index modulo N is I (split work over N workers)")
-    pr.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    pr.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help=PRECISION_HELP)
+    pr.add_argument("--format", choices=FORMATS, help="format of --input (default: by extension; stdin: lines)")
+    _read_flags(pr)
 
     mo = sub.add_parser("models", help="builtin models: list, path")
     mo_sub = mo.add_subparsers(dest="models_command", metavar="ACTION", parser_class=Parser)
@@ -101,6 +73,7 @@ def build_parser() -> Parser:
     tv.add_argument("--corpus", required=True, metavar="FILE")
     tv.add_argument("--text-col", default="document")
     tv.add_argument("--out", required=True)
+    _read_flags(tv)
     b = sub.add_parser("baseline", help="TF-IDF + logistic regression baseline in seconds")
     b.add_argument("--data", help="builtin dataset: nsmc")
     b.add_argument("--train", metavar="FILE")
@@ -108,10 +81,11 @@ def build_parser() -> Parser:
     b.add_argument("--text-col")
     b.add_argument("--label-col")
     b.add_argument("--data-dir")
-    b.add_argument("--sample", type=_frac, default=1.0)
+    b.add_argument("--sample", type=number, default=1.0)
     b.add_argument("--seed", type=int, default=42)
     b.add_argument("--out", metavar="DIR", help="also store the result as DIR/baseline.json (e.g. a model directory)")
     b.add_argument("--json", action="store_true")
+    _read_flags(b)
 
     s = sub.add_parser("serve", help="HTTP server (Hugging Face Inference API shape) with micro-batching")
     s.add_argument("model_dir", metavar="DIR")
@@ -146,21 +120,16 @@ def _version() -> str:
 
 
 def cmd_train(a) -> int:
+    from dataclasses import fields
+
     from bertclf.loop import TrainConfig, train
 
-    cfg = TrainConfig(out=a.out, data=a.data, train=a.train, valid=a.valid, test=a.test, text_col=a.text_col,
-                      label_col=a.label_col, data_dir=a.data_dir, model=a.model, epochs=a.epochs,
-                      batch_size=a.batch_size, lr=a.lr, max_length=a.max_length, sample=a.sample, test_sample=a.test_sample, seed=a.seed,
-                      max_steps=a.max_steps, precision=a.precision, grad_accum=a.grad_accum, eval_every=a.eval_every,
-                      patience=a.patience, checkpoint_every=a.checkpoint_every, resume=a.resume,
-                      overwrite=a.overwrite, valid_frac=a.valid_frac, warmup=a.warmup, weight_decay=a.weight_decay,
-                      log_every=a.log_every, keep_checkpoints=a.keep_checkpoints, trim_vocab=a.trim_vocab)
-    card = train(cfg)
+    card = train(TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)}))
     if card:  # the main process (the others return {}) writes the report
         try:  # the pictures are a bonus: never fail a finished run over them
             from bertclf.report import write_report
 
-            print(f"report: {write_report([str(cfg.out)])}")
+            print(f"report: {write_report([str(a.out)])}")
         except Exception as e:  # noqa: BLE001
             print(f"report not written: {e}")
     return 0
@@ -171,8 +140,8 @@ def cmd_eval(a) -> int:
     from bertclf.metrics import format_report
 
     rep = evaluate(a.model_dir, data=a.data, test=a.test, text_col=a.text_col, label_col=a.label_col,
-                   data_dir=a.data_dir, errors=a.errors, batch_size=a.batch_size,
-                   log=lambda s: print(s, file=sys.stderr), precision=a.precision)
+                   data_dir=a.data_dir, errors=a.errors, batch_size=a.batch_size, encoding=a.encoding,
+                   columns=parse_columns(a.columns), log=lambda s: print(s, file=sys.stderr), precision=a.precision)
     if a.json:
         print(json.dumps(rep, indent=2, ensure_ascii=False))
     else:
@@ -183,16 +152,22 @@ def cmd_eval(a) -> int:
 
 
 def cmd_predict(a) -> int:
+    from bertclf.config import check_batch_size
     from bertclf.predict import Classifier
-    from bertclf.predict_io import parse_shard, predict_to
+    from bertclf.predict_io import check_output, parse_shard, predict_to
 
     if a.texts and a.input:
         raise UserError("predict: give texts as arguments or --input FILE, not both")
     if not a.texts and not a.input and sys.stdin.isatty():
         raise UserError("predict: no texts; give them as arguments, with --input FILE, or on stdin")
+    shard, columns = parse_shard(a.shard), parse_columns(a.columns)  # every flag checked before the model loads
+    check_batch_size(a.batch_size)
+    check_encoding(a.encoding)
+    check_output(a.output, a.input)
     clf = Classifier.load(a.model_dir, precision=a.precision)
     predict_to(clf, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
-               output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, shard=parse_shard(a.shard))
+               output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, shard=shard, fmt=a.format,
+               encoding=a.encoding, columns=columns)
     return 0
 
 
@@ -214,7 +189,8 @@ def cmd_trim_vocab(a) -> int:
     from bertclf.vocab_trim import trim_vocab_from_file
 
     src = resolve(a.src, log=lambda s: print(s, file=sys.stderr))
-    stats = trim_vocab_from_file(src, a.corpus, a.text_col, a.out)
+    stats = trim_vocab_from_file(src, a.corpus, a.text_col, a.out, encoding=a.encoding,
+                                 columns=parse_columns(a.columns))
     print(json.dumps(stats))
     return 0
 
@@ -223,7 +199,8 @@ def cmd_baseline(a) -> int:
     from bertclf.baseline import format_baseline, run_baseline
 
     res = run_baseline(data=a.data, train=a.train, test=a.test, text_col=a.text_col, label_col=a.label_col,
-                       data_dir=a.data_dir, sample=a.sample, seed=a.seed, out=a.out)
+                       data_dir=a.data_dir, sample=a.sample, seed=a.seed, out=a.out, encoding=a.encoding,
+                       columns=parse_columns(a.columns))
     print(json.dumps(res, indent=2, ensure_ascii=False) if a.json else format_baseline(res))
     return 0
 
@@ -259,9 +236,22 @@ COMMANDS = {"baseline": cmd_baseline, "serve": cmd_serve, "export": cmd_export, 
             "trim-vocab": cmd_trim_vocab}
 
 
+def parse(argv=None) -> argparse.Namespace:
+    """Parse the command line. predict's texts may follow its options (`predict DIR --batch-size 8 "text"`);
+    anything else unrecognised is an error that points to the command's own help."""
+    args, extra = build_parser().parse_known_args(argv)
+    if args.command == "predict" and extra and not any(x.startswith("-") for x in extra):
+        args.texts = list(args.texts) + extra
+    elif extra:
+        where = f"bertclf {args.command}" if args.command else "bertclf"
+        raise UserError(f"{args.command + ': ' if args.command else ''}unrecognized arguments: {' '.join(extra)}; "
+                        f"see '{where} -h'")
+    return args
+
+
 def main(argv=None) -> int:
     try:
-        args = build_parser().parse_args(argv)
+        args = parse(argv)
         if not args.command:
             build_parser().print_help()
             return 2

@@ -1,57 +1,77 @@
 """The training configuration: its fields, defaults and the checks on them, in one place."""
 from __future__ import annotations
 
+import json
 import math
-from dataclasses import dataclass, fields
+from pathlib import Path
+from dataclasses import MISSING, dataclass, field, fields
 
 from bertclf.errors import UserError
 from bertclf.models import DEFAULT_MODEL
 
 
+DATA, RECIPE, RUN = "data", "model and recipe", "logging, evaluation, checkpoints"
+
+
+def opt(default, help: str, group: str, **flag):  # noqa: A002 (help: argparse's word)
+    """A TrainConfig field with what its command-line flag needs: help, group, and any of choices, metavar,
+    required, flag (another name than --field-name), parse ("columns": a comma-separated list)."""
+    meta = {"help": help, "group": group, **flag}
+    return field(metadata=meta) if default is MISSING else field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    out: str
-    data: str | None = None            # "nsmc", or None for --train FILE
-    train: str | None = None
-    valid: str | None = None
-    test: str | None = None
-    text_col: str | None = None        # default: "document" for NSMC, else "text"
-    label_col: str | None = None       # default: "label"
-    data_dir: str | None = None
-    model: str = DEFAULT_MODEL
-    epochs: float = 2
-    batch_size: int | None = None      # default: 32 on CPU, 256 on GPU
-    lr: float | None = None            # default: scaled with the batch size
-    max_length: int = 128
-    sample: float = 1.0
-    test_sample: float = 1.0           # score on this fraction of the test rows (seeded, stratified)
-    seed: int = 42
-    max_steps: int | None = None
-    precision: str = "auto"            # auto | fp32 | bf16 | fp16
-    grad_accum: int = 1
-    eval_every: int | None = None      # steps; default once per epoch
-    patience: int | None = None        # evaluations without improvement before stopping
-    checkpoint_every: int | None = None
-    resume: bool | str = False         # True: continue the run in `out`; "auto": continue it if it has a
-                                       # complete checkpoint, else start fresh (one command for restart loops)
-    overwrite: bool = False
-    valid_frac: float = 0.05
-    warmup: float = 0.06               # fraction of steps
-    weight_decay: float = 0.01
-    max_grad_norm: float = 1.0
-    log_every: int | None = None       # steps; default ~20 lines per run, at most every 500
-    keep_checkpoints: int = 2
-    trim_vocab: bool = False           # keep only the vocabulary pieces the training data uses
-    eval_batch_size: int = 128
+    """Everything a training run depends on. `bertclf train`'s flags are made from these fields (cli.py)."""
+
+    out: str = opt(MISSING, "output directory (a Hugging Face model directory)", RECIPE, required=True)
+    data: str | None = opt(None, "builtin dataset: nsmc", DATA, choices=("nsmc",))
+    train: str | None = opt(None, "labelled TSV/CSV/JSONL file", DATA, metavar="FILE")
+    valid: str | None = opt(None, "validation file (default: a stratified split of --train)", DATA, metavar="FILE")
+    test: str | None = opt(None, "test file, scored once at the end", DATA, metavar="FILE")
+    text_col: str | None = opt(None, "text column (default: document for NSMC, else text)", DATA)
+    label_col: str | None = opt(None, "label column (default: label)", DATA)
+    columns: list[str] | None = opt(None, "names of the columns of files without a header line, e.g. "
+                                    "id,text,label (the first line is then a row)", DATA, parse="columns",
+                                    metavar="A,B,...")
+    encoding: str = opt("utf-8", "text encoding of the data files, e.g. cp949 or euc-kr", DATA)
+    data_dir: str | None = opt(None, "folder holding NSMC's ratings_train.txt / ratings_test.txt", DATA)
+    sample: float = opt(1.0, "train on this fraction of the training rows (seeded)", DATA)
+    test_sample: float = opt(1.0, "score on this fraction of the test rows at the end (seeded, stratified)", DATA)
+    valid_frac: float = opt(0.05, "share of train carved out for validation", DATA)
+    model: str = opt(DEFAULT_MODEL, f"builtin name, local directory or hub name (default {DEFAULT_MODEL})", RECIPE)
+    epochs: float = opt(2, "passes over the training rows (a fraction stops part-way)", RECIPE)
+    batch_size: int | None = opt(None, "rows per micro-batch (default 32 on CPU, 256 on GPU)", RECIPE)
+    lr: float | None = opt(None, "peak learning rate (default scales with the batch size)", RECIPE)
+    max_length: int = opt(128, "tokens per text, longer texts are cut", RECIPE)
+    seed: int = opt(42, "seed of sampling, splits, batches and dropout", RECIPE)
+    max_steps: int | None = opt(None, "stop after this many optimizer steps", RECIPE)
+    precision: str = opt("auto", "numeric precision (auto: bf16 on GPUs and on CPUs with native bf16 (AMX / AVX-512 BF16), fp16 on older GPUs, else fp32)", RECIPE, choices=("auto", "fp32", "bf16", "fp16"))
+    grad_accum: int = opt(1, "micro-batches per optimizer step", RECIPE)
+    warmup: float = opt(0.06, "warmup share of the steps", RECIPE)
+    weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and LayerNorms)", RECIPE)
+    max_grad_norm: float = opt(1.0, "clip the gradient norm to this", RECIPE)
+    trim_vocab: bool = opt(False, "keep only the vocabulary the training texts use", RECIPE)
+    log_every: int | None = opt(None, "print loss/accuracy every N steps (default ~20 lines per run)", RUN)
+    eval_every: int | None = opt(None, "validate every N steps (default: each epoch)", RUN)
+    eval_batch_size: int = opt(128, "rows per batch when validating and testing", RUN)
+    patience: int | None = opt(None, "stop after N validations without improvement", RUN)
+    checkpoint_every: int | None = opt(None, "write a resumable checkpoint every N steps", RUN)
+    keep_checkpoints: int = opt(2, "how many step checkpoints to keep (plus best)", RUN)
+    resume: bool | str = opt(False, "continue the run in --out from its last checkpoint; --resume auto: continue it "
+                             "if it has a complete checkpoint, else start fresh (one command for restart loops)", RUN,
+                             optional_choice="auto")
+    overwrite: bool = opt(False, "replace what --out holds", RUN)
 
 
 # Settings that must match for --resume to continue the same run.
 RESUME_KEYS = ("data", "train", "valid", "model", "epochs", "batch_size", "lr", "max_length", "sample", "seed",
                "max_steps", "precision", "grad_accum", "valid_frac", "warmup", "weight_decay", "trim_vocab",
-               "text_col", "label_col", "eval_every")
+               "text_col", "label_col", "eval_every", "columns", "max_grad_norm")
 
 
 def validate_config(cfg: TrainConfig) -> None:
+    """Every check that needs no data: one-line UserErrors naming the flag, before any work."""
     def bad(flag, why):
         raise UserError(f"--{flag}: {why}")
 
@@ -61,8 +81,8 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("train", "give exactly one of --data nsmc or --train FILE")
     if not (cfg.epochs > 0 and math.isfinite(cfg.epochs)):
         bad("epochs", f"must be a number > 0, got {cfg.epochs}")
-    if cfg.batch_size is not None and cfg.batch_size < 1:
-        bad("batch-size", f"must be >= 1, got {cfg.batch_size}")
+    if cfg.batch_size is not None:
+        check_batch_size(cfg.batch_size)
     if cfg.lr is not None and not (0 < cfg.lr < 1):
         bad("lr", f"must be between 0 and 1, got {cfg.lr}")
     if not 8 <= cfg.max_length <= 8192:
@@ -75,8 +95,9 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("max-steps", f"must be >= 1, got {cfg.max_steps}")
     if cfg.precision not in ("auto", "fp32", "bf16", "fp16"):
         bad("precision", f"must be auto, fp32, bf16 or fp16, got {cfg.precision}")
-    if cfg.grad_accum < 1:
-        bad("grad-accum", f"must be >= 1, got {cfg.grad_accum}")
+    for name in ("grad_accum", "keep_checkpoints", "eval_batch_size"):
+        if getattr(cfg, name) < 1:
+            bad(name.replace("_", "-"), f"must be >= 1, got {getattr(cfg, name)}")
     for name in ("eval_every", "patience", "checkpoint_every", "log_every"):
         v = getattr(cfg, name)
         if v is not None and v < 1:
@@ -87,10 +108,91 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("warmup", f"must be a fraction in [0, 1), got {cfg.warmup}")
     if cfg.resume not in (False, True, "auto"):
         bad("resume", f"give --resume alone, or --resume auto; got {cfg.resume!r}")
-    if cfg.keep_checkpoints < 1:
-        bad("keep-checkpoints", f"must be >= 1, got {cfg.keep_checkpoints}")
+    if not (0 <= cfg.weight_decay < 1):
+        bad("weight-decay", f"must be in [0, 1), got {cfg.weight_decay}")
+    if not (cfg.max_grad_norm > 0 and math.isfinite(cfg.max_grad_norm)):
+        bad("max-grad-norm", f"must be a number > 0, got {cfg.max_grad_norm}")
+    from bertclf.rows import check_encoding, parse_columns
+
+    check_encoding(cfg.encoding)
+    cfg.columns = parse_columns(cfg.columns)
+    check_max_length(cfg.max_length, cfg.model)
+
+
+def check_max_length(max_length: int, model: str) -> None:
+    """--max-length within the model's position embeddings (when its config.json is on disk: a local directory
+    or a built builtin model; the loop can call this again on the resolved directory of a hub model)."""
+    limit = usable_positions(model)
+    if limit is not None and max_length > limit:
+        raise UserError(f"--max-length: {max_length} is more than the {limit} positions model {model} has; "
+                        f"use --max-length {limit} or less")
+
+
+def check_batch_size(batch_size, flag: str = "--batch-size") -> None:
+    """Rows per batch must be a whole number >= 1 (with -1 no batch would run and every score would be 0.5)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"{flag}: must be a whole number >= 1, got {batch_size}")
+
+
+# Position embeddings of these models start after the padding id (RoBERTa's offset): fewer usable positions.
+OFFSET_POSITIONS = ("roberta", "xlm-roberta", "xlm-roberta-xl", "camembert", "data2vec-text", "longformer")
+
+
+def usable_positions(model: str) -> int | None:
+    """Tokens per text the model's position embeddings allow, from its config.json when it is on disk (a local
+    directory or an already built builtin model); None when unknown (the model loader reports bad folders)."""
+    from bertclf.builtin import BUILTIN_MODELS, FORMAT_VERSION
+    from bertclf.files import cache_dir
+
+    where = (cache_dir() / "models" / f"{model}-v{FORMAT_VERSION}" if model in BUILTIN_MODELS
+             else Path(model).expanduser())
+    try:
+        config = json.loads((where / "config.json").read_text(encoding="utf-8"))
+        n = int(config["max_position_embeddings"])
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    if config.get("model_type") in OFFSET_POSITIONS:
+        n -= int(config.get("pad_token_id") or 1) + 1
+    return n
 
 
 def config_from_dict(d: dict) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in d.items() if k in names})
+
+
+def add_train_flags(parser) -> None:
+    """`bertclf train`'s flags, one per TrainConfig field: --field-name, its type, default, help and choices."""
+    import typing
+
+    hints = typing.get_type_hints(TrainConfig)
+    groups = {name: parser.add_argument_group(name) for name in (DATA, RECIPE, RUN)}
+    for f in fields(TrainConfig):
+        meta = dict(f.metadata)
+        group = groups[meta["group"]]
+        kw = {"help": meta["help"], "dest": f.name}
+        if f.default is not MISSING:
+            kw["default"] = f.default
+        kind = hints[f.name]
+        if "optional_choice" in meta:  # a switch that may take one word: --resume, --resume auto
+            kw.update(nargs="?", const=True, choices=[meta["optional_choice"]])
+        elif kind is bool:
+            kw["action"] = "store_true"
+        else:
+            base = next((t for t in typing.get_args(kind) if t is not type(None)), kind)
+            kw["type"] = {"columns": str, None: {int: int, float: number}.get(base, str)}[meta.get("parse")]
+            kw["metavar"] = {int: "N", float: "X"}.get(base)
+            for key in ("choices", "metavar", "required"):
+                if key in meta:
+                    kw[key] = meta[key]
+        group.add_argument(meta.get("flag") or "--" + f.name.replace("_", "-"), **kw)
+
+
+def number(s: str) -> float:
+    """A float flag value; argparse reports the message with the flag's name."""
+    import argparse
+
+    try:
+        return float(s)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {s!r}") from None

@@ -4,11 +4,9 @@ Every problem with a file becomes a one-line UserError naming the file, line or 
 """
 from __future__ import annotations
 
-import csv
-import io
-import json
 import os
 import random
+import unicodedata
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
@@ -17,6 +15,7 @@ from pathlib import Path
 
 from bertclf.errors import UserError
 from bertclf.files import atomic_file, cache_dir, sha256_file
+from bertclf.rows import file_format, iter_rows  # noqa: F401 (file_format: re-exported)
 
 # --- NSMC ---------------------------------------------------------------------------------------------------
 
@@ -30,12 +29,17 @@ NSMC_TEXT_COL, NSMC_LABEL_COL = "document", "label"
 
 
 def nsmc_search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
+    """Where NSMC is looked for, in order -- the one lookup every command, test and benchmark uses: --data-dir,
+    $BERTCLF_DATA_DIR, the bertclf cache, and a source checkout's sibling shared/data/nsmc (the project layout)."""
     dirs = []
     if data_dir:
         dirs.append(Path(data_dir))
     if os.environ.get("BERTCLF_DATA_DIR"):
         dirs.append(Path(os.environ["BERTCLF_DATA_DIR"]))
     dirs.append(cache_dir() / "data" / "nsmc")
+    checkout_shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsmc"
+    if checkout_shared.is_dir():
+        dirs.append(checkout_shared)
     return dirs
 
 
@@ -112,105 +116,25 @@ class Dataset:
         }
 
 
-def file_format(path: Path) -> str:
-    ext = path.suffix.lower()
-    if ext in (".tsv", ".txt", ".tab"):
-        return "tsv"
-    if ext == ".csv":
-        return "csv"
-    if ext in (".jsonl", ".ndjson", ".json"):
-        return "jsonl"
-    raise UserError(f"{path}: unknown file type {ext or '(none)'}; use .tsv/.txt (tab), .csv or .jsonl")
-
-
-def _decode(path: Path) -> str:
-    raw = path.read_bytes()
-    if raw.startswith(b"\xef\xbb\xbf"):
-        raw = raw[3:]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        line = raw[: e.start].count(b"\n") + 1
-        raise UserError(f"{path}, line {line}: not UTF-8 text (byte 0x{raw[e.start]:02x}); re-save the file as UTF-8") from None
-
-
-def read_rows(path: str | os.PathLike, need: list[str], fmt: str | None = None) -> tuple[list[dict], list[int]]:
-    """Read a TSV/CSV/JSONL file with a header (or JSON objects); return rows holding the `need` columns and line numbers."""
-    path = Path(path)
-    if not path.exists():
-        raise UserError(f"{path}: file not found; check the path")
-    if path.is_dir():
-        raise UserError(f"{path}: is a directory, expected a TSV/CSV/JSONL file")
-    fmt = fmt or file_format(path)
-    text = _decode(path)
-    if not text.strip():
-        raise UserError(f"{path}: file is empty; it needs a header line and at least one row")
-    rows: list[dict] = []
-    lines: list[int] = []
-    if fmt == "jsonl":
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                obj = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise UserError(f"{path}, line {n}: invalid JSON ({e.msg}); each line must be one JSON object") from None
-            if not isinstance(obj, dict):
-                raise UserError(f"{path}, line {n}: expected a JSON object with fields {', '.join(need)}")
-            for col in need:
-                if col not in obj:
-                    raise UserError(f"{path}, line {n}: field '{col}' missing (fields: {', '.join(obj)}); "
-                                    f"choose the field with --text-col/--label-col")
-            rows.append({c: ("" if obj[c] is None else str(obj[c])) for c in need})
-            lines.append(n)
-        return rows, lines
-    delim = "\t" if fmt == "tsv" else ","
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delim)
-    try:
-        header = next(reader)
-    except csv.Error as e:
-        raise UserError(f"{path}, line 1: cannot parse header ({e})") from None
-    header = [h.strip() for h in header]
-    other = "," if delim == "\t" else "\t"
-    if len(header) == 1 and other in header[0]:
-        kind = "comma" if other == "," else "tab"
-        raise UserError(f"{path}, line 1: header has one column but contains {kind}s; the file seems {kind}-separated, "
-                        f"rename it to {'.csv' if other == ',' else '.tsv'}")
-    missing = [c for c in need if c not in header]
-    if missing:
-        raise UserError(f"{path}, line 1: column '{missing[0]}' not in header ({', '.join(header)}); "
-                        f"choose columns with --text-col/--label-col")
-    pos = [header.index(c) for c in need]
-    try:
-        for rec in reader:
-            n = reader.line_num
-            if not rec or (len(rec) == 1 and not rec[0].strip()):
-                continue
-            if len(rec) != len(header):
-                raise UserError(f"{path}, line {n}: {len(rec)} fields but the header has {len(header)}; "
-                                f"fix the row (unescaped delimiter or quote?)")
-            rows.append({c: rec[p] for c, p in zip(need, pos)})
-            lines.append(n)
-    except csv.Error as e:
-        raise UserError(f"{path}, line {reader.line_num}: {e}; fix the quoting") from None
-    return rows, lines
-
-
 def read_labelled(path: str | os.PathLike, text_col: str = "text", label_col: str | None = "label",
-                  label_names: dict[str, str] | None = None) -> Dataset:
-    """Read a labelled (or, with label_col=None, unlabelled) file; drop and count empty texts."""
+                  label_names: dict[str, str] | None = None, encoding: str = "utf-8",
+                  columns: list[str] | None = None, fmt: str | None = None) -> Dataset:
+    """Read a labelled (or, with label_col=None, unlabelled) file; drop and count empty texts.
+
+    Labels are the cells' raw strings, stripped and NFC-normalised (an NFD and an NFC 긍정 are one class).
+    """
     path = Path(path)
     need = [text_col] + ([label_col] if label_col else [])
-    rows, lines = read_rows(path, need)
-    texts, labels, dropped = [], [], 0
-    for row, n in zip(rows, lines):
+    texts, labels, dropped, rows = [], [], 0, 0
+    for n, row in iter_rows(path, need, fmt=fmt, encoding=encoding, columns=columns):
+        rows += 1
         t = row[text_col]
-        if not t.strip():
+        if is_empty_text(t):
             dropped += 1
             continue
         lab = None
         if label_col:
-            lab = row[label_col].strip()
+            lab = unicodedata.normalize("NFC", row[label_col].strip())
             if lab == "":
                 raise UserError(f"{path}, line {n}: empty label in column '{label_col}'; fill it in or remove the row")
             if label_names:
@@ -221,7 +145,13 @@ def read_labelled(path: str | os.PathLike, text_col: str = "text", label_col: st
         labels.append(lab)
     if not texts:
         raise UserError(f"{path}: no rows with text in column '{text_col}'")
-    return Dataset(texts, labels, source=str(path), sha256=sha256_file(path), dropped_empty=dropped, rows_read=len(rows))
+    return Dataset(texts, labels, source=str(path), sha256=sha256_file(path), dropped_empty=dropped, rows_read=rows)
+
+
+def is_empty_text(text: str) -> bool:
+    """The one rule for an empty text (nothing but whitespace): eval and training drop it, predict skips it,
+    serve answers 422."""
+    return not text.strip()
 
 
 def read_nsmc(split: str, data_dir=None, log=print) -> Dataset:
@@ -283,16 +213,47 @@ def stratified_indices(labels, frac: float, seed: int) -> tuple[list[int], list[
     return sorted(taken), sorted(rest)
 
 
-def sample(ds: Dataset, frac: float, seed: int) -> Dataset:
+def sample(ds: Dataset, frac: float, seed: int, flag: str = "--sample/--test-sample") -> Dataset:
+    """A stratified, seeded `frac` of the rows; a share that leaves no row is an error now, not after training."""
     if frac >= 1.0:
         return ds
     taken, _ = stratified_indices(ds.labels, frac, seed)
+    if not taken:
+        raise UserError(f"{flag} {frac:g}: leaves none of the {len(ds)} rows of {ds.source}; raise it "
+                        f"or use a larger file")
     return ds.subset(taken)
 
 
-def split_valid(ds: Dataset, frac: float, seed: int) -> tuple[Dataset, Dataset]:
-    """Carve a stratified validation split from train."""
+def split_valid(ds: Dataset, frac: float, seed: int, other: str = "pass --valid FILE") -> tuple[Dataset, Dataset]:
+    """Carve a stratified split (validation, or baseline's test) from train; `other` says how to give one."""
     valid_idx, train_idx = stratified_indices(ds.labels, frac, seed + 1)
     if not valid_idx or not train_idx:
-        raise UserError(f"{ds.source}: too few rows ({len(ds)}) to carve a validation split; add rows or pass --valid FILE")
+        raise UserError(f"{ds.source}: too few rows ({len(ds)}) to carve a {'validation' if 'valid' in other else 'test'}"
+                        f" split; add rows or {other}")
     return ds.subset(train_idx), ds.subset(valid_idx, " (validation split)")
+
+
+def load_training_data(cfg, log=print) -> tuple[Dataset, Dataset, Dataset | None]:
+    """(train, valid, test or None) as a TrainConfig asks; fills in cfg.text_col / cfg.label_col defaults.
+
+    Every check that needs the data (a sample or test sample that leaves no row) fails here, before training.
+    """
+    read = dict(encoding=getattr(cfg, "encoding", "utf-8"), columns=getattr(cfg, "columns", None))
+    if cfg.data == "nsmc":
+        cfg.text_col = cfg.text_col or NSMC_TEXT_COL
+        cfg.label_col = cfg.label_col or NSMC_LABEL_COL
+        train = read_nsmc("train", cfg.data_dir, log=log)
+        test = read_nsmc("test", cfg.data_dir, log=log)
+    else:
+        cfg.text_col = cfg.text_col or "text"
+        cfg.label_col = cfg.label_col or "label"
+        train = read_labelled(cfg.train, cfg.text_col, cfg.label_col, **read)
+        test = read_labelled(cfg.test, cfg.text_col, cfg.label_col, **read) if cfg.test else None
+    train = sample(train, cfg.sample, cfg.seed, "--sample")
+    if test is not None:  # a quick look at the test score: torch on a CPU scores ~75 reviews/s
+        test = sample(test, cfg.test_sample, cfg.seed, "--test-sample")
+    if cfg.valid:
+        valid = read_labelled(cfg.valid, cfg.text_col, cfg.label_col, **read)
+    else:
+        train, valid = split_valid(train, cfg.valid_frac, cfg.seed)
+    return train, valid, test

@@ -10,8 +10,9 @@ from pathlib import Path
 import numpy as np
 
 from bertclf import data as D
+from bertclf.config import check_batch_size
 from bertclf.errors import UserError
-from bertclf.files import atomic_file
+from bertclf.files import atomic_file, check_writable
 from bertclf.inference import predict_logits
 from bertclf.metrics import classification_report
 
@@ -50,8 +51,12 @@ def score_ids(model, ids: list, y: np.ndarray, label_names: list[str], pad_id: i
 
 def evaluate(model_dir: str, data: str | None = None, test: str | None = None, text_col: str | None = None,
              label_col: str | None = None, data_dir: str | None = None, errors: str | None = None,
-             batch_size: int = 128, log=print, precision: str = "auto") -> dict:
-    """The classification report of `model_dir` on NSMC test or a labelled file."""
+             batch_size: int = 128, log=print, precision: str = "auto", encoding: str = "utf-8",
+             columns: list[str] | None = None) -> dict:
+    """The classification report of `model_dir` on NSMC test or a labelled file (empty texts dropped, and said)."""
+    check_batch_size(batch_size)
+    if errors:
+        check_writable(errors)  # now, not after the work
     if (data is None) == (test is None):
         raise UserError("eval: give exactly one of --data nsmc or --test FILE")
     if data not in (None, "nsmc"):
@@ -64,7 +69,9 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
         ds = D.read_nsmc("test", data_dir, log=log)
     else:
         ds = D.read_labelled(test, text_col or card_data.get("text_col") or "text",
-                             label_col or card_data.get("label_col") or "label")
+                             label_col or card_data.get("label_col") or "label", encoding=encoding, columns=columns)
+    if ds.dropped_empty:
+        log(f"{ds.source}: {ds.dropped_empty} row(s) with an empty text dropped; scoring {len(ds)} rows")
     unseen = sorted(set(ds.labels) - set(clf.labels))
     if unseen:
         raise UserError(f"{ds.source}: label(s) {', '.join(map(repr, unseen[:5]))} unknown to the model "

@@ -16,6 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertclf.config import check_batch_size
 from bertclf.errors import UserError
 from bertclf.inference import predict_logits, softmax
 from bertclf.models import check_model_dir, load_tokenizer
@@ -77,6 +78,7 @@ class Classifier:
         return precision_name(self.autocast_dtype)
 
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        check_batch_size(batch_size, "batch_size")
         texts = [t if isinstance(t, str) else str(t) for t in texts]
         if not texts:
             return np.zeros((0, len(self.labels)), dtype=np.float32)

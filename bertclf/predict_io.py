@@ -1,114 +1,52 @@
 """Streaming prediction over files: read rows in chunks, classify, write, in bounded memory.
 
 Input: texts given directly, a TSV/CSV/JSONL file with a text column, a plain file with one text per line,
-or stdin. Output: JSONL (or CSV by extension), one record per input row in input order, written to a
-temporary file and renamed at the end (no half-written output). `shard=(i, n)` keeps rows whose index
+or stdin (one text per line, or a format named with `fmt`), all read by bertclf.rows. Output: JSONL (or CSV
+by extension), one record per non-empty input row in input order, written to a temporary file and renamed at
+the end (no half-written output). `shard=(i, n)` keeps rows whose index
 modulo n is i, so n workers can split one file deterministically.
 """
 from __future__ import annotations
 
 import csv
-import io
 import json
-import os
 import sys
 from pathlib import Path
 from typing import Iterator
 
-from bertclf.data import file_format
+from bertclf.config import check_batch_size
+from bertclf.data import is_empty_text
 from bertclf.errors import UserError
-from bertclf.files import atomic_file
+from bertclf.files import atomic_file, check_writable
+from bertclf.rows import check_encoding, iter_rows
 
 CHUNK_ROWS = 4096
 
 
-def _lines(f, path: str) -> Iterator[str]:
-    n = 0
-    while True:
-        try:
-            line = f.readline()
-        except UnicodeDecodeError as e:
-            # the decoder reads ahead, so the line we are on is not where the bad byte is: find it in the file
-            where = _bad_utf8(path) if path != "-" else None
-            line_no, byte = where or (n + 1, e.object[e.start])
-            raise UserError(f"{path}, line {line_no}: not UTF-8 text (byte 0x{byte:02x}); re-save the file as "
-                            f"UTF-8") from None
-        if not line:
-            return
-        n += 1
-        yield line
+def iter_texts(path: str, text_col: str | None, fmt: str | None = None, encoding: str = "utf-8",
+               columns: list[str] | None = None) -> Iterator[str]:
+    """Texts of a file (or '-' for stdin), one per data row, streamed by the shared row reader.
+
+    stdin is one text per line unless `fmt` says otherwise; a .txt file whose first line is a single column
+    other than the text column is one text per line too (its first line included).
+    """
+    col = text_col or "text"
+    if fmt is None and path != "-" and not columns and Path(path).suffix.lower() == ".txt" \
+            and _single_other_column(Path(path), col, encoding):
+        fmt = "lines"
+    for _line, row in iter_rows(path, [col], fmt=fmt, encoding=encoding, columns=columns,
+                                col_flags="--text-col"):
+        yield row[col]
 
 
-def _bad_utf8(path: str) -> tuple[int, int] | None:
-    """(line number, byte) of the first byte of `path` that is not UTF-8, read in bounded memory."""
-    import codecs
-
-    decoder, line = codecs.getincrementaldecoder("utf-8")(), 1
-    with open(path, "rb") as f:
-        while block := f.read(1 << 20):
-            try:
-                decoder.decode(block)
-            except UnicodeDecodeError as e:
-                return line + e.object[:e.start].count(b"\n"), e.object[e.start]
-            line += block.count(b"\n")
-    return None
-
-
-def iter_texts(path: str, text_col: str | None) -> Iterator[str]:
-    """Texts of a file (or '-' for stdin), one per data row, streamed."""
-    stdin = path == "-"
-    if not stdin:
-        p = Path(path)
-        if not p.is_file():
-            raise UserError(f"{path}: file not found; check the path")
-    f = io.TextIOWrapper(sys.stdin.buffer, encoding="utf-8-sig") if stdin else open(path, encoding="utf-8-sig", newline="")
+def _single_other_column(path: Path, col: str, encoding: str) -> bool:
+    """Whether the first line of `path` is one tab-free cell that is not `col` (a plain list of texts)."""
     try:
-        lines = _lines(f, path)
-        ext = "" if stdin else Path(path).suffix.lower()
-        if ext in (".jsonl", ".ndjson", ".json"):
-            col = text_col or "text"
-            for n, line in enumerate(lines, 1):
-                if not line.strip():
-                    continue
-                try:
-                    obj = json.loads(line)
-                except json.JSONDecodeError as e:
-                    raise UserError(f"{path}, line {n}: invalid JSON ({e.msg})") from None
-                if not isinstance(obj, dict) or col not in obj:
-                    raise UserError(f"{path}, line {n}: no field '{col}'; choose it with --text-col")
-                yield "" if obj[col] is None else str(obj[col])
-            return
-        if ext in (".csv", ".tsv", ".tab", ".txt"):
-            first = next(lines, None)
-            if first is None:
-                raise UserError(f"{path}: file is empty; nothing to classify")
-            delim = "," if ext == ".csv" else "\t"
-            header = next(csv.reader([first], delimiter=delim))
-            col = text_col or "text"
-            if ext == ".txt" and col not in header and len(header) == 1:
-                # a plain file: one text per line, the first line included
-                yield first.rstrip("\r\n")
-                yield from (ln.rstrip("\r\n") for ln in lines)
-                return
-            if col not in header:
-                raise UserError(f"{path}, line 1: column '{col}' not in header ({', '.join(header)}); "
-                                f"choose it with --text-col")
-            pos = header.index(col)
-            reader = csv.reader(lines, delimiter=delim)
-            for rec in reader:
-                if not rec:
-                    continue
-                if len(rec) != len(header):
-                    raise UserError(f"{path}, line {reader.line_num + 1}: {len(rec)} fields but the header has "
-                                    f"{len(header)}; fix the row")
-                yield rec[pos]
-            return
-        if not stdin:
-            file_format(Path(path))  # raises the one-line "unknown file type" error
-        yield from (ln.rstrip("\r\n") for ln in lines)  # stdin: plain lines
-    finally:
-        if not stdin:
-            f.close()
+        with open(path, encoding=check_encoding(encoding), newline="\n") as f:
+            first = f.readline().rstrip("\n").rstrip("\r")
+    except (OSError, UnicodeDecodeError):
+        return False  # the reader reports it, naming the line
+    return "\t" not in first and first.strip() != col
 
 
 def parse_shard(spec: str | None) -> tuple[int, int] | None:
@@ -123,15 +61,36 @@ def parse_shard(spec: str | None) -> tuple[int, int] | None:
     return i, n
 
 
+def check_output(output_path: str | None, input_path: str | None) -> None:
+    """Before any work: the output can be written (its folder is created if needed) and is not the input."""
+    if not output_path:
+        return
+    if input_path and input_path != "-" and Path(input_path).exists() and (
+            Path(output_path).resolve() == Path(input_path).resolve()):
+        raise UserError(f"--output {output_path}: is the --input file; writing it would destroy the input, "
+                        f"choose another file name")
+    if Path(output_path).is_dir():
+        raise UserError(f"--output {output_path}: is a folder; give a file name")
+    check_writable(output_path)
+
+
 def predict_to(clf, texts: list[str] | None = None, input_path: str | None = None, output_path: str | None = None,
                text_col: str | None = None, batch_size: int = 64, shard: tuple[int, int] | None = None,
-               progress: bool = True) -> int:
-    """Classify and write records; returns the number of rows written."""
+               progress: bool = True, fmt: str | None = None, encoding: str = "utf-8",
+               columns: list[str] | None = None, log=None) -> int:
+    """Classify and write records; returns the number of rows written.
+
+    `row` is the index of the input row (texts: the argument's index). Empty texts (whitespace only) are not
+    classified: they get no record, and their number is reported through `log` (default: stderr).
+    """
+    log = log or (lambda msg: print(msg, file=sys.stderr))
+    check_batch_size(batch_size)
+    check_output(output_path, input_path)
     card_col = (clf.card.get("data") or {}).get("text_col")
-    source = iter(texts) if texts is not None else iter_texts(input_path, text_col or card_col)
+    source = iter(texts) if texts is not None else iter_texts(input_path, text_col or card_col, fmt, encoding,
+                                                                columns)
     is_csv = bool(output_path) and Path(output_path).suffix.lower() == ".csv"
-    if output_path and Path(output_path).parent and not Path(output_path).parent.exists():
-        raise UserError(f"--output {output_path}: folder {Path(output_path).parent} does not exist")
+    skipped = 0
     bar = None
     if progress and input_path:
         from tqdm.auto import tqdm
@@ -140,9 +99,13 @@ def predict_to(clf, texts: list[str] | None = None, input_path: str | None = Non
     written = 0
 
     def chunks():
+        nonlocal skipped
         rows, texts_ = [], []
         for i, t in enumerate(source):
             if shard and i % shard[1] != shard[0]:
+                continue
+            if is_empty_text(t):
+                skipped += 1
                 continue
             rows.append(i)
             texts_.append(t)
@@ -183,4 +146,6 @@ def predict_to(clf, texts: list[str] | None = None, input_path: str | None = Non
     finally:
         if bar is not None:
             bar.close()
+    if skipped:
+        log(f"bertclf: {skipped} empty text(s) skipped (not classified, no record; their row numbers are unused)")
     return written

@@ -90,25 +90,8 @@ class Run:
 
 
 def load_data(cfg: TrainConfig, log=print):
-    """(train, valid, test or None) datasets, as the config asks."""
-    if cfg.data == "nsmc":
-        cfg.text_col = cfg.text_col or D.NSMC_TEXT_COL
-        cfg.label_col = cfg.label_col or D.NSMC_LABEL_COL
-        train = D.read_nsmc("train", cfg.data_dir, log=log)
-        test = D.read_nsmc("test", cfg.data_dir, log=log)
-    else:
-        cfg.text_col = cfg.text_col or "text"
-        cfg.label_col = cfg.label_col or "label"
-        train = D.read_labelled(cfg.train, cfg.text_col, cfg.label_col)
-        test = D.read_labelled(cfg.test, cfg.text_col, cfg.label_col) if cfg.test else None
-    train = D.sample(train, cfg.sample, cfg.seed)
-    if test is not None:  # a quick look at the test score: torch on a CPU scores ~75 reviews/s
-        test = D.sample(test, cfg.test_sample, cfg.seed)
-    if cfg.valid:
-        valid = D.read_labelled(cfg.valid, cfg.text_col, cfg.label_col)
-    else:
-        train, valid = D.split_valid(train, cfg.valid_frac, cfg.seed)
-    return train, valid, test
+    """(train, valid, test or None) datasets, as the config asks (bertclf.data reads and checks them)."""
+    return D.load_training_data(cfg, log=log)
 
 
 def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:

@@ -355,7 +355,8 @@ def create_app(clf, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_texts:
     limits = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_texts": max_texts, "max_chars": max_chars,
               "max_body_bytes": max_body_bytes, "max_queue": max_queue}
 
-    text_schema = {"type": "string", "minLength": 1, "maxLength": max_chars}
+    # "\\S": a text of only whitespace is empty, as for predict and eval (bertclf.data.is_empty_text)
+    text_schema = {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": "\\S"}
     inputs_schema = {
         "anyOf": [text_schema, {"type": "array", "items": text_schema, "minItems": 1, "maxItems": max_texts}],
         "title": "Inputs",
@@ -400,8 +401,8 @@ def create_app(clf, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_texts:
                     raise ValueError(f"{where(i)} must be a string, not {_json_type(t)}")
                 if len(t) > max_chars:
                     raise ValueError(f"{where(i)} has {len(t)} characters; the limit is {max_chars} (--max-chars)")
-                if not t:
-                    raise ValueError(f"{where(i)} is empty; send some text to classify")
+                if not t.strip():
+                    raise ValueError(f"{where(i)} is empty (or only whitespace); send some text to classify")
                 try:
                     t.encode("utf-8")
                 except UnicodeEncodeError:

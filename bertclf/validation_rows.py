@@ -14,8 +14,7 @@ import numpy as np
 
 from bertclf import data as D
 from bertclf.errors import UserError
-
-PREDICTIONS = "eval_predictions.npz"  # written by loop.save_predictions
+from bertclf.rundir import PREDICTIONS_FILE as PREDICTIONS
 
 
 def check_rows(model_dir: Path, card: dict, labels: list[str], check_file: str | None = None
@@ -46,19 +45,12 @@ def rebuild_validation(model_dir: Path, card: dict) -> tuple[D.Dataset | None, s
     args, kept = card.get("args") or {}, (card.get("data") or {}).get("valid") or {}
     if not args or not kept:
         return None, "bertclf.json has no training arguments or validation summary"
-    text_col, label_col = args.get("text_col"), args.get("label_col")
-    try:
-        if args.get("valid"):
-            valid = D.read_labelled(args["valid"], text_col or "text", label_col or "label")
-        else:
-            if args.get("data") == "nsmc":
-                train = D.read_nsmc("train", args.get("data_dir"), log=lambda s: None)
-            elif args.get("train"):
-                train = D.read_labelled(args["train"], text_col or "text", label_col or "label")
-            else:
-                return None, "bertclf.json names no training data"
-            train = D.sample(train, args.get("sample", 1.0), args.get("seed", 42))
-            _, valid = D.split_valid(train, args.get("valid_frac", 0.05), args.get("seed", 42))
+    if not (args.get("data") or args.get("train")):
+        return None, "bertclf.json names no training data"
+    from bertclf.config import config_from_dict
+
+    try:  # the same call `bertclf train` makes, so the same rows in the same order
+        _, valid, _ = D.load_training_data(config_from_dict(args | {"test": None}), log=lambda s: None)
     except (UserError, OSError) as e:
         return None, f"reading the training data: {str(e)[:160]}"
     if kept.get("sha256") and valid.sha256 != kept["sha256"]:

@@ -21,13 +21,10 @@ the kept set still tokenises: such characters become <unk> (a run of them may fu
 """
 from __future__ import annotations
 
-import csv
 import datetime as _dt
-import io
 import json
 import os
 import shutil
-import sys
 import time
 from pathlib import Path
 from typing import Callable, Iterable
@@ -183,13 +180,14 @@ def plan_trim(src_dir: str | os.PathLike, texts: Iterable[str]) -> dict:
 
 def trim_vocab_from_file(src_dir: str | os.PathLike, corpus_path: str | os.PathLike, text_col: str = "document",
                          out_dir: str | os.PathLike | None = None,
-                         log: Callable[[str], None] | None = print) -> dict:
-    """`trim_vocab` on the `text_col` column of a CSV/TSV file with a header (.csv: comma, else tab).
+                         log: Callable[[str], None] | None = print, encoding: str = "utf-8",
+                         columns: list[str] | None = None) -> dict:
+    """`trim_vocab` on the `text_col` column of a TSV/CSV/JSONL file (read by bertclf.rows).
 
     Empty values are skipped. out_dir defaults to "<src_dir>-trim-<corpus stem>" beside src_dir.
     """
     corpus = Path(corpus_path)
-    texts = read_texts(corpus, text_col)
+    texts = read_texts(corpus, text_col, encoding=encoding, columns=columns)
     if not texts:
         raise UserError(f"{corpus}: no non-empty values in column {text_col!r}")
     if out_dir is None:
@@ -198,24 +196,13 @@ def trim_vocab_from_file(src_dir: str | os.PathLike, corpus_path: str | os.PathL
     return trim_vocab(src_dir, texts, out_dir, log=log)
 
 
-def read_texts(path: str | os.PathLike, text_col: str = "document") -> list[str]:
-    """Non-empty values of column `text_col` of a CSV (.csv) or TSV (anything else) file with a header."""
-    path = Path(path)
-    if not path.is_file():
-        raise UserError(f"{path}: no such file")
-    delimiter = "," if path.suffix.lower() == ".csv" else "\t"
-    csv.field_size_limit(min(sys.maxsize, 2**31 - 1))
-    from bertclf.data import _decode  # UTF-8 or a one-line error naming the line
+def read_texts(path: str | os.PathLike, text_col: str = "document", encoding: str = "utf-8",
+               columns: list[str] | None = None) -> list[str]:
+    """Non-empty values of column `text_col` of a TSV/CSV/JSONL file (the shared reader's rules)."""
+    from bertclf.rows import iter_rows
 
-    with io.StringIO(_decode(path), newline="") as f:
-        reader = csv.reader(f, delimiter=delimiter)
-        header = next(reader, None)
-        if header is None:
-            raise UserError(f"{path}: empty file (expected a header line)")
-        if text_col not in header:
-            raise UserError(f"{path}: no column {text_col!r} in the header; columns: {', '.join(header)}")
-        col = header.index(text_col)
-        return [row[col] for row in reader if len(row) > col and row[col].strip()]
+    return [row[text_col] for _n, row in iter_rows(path, [text_col], encoding=encoding, columns=columns,
+                                                   col_flags="--text-col") if row[text_col].strip()]
 
 
 # ------------------------------------------------------------------------------------------- helpers

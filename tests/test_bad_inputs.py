@@ -20,7 +20,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 SUB, INPROC = "subprocess", "in-process"
 
-# (id, how, argv, words the one line must hold). Placeholders: {D} folder of bad inputs, {G} a good training
+# (id, how, argv, words the one line must hold; "!word": must not hold). Placeholders: {D} folder of bad inputs, {G} a good training
 # file in it, {M} the tiny (untrained) model, {T} a trained model directory, {OUT} a path that must not appear.
 TR = ["train", "--text-col", "document", "--model", "{M}", "--batch-size", "8", "--max-steps", "2"]
 CASES = [
@@ -65,7 +65,24 @@ CASES = [
     ("train-unknown-data", INPROC, TR + ["--data", "imdb", "--out", "{OUT}"], ["--data", "imdb"]),
     ("train-lr-too-big", INPROC, TR + ["--train", "{G}", "--lr", "5", "--out", "{OUT}"], ["--lr", "5"]),
     ("train-unknown-flag", INPROC, TR + ["--train", "{G}", "--learning-rate", "2", "--out", "{OUT}"],
-     ["--learning-rate"]),
+     ["train: unrecognized arguments: --learning-rate", "see 'bertclf train -h'"]),
+    ("train-max-length-over-the-model", INPROC, TR + ["--train", "{G}", "--max-length", "1024", "--out", "{OUT}"],
+     ["--max-length", "1024", "514 positions"]),
+    ("train-test-sample-leaves-no-row", INPROC, TR + ["--train", "{G}", "--test", "{D}/tinytest.tsv",
+                                                      "--test-sample", "0.01", "--out", "{OUT}"],
+     ["--test-sample 0.01", "tinytest.tsv"]),
+    ("train-max-grad-norm-0", INPROC, TR + ["--train", "{G}", "--max-grad-norm", "0", "--out", "{OUT}"],
+     ["--max-grad-norm", "0"]),
+    ("train-eval-batch-size-0", INPROC, TR + ["--train", "{G}", "--eval-batch-size", "0", "--out", "{OUT}"],
+     ["--eval-batch-size", "0"]),
+    ("train-weight-decay-negative", INPROC, TR + ["--train", "{G}", "--weight-decay", "-1", "--out", "{OUT}"],
+     ["--weight-decay", "-1"]),
+    ("train-unknown-encoding", INPROC, TR + ["--train", "{G}", "--encoding", "klingon", "--out", "{OUT}"],
+     ["--encoding", "klingon"]),
+    ("train-bad-columns", INPROC, TR + ["--train", "{G}", "--columns", "id,,label", "--out", "{OUT}"],
+     ["--columns", "id,,label"]),
+    ("train-cp949-without-encoding", INPROC, TR + ["--train", "{D}/cp949.tsv", "--out", "{OUT}"],
+     ["cp949.tsv", "line 2", "--encoding"]),
     # ---- train: the output directory
     ("train-out-under-a-file", SUB, TR + ["--train", "{G}", "--out", "{D}/afile/run"], ["afile"]),
     ("train-out-is-a-file", INPROC, TR + ["--train", "{G}", "--out", "{D}/afile"],
@@ -85,6 +102,11 @@ CASES = [
     ("eval-missing-test-file", INPROC, ["eval", "{T}", "--test", "{D}/nope.tsv"], ["nope.tsv", "not found"]),
     ("eval-labels-unknown-to-model", INPROC, ["eval", "{T}", "--test", "{D}/unseen.tsv"], ["unseen.tsv", "'2'"]),
     ("eval-no-data", INPROC, ["eval", "{T}"], ["--test"]),
+    ("eval-batch-size-negative", INPROC, ["eval", "{T}", "--test", "{G}", "--batch-size", "-1"],
+     ["--batch-size", "-1"]),
+    ("eval-batch-size-0", INPROC, ["eval", "{T}", "--test", "{G}", "--batch-size", "0"], ["--batch-size", "0"]),
+    ("eval-columns-miss-the-text", INPROC, ["eval", "{T}", "--test", "{D}/headerless.tsv", "--columns", "id,doc,label",
+                                            "--text-col", "document"], ["--columns id,doc,label", "'document'"]),
     ("eval-errors-under-a-file", INPROC, ["eval", "{T}", "--test", "{G}", "--errors", "{D}/afile/errors.tsv"],
      ["afile", "is a file"]),
     # ---- predict
@@ -100,6 +122,17 @@ CASES = [
     ("predict-output-under-a-file", INPROC, ["predict", "{T}", "hello", "--output", "{D}/afile/p.jsonl"], ["afile"]),
     ("predict-output-is-a-folder", INPROC, ["predict", "{T}", "hello", "--output", "{D}/notamodel"],
      ["notamodel", "folder"]),
+    ("predict-batch-size-negative", INPROC, ["predict", "{T}", "hello", "--batch-size", "-1"],
+     ["--batch-size", "-1"]),
+    ("predict-batch-size-0", INPROC, ["predict", "{T}", "hello", "--batch-size", "0"], ["--batch-size", "0"]),
+    ("predict-output-is-the-input", INPROC, ["predict", "{T}", "--input", "{D}/copy.tsv", "--output", "{D}/copy.tsv"],
+     ["--output", "is the --input file"]),
+    ("predict-unknown-flag", INPROC, ["predict", "{T}", "hello", "--bogus"],
+     ["predict: unrecognized arguments: --bogus", "see 'bertclf predict -h'"]),
+    ("predict-bad-format", INPROC, ["predict", "{T}", "--input", "{G}", "--format", "xml"],
+     ["predict: argument --format", "'xml'", "see 'bertclf predict -h'"]),
+    ("predict-unknown-encoding", INPROC, ["predict", "{T}", "hello", "--encoding", "klingon"],
+     ["--encoding", "klingon"]),
     ("predict-bad-shard", INPROC, ["predict", "{T}", "hello", "--shard", "5/2"], ["--shard", "5/2"]),
     # ---- serve (always a subprocess: if it started, it would serve)
     ("serve-not-a-model", SUB, ["serve", "{D}/notamodel", "--port", "0"], ["notamodel"]),
@@ -124,6 +157,8 @@ CASES = [
     # ---- baseline
     ("baseline-one-class", SUB, ["baseline", "--train", "{D}/oneclass.tsv", "--text-col", "document"],
      ["oneclass.tsv", "one class"]),
+    ("baseline-too-few-rows-to-split", SUB, ["baseline", "--train", "{D}/tworows.tsv", "--text-col", "document"],
+     ["tworows.tsv", "too few rows", "--test FILE", "!--valid"]),
     ("baseline-missing-train", SUB, ["baseline", "--train", "{D}/nope.tsv"], ["nope.tsv"]),
     ("baseline-no-data", SUB, ["baseline"], ["--train"]),
     ("baseline-out-under-a-file", SUB, ["baseline", "--train", "{G}", "--text-col", "document", "--out",
@@ -155,6 +190,11 @@ def bad(nsmc_slices, trained_tiny_dir, tmp_path_factory) -> Path:
                                     encoding="utf-8")
     (d / "unseen.tsv").write_text(header + "1\t좋아요\t1\n2\t별로\t2\n", encoding="utf-8")
     (d / "data.xlsx").write_bytes(b"PK\x03\x04")
+    (d / "tinytest.tsv").write_text(header + "".join(rows[:40]), encoding="utf-8")
+    (d / "tworows.tsv").write_text(header + "1\t좋아요\t1\n2\t별로\t0\n", encoding="utf-8")
+    (d / "copy.tsv").write_text(header + "".join(rows[:20]), encoding="utf-8")
+    (d / "headerless.tsv").write_text("".join(rows[:20]), encoding="utf-8")
+    (d / "cp949.tsv").write_bytes((header + "".join(rows[:20])).encode("cp949", errors="replace"))
     (d / "afile").write_text("a file where a folder is expected\n")
     (d / "notamodel").mkdir()
     (d / "notamodel" / "readme.txt").write_text("not a model")
@@ -218,8 +258,11 @@ def test_bad_input(case, bad, tiny_model_dir, trained_tiny_dir, tmp_path, capsys
     lines = stderr.strip().splitlines()
     assert rc == 2 and len(lines) == 1, f"exit {rc}, stderr:\n{stderr[-3000:]}"
     line = lines[0]
-    assert line.startswith("bertclf: error: ")
+    assert line.startswith("bertclf: error: ") and "error: bertclf" not in line, line  # the prefix once
     for w in words:
-        assert w in line, f"{w!r} not in: {line}"
+        if w.startswith("!"):
+            assert w[1:] not in line, f"{w[1:]!r} in: {line}"
+        else:
+            assert w in line, f"{w!r} not in: {line}"
     assert not out.exists(), f"{name} left {out} behind"
     assert _snapshot(bad, trained_tiny_dir, tiny_model_dir, tmp_path) == before, f"{name} changed files"

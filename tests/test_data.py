@@ -5,6 +5,7 @@ import pytest
 
 from bertclf import data as D
 from bertclf.errors import UserError
+from bertclf.rows import iter_rows, parse_columns
 
 
 def test_nsmc_counts_and_checksums(nsmc_dir):
@@ -85,3 +86,130 @@ def test_sample_and_split_are_stratified_and_seeded():
     tr, va = D.split_valid(ds, 0.05, 7)
     assert len(va) == 50 and va.labels.count("b") == 10
     assert not set(tr.texts) & set(va.texts) and len(tr) + len(va) == 1000
+
+
+# ---- the shared row reader (bertclf/rows.py) ---------------------------------------------------------------
+
+
+@pytest.mark.parametrize("split", ["train", "test"])
+def test_nsmc_reads_exactly_as_the_csv_module_reads_it(nsmc_dir, split):
+    """NSMC is written by pandas (quoted fields, doubled quotes inside): the line-based TSV rule must give the
+    same rows and texts, byte for byte, as Python's csv module, which the readers used before."""
+    import csv
+
+    path = nsmc_dir / f"ratings_{split}.txt"
+    with open(path, encoding="utf-8", newline="") as f:
+        reader = csv.reader(f, delimiter="\t")
+        header = next(reader)
+        expected = [(rec[header.index("document")], rec[header.index("label")]) for rec in reader if rec]
+    warnings = []
+    got = [(r["document"], r["label"]) for _n, r in iter_rows(path, ["document", "label"], warn=warnings.append)]
+    assert got == expected and not warnings
+    assert sum(bool(t.strip()) for t, _ in got) == {"train": 149_995, "test": 49_997}[split]
+    assert sum('"' in t for t, _ in got) > 100  # the quoted reviews are in there
+
+
+def test_tsv_unclosed_quote_is_literal_and_loses_no_row(tmp_path):
+    """A 120-line file whose row 5 opens a quote it never closes: 119 rows, not 115; the line is warned about."""
+    rows = [f"리뷰 {i}\t{'pos' if i % 2 else 'neg'}" for i in range(119)]
+    rows[4] = '"따옴표로 시작하는 리뷰\tpos'
+    rows[9] = '"균형" 잡힌 따옴표\tneg'
+    p = tmp_path / "q.tsv"
+    p.write_text("text\tlabel\n" + "\n".join(rows) + "\n", encoding="utf-8")
+    warnings = []
+    got = list(iter_rows(p, ["text", "label"], warn=warnings.append))
+    assert len(got) == 119 and [n for n, _ in got] == list(range(2, 121))
+    assert got[4][1] == {"text": '"따옴표로 시작하는 리뷰', "label": "pos"}
+    assert got[9][1]["text"] == '"균형" 잡힌 따옴표'  # quotes inside a field are kept, not dropped
+    assert len(warnings) == 2 and "q.tsv, line 6" in warnings[0] and "line 11" in warnings[1]
+    ds = D.read_labelled(p)
+    assert len(ds) == 119 and ds.labels[5:7] == ["pos", "neg"]
+
+
+def test_csv_unclosed_quote_is_an_error_naming_its_line(tmp_path):
+    p = tmp_path / "q.csv"
+    p.write_text('text,label\n좋아요,pos\n"닫히지 않은,neg\n별로,neg\n', encoding="utf-8")
+    with pytest.raises(UserError, match=r"q.csv, line 3: .*quote"):
+        D.read_labelled(p)
+    p.write_text('text,label\n"여러 줄\n리뷰",pos\n별로,neg\n', encoding="utf-8")  # RFC 4180: allowed
+    assert D.read_labelled(p).texts == ["여러 줄\n리뷰", "별로"]
+
+
+def test_jsonl_splits_on_newline_only(tmp_path):
+    p = tmp_path / "sep.jsonl"
+    body = [{"text": "첫 줄\u2028둘째 줄", "label": "a"}, {"text": "x\u2029y\x85z\x0bw", "label": "b"}]
+    p.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in body), encoding="utf-8")
+    ds = D.read_labelled(p)
+    assert ds.texts == [r["text"] for r in body]
+
+
+def test_header_names_are_stripped_everywhere(tmp_path):
+    from bertclf.predict_io import iter_texts
+    from bertclf.vocab_trim import read_texts
+
+    p = tmp_path / "spaces.csv"
+    p.write_text("label, text\npos,좋아요\nneg,별로\n", encoding="utf-8")
+    assert D.read_labelled(p).texts == ["좋아요", "별로"]
+    assert list(iter_texts(str(p), "text")) == ["좋아요", "별로"] == read_texts(p, "text")
+
+
+def test_encoding_cp949(tmp_path):
+    p = tmp_path / "cp949.tsv"
+    p.write_bytes("text\tlabel\n정말 재밌어요\t긍정\n시간 아깝다\t부정\n".encode("cp949"))
+    with pytest.raises(UserError, match=r"cp949.tsv, line 2: not UTF-8 .*--encoding"):
+        D.read_labelled(p)
+    ds = D.read_labelled(p, encoding="cp949")
+    assert ds.texts == ["정말 재밌어요", "시간 아깝다"] and ds.labels == ["긍정", "부정"]
+    with pytest.raises(UserError, match="--encoding klingon: unknown encoding"):
+        D.read_labelled(p, encoding="klingon")
+
+
+def test_label_names_are_nfc_normalised(tmp_path):
+    import unicodedata
+
+    nfc, nfd = unicodedata.normalize("NFC", "긍정"), unicodedata.normalize("NFD", "긍정")
+    assert nfc != nfd
+    p = tmp_path / "nfd.tsv"
+    p.write_text(f"text\tlabel\n좋아요\t{nfc}\n최고\t{nfd}\n별로\t부정\n", encoding="utf-8")
+    ds = D.read_labelled(p)
+    assert ds.labels == [nfc, nfc, "부정"]
+
+
+def test_headerless_file_with_columns(tmp_path):
+    p = tmp_path / "kote.tsv"
+    p.write_text("1\t정말 좋다\t3,17,40\n2\t별로다\t2\n", encoding="utf-8")
+    ds = D.read_labelled(p, "text", "labels", columns=["id", "text", "labels"])
+    assert ds.texts == ["정말 좋다", "별로다"] and ds.labels == ["3,17,40", "2"]  # raw label cells
+    with pytest.raises(UserError, match=r"--columns id,text: no column 'labels'"):
+        D.read_labelled(p, "text", "labels", columns=["id", "text"])
+    with pytest.raises(UserError, match=r"kote.tsv, line 1: 3 fields but --columns names 2"):
+        D.read_labelled(p, "text", None, columns=["id", "text"])
+
+
+def test_parse_columns():
+    assert parse_columns(" id, text ,labels") == ["id", "text", "labels"]
+    for bad in ("id,,text", "a,a", ""):
+        with pytest.raises(UserError, match="--columns"):
+            parse_columns(bad)
+
+
+def test_a_sample_that_leaves_no_rows_is_an_error(tmp_path):
+    ds = D.Dataset([f"t{i}" for i in range(40)], ["a", "b"] * 20, source="test.tsv")
+    with pytest.raises(UserError, match=r"--test-sample 0.01: leaves none of the 40 rows of test.tsv"):
+        D.sample(ds, 0.01, 0, "--test-sample")
+
+
+def test_training_data_reads_columns_and_encoding(tmp_path):
+    from bertclf.config import TrainConfig
+
+    p = tmp_path / "train.tsv"
+    p.write_bytes("".join(f"{i}\t리뷰 {i}\t{'pos' if i % 2 else 'neg'}\n" for i in range(60)).encode("euc-kr"))
+    t = tmp_path / "test.tsv"
+    t.write_bytes(b"0\tx\tpos\n1\ty\tneg\n")
+    cfg = TrainConfig(out=str(tmp_path / "o"), train=str(p), test=str(t), columns=["id", "text", "label"],
+                      encoding="euc-kr")
+    train, valid, test = D.load_training_data(cfg, log=lambda s: None)
+    assert len(train) + len(valid) == 60 and len(test) == 2 and train.texts[0].startswith("리뷰")
+    cfg.test_sample = 0.1
+    with pytest.raises(UserError, match="--test-sample 0.1: leaves none of the 2 rows"):
+        D.load_training_data(cfg, log=lambda s: None)

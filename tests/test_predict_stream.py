@@ -196,3 +196,54 @@ def test_stdin_input(trained_tiny_dir, reference, tmp_path, monkeypatch):
     out2 = tmp_path / "out2.jsonl"
     assert main(["predict", str(trained_tiny_dir), "--input", "-", "--output", str(out2), "--shard", "1/2"]) == 0
     assert [r["row"] for r in read_jsonl(out2)] == list(range(1, len(reference), 2))
+
+
+# ---- bad-input defects of issue 19 that exit 0: texts after options, stdin as a file, empty texts, folders ----
+
+
+def test_texts_may_follow_options(trained_tiny_dir, capsys):
+    assert main(["predict", str(trained_tiny_dir), "--batch-size", "8", "정말 재밌어요", "시간 아깝다"]) == 0
+    rows = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
+    assert [r["text"] for r in rows] == ["정말 재밌어요", "시간 아깝다"] and [r["row"] for r in rows] == [0, 1]
+
+
+def test_batch_size_is_checked_by_the_api(trained_tiny_dir):
+    from bertclf.errors import UserError
+    from bertclf.predict import Classifier
+
+    clf = Classifier.load(str(trained_tiny_dir))
+    for bad in (-1, 0):
+        with pytest.raises(UserError, match="batch_size: must be a whole number >= 1"):
+            clf.predict(["정말 재밌어요"], batch_size=bad)
+
+
+def test_stdin_is_parsed_as_a_file_with_format(trained_tiny_dir, tmp_path, monkeypatch):
+    data = "id\tdocument\tlabel\n1\t정말 재밌어요\tpos\n2\t시간 아깝다\tneg\n".encode("utf-8")
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(data), encoding="utf-8"))
+    out = tmp_path / "out.jsonl"
+    assert main(["predict", str(trained_tiny_dir), "--format", "tsv", "--output", str(out)]) == 0
+    assert [r["text"] for r in read_jsonl(out)] == ["정말 재밌어요", "시간 아깝다"]
+
+
+def test_empty_texts_are_skipped_and_counted(trained_tiny_dir, tmp_path, capsys):
+    inp = tmp_path / "in.tsv"
+    inp.write_text("text\n좋아요\n   \n별로\n", encoding="utf-8")
+    out = tmp_path / "new" / "folder" / "out.jsonl"  # predict creates the output's folder
+    assert main(["predict", str(trained_tiny_dir), "--input", str(inp), "--output", str(out)]) == 0
+    assert [(r["row"], r["text"]) for r in read_jsonl(out)] == [(0, "좋아요"), (2, "별로")]
+    assert "1 empty text(s) skipped" in capsys.readouterr().err
+
+
+def test_eval_says_how_many_empty_rows_it_dropped(trained_tiny_dir, tmp_path, capsys):
+    test = tmp_path / "t.tsv"
+    test.write_text("document\tlabel\n좋아요\t1\n \t0\n별로\t0\n\t1\n", encoding="utf-8")
+    assert main(["eval", str(trained_tiny_dir), "--test", str(test), "--json"]) == 0
+    cap = capsys.readouterr()
+    assert "2 row(s) with an empty text dropped" in cap.err and json.loads(cap.out)["n"] == 2
+
+
+def test_headerless_input_with_columns(trained_tiny_dir, tmp_path, capsys):
+    inp = tmp_path / "in.tsv"
+    inp.write_text("7\t정말 재밌어요\n8\t시간 아깝다\n", encoding="utf-8")
+    assert main(["predict", str(trained_tiny_dir), "--input", str(inp), "--columns", "id,text"]) == 0
+    assert [json.loads(x)["text"] for x in capsys.readouterr().out.splitlines()] == ["정말 재밌어요", "시간 아깝다"]

@@ -206,6 +206,7 @@ BAD = {
     "empty list": ({"inputs": []}, None, 422),
     "empty string": ({"inputs": ""}, None, 422),
     "empty string in list": ({"inputs": ["a", ""]}, None, 422),
+    "whitespace-only string": ({"inputs": ["a", " \t\n"]}, None, 422),  # empty, as for predict and eval
     "lone surrogate": (b'{"inputs": "a\\ud800b"}', JSON, 422),
     "too many texts": ({"inputs": ["a"] * (LIMITS["max_texts"] + 1)}, None, 422),
     "too long text": ({"inputs": "a" * (LIMITS["max_chars"] + 1)}, None, 422),

@@ -192,3 +192,14 @@ def test_one_run_per_output_folder(tiny_model_dir, nsmc_slices, tmp_path):
     assert (out / ".bertclf.lock").exists()  # left behind by the killed run: it must not block
     card = train(replace(cfg, resume=True), echo=lambda s: None)
     assert card["training"]["steps"] == 4 and not (out / ".bertclf.lock").exists()
+def test_train_reads_headerless_cp949_files_with_columns_and_encoding(tiny_model_dir, nsmc_slices, tmp_path):
+    from bertclf.cli import main
+
+    lines = nsmc_slices["train"].read_text(encoding="utf-8").splitlines(keepends=True)[1:401]
+    f = tmp_path / "headerless-cp949.tsv"
+    f.write_bytes("".join(lines).encode("cp949", errors="replace"))
+    assert main(["train", "--train", str(f), "--columns", "id,text,label", "--encoding", "cp949", "--model",
+                 str(tiny_model_dir), "--batch-size", "16", "--max-steps", "2", "--out", str(tmp_path / "run")]) == 0
+    card = json.loads((tmp_path / "run" / "bertclf.json").read_text())
+    assert card["args"]["columns"] == ["id", "text", "label"]
+    assert card["data"]["train"]["rows"] + card["data"]["valid"]["rows"] == 400

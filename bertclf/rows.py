@@ -1,0 +1,231 @@
+"""The one row reader: TSV / CSV / JSONL / plain-lines files (or stdin), streamed row by row, for training data,
+predict input and trim-vocab corpora alike.
+
+    for line, row in iter_rows("train.tsv", ["text", "label"]):   # row: {"text": ..., "label": ...} raw strings
+
+Rules (docs/guarantees.md, "Reading files"):
+  * TSV: one record per line. A field that is wholly a quoted string ("..." with inner quotes doubled, as
+    pandas and Excel write) is unquoted; a quote anywhere else -- one that does not close on its own line, or
+    text after the closing quote -- is taken literally, with a warning naming the line. So a stray quote can
+    never merge rows.
+  * CSV: RFC 4180 (quoted fields may span lines); a quote that never closes is an error naming its line.
+  * JSONL: one JSON object per "\\n"-terminated line (U+2028 and other Unicode separators are text).
+  * lines: every line is one text (header-less, one column; a blank line is an empty text).
+  * A header line names the columns, unless `columns` names them (header-less files); names are stripped.
+  * Blank lines are skipped (in "lines" a blank line is an empty text); a row with another number of fields
+    than the header is an error naming its line.
+  * Text is decoded with `encoding` (default UTF-8, a BOM is skipped); a byte that does not decode is an error
+    naming its line.
+"""
+from __future__ import annotations
+
+import codecs
+import csv
+import io
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Callable, Iterator
+
+from bertclf.errors import UserError
+
+FORMATS = ("tsv", "csv", "jsonl", "lines")
+MAX_WARNINGS = 5  # literal-quote warnings shown per file; the rest are counted in one closing line
+
+csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a review may be long; the default limit is 128 KiB
+
+
+def file_format(path: Path) -> str:
+    """The format a file's extension stands for."""
+    ext = path.suffix.lower()
+    if ext in (".tsv", ".txt", ".tab"):
+        return "tsv"
+    if ext == ".csv":
+        return "csv"
+    if ext in (".jsonl", ".ndjson", ".json"):
+        return "jsonl"
+    raise UserError(f"{path}: unknown file type {ext or '(none)'}; use .tsv/.txt (tab), .csv or .jsonl, "
+                    f"or name the format with --format")
+
+
+def check_encoding(encoding: str) -> str:
+    """The codec's canonical name, or a one-line error for --encoding."""
+    try:
+        name = codecs.lookup(encoding).name
+    except LookupError:
+        raise UserError(f"--encoding {encoding}: unknown encoding; try utf-8, cp949 or euc-kr") from None
+    return "utf-8-sig" if name == "utf-8" else name  # a UTF-8 BOM is not text
+
+
+def parse_columns(spec: str | list[str] | None) -> list[str] | None:
+    """'id,text,labels' -> ['id', 'text', 'labels'] (the --columns flag of a header-less file)."""
+    if spec is None:
+        return None
+    names = [c.strip() for c in (spec.split(",") if isinstance(spec, str) else spec)]
+    if not names or any(not c for c in names) or len(set(names)) != len(names):
+        raise UserError(f"--columns {','.join(names) if not isinstance(spec, str) else spec}: give distinct column "
+                        f"names separated by commas, e.g. id,text,label")
+    return names
+
+
+def iter_rows(path: str | os.PathLike, need: list[str], fmt: str | None = None, encoding: str = "utf-8",
+              columns: list[str] | None = None, warn: Callable[[str], None] | None = None,
+              col_flags: str = "--text-col/--label-col") -> Iterator[tuple[int, dict[str, str]]]:
+    """(line number, {column: raw string}) for every non-blank row, streamed; `need` are the columns returned.
+
+    `path` "-" is stdin (format "lines" unless `fmt` says otherwise). Errors are one-line UserErrors naming
+    the file and line; `col_flags` names the flags that choose columns, for the message of a missing one.
+    """
+    stdin = str(path) == "-"
+    where = "stdin" if stdin else str(path)
+    if not stdin:
+        path = Path(path)
+        if not path.exists():
+            raise UserError(f"{path}: file not found; check the path")
+        if path.is_dir():
+            raise UserError(f"{path}: is a directory, expected a TSV/CSV/JSONL file")
+    fmt = fmt or ("lines" if stdin else file_format(path))
+    if fmt not in FORMATS:
+        raise UserError(f"--format {fmt}: must be one of {', '.join(FORMATS)}")
+    codec = check_encoding(encoding)
+    warn = warn or (lambda msg: print(f"bertclf: warning: {msg}", file=sys.stderr))
+    newline = "" if fmt == "csv" else "\n"  # csv handles its own line ends; the others split on "\n" only
+    if stdin:
+        f = io.TextIOWrapper(sys.stdin.buffer, encoding=codec, newline=newline)
+    else:
+        f = open(path, encoding=codec, newline=newline)
+    lines = _decoded_lines(f, where, None if stdin else path, codec)
+    try:
+        if fmt == "jsonl":
+            yield from _jsonl_rows(lines, where, need, col_flags)
+        elif fmt == "lines":
+            if len(need) != 1:
+                raise UserError(f"{where}: a plain-lines file holds only texts; it has no column "
+                                f"'{need[-1]}'")
+            for n, line in enumerate(lines, 1):  # a blank line is a row with an empty text here
+                yield n, {need[0]: line.rstrip("\n").rstrip("\r")}
+        else:
+            yield from _table_rows(lines, where, need, fmt, columns, warn, col_flags)
+    finally:
+        if stdin:
+            f.detach()  # leave sys.stdin open
+        else:
+            f.close()
+
+
+def _decoded_lines(f, where: str, path: Path | None, codec: str) -> Iterator[str]:
+    n = 0
+    while True:
+        try:
+            line = f.readline()
+        except UnicodeDecodeError as e:
+            # the decoder reads ahead, so the line we are on is not where the bad byte is: find it in the file
+            line_no, byte = (_bad_byte(path, codec) if path else None) or (n + 1, e.object[e.start])
+            hint = "re-save the file as UTF-8 or name its encoding with --encoding (e.g. cp949)" \
+                if codec == "utf-8-sig" else "check --encoding"
+            raise UserError(f"{where}, line {line_no}: not {_label(codec)} text (byte 0x{byte:02x}); {hint}") from None
+        if not line:
+            return
+        n += 1
+        yield line
+
+
+def _label(codec: str) -> str:
+    return "UTF-8" if codec == "utf-8-sig" else codec
+
+
+def _bad_byte(path: Path, codec: str) -> tuple[int, int] | None:
+    """(line number, byte) of the first byte of `path` that does not decode, read in bounded memory."""
+    decoder, line = codecs.getincrementaldecoder(codec)(), 1
+    with open(path, "rb") as f:
+        while block := f.read(1 << 20):
+            try:
+                decoder.decode(block)
+            except UnicodeDecodeError as e:
+                return line + e.object[:e.start].count(b"\n"), e.object[e.start]
+            line += block.count(b"\n")
+    return None
+
+
+def _jsonl_rows(lines, where: str, need: list[str], col_flags: str):
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            obj = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise UserError(f"{where}, line {n}: invalid JSON ({e.msg}); each line must be one JSON object") from None
+        if not isinstance(obj, dict):
+            raise UserError(f"{where}, line {n}: expected a JSON object with fields {', '.join(need)}")
+        for col in need:
+            if col not in obj:
+                raise UserError(f"{where}, line {n}: field '{col}' missing (fields: {', '.join(obj)}); "
+                                f"choose the field with {col_flags}")
+        yield n, {c: ("" if obj[c] is None else str(obj[c])) for c in need}
+
+
+def _table_rows(lines, where: str, need: list[str], fmt: str, columns: list[str] | None, warn, col_flags: str):
+    delim = "\t" if fmt == "tsv" else ","
+    records = _tsv_records(lines, where, warn) if fmt == "tsv" else _csv_records(lines, where)
+    if columns:
+        header = list(columns)
+    else:
+        first = next(records, None)
+        if first is None:
+            raise UserError(f"{where}: file is empty; it needs a header line and at least one row")
+        header = [h.strip() for h in first[1]]
+        other = "," if delim == "\t" else "\t"
+        if len(header) == 1 and other in header[0]:
+            kind = "comma" if other == "," else "tab"
+            raise UserError(f"{where}, line 1: header has one column but contains {kind}s; the file seems "
+                            f"{kind}-separated, rename it to {'.csv' if other == ',' else '.tsv'}")
+    missing = [c for c in need if c not in header]
+    if missing:
+        if columns:
+            raise UserError(f"--columns {','.join(columns)}: no column '{missing[0]}'; name it there or choose "
+                            f"another with {col_flags}")
+        raise UserError(f"{where}, line 1: column '{missing[0]}' not in header ({', '.join(header)}); "
+                        f"choose columns with {col_flags}" + (" (or --columns for a file without a header)"
+                                                              if "--text-col" in col_flags else ""))
+    pos = [header.index(c) for c in need]
+    for n, rec in records:
+        if not rec or (len(rec) == 1 and not rec[0].strip()):
+            continue
+        if len(rec) != len(header):
+            what = "--columns names" if columns else "the header has"
+            raise UserError(f"{where}, line {n}: {len(rec)} fields but {what} {len(header)}; "
+                            f"fix the row (unescaped delimiter or quote?)")
+        yield n, {c: rec[p] for c, p in zip(need, pos)}
+
+
+def _tsv_records(lines, where: str, warn):
+    """(line number, fields) per line. A wholly quoted field is unquoted; any other quote is literal (warned)."""
+    literal = 0
+    for n, line in enumerate(lines, 1):
+        line = line.rstrip("\n").rstrip("\r")
+        if '"' not in line:
+            yield n, line.split("\t")
+            continue
+        try:
+            yield n, next(csv.reader([line], delimiter="\t", strict=True))
+        except csv.Error:
+            literal += 1
+            if literal <= MAX_WARNINGS:
+                warn(f"{where}, line {n}: a quote that does not close its field on this line; the line is read "
+                     f"literally (quotes kept)")
+            yield n, line.split("\t")
+    if literal > MAX_WARNINGS:
+        warn(f"{where}: {literal} lines in all were read literally because of unbalanced quotes")
+
+
+def _csv_records(lines, where: str):
+    """(first line number, fields) per record; quoted fields may span lines."""
+    reader = csv.reader(lines, strict=True)
+    start = 1
+    try:
+        for rec in reader:
+            yield start, rec
+            start = reader.line_num + 1
+    except csv.Error as e:
+        raise UserError(f"{where}, line {start}: {e} (a quote that does not close?); fix the quoting") from None
