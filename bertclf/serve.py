@@ -438,6 +438,7 @@ def create_app(clf, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_texts:
         try:
             yield
         finally:
+            stop_demo()
             await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
 
     app = FastAPI(title="bertclf", version=__version__, lifespan=lifespan,
@@ -497,6 +498,10 @@ def create_app(clf, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_texts:
                 "default_function_to_apply": default_fn, "limits": limits, "card": dict(clf.card or {}),
                 "stats": dict(batcher.stats), "bertclf_version": __version__}
 
+    from bertclf.demo import add_demo_routes  # GET / (the demo page) and POST /explain
+
+    stop_demo = add_demo_routes(app, clf, model_dir=model_dir or getattr(clf, "path", None), default_fn=default_fn,
+                                max_chars=max_chars)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
 
@@ -597,7 +602,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     log(f"bertclf: serving {model_dir} ({clf.backend}, labels: {', '.join(map(str, clf.labels))}) on "
-        f"http://{shown}:{bound_port} - POST /predict, GET /health /info /docs")
+        f"http://{shown}:{bound_port} - demo page at /, POST /predict /explain, GET /health /info /docs")
     config = uvicorn.Config(app, log_level=os.environ.get("BERTCLF_LOG_LEVEL", "warning"), access_log=False,
                             timeout_graceful_shutdown=10, lifespan="on")
     server = uvicorn.Server(config)
