@@ -106,6 +106,11 @@ def add_demo_routes(app, clf, *, model_dir: str | None, default_fn: str, max_cha
         steps: Optional[Annotated[int, Field(strict=True, ge=1, le=explain_mod.MAX_STEPS)]] = Field(
             None, description=f"Integrated Gradients steps (default {explain_steps}); the cost grows with it")
 
+        @field_validator("steps", mode="before")
+        @classmethod
+        def _integral_number(cls, v):  # JSON Schema counts 2.0 as an integer, as /predict's top_k does
+            return int(v) if isinstance(v, float) and v.is_integer() else v
+
     class ExplainRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
         inputs: Annotated[Any, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": max_chars,

@@ -21,6 +21,7 @@ pytest.importorskip("captum")
 
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = {"max_chars": 300, "max_body_bytes": 4096}
+FUZZ_EXAMPLES = int(os.environ.get("BERTCLF_FUZZ_EXAMPLES", "200")) // 5  # each explain is ~32 forward+backward
 REVIEW = "배우들 연기가 정말 최고였다!! 스토리는 좀 지루했지만 또 보고 싶다"
 
 
@@ -137,6 +138,35 @@ def test_openapi_documents_the_page_and_explain(server):
     spec = server.client.get("/openapi.json").json()
     assert "text/html" in spec["paths"]["/"]["get"]["responses"]["200"]["content"]
     assert {"200", "422", "501", "503"} <= set(spec["paths"]["/explain"]["post"]["responses"])
+
+
+@pytest.mark.parametrize("mode", ["positive", "negative"])
+def test_fuzz_explain_from_the_published_spec(server, mode):
+    """Requests generated from /openapi.json (valid ones, and ones that break it): no 5xx, answers as documented,
+    valid requests accepted, invalid ones rejected. (tests/test_serve_fuzz.py does the same for /predict.)"""
+    schemathesis = pytest.importorskip("schemathesis")
+    from hypothesis import HealthCheck, given, settings
+    from schemathesis import GenerationMode
+    from schemathesis.checks import (content_type_conformance, negative_data_rejection, not_a_server_error,
+                                     positive_data_acceptance, response_schema_conformance, status_code_conformance)
+
+    schema = schemathesis.openapi.from_url(f"{server.url}/openapi.json")
+    checks = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance,
+              positive_data_acceptance, negative_data_rejection]
+    statuses: dict[int, int] = {}
+
+    @given(case=schema["/explain"]["POST"].as_strategy(generation_mode=GenerationMode(mode)))
+    @settings(max_examples=FUZZ_EXAMPLES, deadline=None, derandomize=True, database=None,
+              suppress_health_check=list(HealthCheck))
+    def fuzz(case):
+        r = case.call_and_validate(checks=checks, timeout=120)
+        statuses[r.status_code] = statuses.get(r.status_code, 0) + 1
+
+    fuzz()
+    assert sum(statuses.values()) >= FUZZ_EXAMPLES // 2, statuses
+    assert (200 in statuses) if mode == "positive" else (200 not in statuses), statuses
+    page = server.client.get("/")
+    assert page.status_code == 200 and "text/html" in page.headers["content-type"]
 
 
 # ---------------------------------------------------------------- ONNX: no gradients
