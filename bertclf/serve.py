@@ -16,6 +16,8 @@ The contract (also in /openapi.json, and /docs in a browser):
                     over --max-texts or --max-chars / 503 queue full or shutting down; always {"error": "..."}.
   GET /health    -> 200 {"status": "ok", ...}; 503 once the model worker has died.
   GET /info      -> labels, backend, model card (bertclf.json), limits, counters.
+  GET /          -> the demo page; POST /explain -> the words behind a prediction (both in bertclf/demo.py;
+                    explanations run one at a time on their own thread, which only reads the model).
 
 Requests are merged into micro-batches of up to --max-batch texts (waiting at most --max-wait-ms after the
 oldest queued text) and run by one worker thread that owns the model; the event loop never runs the model.

@@ -119,6 +119,25 @@ def test_explain_over_http(server):
     assert ex2["label"] == other and ex2["steps"] == 8
 
 
+def test_predictions_during_explanations_are_unchanged(server):
+    """/explain runs the model on its own thread next to the micro-batcher: the answers of /predict, sent while
+    explanations run, are the same as when nothing else runs."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    texts = [REVIEW, "시간 아깝다", "정말 재밌어요", "그냥 그랬다"]
+    alone = server.client.post("/predict", json={"inputs": texts}).json()
+    with ThreadPoolExecutor(4) as pool:
+        explains = [pool.submit(server.client.post, "/explain", json={"inputs": t, "parameters": {"steps": 64}})
+                    for t in texts[:3]]
+        during = [pool.submit(server.client.post, "/predict", json={"inputs": texts}) for _ in range(12)]
+        assert all(f.result().status_code == 200 for f in explains)
+        for f in during:
+            got = f.result().json()
+            for a, b in zip(alone, got):
+                assert [d["label"] for d in a] == [d["label"] for d in b]
+                assert all(abs(x["score"] - y["score"]) < 1e-5 for x, y in zip(a, b)), (a, b)
+
+
 @pytest.mark.parametrize("body, status, words", [
     ({"inputs": ["a", "b"]}, 422, "one text"),
     ({"inputs": ""}, 422, "empty"),
