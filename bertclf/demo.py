@@ -47,7 +47,8 @@ def card_facts(clf, model_dir: str | None) -> list[tuple[str, str]]:
     if training.get("steps"):
         wall = training.get("wall_time_s") or 0
         took = f"{wall / 60:.1f} min" if wall >= 60 else f"{wall:.0f} s"
-        facts.append(("training", f"{training['steps']:,} steps, {training.get('epochs', 0):.2g} epochs on "
+        epochs = training.get("epochs") or 0
+        facts.append(("training", f"{training['steps']:,} steps, {epochs:.2g} epoch{'' if epochs == 1 else 's'} on "
                                   f"{training.get('device', '?')}, {took}"))
     if card.get("max_length"):
         facts.append(("max tokens", str(card["max_length"])))

@@ -269,6 +269,14 @@ def test_browser_types_a_review_and_sees_label_bars_and_shaded_words(server, bro
     assert alphas[strongest] == max(alphas)
     assert browser.find_element(By.ID, "status").text == ""
 
+    # clicking the other label's bar explains that label: two softmax labels, so every score flips sign
+    bars[1].find_element(By.CSS_SELECTOR, ".track").click()
+    WebDriverWait(browser, 120).until(lambda d: d.find_element(By.ID, "why-label").text == expect[1]["label"])
+    flipped = [float(w.get_attribute("data-score")) for w in browser.find_elements(By.CSS_SELECTOR, "#shaded .word")]
+    assert flipped == pytest.approx([-x for x in scores], abs=1e-5)
+    bars[0].find_element(By.CSS_SELECTOR, ".name").click()
+    WebDriverWait(browser, 120).until(lambda d: d.find_element(By.ID, "why-label").text == expect[0]["label"])
+
     # only this server was asked for anything
     urls = browser.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
     assert urls and all(u.startswith(server.url + "/") for u in urls), urls
