@@ -177,7 +177,8 @@ def add_demo_routes(app, clf, *, model_dir: str | None, default_fn: str, max_cha
         if state["stopped"]:
             return error(503, "the server is shutting down")
         if state["pending"] >= MAX_PENDING_EXPLAINS:
-            return error(503, f"server busy: {state['pending']} explanations queued; retry shortly", {"Retry-After": "2"})
+            return error(503, f"server busy: {state['pending']} explanations queued; retry shortly",
+                         {"Retry-After": "2"})
         state["pending"] += 1
         try:
             result = await asyncio.get_running_loop().run_in_executor(

@@ -37,7 +37,8 @@ def require_torch(clf) -> None:
     if getattr(clf, "backend", "torch") == "torch":
         return
     source = ((clf.card or {}).get("export") or {}).get("source")
-    where = f"use the directory it was exported from ({source})" if source else "use the trained (torch) model directory"
+    where = f"use the directory it was exported from ({source})" if source else \
+        "use the trained (torch) model directory"
     raise UserError(f"{clf.path}: explain needs the torch model, and this is an ONNX export; {where}")
 
 
@@ -53,9 +54,11 @@ def words(text: str) -> list[tuple[int, int]]:
     return [m.span() for m in re.finditer(r"\S+", text)]
 
 
-def merge_into_words(text: str, offsets: list[tuple[int, int]], piece_scores: np.ndarray) -> tuple[list[dict], bool]:
-    """Sum sub-word scores into the words of `text` by the tokenizer's character offsets. Words after the last
-    piece (the text was cut at max_tokens) are left out; returns (words, truncated)."""
+def merge_into_words(text: str, offsets: list[tuple[int, int]], piece_scores: np.ndarray,
+                     truncated: bool = False) -> list[dict]:
+    """Sum sub-word scores into the words of `text` by the tokenizer's character offsets. When the tokens were
+    `truncated` (cut at max_tokens), the words after the last piece are left out; a word no piece covers (the
+    tokenizer dropped its characters) scores 0."""
     spans = words(text)
     ends = [e for _, e in spans]
     totals = np.zeros(len(spans))
@@ -69,9 +72,8 @@ def merge_into_words(text: str, offsets: list[tuple[int, int]], piece_scores: np
         if i < len(spans):
             totals[i] += float(score)
             last = max(last, i)
-    kept = spans[:last + 1]
-    out = [{"token": text[s:e], "score": float(totals[i]), "start": s, "end": e} for i, (s, e) in enumerate(kept)]
-    return out, len(kept) < len(spans)
+    kept = spans[:last + 1] if truncated else spans
+    return [{"token": text[s:e], "score": float(totals[i]), "start": s, "end": e} for i, (s, e) in enumerate(kept)]
 
 
 def explain(clf, text: str, target: str | None = None, steps: int = DEFAULT_STEPS,
@@ -118,7 +120,8 @@ def explain(clf, text: str, target: str | None = None, steps: int = DEFAULT_STEP
     finally:
         model.train(was_training)
     piece_scores = attr.sum(dim=-1)[0].detach().float().cpu().numpy()
-    tokens, truncated = merge_into_words(text, enc["offset_mapping"], piece_scores)
+    truncated = bool(enc.encodings[0].overflowing)  # the fast tokenizer keeps what truncation cut off
+    tokens = merge_into_words(text, enc["offset_mapping"], piece_scores, truncated)
     return {"label": clf.labels[t], "score": float(probs[t]), "baseline_score": float(base_probs[t]),
             "tokens": tokens, "truncated": truncated, "steps": steps, "max_tokens": limit,
             "convergence_delta": float(delta.abs().max()), "method": "captum.attr.IntegratedGradients"}
@@ -167,6 +170,7 @@ def explain_to(clf, texts: list[str] | None = None, input_path: str | None = Non
                 done += 1
         return done
     for i, text in rows:
-        echo(("\n" if done else "") + format_explanation(text, explain(clf, text, steps=steps, max_tokens=max_tokens), k))
+        e = explain(clf, text, steps=steps, max_tokens=max_tokens)
+        echo(("\n" if done else "") + format_explanation(text, e, k))
         done += 1
     return done

@@ -73,12 +73,12 @@ def test_pieces_merge_into_whitespace_words():
     # offsets as SentencePiece gives them: a piece may start with the space before its word; (0, 0) = special
     text = "ab  cd!! e"
     offsets = [(0, 0), (0, 1), (1, 2), (2, 5), (5, 6), (6, 8), (8, 10), (0, 0)]
-    words, truncated = merge_into_words(text, offsets, np.array([9, 1, 2, 3, 4, 5, 6, 9.0]))
+    words = merge_into_words(text, offsets, np.array([9, 1, 2, 3, 4, 5, 6, 9.0]))
     assert [(w["token"], w["score"], w["start"], w["end"]) for w in words] == \
         [("ab", 3.0, 0, 2), ("cd!!", 12.0, 4, 8), ("e", 6.0, 9, 10)]
-    assert not truncated
-    words, truncated = merge_into_words(text, offsets[:4], np.array([0, 1, 2, 3.0]))
-    assert [w["token"] for w in words] == ["ab", "cd!!"] and truncated
+    # cut after "cd": the words after the last piece are left out, unless nothing was cut (then they score 0)
+    assert [w["token"] for w in merge_into_words(text, offsets[:4], np.array([0, 1, 2, 3.0]), True)] == ["ab", "cd!!"]
+    assert [w["score"] for w in merge_into_words(text, offsets[:4], np.array([0, 1, 2, 3.0]))] == [3.0, 3.0, 0.0]
 
 
 def test_bad_target_and_steps_are_user_errors(clf):
@@ -96,12 +96,14 @@ def test_predict_explain_prints_top_words(trained_tiny_dir, tmp_path):
     assert len(first) == 1 and first[0].split()[0] in ("0", "1"), r.stdout
     assert sum(ln.startswith("  toward ") for ln in lines) == 2, r.stdout
     out = tmp_path / "why.jsonl"
-    r = _cli("predict", str(trained_tiny_dir), "--explain", "--output", str(out), stdin="정말 재밌어요\n시간 아깝다\n")
+    r = _cli("predict", str(trained_tiny_dir), "--explain", "--output", str(out),
+             stdin="정말 재밌어요\n시간 아깝다\n")
     assert r.returncode == 0, r.stderr
     recs = [json.loads(ln) for ln in out.read_text(encoding="utf-8").splitlines()]
     assert [(rec["row"], rec["text"]) for rec in recs] == [(0, "정말 재밌어요"), (1, "시간 아깝다")]
     assert [w["token"] for w in recs[0]["tokens"]] == ["정말", "재밌어요"]
-    r = _cli("predict", str(trained_tiny_dir), "--explain", "--output", str(tmp_path / "why.csv"), "--input", "-", stdin="좋다\n")
+    r = _cli("predict", str(trained_tiny_dir), "--explain", "--output", str(tmp_path / "why.csv"), "--input", "-",
+             stdin="좋다\n")
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and ".jsonl" in r.stderr, r.stderr
 
 
