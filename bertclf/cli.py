@@ -60,6 +60,8 @@ def build_parser() -> Parser:
     pr.add_argument("--shard", metavar="I/N", help="only rows whose index modulo N is I (split work over N workers)")
     pr.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help=PRECISION_HELP)
     pr.add_argument("--format", choices=FORMATS, help="format of --input (default: by extension; stdin: lines)")
+    pr.add_argument("--explain", action="store_true", help="print the words that drove each prediction (Captum "
+                    "Integrated Gradients: ~32 passes per text; torch models only); with --output, JSONL of all words")
     _read_flags(pr)
 
     mo = sub.add_parser("models", help="builtin models: list, path")
@@ -165,6 +167,13 @@ def cmd_predict(a) -> int:
     check_encoding(a.encoding)
     check_output(a.output, a.input)
     clf = Classifier.load(a.model_dir, precision=a.precision)
+    if a.explain:
+        from bertclf.explain import explain_to
+
+        explain_to(clf, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
+                   output_path=a.output, text_col=a.text_col, shard=shard, fmt=a.format, encoding=a.encoding,
+                   columns=columns)
+        return 0
     predict_to(clf, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
                output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, shard=shard, fmt=a.format,
                encoding=a.encoding, columns=columns)

@@ -16,6 +16,8 @@ The contract (also in /openapi.json, and /docs in a browser):
                     over --max-texts or --max-chars / 503 queue full or shutting down; always {"error": "..."}.
   GET /health    -> 200 {"status": "ok", ...}; 503 once the model worker has died.
   GET /info      -> labels, backend, model card (bertclf.json), limits, counters.
+  GET /          -> the demo page; POST /explain -> the words behind a prediction (both in bertclf/demo.py;
+                    explanations run one at a time on their own thread, which only reads the model).
 
 Requests are merged into micro-batches of up to --max-batch texts (waiting at most --max-wait-ms after the
 oldest queued text) and run by one worker thread that owns the model; the event loop never runs the model.
@@ -439,6 +441,7 @@ def create_app(clf, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_texts:
         try:
             yield
         finally:
+            stop_demo()
             await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
 
     app = FastAPI(title="bertclf", version=__version__, lifespan=lifespan,
@@ -498,6 +501,10 @@ def create_app(clf, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_texts:
                 "default_function_to_apply": default_fn, "limits": limits, "card": dict(clf.card or {}),
                 "stats": dict(batcher.stats), "bertclf_version": __version__}
 
+    from bertclf.demo import add_demo_routes  # GET / (the demo page) and POST /explain
+
+    stop_demo = add_demo_routes(app, clf, model_dir=model_dir or getattr(clf, "path", None), default_fn=default_fn,
+                                max_chars=max_chars)
     app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
     return app
 
@@ -599,7 +606,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
     log(f"bertclf: serving {model_dir} ({clf.backend} {clf.precision}, labels: {', '.join(map(str, clf.labels))}) on "
-        f"http://{shown}:{bound_port} - POST /predict, GET /health /info /docs")
+        f"http://{shown}:{bound_port} - demo page at /, POST /predict /explain, GET /health /info /docs")
     config = uvicorn.Config(app, log_level=os.environ.get("BERTCLF_LOG_LEVEL", "warning"), access_log=False,
                             timeout_graceful_shutdown=10, lifespan="on")
     server = uvicorn.Server(config)
