@@ -124,7 +124,7 @@ def test_resume_refuses_a_changed_training_file(tiny_model_dir, nsmc_slices, tmp
     original = data.read_bytes()
     lines = original.decode("utf-8").splitlines(keepends=True)
     data.write_text(lines[0] + lines[2] + lines[1] + "".join(lines[3:]), encoding="utf-8")  # same rows, reordered
-    with pytest.raises(UserError, match=r"--resume: .*train\.tsv changed since .* SHA-256 differs"):
+    with pytest.raises(UserError, match=r"--resume: .*train\.tsv changed since .*SHA-256 differs"):
         train(tiny_cfg(**cfg, resume=True), echo=lambda s: None)
 
     data.write_bytes(original)
