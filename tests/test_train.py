@@ -124,7 +124,7 @@ def test_resume_refuses_a_changed_training_file(tiny_model_dir, nsmc_slices, tmp
     original = data.read_bytes()
     lines = original.decode("utf-8").splitlines(keepends=True)
     data.write_text(lines[0] + lines[2] + lines[1] + "".join(lines[3:]), encoding="utf-8")  # same rows, reordered
-    with pytest.raises(UserError, match=r"--resume: .*train\.tsv changed since .* SHA-256 differs"):
+    with pytest.raises(UserError, match=r"--resume: .*train\.tsv changed since .*SHA-256 differs"):
         train(tiny_cfg(**cfg, resume=True), echo=lambda s: None)
 
     data.write_bytes(original)
@@ -172,7 +172,8 @@ def test_one_run_per_output_folder(tiny_model_dir, nsmc_slices, tmp_path):
     repo = Path(__file__).resolve().parents[1]
     out = tmp_path / "run"
     args = ["train", "--train", str(nsmc_slices["train"]), "--text-col", "document", "--model", str(tiny_model_dir),
-            "--sample", "0.2", "--batch-size", "16", "--max-steps", "4", "--checkpoint-every", "1", "--out", str(out)]
+            "--sample", "0.2", "--batch-size", "16", "--max-steps", "4", "--checkpoint-every", "1", "--out", str(out),
+            "--epochs", "1", "--lr", "2e-3", "--seed", "0"]  # tiny_cfg's settings: --resume must accept them
     env = os.environ | {"BERTCLF_TEST_PAUSE_AT": "step:2", "BERTCLF_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
                         "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
     holder = subprocess.Popen([sys.executable, str(repo / "tests" / "hooked_train.py"), *args], cwd=repo, env=env,
