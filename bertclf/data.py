@@ -28,6 +28,9 @@ NSMC_LABELS = {"0": "negative", "1": "positive"}
 NSMC_TEXT_COL, NSMC_LABEL_COL = "document", "label"
 
 
+CHECKOUT_NSMC = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsmc"  # beside a source checkout
+
+
 def nsmc_search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     """Where NSMC is looked for, in order -- the one lookup every command, test and benchmark uses: --data-dir,
     $BERTCLF_DATA_DIR, the bertclf cache, and a source checkout's sibling shared/data/nsmc (the project layout)."""
@@ -37,9 +40,8 @@ def nsmc_search_dirs(data_dir: str | os.PathLike | None = None) -> list[Path]:
     if os.environ.get("BERTCLF_DATA_DIR"):
         dirs.append(Path(os.environ["BERTCLF_DATA_DIR"]))
     dirs.append(cache_dir() / "data" / "nsmc")
-    checkout_shared = Path(__file__).resolve().parents[2] / "shared" / "data" / "nsmc"
-    if checkout_shared.is_dir():
-        dirs.append(checkout_shared)
+    if CHECKOUT_NSMC.is_dir():
+        dirs.append(CHECKOUT_NSMC)
     return dirs
 
 

@@ -20,6 +20,7 @@ def test_nsmc_counts_and_checksums(nsmc_dir):
 def test_nsmc_wrong_checksum_and_missing(tmp_path, monkeypatch):
     monkeypatch.delenv("BERTCLF_DATA_DIR", raising=False)
     monkeypatch.setenv("BERTCLF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(D, "CHECKOUT_NSMC", tmp_path / "no-checkout")  # not the shared copy beside this checkout
     (tmp_path / "ratings_train.txt").write_text("id\tdocument\tlabel\n1\tx\t0\n")
     with pytest.raises(UserError, match="SHA-256 differs"):
         D.nsmc_path("train", tmp_path, download=False)

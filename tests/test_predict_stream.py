@@ -227,7 +227,7 @@ def test_stdin_is_parsed_as_a_file_with_format(trained_tiny_dir, tmp_path, monke
 
 def test_empty_texts_are_skipped_and_counted(trained_tiny_dir, tmp_path, capsys):
     inp = tmp_path / "in.tsv"
-    inp.write_text("text\n좋아요\n   \n별로\n", encoding="utf-8")
+    inp.write_text("id\tdocument\n1\t좋아요\n2\t   \n3\t별로\n", encoding="utf-8")
     out = tmp_path / "new" / "folder" / "out.jsonl"  # predict creates the output's folder
     assert main(["predict", str(trained_tiny_dir), "--input", str(inp), "--output", str(out)]) == 0
     assert [(r["row"], r["text"]) for r in read_jsonl(out)] == [(0, "좋아요"), (2, "별로")]
@@ -245,5 +245,5 @@ def test_eval_says_how_many_empty_rows_it_dropped(trained_tiny_dir, tmp_path, ca
 def test_headerless_input_with_columns(trained_tiny_dir, tmp_path, capsys):
     inp = tmp_path / "in.tsv"
     inp.write_text("7\t정말 재밌어요\n8\t시간 아깝다\n", encoding="utf-8")
-    assert main(["predict", str(trained_tiny_dir), "--input", str(inp), "--columns", "id,text"]) == 0
+    assert main(["predict", str(trained_tiny_dir), "--input", str(inp), "--columns", "id,document"]) == 0
     assert [json.loads(x)["text"] for x in capsys.readouterr().out.splitlines()] == ["정말 재밌어요", "시간 아깝다"]
