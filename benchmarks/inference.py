@@ -231,7 +231,7 @@ def main(argv=None) -> int:
     else:
         tmp = tempfile.TemporaryDirectory(prefix="bertclf-bench.")
         work = Path(tmp.name)
-    paths = {"torch": src}
+    paths = {"torch": src, "torch-bf16": src}
     for name in names:
         if name.startswith("onnx-"):
             print(f"exporting {name} ...", file=sys.stderr)

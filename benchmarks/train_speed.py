@@ -188,7 +188,7 @@ def precision_rounds(args) -> dict:
                 run["opt"].step()
                 run["opt"].zero_grad(set_to_none=True)
                 rows_done += len(rows)
-                run["losses"].append(float(loss))
+                run["losses"].append(float(loss.detach()))
             if r:
                 run["rates"].append(rows_done / (time.perf_counter() - t))
         step += args.round_steps

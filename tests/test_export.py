@@ -35,7 +35,7 @@ def test_rows(nsmc_slices):
 def torch_logits(trained_tiny_dir, test_rows):
     from bertclf.predict import Classifier
 
-    clf = Classifier.load(str(trained_tiny_dir), device="cpu")
+    clf = Classifier.load(str(trained_tiny_dir), device="cpu", precision="fp32")  # what the export reproduces
     assert clf.backend == "torch"
     return clf.logits(test_rows[0])
 
