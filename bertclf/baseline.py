@@ -16,18 +16,25 @@ from bertclf.metrics import classification_report
 from bertclf.rundir import BASELINE_FILE
 
 
-def fit_predict(train_texts, train_y, test_texts, seed: int = 42):
-    """Probabilities for test_texts from a TF-IDF(char 1-4 grams) + logistic regression model."""
+def tfidf_lr(n_classes: int, seed: int = 42):
+    """The baseline model: TF-IDF(char 1-4 grams) + logistic regression, as one unfitted scikit-learn Pipeline
+    (also what `bertclf audit` cross-validates)."""
     from sklearn.feature_extraction.text import TfidfVectorizer
     from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
 
     vec = TfidfVectorizer(analyzer="char_wb", ngram_range=(1, 4), min_df=2, sublinear_tf=True, max_features=500_000,
                           dtype=np.float32)
-    x_train = vec.fit_transform(train_texts)
-    clf = LogisticRegression(C=4.0, max_iter=2000, solver="liblinear" if len(set(train_y)) == 2 else "lbfgs",
+    clf = LogisticRegression(C=4.0, max_iter=2000, solver="liblinear" if n_classes == 2 else "lbfgs",
                              random_state=seed)
-    clf.fit(x_train, train_y)
-    return clf.predict_proba(vec.transform(test_texts))
+    return make_pipeline(vec, clf)
+
+
+def fit_predict(train_texts, train_y, test_texts, seed: int = 42):
+    """Probabilities for test_texts from the tfidf_lr model fitted on the training texts."""
+    model = tfidf_lr(len(set(train_y)), seed)
+    model.fit(train_texts, train_y)
+    return model.predict_proba(test_texts)
 
 
 def run_baseline(data=None, train=None, test=None, text_col=None, label_col=None, data_dir=None, sample=1.0,

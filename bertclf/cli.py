@@ -112,6 +112,17 @@ def build_parser() -> Parser:
     rp = sub.add_parser("report", help="plots and a self-contained HTML page for a run (two runs: compared)")
     rp.add_argument("run_dirs", nargs="+", metavar="DIR")
     rp.add_argument("--out", metavar="FILE", help="HTML file (default DIR/report.html; several runs: A/compare-<B>.html)")
+
+    # ---- audit (issue 17): self-contained block, see cmd_audit ----
+    au = sub.add_parser("audit", help="find training rows whose labels look wrong (cleanlab, out-of-fold probabilities)",
+                        description="Out-of-fold TF-IDF + logistic regression probabilities for every row, then "
+                        "cleanlab's confident learning; writes the suspect rows, most suspect first, and an HTML page.")
+    au.add_argument("--train", required=True, metavar="FILE", help="labelled TSV/CSV/JSONL file to audit")
+    au.add_argument("--text-col", help="text column (default: text)")
+    au.add_argument("--label-col", help="label column (default: label)")
+    au.add_argument("--out", required=True, metavar="AUDIT.tsv", help="suspect rows (TSV); AUDIT.html goes beside it")
+    au.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
+    au.add_argument("--seed", type=int, default=42)
     return p
 
 
@@ -240,9 +251,19 @@ def cmd_report(a) -> int:
     return 0
 
 
+def cmd_audit(a) -> int:
+    from bertclf.audit import format_summary, run_audit
+
+    res = run_audit(a.train, a.out, text_col=a.text_col, label_col=a.label_col, folds=a.folds, seed=a.seed,
+                    log=lambda s: print(s, file=sys.stderr))
+    print(format_summary(res))
+    print(f"written: {res['out']} and {res['html']}")
+    return 0
+
+
 COMMANDS = {"baseline": cmd_baseline, "serve": cmd_serve, "export": cmd_export, "report": cmd_report,
             "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
-            "trim-vocab": cmd_trim_vocab}
+            "trim-vocab": cmd_trim_vocab, "audit": cmd_audit}
 
 
 def parse(argv=None) -> argparse.Namespace:

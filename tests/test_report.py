@@ -128,12 +128,12 @@ def test_confusion_matrix_on_page_is_the_cards(reported):
 
 
 def direct_ece(y, probs, n_bins):
-    """ECE written out plainly: bins [k/n, (k+1)/n), the last one closed."""
+    """ECE written out plainly: bins (k/n, (k+1)/n], the first one closed (scikit-learn's calibration_curve)."""
     conf, pred = probs.max(1).astype(float), probs.argmax(1)
     total = 0.0
     for k in range(n_bins):
         lo, hi = k / n_bins, (k + 1) / n_bins
-        m = (conf >= lo) & ((conf < hi) if k < n_bins - 1 else (conf <= hi))
+        m = ((conf > lo) if k > 0 else (conf >= lo)) & (conf <= hi)
         if m.any():
             total += m.sum() / len(y) * abs((pred[m] == y[m]).mean() - conf[m].mean())
     return total
@@ -153,6 +153,9 @@ def test_ece_matches_a_direct_computation(reported):
     y = np.array([1] * 8 + [0] * 2)
     assert reliability(y, np.tile([0.2, 0.8], (10, 1)))["ece"] == pytest.approx(0.0)
     assert reliability(np.array([0, 1]), np.array([[1.0, 0.0], [1.0, 0.0]]))["ece"] == pytest.approx(0.5)
+    # a confidence on a bin edge (0.6 = 9/15) belongs to the bin below it, as in scikit-learn
+    r = reliability(np.array([0, 0]), np.array([[0.6, 0.4], [0.9, 0.1]]))
+    assert r["count"][8] == 1 and r["count"][9] == 0 and r["ece"] == pytest.approx((0.4 + 0.1) / 2)
 
 
 def test_page_is_self_contained(reported):

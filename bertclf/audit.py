@@ -1,0 +1,181 @@
+"""Which training labels look wrong: out-of-fold probabilities for every row, then confident learning.
+
+    bertclf audit --train FILE --out AUDIT.tsv [--folds 5]
+
+Every row gets probabilities from a model that never saw it: the TF-IDF + logistic regression baseline
+(bertclf.baseline.tfidf_lr) fitted on the other folds (scikit-learn's cross_val_predict, stratified folds).
+cleanlab then flags the rows whose given label the probabilities contradict (cleanlab.filter.find_label_issues,
+confident learning) and estimates the noise rate (cleanlab.count.estimate_joint: 1 - trace of the joint
+distribution of given and true labels).
+
+AUDIT.tsv: the flagged rows, most suspect first (lowest label-quality score, cleanlab.rank self-confidence:
+the out-of-fold probability of the given label), columns row (0-based data row of the file, header not
+counted), text, given_label, suggested_label (the out-of-fold argmax), score. AUDIT.html beside it: the summary
+and the most suspect rows, rendered from the report templates. Both are written atomically.
+"""
+from __future__ import annotations
+
+import csv
+import time
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from bertclf import data as D
+from bertclf.errors import UserError
+from bertclf.files import atomic_file, check_writable
+
+PAGE_ROWS = 200  # most suspect rows shown on the HTML page (the TSV has them all)
+
+
+@dataclass
+class Audit:
+    rows: np.ndarray          # data row in the file of each audited text
+    texts: list[str]
+    labels: np.ndarray        # given label ids
+    names: list[str]          # label id -> name
+    probs: np.ndarray         # out-of-fold probabilities (n, k)
+    scores: np.ndarray        # label quality, 0..1, low = suspect
+    ranked: np.ndarray        # indices of the flagged rows, most suspect first
+    joint: np.ndarray         # cleanlab's estimate of P(given label = i, true label = j)
+
+    @property
+    def noise_rate(self) -> float:
+        return float(1.0 - np.trace(self.joint))
+
+    def summary(self) -> dict:
+        """JSON-ready: rows, out-of-fold accuracy, flagged rows, the estimated noise rate, per class figures."""
+        n = len(self.labels)
+        flagged = Counter(self.labels[self.ranked].tolist())
+        given = np.bincount(self.labels, minlength=len(self.names))
+        per_class = []
+        for i, name in enumerate(self.names):
+            row_mass = self.joint[i].sum()
+            per_class.append({"label": name, "rows": int(given[i]), "suspected": int(flagged.get(i, 0)),
+                              "noise_rate": float(1 - self.joint[i, i] / row_mass) if row_mass > 0 else 0.0})
+        return {"rows": n, "oof_accuracy": float((self.probs.argmax(1) == self.labels).mean()),
+                "suspected": int(len(self.ranked)), "suspected_share": len(self.ranked) / n if n else 0.0,
+                "noise_rate": self.noise_rate, "per_class": per_class}
+
+    def records(self, limit: int | None = None) -> list[dict]:
+        """The flagged rows, most suspect first, as the TSV writes them."""
+        idx = self.ranked if limit is None else self.ranked[:limit]
+        sugg = self.probs.argmax(1)
+        return [{"row": int(self.rows[i]), "text": self.texts[i], "given_label": self.names[self.labels[i]],
+                 "suggested_label": self.names[sugg[i]], "score": float(self.scores[i])} for i in idx]
+
+
+def data_rows(path, text_col: str, ds: D.Dataset) -> np.ndarray:
+    """The 0-based data row of each of ds's texts (read_labelled drops rows with an empty text)."""
+    if ds.dropped_empty == 0:
+        return np.arange(len(ds))
+    rows, _ = D.read_rows(path, [text_col])  # hand-written: Dataset does not keep row numbers
+    kept = np.array([i for i, r in enumerate(rows) if r[text_col].strip()])
+    assert len(kept) == len(ds)
+    return kept
+
+
+def out_of_fold_probs(texts: list[str], y: np.ndarray, n_classes: int, folds: int, seed: int) -> np.ndarray:
+    """Probabilities for every row from the baseline fitted on the other folds (stratified, seeded)."""
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    from bertclf.baseline import tfidf_lr
+
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    return cross_val_predict(tfidf_lr(n_classes, seed), np.asarray(texts, dtype=object), y, cv=cv,
+                             method="predict_proba")
+
+
+def find_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(label quality scores, flagged indices most suspect first, estimated joint) from cleanlab."""
+    from cleanlab.count import estimate_joint
+    from cleanlab.filter import find_label_issues
+    from cleanlab.rank import get_label_quality_scores
+
+    scores = get_label_quality_scores(labels, probs, method="self_confidence")
+    ranked = find_label_issues(labels, probs, return_indices_ranked_by="self_confidence", n_jobs=1)
+    return scores, np.asarray(ranked, dtype=np.int64), estimate_joint(labels, probs)
+
+
+def encode_labels(ds: D.Dataset, folds: int) -> tuple[list[str], np.ndarray]:
+    """(label names, label ids); UserError when a label has fewer rows than folds (stratified folds need one each)."""
+    labels = D.LabelMap.from_labels(ds.labels, ds.source)
+    y = np.asarray(labels.encode(ds.labels, ds.source), dtype=np.int64)
+    counts = np.bincount(y, minlength=len(labels.names))
+    if counts.min() < folds:
+        small = labels.names[int(counts.argmin())]
+        raise UserError(f"{ds.source}: label '{small}' has only {counts.min()} row(s), fewer than --folds {folds}; "
+                        f"add rows of it, remove it, or lower --folds")
+    return labels.names, y
+
+
+def audit_dataset(ds: D.Dataset, rows: np.ndarray, folds: int = 5, seed: int = 42, log=lambda s: None) -> Audit:
+    names, y = encode_labels(ds, folds)
+    log(f"audit: {len(ds):,} rows of {ds.source}; {folds}-fold TF-IDF + logistic regression, then cleanlab")
+    probs = out_of_fold_probs(ds.texts, y, len(names), folds, seed)
+    scores, ranked, joint = find_issues(y, probs)
+    return Audit(rows, ds.texts, y, names, probs, scores, ranked, joint)
+
+
+def html_path_for(out: Path) -> Path:
+    """AUDIT.tsv -> AUDIT.html beside it."""
+    return out.with_suffix(".html") if out.suffix.lower() != ".html" else out.with_name(out.name + ".html")
+
+
+def write_tsv(path: Path, audit: Audit) -> None:
+    with atomic_file(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["row", "text", "given_label", "suggested_label", "score"])
+        for r in audit.records():
+            w.writerow([r["row"], r["text"], r["given_label"], r["suggested_label"], f"{r['score']:.6f}"])
+
+
+def write_html(path: Path, audit: Audit, info: dict) -> None:
+    from bertclf.report.page import render
+
+    summary = audit.summary()
+    data = {"bertclf_audit": 1, **info, "summary": summary, "top": audit.records(PAGE_ROWS)}
+    page = render("audit.html", f"bertclf label audit: {Path(info['train']).name}", data, tool="audit",
+                  summary=summary, info=info, top=data["top"], tsv_name=Path(info["out"]).name)
+    with atomic_file(path, "w", encoding="utf-8") as f:
+        f.write(page)
+
+
+def format_summary(s: dict) -> str:
+    w = max(10, *(len(c["label"]) for c in s["per_class"]))
+    lines = [f"{s['rows']:,} rows; out-of-fold accuracy {s['oof_accuracy']:.4f}",
+             f"suspected label issues (cleanlab): {s['suspected']:,} ({s['suspected_share']:.1%}); "
+             f"estimated noise rate {s['noise_rate']:.1%}",
+             f"{'label':<{w}}  {'rows':>9}  {'suspected':>9}  est. noise"]
+    for c in s["per_class"]:
+        lines.append(f"{c['label']:<{w}}  {c['rows']:>9,}  {c['suspected']:>9,}  {c['noise_rate']:>10.1%}")
+    return "\n".join(lines)
+
+
+def run_audit(train: str, out: str, text_col: str | None = None, label_col: str | None = None, folds: int = 5,
+              seed: int = 42, log=print) -> dict:
+    """Audit the labels of `train`; write `out` (TSV) and its HTML page; return the summary (with the paths)."""
+    if folds < 2:
+        raise UserError(f"--folds: must be at least 2, got {folds}")
+    try:
+        import cleanlab  # noqa: F401
+    except ImportError:
+        raise UserError("audit: the cleanlab package is not installed; pip install 'bertclf[audit]'") from None
+    text_col, label_col = text_col or "text", label_col or "label"
+    out_path = Path(out).expanduser()
+    if out_path.suffix.lower() == ".html":
+        raise UserError(f"--out {out}: give the TSV file (the HTML page is written beside it)")
+    html_path = html_path_for(out_path)
+    check_writable(out_path)  # now, not after minutes of cross-validation
+    t0 = time.time()
+    ds = D.read_labelled(train, text_col, label_col)
+    rows = data_rows(train, text_col, ds)
+    audit = audit_dataset(ds, rows, folds, seed, log)
+    info = {"train": str(train), "out": str(out_path), "html": str(html_path), "text_col": text_col,
+            "label_col": label_col, "folds": folds, "seed": seed, "model": "tfidf-char-1-4gram + logistic-regression",
+            "dropped_empty": ds.dropped_empty, "seconds": round(time.time() - t0, 1)}
+    write_tsv(out_path, audit)
+    write_html(html_path, audit, info)
+    return {**info, **audit.summary()}
