@@ -93,8 +93,10 @@ class MicroBatcher:
         loop = asyncio.get_running_loop()
         job = _Job(texts, self.n_labels, loop.create_future(), loop)
         with self._cond:
-            if self._stopping or not self._thread.is_alive():
-                raise Busy("the server is shutting down" if self._stopping else "the model worker has stopped")
+            if self.error is not None or not self._thread.is_alive():
+                raise Busy(f"the model worker has stopped ({self.error or 'not running'}); restart the server")
+            if self._stopping:
+                raise Busy("the server is shutting down")
             if self._queued and self._queued + len(texts) > self.max_queue:
                 self.stats["busy_rejections"] += 1
                 raise Busy(f"server busy: {self._queued} texts queued; retry shortly")
@@ -184,6 +186,7 @@ class MicroBatcher:
             self._resolve(job, job.logits)
 
     def _run(self) -> None:
+        taken: list[tuple[_Job, int, int]] = []
         try:
             while (taken := self._take()) is not None:
                 texts = [t for job, a, b in taken for t in job.texts[a:b]]
@@ -207,8 +210,10 @@ class MicroBatcher:
                 for job, a, b in taken:
                     self._fill(job, a, b, logits[row:row + b - a])
                     row += b - a
-        except BaseException as e:  # pragma: no cover - a bug; fail everything rather than hang
+        except BaseException as e:  # a bug; fail everything rather than hang
             self.error = f"{type(e).__name__}: {e}"
+            for job, _, _ in taken or []:  # the micro-batch it died on is in no queue: answer it here
+                self._resolve(job, RuntimeError(f"model worker died: {self.error}"))
             self.stop(timeout=0)
             raise
 
@@ -442,7 +447,8 @@ def create_app(clf, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_texts:
             yield
         finally:
             stop_demo()
-            await asyncio.get_running_loop().run_in_executor(None, batcher.stop)
+            # uvicorn has waited for the requests in flight already (and drained the queue, see serve())
+            await asyncio.get_running_loop().run_in_executor(None, lambda: batcher.stop(timeout=1.0))
 
     app = FastAPI(title="bertclf", version=__version__, lifespan=lifespan,
                   description="Text classification in the shape of the Hugging Face Inference API. "
@@ -539,6 +545,20 @@ def _share_cores(clf) -> None:
     torch.set_num_threads(max(1, min(torch.get_num_threads(), cores - 1)))
 
 
+def _draining_server(config, batcher: MicroBatcher):
+    """A uvicorn.Server that, on SIGTERM/SIGINT and before uvicorn closes the listener and waits for the
+    requests in flight, answers the queued requests 503 (Retry-After) at once: only the micro-batch in
+    progress is finished."""
+    import uvicorn
+
+    class DrainingServer(uvicorn.Server):
+        async def shutdown(self, sockets=None):
+            await asyncio.get_running_loop().run_in_executor(None, lambda: batcher.stop(timeout=0))
+            await super().shutdown(sockets)
+
+    return DrainingServer(config)
+
+
 def _bind(host: str, port: int) -> socket.socket:
     """A socket bound to host:port but not listening yet: a taken port fails now, before the model loads."""
     try:
@@ -609,7 +629,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
         f"http://{shown}:{bound_port} - demo page at /, POST /predict /explain, GET /health /info /docs")
     config = uvicorn.Config(app, log_level=os.environ.get("BERTCLF_LOG_LEVEL", "warning"), access_log=False,
                             timeout_graceful_shutdown=10, lifespan="on")
-    server = uvicorn.Server(config)
+    server = _draining_server(config, app.state.batcher)
     try:
         server.run(sockets=[sock])
     finally:

@@ -1,4 +1,8 @@
-"""Shared fixtures: NSMC location, the builtin model, and a tiny random-weight BERT with the real tokenizer."""
+"""Shared fixtures: NSMC location, the builtin model, and a tiny random-weight BERT with the real tokenizer.
+
+In CI (the `CI` environment variable set, as .ci/run and hosted CI services do) a skip is a failure: a suite
+that skips its data, browser or server tests must not pass. Only tests marked `gpu` may skip there (CI has no
+GPU). Every skip names what is missing; `-rs` (pyproject.toml) prints the reasons."""
 from __future__ import annotations
 
 import os
@@ -7,6 +11,34 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
+
+
+def _may_skip_in_ci(item) -> bool:
+    return item is not None and item.get_closest_marker("gpu") is not None
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item, call):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci() and not _may_skip_in_ci(item) and not hasattr(report, "wasxfail"):
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI is set, so this skip fails the run: {reason}"
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_make_collect_report(collector):
+    outcome = yield
+    report = outcome.get_result()
+    if report.skipped and in_ci():  # a whole module skipped, e.g. by pytest.importorskip
+        reason = report.longrepr[2] if isinstance(report.longrepr, tuple) else str(report.longrepr)
+        report.outcome = "failed"
+        report.longrepr = f"CI is set, so skipping {collector.nodeid} fails the run: {reason}"
 
 
 def nsmc_dir_or_none() -> Path | None:

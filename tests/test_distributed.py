@@ -203,6 +203,9 @@ def test_two_processes_take_the_same_steps_and_reach_the_same_accuracy(runs):
             if k in a:
                 assert b[k] == pytest.approx(a[k], abs=1e-4), (a, b)
     w1, w2 = weights(runs["one"]), weights(runs["two"])
+    # From the requirement, not the measurement (4e-5): "the same computation up to rounding in the all-reduce".
+    # An AdamW step moves a weight by about --lr (3e-3) whatever the gradient's scale, so one step computed from
+    # other rows, or any real difference, shows as >= ~1e-3 somewhere; float32 summation order stays far below.
     assert max((w1[k] - w2[k]).abs().max().item() for k in w1) < 1e-3
     p1 = np.load(runs["one"] / "eval_predictions.npz")["valid_probs"]
     p2 = np.load(runs["two"] / "eval_predictions.npz")["valid_probs"]

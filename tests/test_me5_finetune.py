@@ -10,7 +10,12 @@ from bertclf.predict import Classifier
 
 pytestmark = pytest.mark.slow
 
-MIN_ACCURACY = 0.80  # measured 0.820 on a 2-core CPU (seed 0); 3,000 rows gave 0.798
+# Not the requirement, and why: issue 14's target is "TF-IDF + LR trained on the same rows + 2 pt"; on these
+# 5,000/1,000 rows the baseline scores 0.824 (bertclf.baseline.fit_predict, seed 0) and this one-epoch CPU recipe
+# 0.820, so the target is not met by this recipe (a recipe question, reported, not a test to bend). What this
+# test holds is "fine-tuning works": a broken loop (no learning, wrong labels) stays near the 0.50 of chance and
+# far below 0.80.
+MIN_ACCURACY = 0.80
 TRAIN = dict(epochs=1, batch_size=32, lr=1e-4, seed=0, trim_vocab=True, max_length=96)
 
 
@@ -41,8 +46,11 @@ def test_me5_small_learns_nsmc_on_cpu(me5_trained):
 def test_int8_onnx_export_agrees_with_torch_on_5000_reviews(me5_trained, nsmc_dir, tmp_path):
     """int8 against torch on 5,000 NSMC test reviews: accuracy drops <= 0.5 pt and labels agree >= 97%.
 
-    (Issue 6 asks for >= 99.5% agreement; this CPU-trained model is only 81.5% accurate and 4.5% of its
-    predictions lie within 0.05 of 0.5, where int8's rounding flips labels: measured 97.8-98.3%.)"""
+    Not the requirement, and why: issue 6 asks for >= 99.5% agreement and the GPU issue for <= 0.3 pt accuracy
+    drop. This CPU-trained model is only ~82% accurate and 4.5% of its predictions lie within 0.05 of 0.5,
+    where int8's rounding flips labels: measured 97.8-98.3% (benchmarks/RESULTS.md: no int8 variant that is
+    faster than torch reaches 99.5% on such a model). So these floors only catch a broken export (a wrong scale
+    or input order agrees ~50%); the 99.5% requirement is measured on the GPU-trained model (GPU issue)."""
     from bertclf.data import read_labelled
     from bertclf.export import export_onnx
     from bertclf.inference import softmax

@@ -3,9 +3,11 @@
 1. Property-based fuzzing of the OpenAPI spec the server publishes (schemathesis drives hypothesis): every
    operation, valid and invalid bodies, must never get a 5xx; responses must match the spec; schema-valid
    requests must be accepted and invalid ones rejected with a 4xx.
-2. A bounded load test: 16 concurrent clients for 10 s on loopback, no errors, bounded server memory; the
-   latency percentiles are printed (pytest -s) and recorded as test properties. benchmarks/soak.py is the long
-   version (64 clients, 30 s, mixed and malformed requests).
+2. A bounded load test: 16 concurrent clients for 10 s on loopback, no errors, every answer complete; the
+   latency percentiles and the RSS change are printed (pytest -s) and recorded as test properties. Memory is
+   held by tests/test_server_memory.py (equal load rounds, per-request growth, and a planted leak it must
+   catch): one 10 s window with a MB allowance could not fail on a 4 KiB-per-request leak.
+   benchmarks/soak.py is the long version (64 clients, 30 s, mixed and malformed requests).
 """
 from __future__ import annotations
 
@@ -59,7 +61,6 @@ nsmc_texts, rss_mb, run_load = _load.nsmc_texts, _load.rss_mb, _load.run_load
 LIMITS = {"max_batch": 8, "max_wait_ms": 2.0, "max_texts": 8, "max_chars": 200, "max_body_bytes": 65536}
 FUZZ_EXAMPLES = int(os.environ.get("BERTCLF_FUZZ_EXAMPLES", "200"))
 LOAD_CLIENTS, LOAD_SECONDS = 16, 10.0
-RSS_GROWTH_MB = 64  # the model and every buffer are warm after the first load round
 
 
 class Server:
@@ -197,7 +198,7 @@ def test_fuzzing_left_the_server_healthy(server):
 
 
 def test_bounded_load(server, record_property):
-    """16 clients for 10 s: no errors, every answer complete, server RSS bounded; p50/p99 reported."""
+    """16 clients for 10 s: no errors, every answer complete; p50/p99 and the RSS change reported."""
     texts = nsmc_texts(None, limit=5000)
     warm = asyncio.run(run_load(server.url, texts, LOAD_CLIENTS, 2.0, 10**6, 1, 30.0))  # allocator warm-up
     assert warm["errors"] == 0, warm["error_kinds"]
@@ -215,5 +216,4 @@ def test_bounded_load(server, record_property):
     record_property("rss_growth_mb", round(rss1 - rss0, 1))
     assert res["errors"] == 0, res["error_kinds"]
     assert res["requests_ok"] > LOAD_CLIENTS  # every client got answers
-    assert rss1 - rss0 < RSS_GROWTH_MB, summary
     assert httpx.get(f"{server.url}/health", timeout=10).status_code == 200

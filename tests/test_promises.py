@@ -1,0 +1,287 @@
+"""Promised success paths and training behaviours, through the real commands (`python -m bertclf ...`) on the
+tiny random-weight model and NSMC slices: `eval` (table, --json, --errors), `baseline`, `models`; every
+setting `--resume` must refuse; the final weights are the best checkpoint's, not the last step's; early
+stopping at exactly best step + patience x eval interval; the tutorial-style log lines."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from bertclf import checkpoint as ckpt
+from bertclf.config import RESUME_KEYS
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _env(**extra) -> dict:
+    env = dict(os.environ, BERTCLF_NO_PROGRESS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
+               OMP_NUM_THREADS="1",  # runs compared byte for byte use the same thread count
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    env.pop(ckpt.PAUSE_ENV, None)
+    return env | extra
+
+
+def bertclf(*args, timeout=600, **env) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bertclf", *map(str, args)], cwd=REPO, env=_env(**env),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def kill_at(args, point: str, log_dir: Path, timeout: float = 600) -> None:
+    """Run `bertclf train` until the BERTCLF_TEST_PAUSE_AT hook pauses at `point`, then SIGKILL it."""
+    err = log_dir / f"killed-{point.replace(':', '-')}.err"
+    with open(err.with_suffix(".out"), "w") as o, open(err, "w") as e:
+        proc = subprocess.Popen([sys.executable, "-m", "bertclf", *map(str, args)], cwd=REPO,
+                                env=_env(**{ckpt.PAUSE_ENV: point}), stdout=o, stderr=e)
+    deadline = time.monotonic() + timeout
+    try:
+        while f"{ckpt.PAUSE_MARK} {point}" not in err.read_text():
+            assert proc.poll() is None, f"exited ({proc.returncode}) before {point}: {err.read_text()[-2000:]}"
+            assert time.monotonic() < deadline, f"did not reach {point} in {timeout:.0f} s"
+            time.sleep(0.02)
+    finally:
+        proc.kill()
+        proc.wait()
+
+
+# ---------------------------------------------------------------- eval, baseline, models
+
+def test_eval_table_json_and_errors_file(trained_tiny_dir, nsmc_slices, tmp_path):
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    from bertclf.data import read_labelled
+    from bertclf.predict import Classifier
+
+    ds = read_labelled(nsmc_slices["test"], "document", "label")
+    clf = Classifier.load(str(trained_tiny_dir))
+    probs = clf.predict_proba(ds.texts)
+    y = np.array([clf.labels.index(lab) for lab in ds.labels])
+    pred = probs.argmax(1)
+    acc, macro = accuracy_score(y, pred), f1_score(y, pred, average="macro")
+    cm = confusion_matrix(y, pred)
+
+    errors = tmp_path / "errors.tsv"
+    r = bertclf("eval", trained_tiny_dir, "--test", nsmc_slices["test"], "--text-col", "document",
+                "--errors", errors)
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    assert f"accuracy {acc:.4f} on {len(ds)} rows" in lines
+    assert re.fullmatch(rf"macro\s+\d\.\d{{4}}\s+\d\.\d{{4}}\s+{macro:.4f}\s+{len(ds)}", lines[3]), lines[3]
+    at = lines.index("confusion matrix (rows: true, columns: predicted)")
+    for i, lab in enumerate(clf.labels):
+        assert lines[at + 2 + i].split() == [lab, *map(str, cm[i])]
+    assert lines[-1] == f"misclassified rows written to {errors}"
+
+    with open(errors, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["text", "label", "predicted", "score"] + [f"p_{lab}" for lab in clf.labels]
+    wrong = np.flatnonzero(pred != y)
+    assert len(rows) - 1 == len(wrong) == cm.sum() - np.trace(cm)
+    for row, i in zip(rows[1:], wrong):
+        assert row[:3] == [ds.texts[i], ds.labels[i], clf.labels[pred[i]]]
+        np.testing.assert_allclose([float(v) for v in row[4:]], probs[i], atol=1e-6)
+        assert float(row[3]) == pytest.approx(probs[i].max(), abs=1e-6)
+
+    r = bertclf("eval", trained_tiny_dir, "--test", nsmc_slices["test"], "--text-col", "document", "--json")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["n"] == len(ds) and rep["labels"] == clf.labels
+    assert rep["accuracy"] == pytest.approx(acc, abs=1e-12) and rep["macro_f1"] == pytest.approx(macro, abs=1e-12)
+    assert rep["confusion_matrix"] == cm.tolist()
+
+
+def test_baseline_learns_and_stores_its_result(nsmc_slices, tmp_path):
+    from bertclf.data import read_labelled
+
+    test_labels = read_labelled(nsmc_slices["test"], "document", "label").labels
+    majority = max(test_labels.count(lab) for lab in set(test_labels)) / len(test_labels)
+    r = bertclf("baseline", "--train", nsmc_slices["train"], "--test", nsmc_slices["test"], "--text-col",
+                "document", "--out", tmp_path, "--json")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res == json.loads((tmp_path / "baseline.json").read_text())
+    assert res["n_train"] == 3000 and res["n_test"] == 500
+    cm = np.array(res["report"]["confusion_matrix"])
+    assert res["accuracy"] == pytest.approx(np.trace(cm) / cm.sum(), abs=1e-12) and cm.sum() == 500
+    # the promise of a yardstick: it beats always answering the majority class (TF-IDF on 3,000 reviews does)
+    assert res["accuracy"] > majority + 0.1, (res["accuracy"], majority)
+
+    r = bertclf("baseline", "--train", nsmc_slices["train"], "--test", nsmc_slices["test"], "--text-col", "document")
+    assert r.returncode == 0, r.stderr
+    assert re.fullmatch(rf"TF-IDF \+ logistic regression: accuracy {res['accuracy']:.4f}, macro-F1 "
+                        rf"{res['macro_f1']:.4f} on 500 test rows \(trained on 3000 rows in \d+\.\ds\)\n", r.stdout)
+
+
+def test_models_list_and_path(me5_dir):
+    from bertclf.builtin import BUILTIN_MODELS
+
+    r = bertclf("models", "list")
+    assert r.returncode == 0, r.stderr
+    assert [ln.split("\t")[0] for ln in r.stdout.splitlines()] == list(BUILTIN_MODELS) and "me5-small" in r.stdout
+    r = bertclf("models", "path")
+    assert r.returncode == 0, r.stderr
+    path = Path(r.stdout.strip())
+    assert path == me5_dir and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert bertclf("models", "path", "me5-small").stdout == r.stdout
+
+
+# ---------------------------------------------------------------- --resume refuses changed settings
+
+@pytest.fixture(scope="module")
+def resumable(nsmc_slices, tiny_model_dir, tmp_path_factory):
+    """A run killed after step 3 (checkpoint at step 2), on a copy of the train slice with a second label column
+    (same classes, other names), so --label-col can change without changing the model's shape."""
+    d = tmp_path_factory.mktemp("resumable")
+    rows = nsmc_slices["train"].read_text(encoding="utf-8").splitlines()
+    train = d / "train.tsv"
+    train.write_text("\n".join([rows[0] + "\tsentiment"] + [r + "\t" + ("pos" if r.endswith("1") else "neg")
+                                                            for r in rows[1:]]) + "\n", encoding="utf-8")
+    base = {"--train": train, "--text-col": "document", "--label-col": "label", "--model": tiny_model_dir,
+            "--sample": 0.25, "--epochs": 1, "--max-steps": 6, "--batch-size": 16, "--lr": 2e-3, "--seed": 0,
+            "--precision": "auto", "--grad-accum": 1, "--valid-frac": 0.05, "--warmup": 0.06,
+            "--weight-decay": 0.01, "--max-length": 128, "--eval-every": 3, "--checkpoint-every": 2,
+            "--log-every": 1, "--out": d / "run"}
+    kill_at(["train", *[str(x) for kv in base.items() for x in kv]], "step:3", d)
+    assert [p.name for p in ckpt.step_checkpoints(d / "run")] == ["step-00000002"]
+    model_copy = d / "same-model-elsewhere"
+    shutil.copytree(tiny_model_dir, model_copy)
+    train_copy = d / "same-rows-elsewhere.tsv"
+    shutil.copy(train, train_copy)
+    return {"base": base, "dir": d, "model_copy": model_copy, "train_copy": train_copy}
+
+
+def changed_setting(key: str, r: dict, nsmc_slices, nsmc_dir) -> tuple[dict, list[str]]:
+    """The base command line with one setting changed: (flags replaced, flags added)."""
+    flag = "--" + key.replace("_", "-")
+    swap = {"train": r["train_copy"], "model": r["model_copy"], "epochs": 2, "batch_size": 8, "lr": 1e-3,
+            "max_length": 64, "sample": 0.3, "seed": 1, "max_steps": 7, "precision": "fp32", "grad_accum": 2,
+            "valid_frac": 0.1, "warmup": 0.1, "weight_decay": 0.0, "text_col": "id", "label_col": "sentiment",
+            "eval_every": 2}
+    if key in swap:
+        return {flag: swap[key]}, []
+    if key == "valid":
+        return {}, ["--valid", str(nsmc_slices["test"])]
+    if key == "trim_vocab":
+        return {}, ["--trim-vocab"]
+    if key == "data":  # --data nsmc instead of --train FILE
+        return {"--train": None}, ["--data", "nsmc", "--data-dir", str(nsmc_dir)]
+    raise AssertionError(f"RESUME_KEYS has {key!r}, which this test does not know how to change: add it")
+
+
+@pytest.mark.parametrize("key", RESUME_KEYS)
+def test_resume_refuses_each_changed_setting_naming_its_flag(key, resumable, nsmc_slices, nsmc_dir, capsys,
+                                                            monkeypatch):
+    """The CLI's own main() in this process (a subprocess per case would spend most of its time importing
+    torch); the exit status and stderr are what `bertclf train ... --resume` gives."""
+    from bertclf.cli import main
+
+    replace, add = changed_setting(key, resumable, nsmc_slices, nsmc_dir)
+    flags = {k: v for k, v in (resumable["base"] | replace).items() if v is not None}
+    run = resumable["base"]["--out"]
+    before = {p: p.stat().st_mtime_ns for p in run.rglob("*")}
+    monkeypatch.setenv("BERTCLF_NO_PROGRESS", "1")
+    capsys.readouterr()
+    status = main(["train", *[str(x) for kv in flags.items() for x in kv], *add, "--resume"])
+    err = capsys.readouterr().err.strip().splitlines()
+    flag = "--" + key.replace("_", "-")
+    assert status == 2 and len(err) == 1, (status, err[-5:])
+    assert err[0].startswith("bertclf: error: --resume: ") and re.search(rf"{flag}\b", err[0]), err[0]
+    assert {p: p.stat().st_mtime_ns for p in run.rglob("*")} == before  # a refusal touches nothing
+
+
+def test_resume_with_the_same_settings_is_accepted(resumable):
+    """The other side of the refusals: the unchanged command line resumes (on a copy of the killed run)."""
+    out = resumable["dir"] / "accepted"
+    shutil.copytree(resumable["base"]["--out"], out)
+    flags = resumable["base"] | {"--out": out}
+    r = bertclf("train", *[x for kv in flags.items() for x in kv], "--resume")
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "resumed from step-00000002: step 2, epoch 1" in r.stdout
+
+
+# ---------------------------------------------------------------- best weights, early stopping, log lines
+
+PATIENCE, EVAL_EVERY, LOG_EVERY = 2, 3, 3
+TUTORIAL_LINE = re.compile(r"\[Epoch (\d+)/(\d+)\] step (\d+) -> loss (\d+\.\d{4}), acc ([01]\.\d{4}) \((\d+) samples/s\)")
+VALID_LINE = re.compile(r"validation @ step (\d+): accuracy ([01]\.\d{4}), macro-F1 ([01]\.\d{4}) "
+                        r"\((best so far|best ([01]\.\d{4}) @ step (\d+))\)")
+
+
+def early_stop_args(slices, model, out) -> list:
+    return ["train", "--train", slices["train"], "--text-col", "document", "--model", model, "--sample", 0.25,
+            "--epochs", 2, "--batch-size", 16, "--lr", 2e-3, "--seed", 0, "--eval-every", EVAL_EVERY,
+            "--patience", PATIENCE, "--log-every", LOG_EVERY, "--out", out]
+
+
+@pytest.fixture(scope="module")
+def early_stopped(nsmc_slices, tiny_model_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("early") / "run"
+    r = bertclf(*early_stop_args(nsmc_slices, tiny_model_dir, out))
+    assert r.returncode == 0, r.stderr[-2000:]
+    return out, r.stdout
+
+
+def test_early_stopping_at_exactly_best_step_plus_patience_evaluations(early_stopped):
+    out, stdout = early_stopped
+    card = json.loads((out / "bertclf.json").read_text())["training"]
+    assert card["stop_reason"] == f"early stop: no improvement in {PATIENCE} evaluation(s)", card
+    assert card["steps"] == card["best_step"] + PATIENCE * EVAL_EVERY, card
+    evals = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    evals = [e for e in evals if "valid_accuracy" in e]
+    assert [e["step"] for e in evals] == list(range(EVAL_EVERY, card["steps"] + 1, EVAL_EVERY))
+    best = max(e["valid_accuracy"] for e in evals)
+    first_best = next(e["step"] for e in evals if e["valid_accuracy"] == best)
+    assert card["best_step"] == first_best  # a tie is not an improvement
+    assert [e["best"] for e in evals[-PATIENCE:]] == [False] * PATIENCE and evals[-PATIENCE - 1]["best"]
+
+
+def test_final_weights_are_the_best_checkpoints_not_the_last_steps(early_stopped, nsmc_slices, tiny_model_dir,
+                                                                   tmp_path):
+    """An early-stopped run ends PATIENCE validations after its best, so its last step is not its best. The same
+    run killed right after its last optimizer step (before that step's validation) holds checkpoints/best:
+    the finished run's model.safetensors must hold exactly those tensors."""
+    from safetensors.torch import load_file
+
+    out, _ = early_stopped
+    card = json.loads((out / "bertclf.json").read_text())["training"]
+    last, best_step = card["steps"], card["best_step"]
+    assert best_step < last
+    killed = tmp_path / "run"
+    kill_at(early_stop_args(nsmc_slices, tiny_model_dir, killed), f"step:{last}", tmp_path)
+    best = load_file(killed / "checkpoints" / "best" / "model.safetensors")
+    final = load_file(out / "model.safetensors")
+    assert set(final) == set(best)
+    different = [k for k in final if not np.array_equal(final[k].numpy(), best[k].numpy())]
+    assert not different, different[:5]
+    evals = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    last_eval = [e for e in evals if e.get("step") == last and "valid_accuracy" in e][0]
+    # the last step's weights score lower than the best: they cannot be the tensors above
+    assert last_eval["valid_accuracy"] < max(e["valid_accuracy"] for e in evals if "valid_accuracy" in e)
+
+
+def test_log_lines_have_the_tutorial_format_and_match_the_log_file(early_stopped):
+    out, stdout = early_stopped
+    records = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
+    train_records = [r for r in records if "loss" in r]
+    printed = [m for ln in stdout.splitlines() if (m := TUTORIAL_LINE.fullmatch(ln))]
+    assert len(printed) == len(train_records) > 0
+    for m, rec in zip(printed, train_records):
+        epoch, n_epochs, step, loss, acc, sps = m.groups()
+        assert int(n_epochs) == 2 and int(epoch) == int(rec["epoch"] - 1e-9) + 1
+        assert int(step) == rec["step"] and (rec["step"] % LOG_EVERY == 0)
+        assert loss == f"{rec['loss']:.4f}" and acc == f"{rec['acc']:.4f}" and int(sps) == round(rec["samples_per_s"])
+    valid_records = [r for r in records if "valid_accuracy" in r]
+    printed = [m for ln in stdout.splitlines() if (m := VALID_LINE.fullmatch(ln))]
+    assert len(printed) == len(valid_records) > 0
+    for m, rec in zip(printed, valid_records):
+        assert int(m.group(1)) == rec["step"] and m.group(2) == f"{rec['valid_accuracy']:.4f}"
+        assert (m.group(4) == "best so far") == rec["best"]
