@@ -82,6 +82,9 @@ def build_parser() -> Parser:
     pr.add_argument("--text-col", help="text column of --input (default: the training text column, else text)")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--shard", metavar="I/N", help="only rows whose index modulo N is I (split work over N workers)")
+    pr.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="ray: classify in Ray Data actors (the cluster in RAY_ADDRESS, else a local one)")
+    pr.add_argument("--workers", type=int, default=2, help="--engine ray: model replicas (one GPU each if any)")
 
     mo = sub.add_parser("models", help="builtin models: list, path")
     mo_sub = mo.add_subparsers(dest="models_command", metavar="ACTION", parser_class=Parser)
@@ -172,9 +175,21 @@ def cmd_predict(a) -> int:
         raise UserError("predict: give texts as arguments or --input FILE, not both")
     if not a.texts and not a.input and sys.stdin.isatty():
         raise UserError("predict: no texts; give them as arguments, with --input FILE, or on stdin")
+    if a.engine == "ray":
+        return _predict_on_ray(a)
     clf = Classifier.load(a.model_dir)
     predict_to(clf, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
                output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, shard=parse_shard(a.shard))
+    return 0
+
+
+def _predict_on_ray(a) -> int:
+    from bertclf.predict_ray import predict_ray_to
+
+    if a.shard:
+        raise UserError("predict: --shard is for the local engine; --engine ray splits the rows over --workers")
+    predict_ray_to(a.model_dir, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
+                   output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, workers=a.workers)
     return 0
 
 
