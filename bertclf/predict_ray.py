@@ -75,16 +75,18 @@ def _input_blocks(ray, texts: Iterable[str]) -> list:
     """The texts as Arrow tables of BLOCK_ROWS rows put in the object store: the driver holds only references."""
     import pyarrow as pa
 
-    refs, rows, chunk = [], 0, []
+    def put(start: int, chunk: list[str]):
+        return ray.put(pa.table({"row": pa.array(range(start, start + len(chunk)), pa.int64()),
+                                 "text": pa.array(chunk, pa.string())}))
+
+    refs, chunk = [], []
     for t in texts:
         chunk.append(t)
         if len(chunk) == BLOCK_ROWS:
-            refs.append(ray.put(pa.table({"row": pa.array(range(rows, rows + len(chunk)), pa.int64()),
-                                          "text": pa.array(chunk, pa.string())})))
-            rows, chunk = rows + len(chunk), []
-    if chunk or not refs:
-        refs.append(ray.put(pa.table({"row": pa.array(range(rows, rows + len(chunk)), pa.int64()),
-                                      "text": pa.array(chunk, pa.string())})))
+            refs.append(put(len(refs) * BLOCK_ROWS, chunk))
+            chunk = []
+    if chunk:
+        refs.append(put(len(refs) * BLOCK_ROWS, chunk))
     return refs
 
 
@@ -121,7 +123,10 @@ def predict_ray_to(model_dir: str, texts: list[str] | None = None, input_path: s
     clf = Classifier.load(model_dir, device="cpu")  # checks the directory, gives labels and card; no GPU taken
     card_col = (clf.card.get("data") or {}).get("text_col")
     source = iter(texts if texts is not None else iter_texts(input_path, text_col or card_col))
-    source = itertools.chain(list(itertools.islice(source, 1)), source)  # a missing file fails before Ray starts
+    first = list(itertools.islice(source, 1))  # a missing or bad file fails here, before Ray starts
+    if not first:  # nothing to classify: the local writer makes the same empty output, no cluster needed
+        return predict_to(clf, texts=[], output_path=output_path, batch_size=batch_size, progress=False)
+    source = itertools.chain(first, source)
     started = connect(ray, workers)
     ctx = ray.data.DataContext.get_current()
     saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start

@@ -65,13 +65,14 @@ def ray_env(tmp_path_factory):
         # a driver joining by address sends the cluster's token (~/.ray/auth_token) only when told to
         yield {**os.environ, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "token"}
     finally:
-        head.terminate()  # `ray start --block` stops what it started
-        try:
-            head.wait(timeout=60)
-        finally:
-            with contextlib.suppress(ProcessLookupError):  # its own session: only what this fixture started
-                os.killpg(head.pid, signal.SIGKILL)
-            head.wait()
+        # the head's own session holds only what this fixture started: SIGTERM stops it cleanly, SIGKILL what lingers
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
         log.close()
 
 
@@ -164,3 +165,14 @@ def test_without_ray_engine_ray_is_one_line_naming_the_extra(trained_tiny_dir, n
 def test_shard_with_engine_ray_is_refused(trained_tiny_dir, nsmc_slices):
     r = bertclf("predict", trained_tiny_dir, "--input", nsmc_slices["test"], "--engine", "ray", "--shard", "0/2")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--shard" in r.stderr
+
+
+def test_ray_on_a_header_only_file_writes_what_local_writes(trained_tiny_dir, nsmc_slices, tmp_path):
+    header = nsmc_slices["test"].read_text(encoding="utf-8").splitlines(keepends=True)[0]
+    empty = tmp_path / "empty.tsv"
+    empty.write_text(header, encoding="utf-8")
+    for engine in ("local", "ray"):
+        r = bertclf("predict", trained_tiny_dir, "--input", empty, "--output", tmp_path / f"{engine}.csv",
+                    "--engine", engine, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "ray.csv").read_text() == (tmp_path / "local.csv").read_text() != ""  # the CSV header
