@@ -62,6 +62,9 @@ def build_parser() -> Parser:
     pr.add_argument("--format", choices=FORMATS, help="format of --input (default: by extension; stdin: lines)")
     pr.add_argument("--explain", action="store_true", help="print the words that drove each prediction (Captum "
                     "Integrated Gradients: ~32 passes per text; torch models only); with --output, JSONL of all words")
+    pr.add_argument("--engine", choices=["local", "ray"], default="local",
+                    help="ray: classify in Ray Data actors (the cluster in RAY_ADDRESS, else a local one)")
+    pr.add_argument("--workers", type=int, default=2, help="--engine ray: model replicas (one GPU each if any)")
     _read_flags(pr)
 
     mo = sub.add_parser("models", help="builtin models: list, path")
@@ -177,6 +180,8 @@ def cmd_predict(a) -> int:
     check_batch_size(a.batch_size)
     check_encoding(a.encoding)
     check_output(a.output, a.input)
+    if a.engine == "ray":
+        return _predict_on_ray(a)
     clf = Classifier.load(a.model_dir, precision=a.precision)
     if a.explain:
         from bertclf.explain import explain_to
@@ -188,6 +193,17 @@ def cmd_predict(a) -> int:
     predict_to(clf, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
                output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, shard=shard, fmt=a.format,
                encoding=a.encoding, columns=columns)
+    return 0
+
+
+def _predict_on_ray(a) -> int:
+    from bertclf.predict_ray import predict_ray_to
+
+    if a.shard:
+        raise UserError("predict: --shard is for the local engine; --engine ray splits the rows over --workers")
+    predict_ray_to(a.model_dir, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
+                   output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, workers=a.workers,
+                   fmt=a.format, encoding=a.encoding, columns=parse_columns(a.columns), precision=a.precision)
     return 0
 
 

@@ -1,0 +1,178 @@
+"""`bertclf predict --engine ray`: on a real Ray cluster of 2 worker actors, the same records in the same order as
+the local predict; the missing-Ray error; the local cluster it starts when RAY_ADDRESS is unset.
+
+One cluster serves the module (`ray start --head`, joined through RAY_ADDRESS as on a multi-node cluster):
+starting Ray takes ~10 s on a 2-core machine. Probabilities are compared within 1e-5: a row's logits move in
+the last bits with the batch it lands in, and the Ray blocks batch the rows differently from the local run.
+"""
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ray = pytest.importorskip("ray", reason="the ray extra is not installed (pip install 'bertclf[ray]')")
+
+PROB_TOL = 1e-5
+ROWS = 500  # the NSMC test slice of conftest: 2 blocks of 256 rows, so both workers get work
+
+
+def read_jsonl(p: Path) -> list[dict]:
+    return [json.loads(x) for x in p.read_text(encoding="utf-8").splitlines()]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def bertclf(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bertclf", *map(str, args)], capture_output=True, text=True,
+                          env=env, timeout=timeout)
+
+
+@pytest.fixture(scope="module")
+def ray_env(tmp_path_factory):
+    """A 2-CPU Ray head on 127.0.0.1, stopped (with everything it started) at the end of the module."""
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "token"}
+    log = open(tmp_path_factory.mktemp("ray") / "head.log", "w")
+    head = subprocess.Popen([str(Path(sys.executable).parent / "ray"), "start", "--head", "--block",
+                             f"--port={port}", "--node-ip-address=127.0.0.1", "--num-cpus=2", "--num-gpus=0",
+                             "--include-dashboard=false", "--disable-usage-stats"],
+                            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    address = f"127.0.0.1:{port}"
+    try:
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            if head.poll() is not None:
+                pytest.fail(f"ray start exited with {head.returncode}; see {log.name}")
+            with socket.socket() as s:
+                if s.connect_ex(("127.0.0.1", port)) == 0:
+                    break
+            time.sleep(0.5)
+        else:
+            pytest.fail(f"the Ray head did not open port {port} in 120 s; see {log.name}")
+        # a driver joining by address sends the cluster's token (~/.ray/auth_token) only when told to
+        yield {**os.environ, "RAY_ADDRESS": address, "RAY_AUTH_MODE": "token"}
+    finally:
+        # the head's own session holds only what this fixture started: SIGTERM stops it cleanly, SIGKILL what lingers
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGTERM)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            head.wait(timeout=30)
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(head.pid, signal.SIGKILL)
+        head.wait()
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def local_jsonl(trained_tiny_dir, nsmc_slices, tmp_path_factory) -> Path:
+    out = tmp_path_factory.mktemp("local") / "local.jsonl"
+    r = bertclf("predict", trained_tiny_dir, "--input", nsmc_slices["test"], "--output", out)
+    assert r.returncode == 0, r.stderr
+    return out
+
+
+def assert_same_records(ray_recs: list[dict], local_recs: list[dict]) -> None:
+    assert len(ray_recs) == len(local_recs)
+    for a, b in zip(ray_recs, local_recs):
+        assert list(a) == list(b) == ["row", "text", "label", "score", "probabilities"]
+        assert (a["row"], a["text"], a["label"]) == (b["row"], b["text"], b["label"])
+        assert list(a["probabilities"]) == list(b["probabilities"])
+        assert abs(a["score"] - b["score"]) <= PROB_TOL
+        for lab in a["probabilities"]:
+            assert abs(a["probabilities"][lab] - b["probabilities"][lab]) <= PROB_TOL
+
+
+def test_ray_two_workers_write_the_local_records_in_order(ray_env, trained_tiny_dir, nsmc_slices,
+                                                          local_jsonl, tmp_path):
+    out = tmp_path / "ray.jsonl"
+    r = bertclf("predict", trained_tiny_dir, "--input", nsmc_slices["test"], "--output", out, "--engine", "ray",
+                "--workers", 2, env=ray_env)
+    assert r.returncode == 0, r.stderr
+    ray_recs, local_recs = read_jsonl(out), read_jsonl(local_jsonl)
+    assert len(local_recs) == ROWS and [x["row"] for x in ray_recs] == list(range(ROWS))
+    assert_same_records(ray_recs, local_recs)
+    assert {x["label"] for x in ray_recs} == {"0", "1"}  # a model that tells the classes apart, not a constant
+    assert sorted(os.listdir(tmp_path)) == ["ray.jsonl"]  # written through a temporary file, renamed at the end
+
+
+def test_ray_csv_output_matches_local_csv(ray_env, trained_tiny_dir, nsmc_slices, tmp_path):
+    from bertclf.cli import main
+
+    assert main(["predict", str(trained_tiny_dir), "--input", str(nsmc_slices["test"]),
+                 "--output", str(tmp_path / "local.csv")]) == 0
+    r = bertclf("predict", trained_tiny_dir, "--input", nsmc_slices["test"], "--output", tmp_path / "ray.csv",
+                "--engine", "ray", "--workers", 2, env=ray_env)
+    assert r.returncode == 0, r.stderr
+    local = (tmp_path / "local.csv").read_text(encoding="utf-8").splitlines()
+    got = (tmp_path / "ray.csv").read_text(encoding="utf-8").splitlines()
+    assert len(got) == len(local) == ROWS + 1 and got[0] == local[0]
+    for a, b in zip(got[1:], local[1:]):  # 6-decimal probabilities: equal, or one rounding step apart
+        fa, fb = a.split(","), b.split(",")
+        assert fa[:-3] == fb[:-3] and all(abs(float(x) - float(y)) <= 1.1e-6 for x, y in zip(fa[-3:], fb[-3:]))
+
+
+def test_ray_starts_a_local_cluster_without_ray_address(trained_tiny_dir, tmp_path):
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    texts = ["정말 재밌어요", "시간 아깝다", ""]
+    r = bertclf("predict", trained_tiny_dir, *texts, "--engine", "ray", "--workers", 1, env=env)
+    assert r.returncode == 0, r.stderr
+    from bertclf.predict import Classifier
+
+    want = Classifier.load(str(trained_tiny_dir), device="cpu").predict(texts)
+    got = [json.loads(x) for x in r.stdout.splitlines()]  # stdout carries only the records
+    assert [g["row"] for g in got] == [0, 1, 2] and [g["text"] for g in got] == texts
+    assert [g["label"] for g in got] == [w["label"] for w in want]
+    assert all(abs(g["score"] - w["score"]) <= PROB_TOL for g, w in zip(got, want))
+
+
+BLOCK_RAY = """
+import sys
+class NoRay:  # this interpreter behaves as one where Ray is not installed
+    def find_spec(self, name, path=None, target=None):
+        if name == "ray" or name.startswith("ray."):
+            raise ModuleNotFoundError(f"No module named {name!r}", name=name)
+sys.meta_path.insert(0, NoRay())
+from bertclf.cli import main
+sys.argv[0] = "bertclf"
+raise SystemExit(main(sys.argv[1:]))
+"""
+
+
+def test_without_ray_engine_ray_is_one_line_naming_the_extra(trained_tiny_dir, nsmc_slices, tmp_path):
+    out = tmp_path / "out.jsonl"
+    r = subprocess.run([sys.executable, "-c", BLOCK_RAY, "predict", str(trained_tiny_dir), "--input",
+                        str(nsmc_slices["test"]), "--output", str(out), "--engine", "ray"],
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2
+    assert r.stderr.strip().splitlines() == ["bertclf: error: --engine ray needs Ray; install it with: "
+                                             "pip install 'bertclf[ray]'"]
+    assert not out.exists() and os.listdir(tmp_path) == []
+
+
+def test_shard_with_engine_ray_is_refused(trained_tiny_dir, nsmc_slices):
+    r = bertclf("predict", trained_tiny_dir, "--input", nsmc_slices["test"], "--engine", "ray", "--shard", "0/2")
+    assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1 and "--shard" in r.stderr
+
+
+def test_ray_on_a_header_only_file_writes_what_local_writes(trained_tiny_dir, nsmc_slices, tmp_path):
+    header = nsmc_slices["test"].read_text(encoding="utf-8").splitlines(keepends=True)[0]
+    empty = tmp_path / "empty.tsv"
+    empty.write_text(header, encoding="utf-8")
+    for engine in ("local", "ray"):
+        r = bertclf("predict", trained_tiny_dir, "--input", empty, "--output", tmp_path / f"{engine}.csv",
+                    "--engine", engine, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
+        assert r.returncode == 0, r.stderr
+    assert (tmp_path / "ray.csv").read_text() == (tmp_path / "local.csv").read_text() != ""  # the CSV header
