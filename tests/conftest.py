@@ -1,8 +1,9 @@
 """Shared fixtures: NSMC location, the builtin model, and a tiny random-weight BERT with the real tokenizer.
 
 In CI (the `CI` environment variable set, as .ci/run and hosted CI services do) a skip is a failure: a suite
-that skips its data, browser or server tests must not pass. Only tests marked `gpu` may skip there (CI has no
-GPU). Every skip names what is missing; `-rs` (pyproject.toml) prints the reasons."""
+that skips its data, browser or server tests must not pass. Only tests marked `gpu` (CI has no GPU) or `hardware`
+(a precondition that depends on the CPU) may skip there. Every skip names what is missing; `-rs` (pyproject.toml)
+prints the reasons."""
 from __future__ import annotations
 
 import os
@@ -18,7 +19,9 @@ def in_ci() -> bool:
 
 
 def _may_skip_in_ci(item) -> bool:
-    return item is not None and item.get_closest_marker("gpu") is not None
+    """gpu tests (CI has no GPU) and hardware tests (their precondition depends on the CPU, e.g. a quantization
+    outcome that only some CPUs give) may skip in CI; nothing else may."""
+    return item is not None and any(item.get_closest_marker(m) is not None for m in ("gpu", "hardware"))
 
 
 @pytest.hookimpl(hookwrapper=True)

@@ -152,6 +152,7 @@ def agreements(trained_tiny_dir, check_file):
     return out
 
 
+@pytest.mark.hardware
 def test_int8_falls_through_to_the_first_variant_that_passes(trained_tiny_dir, check_file, agreements, tmp_path):
     """Below --min-agreement the next variant is tried; the first that passes is kept and named."""
     from bertclf.export import export_onnx
@@ -173,6 +174,7 @@ def test_int8_falls_through_to_the_first_variant_that_passes(trained_tiny_dir, c
     assert json.loads((tmp_path / "out" / "bertclf.json").read_text())["export"]["quantization"]["variant"] == want
 
 
+@pytest.mark.hardware
 def test_int8_that_no_variant_passes_exits_2_and_writes_nothing(trained_tiny_dir, check_file, agreements, tmp_path):
     best = max(agreements.values())
     if best >= 1.0:
