@@ -1,7 +1,6 @@
 """The model card (DIR/bertclf.json): what was trained, on what, how, and how well."""
 from __future__ import annotations
 
-import platform
 import sys
 
 import torch
@@ -29,7 +28,9 @@ def build_card(cfg, run_args: dict, labels: list[str], data: dict, metrics: dict
 def device_name(device) -> str:
     if device.type == "cuda":
         return torch.cuda.get_device_name(device)
-    return f"cpu ({platform.processor() or platform.machine()}, {torch.get_num_threads()} threads)"
+    from bertclf.cpu import describe
+
+    return describe(torch.get_num_threads())  # the CPU model and its matrix features (AMX, AVX-512 BF16, VNNI)
 
 
 def versions() -> dict:
