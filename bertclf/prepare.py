@@ -14,7 +14,7 @@ from bertclf import checkpoint as ckpt
 from bertclf import data as D
 from bertclf import rundir
 from bertclf.batches import epoch_batches
-from bertclf.config import RESUME_KEYS, TrainConfig
+from bertclf.config import check_max_length, RESUME_KEYS, TrainConfig
 from bertclf.errors import UserError
 from bertclf.meter import Logger
 from bertclf.models import load_classifier, load_tokenizer, resolve
@@ -126,6 +126,7 @@ def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:
         + (f"; dropped {train_ds.dropped_empty} empty train / {test_ds.dropped_empty if test_ds else 0} empty test rows"
            if cfg.data == "nsmc" or train_ds.dropped_empty else ""))
     base = resolve(cfg.model, log=say)
+    check_max_length(cfg.max_length, base)  # a hub model's positions are known only once it is resolved
     if cfg.trim_vocab:
         base = trimmed_base(base, out, train_ds.texts + valid_ds.texts, accelerator, say, reuse=resuming)
     tokenizer = load_tokenizer(base)
