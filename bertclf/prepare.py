@@ -14,7 +14,7 @@ from bertclf import checkpoint as ckpt
 from bertclf import data as D
 from bertclf import rundir
 from bertclf.batches import epoch_batches
-from bertclf.config import check_max_length, RESUME_KEYS, TrainConfig
+from bertclf.config import RESUME_KEYS, TrainConfig, check_max_length
 from bertclf.errors import UserError
 from bertclf.meter import Logger
 from bertclf.models import load_classifier, load_tokenizer, resolve
