@@ -108,7 +108,7 @@ def build_parser() -> Parser:
     x.add_argument("--onnx", action="store_true", required=True, help="export format (ONNX is the only one)")
     x.add_argument("--int8", action="store_true", help="int8 dynamic quantization, checked against fp32")
     x.add_argument("--check", metavar="FILE", help="labelled file to check int8 on (default: the model's validation rows)")
-    x.add_argument("--min-agreement", type=_frac, default=0.99,
+    x.add_argument("--min-agreement", type=number, default=0.99,
                    help="int8 must agree with fp32 on this share of labels, else a more faithful variant is tried")
     x.add_argument("--out", required=True, metavar="DIR2")
 

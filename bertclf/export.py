@@ -41,7 +41,7 @@ from pathlib import Path
 import numpy as np
 
 from bertclf.errors import UserError
-from bertclf.files import atomic_dir, check_writable, write_json
+from bertclf.files import atomic_dir, check_writable
 from bertclf.quantize import SMOOTH_ALPHA, Variant, choose, quiet_logging, smooth
 from bertclf.rundir import CARD_FILE, write_card
 
