@@ -212,12 +212,13 @@ def resume(run: Run) -> None:
         raise UserError(f"--resume: the run in {out} was trained by {saved.get('processes', 1)} process(es), "
                         f"this one has {run.world}; resume with the same number of processes")
     check_same_data(run, saved_state.get("data_sha256") or {}, found)
-    loaded = ckpt.load_checkpoint(found, run.unwrapped(), run.optimizer, run.scheduler,
-                                  rank=run.accelerator.process_index)
+    # Settings first: a checkpoint of other settings (another vocabulary, other labels) may not even load.
     changed = [k for k in RESUME_KEYS if saved.get(k) != run.run_args.get(k)]
     if changed:
         raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
                         f"run in {out}; repeat its settings (see {found / ckpt.TRAINER_STATE})")
+    loaded = ckpt.load_checkpoint(found, run.unwrapped(), run.optimizer, run.scheduler,
+                                  rank=run.accelerator.process_index)
     run.state = TrainState.from_dict(loaded)
     if run.main:
         rundir.truncate_log(out, run.state.step)

@@ -177,13 +177,7 @@ def changed_setting(key: str, r: dict, nsmc_slices, nsmc_dir) -> tuple[dict, lis
     raise AssertionError(f"RESUME_KEYS has {key!r}, which this test does not know how to change: add it")
 
 
-LOADS_BEFORE_COMPARING = pytest.mark.xfail(
-    strict=True, reason="bug in loop.py (reported): --resume loads the checkpoint into a model of another shape "
-    "before comparing the settings, so a changed --trim-vocab ends in a size-mismatch traceback, exit 1")
-
-
-@pytest.mark.parametrize("key", [pytest.param(k, marks=LOADS_BEFORE_COMPARING) if k == "trim_vocab" else k
-                                 for k in RESUME_KEYS])
+@pytest.mark.parametrize("key", RESUME_KEYS)
 def test_resume_refuses_each_changed_setting_naming_its_flag(key, resumable, nsmc_slices, nsmc_dir, capsys,
                                                             monkeypatch):
     """The CLI's own main() in this process (a subprocess per case would spend most of its time importing
