@@ -258,6 +258,7 @@ def test_kill_between_the_renames_of_the_best_write_puts_the_old_best_back(tiny_
     checkpoints/.best.*.old/d, the new one not yet in place): there is no checkpoints/best at that moment. The
     readers put the old best back whole; --resume ends with the reference's bytes."""
     import torch
+    from safetensors.torch import load_file
     from transformers import AutoModelForSequenceClassification
 
     reference, run = references(*TWO_BESTS), tmp_path / "run"
@@ -273,7 +274,6 @@ def test_kill_between_the_renames_of_the_best_write_puts_the_old_best_back(tiny_
     assert info is not None and info["step"] < k.step
     assert ckpt.verify(best) is None and (best / "model.safetensors").read_bytes() == old_weights
     assert not list(rundir.checkpoints_dir(run).glob(".best.*.old"))
-    from safetensors.torch import load_file
     assert all(torch.equal(v, model.state_dict()[n]) for n, v in load_file(str(best / "model.safetensors")).items())
     _resume_matches_the_reference(argv, run, reference)
 
