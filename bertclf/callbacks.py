@@ -19,7 +19,12 @@ class TrainCallback:
         """After the validation at `step` is scored, before the best checkpoint is written."""
 
     def on_checkpoint_write(self, kind: str, step: int, folder) -> None:
-        """Inside a checkpoint's temporary folder, weights written, no manifest yet. kind: "step" or "best"."""
+        """A moment inside a write that a kill must not spoil. kind:
+        "step", "best"  inside the checkpoint's temporary folder, weights written, no manifest yet;
+        "best-swap"     between the renames that replace checkpoints/best: the old best moved aside, the new one
+                        not yet in place (folder: checkpoints/best, missing at that moment);
+        "final"         during the final model write: the card removed, the first file moved into the output
+                        folder, the others still staged (step: the run's last step; folder: the output folder)."""
 
     def on_checkpoint_saved(self, step: int) -> None:
         """After checkpoints/step-N is complete and older ones are pruned."""

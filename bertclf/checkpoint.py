@@ -19,7 +19,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bertclf import rundir
-from bertclf.files import atomic_dir, sha256_file, write_json
+from bertclf.files import atomic_dir, restore_all_replaced, restore_replaced, sha256_file, write_json
 from bertclf.rundir import step_checkpoints
 
 TRAINER_STATE = "trainer_state.json"
@@ -54,7 +54,9 @@ def _write_manifest(folder: Path, extra: dict) -> None:
 
 
 def verify(folder: Path) -> str | None:
-    """None if the folder matches its manifest, else what is wrong."""
+    """None if the folder matches its manifest, else what is wrong (a folder that a kill left moved aside by
+    atomic_dir is put back first)."""
+    restore_replaced(folder)
     man = folder / "manifest.json"
     if not man.is_file():
         return "no manifest.json (incomplete write)"
@@ -99,6 +101,7 @@ def read_trainer_state(ckpt: Path) -> dict:
 
 def latest_checkpoint(run_dir: Path, log=print) -> Path | None:
     """The newest checkpoint that passes its manifest; says which broken ones it skipped."""
+    restore_all_replaced(rundir.checkpoints_dir(run_dir))
     for ckpt in reversed(step_checkpoints(run_dir)):
         problem = verify(ckpt)
         if problem is None:
@@ -121,27 +124,33 @@ def load_checkpoint(ckpt: Path, model, optimizer, scheduler, rank: int = 0) -> d
 
 
 def save_best(run_dir: Path, model, info: dict, on_write=_no_hook) -> None:
-    """checkpoints/best: the weights with the best validation score so far."""
-    with atomic_dir(rundir.best_dir(run_dir)) as tmp:
+    """checkpoints/best: the weights with the best validation score so far.
+
+    on_write(kind, step, folder): kind "best" inside the temporary folder, weights written; kind "best-swap"
+    between the renames that replace an existing best (the old one moved aside, the new one not yet in place)."""
+    best, step = rundir.best_dir(run_dir), info.get("step")
+    with atomic_dir(best, between=lambda: on_write("best-swap", step, best)) as tmp:
         save_file(_state_dict_for_file(model), str(tmp / "model.safetensors"))
-        on_write("best", info.get("step"), tmp)
+        on_write("best", step, tmp)
         write_json(tmp / "best.json", info)
-        _write_manifest(tmp, {"step": info.get("step")})
+        _write_manifest(tmp, {"step": step})
 
 
 def load_best(run_dir: Path, model) -> dict | None:
     best = rundir.best_dir(run_dir)
+    restore_replaced(best)
     if not best.is_dir() or verify(best) is not None:
         return None
     model.load_state_dict(load_file(str(best / "model.safetensors")))
     return json.loads((best / "best.json").read_text())
 
 
-def save_model_dir(out_dir: Path, model, tokenizer, card: dict) -> None:
+def save_model_dir(out_dir: Path, model, tokenizer, card: dict, on_write=_no_hook) -> None:
     """The final, standard Hugging Face directory (+ the model card), each file replaced atomically.
 
     Weights and tokenizer are written to a temporary folder first and renamed into place; the card, written
-    last, marks the directory complete.
+    last, marks the directory complete. on_write("final", steps, out_dir): called once the first file has moved
+    into place (the card removed, the rest still staged).
     """
     out_dir = Path(out_dir)
     staging = rundir.checkpoints_dir(out_dir) / rundir.FINAL_STAGING
@@ -149,7 +158,9 @@ def save_model_dir(out_dir: Path, model, tokenizer, card: dict) -> None:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
     rundir.remove_card(out_dir)
-    for p in sorted(staging.iterdir()):
+    for i, p in enumerate(sorted(staging.iterdir())):
         p.replace(out_dir / p.name)
+        if i == 0:
+            on_write("final", card.get("training", {}).get("steps"), out_dir)
     shutil.rmtree(staging, ignore_errors=True)
     rundir.write_card(out_dir, card)

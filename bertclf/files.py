@@ -117,15 +117,55 @@ def write_json(path: str | os.PathLike, obj) -> None:
         f.write("\n")
 
 
+def _replaced_aside(parent: Path) -> list[tuple[Path, Path]]:
+    """(.NAME.XXXXXXXX.old/d, NAME) for each folder that atomic_dir moved aside in `parent`."""
+    pairs = []
+    for old in parent.glob(".*.old") if parent.is_dir() else []:
+        name = old.name[1:-len(".old")].rpartition(".")[0]  # mkdtemp: ".{name}." + 8 random chars + ".old"
+        if name and (old / "d").is_dir():
+            pairs.append((old / "d", parent / name))
+    return pairs
+
+
+def restore_replaced(path: str | os.PathLike) -> bool:
+    """Put back the folder at `path` when a kill came between atomic_dir's two renames: the old folder was moved
+    aside into `.NAME.*.old/d` and the new one not yet into place. True if something was put back."""
+    path = Path(path)
+    if path.exists():
+        return False
+    asides = [aside for aside, name in _replaced_aside(path.parent) if name == path]
+    if not asides:
+        return False
+    newest = max(asides, key=lambda aside: aside.parent.stat().st_mtime)  # the .old folder got d last
+    os.replace(newest, path)
+    shutil.rmtree(newest.parent, ignore_errors=True)
+    _fsync_dir(path.parent)
+    return True
+
+
+def restore_all_replaced(parent: str | os.PathLike) -> None:
+    """restore_replaced for every folder in `parent` that atomic_dir had moved aside when it was killed."""
+    for _, name in _replaced_aside(Path(parent)):
+        restore_replaced(name)
+
+
+def _no_call() -> None:
+    pass
+
+
 @contextlib.contextmanager
-def atomic_dir(path: str | os.PathLike, replace: bool = True):
+def atomic_dir(path: str | os.PathLike, replace: bool = True, between=_no_call):
     """Yield a temporary directory beside `path`; on success it becomes `path`.
 
     A crash leaves at most a hidden `.name.*.tmp` directory, never a half-written `path`.
-    With replace=True an existing `path` is swapped out only after the new one is complete.
+    With replace=True an existing `path` is swapped out only after the new one is complete: moved aside to
+    `.name.*.old/d`, then the new one renamed into place. A kill between those two renames leaves no `path`;
+    restore_replaced (called here first, and by the readers of checkpoints) puts the old one back.
+    between(): called between the two renames (tests stop a run there).
     """
     path = Path(path)
     _make_parent(path)
+    restore_replaced(path)
     try:
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
     except OSError as e:
@@ -144,7 +184,12 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True):
                 raise FileExistsError(path)
             old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
             os.replace(path, old / "d")
-            os.replace(tmp, path)
+            try:
+                between()
+                os.replace(tmp, path)
+            except BaseException:
+                restore_replaced(path)
+                raise
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)

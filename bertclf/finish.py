@@ -56,7 +56,7 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
                   "precision": "fp32" if run.mixed == "no" else run.mixed, "global_batch": plan.eff_batch * run.world})
     model.config.id2label = run.labels.id2label
     model.config.label2id = {v: k for k, v in run.labels.id2label.items()}
-    ckpt.save_model_dir(out, model, run.tokenizer, card)
+    ckpt.save_model_dir(out, model, run.tokenizer, card, on_write=run.events.on_checkpoint_write)
     shutil.rmtree(rundir.checkpoints_dir(out), ignore_errors=True)  # finished: the final model is the best one
     if test_rep:
         say(f"test accuracy {test_rep['accuracy']:.4f} (macro-F1 {test_rep['macro_f1']:.4f}) on {test_rep['n']} rows; "

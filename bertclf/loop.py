@@ -42,6 +42,7 @@ def train(cfg: TrainConfig, echo=print, callbacks=()) -> dict:
     events = Events(callbacks)
     with contextlib.ExitStack() as held:  # the output folder's lock (one run per folder), for the whole run
         run = prepare(cfg, echo, held)
+        run.events = events  # the final model write (finish.py) tells them of its moments too
         with Preemption() as preemption:
             return run_loop(run, events, preemption, t_start)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -14,6 +14,7 @@ from bertclf import checkpoint as ckpt
 from bertclf import data as D
 from bertclf import rundir
 from bertclf.batches import epoch_batches
+from bertclf.callbacks import Events
 from bertclf.config import RESUME_KEYS, TrainConfig, check_max_length
 from bertclf.errors import UserError
 from bertclf.meter import Logger
@@ -63,6 +64,7 @@ class Run:
     scheduler: object
     run_args: dict
     state: TrainState
+    events: Events = field(default_factory=Events)  # bertclf.callbacks: train() sets the run's callbacks
 
     @property
     def world(self) -> int:

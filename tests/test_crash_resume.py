@@ -14,6 +14,7 @@ import re
 import shutil
 import subprocess
 import sys
+import textwrap
 import time
 from pathlib import Path
 
@@ -83,6 +84,59 @@ class Killed:
             proc.wait()
         assert proc.returncode == -9
         self.stdout = self.out_path.read_text()
+        self.step = int(re.search(rf"{re.escape(PAUSE_MARK)} \S+ \(step (\d+)\)", self.err_path.read_text())[1])
+
+
+class Reference:
+    """The uninterrupted run of _args(..., *extra), started in the background at once (it runs alongside the
+    killed runs: one thread each, 2 cores are enough); finished() waits for it."""
+
+    def __init__(self, slices, model, out: Path, extra: tuple[str, ...]):
+        self.out, self.err_path = out, out.parent / "reference.err"
+        with open(self.err_path, "w") as e:
+            self.proc = subprocess.Popen(CLI + _args(slices, model, out, *extra), cwd=REPO, env=_env(),
+                                         stdout=subprocess.DEVNULL, stderr=e)
+
+    def finished(self) -> Path:
+        self.proc.wait(timeout=600)
+        assert self.proc.returncode == 0, self.err_path.read_text()[-3000:]
+        return self.out
+
+
+@pytest.fixture(scope="module")
+def references(tiny_model_dir, nsmc_slices, tmp_path_factory):
+    """references(*extra): the uninterrupted run of _args(..., *extra), one per setting, shared by the tests that
+    compare bytes with it."""
+    started: dict[tuple, Reference] = {}
+
+    def get(*extra: str) -> Reference:
+        if extra not in started:
+            out = tmp_path_factory.mktemp("crash-reference") / "reference"
+            started[extra] = Reference(nsmc_slices, tiny_model_dir, out, extra)
+        return started[extra]
+    yield get
+    for ref in started.values():
+        if ref.proc.poll() is None:
+            ref.proc.kill()
+            ref.proc.wait()
+
+
+# The tiny model's validation accuracy improves at steps 10 and 30 with these settings (at step 20 only with
+# _args' own), so there is a second best-checkpoint write to kill, replacing an existing best.
+TWO_BESTS = ("--eval-every", "10", "--valid-frac", "0.3")
+
+
+def _resume_matches_the_reference(argv: list[str], run: Path, reference: Reference) -> str:
+    """`--resume` the killed run to its end: exit 0, and the same model.safetensors bytes and train_log.jsonl
+    (minus timings) as the uninterrupted run. Returns its stdout."""
+    r = subprocess.run(CLI + argv + ["--resume"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
+    ref_out = reference.finished()
+    assert rundir.has_card(run) and not rundir.checkpoints_dir(run).exists()
+    assert (ref_out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
+    assert _strip(rundir.log_path(ref_out)) == _strip(rundir.log_path(run))
+    assert rundir.read_card(run)["training"]["best_step"] == rundir.read_card(ref_out)["training"]["best_step"]
+    return r.stdout
 
 
 def _resumed_from(stdout: str) -> int:
@@ -106,78 +160,70 @@ def _one_line_error(err: str) -> str:
     return lines[0]
 
 
-def test_kill_at_every_kind_of_moment_then_resume_is_bit_identical(tiny_model_dir, nsmc_slices, tmp_path, capsys):
+def test_kill_at_every_kind_of_moment_then_resume_is_bit_identical(tiny_model_dir, nsmc_slices, tmp_path, capsys,
+                                                                  references):
     """One run killed at five kinds of moments (and restarted once from scratch) ends bit-identical to an
     uninterrupted run: same model.safetensors bytes, same train_log.jsonl minus timings."""
-    ref_out, run = tmp_path / "reference", tmp_path / "run"
+    reference = references()
+    run = tmp_path / "run"
     logs = tmp_path / "logs"
     logs.mkdir()
-    # the reference runs alongside the killed runs (one thread each: 2 cores are enough)
-    ref = subprocess.Popen(CLI + _args(nsmc_slices, tiny_model_dir, ref_out), cwd=REPO, env=_env(),
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     argv = _args(nsmc_slices, tiny_model_dir, run)
     in_process = argv  # the same flags for cli.main
 
-    try:
-        # 1. early: killed at step 7, before the first checkpoint. --resume refuses with one line that says
-        #    what to do instead (not "start without --resume", which would refuse in turn: the folder is not empty)
-        Killed(argv, "step:7", logs)
-        assert _steps(run) == [] and (run / "train_log.jsonl").is_file() and not (run / "bertclf.json").exists()
-        rc, _, err = _train_in_process(in_process + ["--resume"], capsys)
-        line = _one_line_error(err)
-        assert rc == 2 and "no checkpoint" in line and "--overwrite" in line, line
-        rc, _, err = _train_in_process(in_process, capsys)
-        assert rc == 2 and "--overwrite" in _one_line_error(err)
+    # 1. early: killed at step 7, before the first checkpoint. --resume refuses with one line that says
+    #    what to do instead (not "start without --resume", which would refuse in turn: the folder is not empty)
+    Killed(argv, "step:7", logs)
+    assert _steps(run) == [] and (run / "train_log.jsonl").is_file() and not (run / "bertclf.json").exists()
+    rc, _, err = _train_in_process(in_process + ["--resume"], capsys)
+    line = _one_line_error(err)
+    assert rc == 2 and "no checkpoint" in line and "--overwrite" in line, line
+    rc, _, err = _train_in_process(in_process, capsys)
+    assert rc == 2 and "--overwrite" in _one_line_error(err)
 
-        # 2. mid-epoch: step 13, three steps after the checkpoint of step 10
-        Killed(argv + ["--overwrite"], "step:13", logs)
-        assert _steps(run) == [10]
-        rc, _, err = _train_in_process(in_process + ["--resume", "--seed", "1"], capsys)  # other settings: refused
-        assert rc == 2 and "--seed" in _one_line_error(err)
+    # 2. mid-epoch: step 13, three steps after the checkpoint of step 10
+    Killed(argv + ["--overwrite"], "step:13", logs)
+    assert _steps(run) == [10]
+    rc, _, err = _train_in_process(in_process + ["--resume", "--seed", "1"], capsys)  # other settings: refused
+    assert rc == 2 and "--seed" in _one_line_error(err)
 
-        # 3. right after a checkpoint is complete (and older ones pruned)
-        k = Killed(argv + ["--resume"], "checkpoint-saved:20", logs)
-        assert _resumed_from(k.stdout) == 10
-        assert _steps(run) == [10, 20]
+    # 3. right after a checkpoint is complete (and older ones pruned)
+    k = Killed(argv + ["--resume"], "checkpoint-saved:20", logs)
+    assert _resumed_from(k.stdout) == 10
+    assert _steps(run) == [10, 20]
 
-        # 4. during a checkpoint write: a hidden temporary folder without manifest, never a step-30 folder
-        k = Killed(argv + ["--resume"], "checkpoint-write:30", logs)
-        assert _resumed_from(k.stdout) == 20
-        assert _steps(run) == [10, 20]
-        tmp_dirs = [p for p in rundir.checkpoints_dir(run).iterdir() if p.name.startswith(".step-00000030.")]
-        assert tmp_dirs and not (tmp_dirs[0] / "manifest.json").exists()
+    # 4. during a checkpoint write: a hidden temporary folder without manifest, never a step-30 folder
+    k = Killed(argv + ["--resume"], "checkpoint-write:30", logs)
+    assert _resumed_from(k.stdout) == 20
+    assert _steps(run) == [10, 20]
+    tmp_dirs = [p for p in rundir.checkpoints_dir(run).iterdir() if p.name.startswith(".step-00000030.")]
+    assert tmp_dirs and not (tmp_dirs[0] / "manifest.json").exists()
 
-        # 5. during evaluation (step 40: scored, best checkpoint and step-40 checkpoint not yet written)
-        k = Killed(argv + ["--resume"], "eval:40", logs)
-        assert _resumed_from(k.stdout) == 20
-        assert _steps(run) == [20, 30]
+    # 5. during evaluation (step 40: scored, best checkpoint and step-40 checkpoint not yet written)
+    k = Killed(argv + ["--resume"], "eval:40", logs)
+    assert _resumed_from(k.stdout) == 20
+    assert _steps(run) == [20, 30]
 
-        # 6. after checkpoint 50; then the newest checkpoint is damaged and the log's last line torn
-        k = Killed(argv + ["--resume"], "checkpoint-saved:50", logs)
-        assert _resumed_from(k.stdout) == 30
-        assert _steps(run) == [40, 50]  # retention: never more than --keep-checkpoints 2 (+ best)
-        assert ckpt.verify(rundir.best_dir(run)) is None
-        victim = rundir.step_dir(run, 50) / "optimizer.pt"
-        with open(victim, "r+b") as f:
-            f.truncate(victim.stat().st_size // 2)
-        with open(run / "train_log.jsonl", "a") as f:
-            f.write('{"step": 51, "loss": 0.4')  # a line cut short by a crash (power loss, full disk)
+    # 6. after checkpoint 50; then the newest checkpoint is damaged and the log's last line torn
+    k = Killed(argv + ["--resume"], "checkpoint-saved:50", logs)
+    assert _resumed_from(k.stdout) == 30
+    assert _steps(run) == [40, 50]  # retention: never more than --keep-checkpoints 2 (+ best)
+    assert ckpt.verify(rundir.best_dir(run)) is None
+    victim = rundir.step_dir(run, 50) / "optimizer.pt"
+    with open(victim, "r+b") as f:
+        f.truncate(victim.stat().st_size // 2)
+    with open(run / "train_log.jsonl", "a") as f:
+        f.write('{"step": 51, "loss": 0.4')  # a line cut short by a crash (power loss, full disk)
 
-        # 7. the last resume skips the broken checkpoint, says so, and finishes
-        r = subprocess.run(CLI + argv + ["--resume"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
-        assert r.returncode == 0, r.stderr[-3000:]
-        assert "Traceback" not in r.stderr
-        assert re.search(r"checkpoint step-00000050 is unusable \(optimizer\.pt fails its checksum", r.stdout), \
-            r.stdout
-        assert _resumed_from(r.stdout) == 40
-    finally:
-        if ref.poll() is None:
-            try:
-                ref.wait(timeout=600)
-            except subprocess.TimeoutExpired:
-                ref.kill()
-    assert ref.returncode == 0, ref.stderr.read()[-3000:]
+    # 7. the last resume skips the broken checkpoint, says so, and finishes
+    r = subprocess.run(CLI + argv + ["--resume"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "Traceback" not in r.stderr
+    assert re.search(r"checkpoint step-00000050 is unusable \(optimizer\.pt fails its checksum", r.stdout), \
+        r.stdout
+    assert _resumed_from(r.stdout) == 40
 
+    ref_out = reference.finished()
     assert rundir.has_card(run) and not rundir.checkpoints_dir(run).exists()
     assert (ref_out / "model.safetensors").read_bytes() == (run / "model.safetensors").read_bytes()
     assert _strip(rundir.log_path(ref_out)) == _strip(rundir.log_path(run))
@@ -187,16 +233,101 @@ def test_kill_at_every_kind_of_moment_then_resume_is_bit_identical(tiny_model_di
     assert card["training"]["best_step"] == card_ref["training"]["best_step"]
 
 
-def test_kill_while_writing_the_best_checkpoint(tiny_model_dir, nsmc_slices, tmp_path):
-    """checkpoints/best is replaced atomically too: killed inside its write, the previous best stays whole."""
-    run = tmp_path / "run"
-    argv = _args(nsmc_slices, tiny_model_dir, run)
-    Killed(argv, "best-write:20", tmp_path)
+def _best_step(run: Path) -> int:
+    return json.loads((rundir.best_dir(run) / "best.json").read_text())["step"]
+
+
+def test_kill_inside_a_later_best_write_keeps_the_old_best_and_resumes_bit_identical(tiny_model_dir, nsmc_slices,
+                                                                                     tmp_path, references):
+    """Killed inside the SECOND best-checkpoint write (new weights in a hidden temporary folder, no manifest):
+    the previous best is still checkpoints/best and passes its manifest; --resume ends with the reference's bytes."""
+    reference, run = references(*TWO_BESTS), tmp_path / "run"
+    argv = _args(nsmc_slices, tiny_model_dir, run, *TWO_BESTS)
+    k = Killed(argv, "best-write:#2", tmp_path)
     best = rundir.best_dir(run)
-    assert not best.exists() or ckpt.verify(best) is None
-    assert any(p.name.startswith(".best.") for p in rundir.checkpoints_dir(run).iterdir())
-    assert _steps(run) == [10]  # step 20's checkpoint comes after its validation
-    assert ckpt.latest_checkpoint(run, log=lambda s: None) == rundir.step_dir(run, 10)
+    assert ckpt.verify(best) is None
+    assert _best_step(run) < k.step  # the first best, not the one being written
+    tmp_dirs = [p for p in rundir.checkpoints_dir(run).iterdir() if p.name.startswith(".best.")]
+    assert tmp_dirs and all(not (p / "manifest.json").exists() for p in tmp_dirs)
+    assert _resumed_from(_resume_matches_the_reference(argv, run, reference)) < k.step
+
+
+def test_kill_between_the_renames_of_the_best_write_puts_the_old_best_back(tiny_model_dir, nsmc_slices, tmp_path,
+                                                                           references):
+    """Killed between the two renames that replace checkpoints/best (the old best moved aside to
+    checkpoints/.best.*.old/d, the new one not yet in place): there is no checkpoints/best at that moment. The
+    readers put the old best back whole; --resume ends with the reference's bytes."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForSequenceClassification
+
+    reference, run = references(*TWO_BESTS), tmp_path / "run"
+    argv = _args(nsmc_slices, tiny_model_dir, run, *TWO_BESTS)
+    k = Killed(argv, "best-swap:#1", tmp_path)  # the first best write finds no best to replace: no swap
+    best = rundir.best_dir(run)
+    aside = list(rundir.checkpoints_dir(run).glob(".best.*.old/d"))
+    assert not best.exists() and len(aside) == 1 and (aside[0] / "manifest.json").is_file()
+    old_weights = (aside[0] / "model.safetensors").read_bytes()
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2)
+    info = ckpt.load_best(run, model)  # what the final stage reads: the old best, put back
+    assert info is not None and info["step"] < k.step
+    assert ckpt.verify(best) is None and (best / "model.safetensors").read_bytes() == old_weights
+    assert not list(rundir.checkpoints_dir(run).glob(".best.*.old"))
+    assert all(torch.equal(v, model.state_dict()[n]) for n, v in load_file(str(best / "model.safetensors")).items())
+    _resume_matches_the_reference(argv, run, reference)
+
+
+def test_kill_during_the_final_model_write_then_resume_is_bit_identical(tiny_model_dir, nsmc_slices, tmp_path,
+                                                                        references):
+    """Killed while the final model's files move into the output folder (the card removed, one file moved, the
+    rest staged): the folder is not a finished model, the checkpoints are intact, and --resume ends with the
+    reference's bytes."""
+    reference, run = references(), tmp_path / "run"
+    argv = _args(nsmc_slices, tiny_model_dir, run)
+    k = Killed(argv, f"final:{STEPS}", tmp_path)
+    assert k.step == STEPS
+    assert not rundir.has_card(run) and (run / "config.json").is_file() and not (run / "model.safetensors").exists()
+    staged = rundir.checkpoints_dir(run) / rundir.FINAL_STAGING
+    assert (staged / "model.safetensors").is_file()
+    assert _steps(run) == [40, 50] and all(ckpt.verify(p) is None for p in rundir.step_checkpoints(run))
+    assert ckpt.verify(rundir.best_dir(run)) is None
+    assert _resumed_from(_resume_matches_the_reference(argv, run, reference)) == 50
+
+
+def test_atomic_dir_killed_between_its_renames_keeps_the_old_folder(tmp_path):
+    """The filesystem state of a SIGKILL between atomic_dir's two renames, made by the real code path (a child
+    process killed from its `between` callback): the folder is missing, its old version in `.NAME.*.old/d`.
+    The next atomic_dir puts it back before writing, so a write that then fails leaves the old folder whole; a
+    reader (restore_replaced) puts it back too."""
+    from bertclf.files import atomic_dir, restore_replaced
+
+    target = tmp_path / "best"
+    child = textwrap.dedent(f"""
+        import os, signal
+        from pathlib import Path
+        from bertclf.files import atomic_dir
+        target = Path({str(target)!r})
+        with atomic_dir(target) as tmp:
+            (tmp / "w").write_text("old")
+        with atomic_dir(target, between=lambda: os.kill(os.getpid(), signal.SIGKILL)) as tmp:
+            (tmp / "w").write_text("new")
+    """)
+    for attempt in range(2):
+        r = subprocess.run([sys.executable, "-c", child], cwd=REPO, env=_env())
+        assert r.returncode == -9
+        assert not target.exists()
+        assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.glob(".best.*.old/d/w")]
+        assert (next(tmp_path.glob(".best.*.old/d")) / "w").read_text() == "old"
+        if attempt == 0:
+            with pytest.raises(RuntimeError), atomic_dir(target) as tmp:
+                (tmp / "w").write_text("half")
+                raise RuntimeError("the writer fails")
+            assert (target / "w").read_text() == "old"
+            assert not list(tmp_path.glob(".best.*.old"))  # (the killed write's .tmp folder stays: no harm)
+        else:
+            assert restore_replaced(target) and (target / "w").read_text() == "old"
+            assert not list(tmp_path.glob(".best.*.old"))
 
 
 # ---------------------------------------------------------------- numerical faults

@@ -1,13 +1,19 @@
 """Test-only callbacks that stop or fault `bertclf train` at exact moments, chosen by environment variables.
 
     BERTCLF_TEST_PAUSE_AT=NAME:STEP  print "bertclf-test: paused at NAME:STEP" on stderr and sleep for good,
-                                     so a crash test can SIGKILL the run exactly there. NAME is one of:
+    BERTCLF_TEST_PAUSE_AT=NAME:#N    so a crash test can SIGKILL the run exactly there; NAME:#N pauses at the
+                                     N-th time the run reaches NAME (which step improves the best is not known
+                                     in advance, so "best-write:#2" is the second best write). NAME is one of:
       step              after optimizer step STEP, before its logging, validation and checkpoint
       eval              during the validation at STEP: scored, best checkpoint not yet written
       best-write        inside the temporary folder of checkpoints/best, weights written, no manifest yet
+      best-swap         between the two renames that replace checkpoints/best: the old best moved aside to
+                        checkpoints/.best.*.old/d, the new one not yet in place (no checkpoints/best at all)
       checkpoint-write  inside the temporary folder of checkpoints/step-STEP, weights and optimizer written,
                         no manifest yet
       checkpoint-saved  right after checkpoints/step-STEP is complete and older ones are pruned
+      final             during the final model write (STEP: the run's last step): the card removed, the first
+                        file moved into the output folder, the rest still in checkpoints/final
     BERTCLF_TEST_OOM_AT=RANK:STEP    process RANK raises torch.OutOfMemoryError once, after the backward pass of
                                      the first micro-batch of optimizer step STEP (so that rank holds gradients
                                      the retry must drop), as a CUDA allocation would.
@@ -32,12 +38,15 @@ SIGNAL_ENV = "BERTCLF_TEST_SIGNAL_AT"
 
 
 class PauseAt(TrainCallback):
+    KINDS = {"step": "checkpoint-write", "best": "best-write", "best-swap": "best-swap", "final": "final"}
+
     def __init__(self, point: str):
-        self.point = point
+        self.point, self.reached = point, {}
 
     def _maybe_pause(self, name: str, step) -> None:
-        if f"{name}:{step}" == self.point:
-            print(f"{PAUSE_MARK} {self.point}", file=sys.stderr, flush=True)
+        self.reached[name] = n = self.reached.get(name, 0) + 1
+        if self.point in (f"{name}:{step}", f"{name}:#{n}"):
+            print(f"{PAUSE_MARK} {self.point} (step {step})", file=sys.stderr, flush=True)
             while True:
                 time.sleep(3600)
 
@@ -48,7 +57,7 @@ class PauseAt(TrainCallback):
         self._maybe_pause("eval", step)
 
     def on_checkpoint_write(self, kind, step, folder):
-        self._maybe_pause({"step": "checkpoint-write", "best": "best-write"}[kind], step)
+        self._maybe_pause(self.KINDS[kind], step)
 
     def on_checkpoint_saved(self, step):
         self._maybe_pause("checkpoint-saved", step)
