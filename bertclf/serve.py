@@ -24,198 +24,24 @@ oldest queued text) and run by one worker thread that owns the model; the event 
 A request with more texts than --max-batch is spread over several micro-batches.
 """
 import asyncio
-import collections
 import json
 import math
 import os
 import socket
-import threading
-import time
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Annotated, Any, Literal, Optional, Union
 
 import numpy as np
 
 from bertclf.errors import UserError
+from bertclf.serve_batcher import Busy, MicroBatcher
+from bertclf.serve_body_limit import BodyLimit
+from bertclf.serve_schema import api_models, validation_message
+
+__all__ = ["FUNCTIONS", "Busy", "BodyLimit", "MicroBatcher", "apply_function", "create_app", "default_function",
+           "ranked", "serve"]
 
 FUNCTIONS = ("softmax", "sigmoid", "none")
-
-
-# ---------------------------------------------------------------- the micro-batcher
-
-class _Job:
-    """One request's texts; the worker fills `logits` row by row, possibly over several micro-batches."""
-
-    __slots__ = ("texts", "logits", "next", "done", "future", "loop", "enqueued", "cancelled")
-
-    def __init__(self, texts: list[str], n_labels: int, future: asyncio.Future, loop):
-        self.texts, self.future, self.loop = texts, future, loop
-        self.logits = np.zeros((len(texts), n_labels), dtype=np.float32)
-        self.next = 0  # first text not yet handed to a micro-batch
-        self.done = 0  # texts whose logits are filled in
-        self.enqueued = time.monotonic()
-        self.cancelled = False
-
-
-class Busy(Exception):
-    """The queue is full or the server is stopping: answer 503."""
-
-
-class MicroBatcher:
-    """Merges concurrent requests into micro-batches run by a single worker thread on one model."""
-
-    def __init__(self, predict_logits, n_labels: int, max_batch: int = 64, max_wait_ms: float = 5.0,
-                 max_queue: int = 4096):
-        self.predict_logits, self.n_labels = predict_logits, n_labels
-        self.max_batch, self.max_wait, self.max_queue = max_batch, max_wait_ms / 1000.0, max_queue
-        self._pending: collections.deque[_Job] = collections.deque()
-        self._queued = 0  # texts not yet handed to a micro-batch
-        self._cond = threading.Condition()
-        self._stopping = False
-        self.error: str | None = None  # set if the worker thread died
-        self.stats = {"requests": 0, "texts": 0, "batches": 0, "batch_texts_max": 0, "busy_rejections": 0,
-                      "model_errors": 0}
-        self._thread = threading.Thread(target=self._run, name="bertclf-batcher", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    @property
-    def queued(self) -> int:
-        return self._queued
-
-    @property
-    def alive(self) -> bool:
-        return self._thread.is_alive() and not self._stopping
-
-    async def submit(self, texts: list[str]) -> np.ndarray:
-        """Logits (len(texts), n_labels), in order. Raises Busy when the queue is full or the worker stopped."""
-        loop = asyncio.get_running_loop()
-        job = _Job(texts, self.n_labels, loop.create_future(), loop)
-        with self._cond:
-            if self.error is not None or not self._thread.is_alive():
-                raise Busy(f"the model worker has stopped ({self.error or 'not running'}); restart the server")
-            if self._stopping:
-                raise Busy("the server is shutting down")
-            if self._queued and self._queued + len(texts) > self.max_queue:
-                self.stats["busy_rejections"] += 1
-                raise Busy(f"server busy: {self._queued} texts queued; retry shortly")
-            self._pending.append(job)
-            self._queued += len(texts)
-            self.stats["requests"] += 1
-            self.stats["texts"] += len(texts)
-            self._cond.notify()
-        try:
-            return await job.future
-        finally:
-            job.cancelled = True  # if the client went away the worker skips what is left of this job
-
-    def stop(self, timeout: float = 10.0) -> None:
-        """Finish the micro-batch in progress, fail what is still queued with Busy, and join the worker."""
-        with self._cond:
-            self._stopping = True
-            left, self._pending = list(self._pending), collections.deque()
-            self._queued = 0
-            self._cond.notify_all()
-        for job in left:
-            self._resolve(job, Busy("the server is shutting down"))
-        if self._thread.is_alive() and threading.current_thread() is not self._thread:
-            self._thread.join(timeout)
-
-    # -- worker side
-
-    @staticmethod
-    def _resolve(job: _Job, result) -> None:
-        def done(fut=job.future):
-            if fut.done():
-                return
-            if isinstance(result, BaseException):
-                fut.set_exception(result)
-            else:
-                fut.set_result(result)
-
-        try:
-            job.loop.call_soon_threadsafe(done)
-        except RuntimeError:  # the event loop is closed already
-            pass
-
-    def _take(self) -> list[tuple[_Job, int, int]] | None:
-        """Block until there is work; return (job, start, stop) slices totalling at most max_batch texts."""
-        with self._cond:
-            while True:
-                while not self._pending and not self._stopping:
-                    self._cond.wait()
-                if self._stopping:
-                    return None
-                while self._pending and self._pending[0].cancelled:  # client gone before its turn
-                    job = self._pending.popleft()
-                    self._queued -= len(job.texts) - job.next
-                if not self._pending:
-                    continue
-                deadline = self._pending[0].enqueued + self.max_wait
-                while self._queued < self.max_batch and not self._stopping:
-                    remaining = deadline - time.monotonic()
-                    if remaining <= 0:
-                        break
-                    self._cond.wait(remaining)
-                if self._stopping:
-                    return None
-                taken, room = [], self.max_batch
-                while self._pending and room:
-                    job = self._pending[0]
-                    k = min(room, len(job.texts) - job.next)
-                    taken.append((job, job.next, job.next + k))
-                    job.next += k
-                    room -= k
-                    self._queued -= k
-                    if job.next == len(job.texts):
-                        self._pending.popleft()
-                if taken:
-                    return taken
-
-    def _logits(self, texts: list[str]) -> np.ndarray:
-        logits = np.asarray(self.predict_logits(texts), dtype=np.float32)
-        if logits.shape != (len(texts), self.n_labels):
-            raise RuntimeError(f"model returned logits of shape {logits.shape} for {len(texts)} texts")
-        return logits
-
-    def _fill(self, job: _Job, a: int, b: int, logits: np.ndarray) -> None:
-        job.logits[a:b] = logits
-        job.done += b - a
-        if job.done == len(job.texts):
-            self._resolve(job, job.logits)
-
-    def _run(self) -> None:
-        taken: list[tuple[_Job, int, int]] = []
-        try:
-            while (taken := self._take()) is not None:
-                texts = [t for job, a, b in taken for t in job.texts[a:b]]
-                try:
-                    logits = self._logits(texts)
-                except Exception as e:
-                    self.stats["model_errors"] += 1
-                    if len(taken) == 1:
-                        self._resolve(taken[0][0], RuntimeError(f"model error: {type(e).__name__}: {e}"))
-                        continue
-                    # one request's texts broke the micro-batch: rerun each request alone so only it fails
-                    for job, a, b in taken:
-                        try:
-                            self._fill(job, a, b, self._logits(job.texts[a:b]))
-                        except Exception as e1:
-                            self._resolve(job, RuntimeError(f"model error: {type(e1).__name__}: {e1}"))
-                    continue
-                self.stats["batches"] += 1
-                self.stats["batch_texts_max"] = max(self.stats["batch_texts_max"], len(texts))
-                row = 0
-                for job, a, b in taken:
-                    self._fill(job, a, b, logits[row:row + b - a])
-                    row += b - a
-        except BaseException as e:  # a bug; fail everything rather than hang
-            self.error = f"{type(e).__name__}: {e}"
-            for job, _, _ in taken or []:  # the micro-batch it died on is in no queue: answer it here
-                self._resolve(job, RuntimeError(f"model worker died: {self.error}"))
-            self.stop(timeout=0)
-            raise
 
 
 # ---------------------------------------------------------------- scores
@@ -265,201 +91,59 @@ def _error(status: int, message: str, headers: dict | None = None):
     return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
-class BodyLimit:
-    """Pure ASGI middleware: 413 for bodies over max_bytes, by Content-Length before reading anything and by
-    counting bytes as they stream in (chunked bodies). The body is buffered and replayed to the app."""
-
-    def __init__(self, app, max_bytes: int):
-        self.app, self.max_bytes = app, max_bytes
-
-    async def _reply(self, send, status: int, message: str) -> None:
-        body = json.dumps({"error": message}).encode()
-        await send({"type": "http.response.start", "status": status,
-                    "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
-                                (b"connection", b"close")]})
-        await send({"type": "http.response.body", "body": body})
-
-    async def __call__(self, scope, receive, send):
-        if scope["type"] != "http":
-            return await self.app(scope, receive, send)
-        too_big = (f"request body is larger than {self.max_bytes} bytes (--max-body-bytes); "
-                   "send fewer or shorter texts per request")
-        length = dict(scope.get("headers") or []).get(b"content-length")
-        if length is not None:
-            try:
-                n = int(length)
-                if n < 0:
-                    raise ValueError
-            except ValueError:
-                return await self._reply(send, 400, "bad Content-Length header")
-            if n > self.max_bytes:
-                return await self._reply(send, 413, too_big)
-        chunks, total, more = [], 0, True
-        while more:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                return  # the client went away mid-body; nobody to answer
-            chunk = message.get("body", b"")
-            total += len(chunk)
-            if total > self.max_bytes:
-                return await self._reply(send, 413, too_big)
-            chunks.append(chunk)
-            more = message.get("more_body", False)
-        body, replayed = b"".join(chunks), False
-
-        async def replay():
-            nonlocal replayed
-            if not replayed:
-                replayed = True
-                return {"type": "http.request", "body": body, "more_body": False}
-            return await receive()  # after the body: wait for http.disconnect as usual
-
-        return await self.app(scope, replay, send)
-
-
-def _validation_message(errors) -> str:
-    parts = []
-    for e in list(errors)[:3]:
-        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
-        msg = str(e.get("msg", "invalid"))
-        if msg.startswith("Value error, "):
-            msg = msg[len("Value error, "):]
-        if e.get("type") == "json_invalid":
-            ctx = (e.get("ctx") or {}).get("error")
-            msg = f"body is not valid JSON ({ctx})" if ctx else "body is not valid JSON"
-            loc = []
-        elif e.get("type") == "missing":
-            msg = "field required" if loc else 'the body is empty; send a JSON object such as {"inputs": "text"}'
-        elif e.get("type") in ("model_attributes_type", "model_type", "dict_type"):
-            msg = ("must be a JSON object" if loc else 'the body must be a JSON object such as {"inputs": "text"} '
-                   "(sent with Content-Type: application/json)")
-        where = ".".join(loc)
-        parts.append(f"{where}: {msg}" if loc and not msg.startswith(where) else msg)
-    return "; ".join(parts) or "invalid request"
-
-
 def create_app(clf, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_texts: int = 256,
                max_chars: int = 10000, max_body_bytes: int = 1 << 20, max_queue: int | None = None,
                model_dir: str | None = None):
     """The FastAPI app around a loaded Classifier (anything with .labels, .card, .backend and .logits)."""
-    from contextlib import asynccontextmanager
-
-    from fastapi import FastAPI, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import JSONResponse
-    from pydantic import BaseModel, ConfigDict, Field, field_validator
-    from pydantic.json_schema import WithJsonSchema
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+    from fastapi import FastAPI
 
     from bertclf import __version__
+    from bertclf.demo import add_demo_routes  # GET / (the demo page) and POST /explain
 
     labels = list(clf.labels)
-    n_labels = len(labels)
-    default_fn = default_function(model_dir or getattr(clf, "path", None), n_labels)
+    model_dir = model_dir or getattr(clf, "path", None)
+    default_fn = default_function(model_dir, len(labels))
     max_queue = max_queue or max(4 * max_texts, 16 * max_batch, 1024)
-    batcher = MicroBatcher(lambda texts: clf.logits(texts, batch_size=max_batch), n_labels,
+    batcher = MicroBatcher(lambda texts: clf.logits(texts, batch_size=max_batch), len(labels),
                            max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
     limits = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_texts": max_texts, "max_chars": max_chars,
               "max_body_bytes": max_body_bytes, "max_queue": max_queue}
+    models = api_models(max_texts=max_texts, max_chars=max_chars, default_fn=default_fn)
 
-    # "\\S": a text of only whitespace is empty, as for predict and eval (bertclf.data.is_empty_text)
-    text_schema = {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": "\\S"}
-    inputs_schema = {
-        "anyOf": [text_schema, {"type": "array", "items": text_schema, "minItems": 1, "maxItems": max_texts}],
-        "title": "Inputs",
-        "description": f"a text, or a list of 1 to {max_texts} texts; each 1 to {max_chars} characters",
-    }
-
-    class Parameters(BaseModel):
-        model_config = ConfigDict(extra="forbid", title="TextClassificationParameters")
-        top_k: Optional[Annotated[int, Field(strict=True, ge=1)]] = Field(
-            None, description="return only the k best labels (default: every label)")
-        function_to_apply: Optional[Literal["softmax", "sigmoid", "none"]] = Field(
-            None, description=f"how logits become scores; 'none' gives raw logits (default: {default_fn})")
-
-        @field_validator("top_k", mode="before")
-        @classmethod
-        def _integral_number(cls, v):
-            # JSON Schema, and so the published spec, counts 2.0 as an integer: accept it. 1.5, "2", true: still 422.
-            return int(v) if isinstance(v, float) and v.is_integer() else v
-
-    class PredictRequest(BaseModel):
-        model_config = ConfigDict(extra="forbid", title="TextClassificationRequest")
-        inputs: Annotated[Any, WithJsonSchema(inputs_schema)]
-        parameters: Optional[Parameters] = None
-        options: Optional[dict[str, Any]] = Field(
-            None, description="accepted for compatibility with old Inference API clients, and ignored")
-
-        @field_validator("inputs", mode="before")
-        @classmethod
-        def _check_inputs(cls, v):
-            if isinstance(v, str):
-                texts, where = [v], lambda i: "inputs"
-            elif isinstance(v, list):
-                if not v:
-                    raise ValueError("inputs is an empty list; send at least one text")
-                if len(v) > max_texts:
-                    raise ValueError(f"inputs has {len(v)} texts; the limit is {max_texts} per request (--max-texts)")
-                texts, where = v, lambda i: f"inputs[{i}]"
-            else:
-                raise ValueError(f"inputs must be a string or a list of strings, not {_json_type(v)}")
-            for i, t in enumerate(texts):
-                if not isinstance(t, str):
-                    raise ValueError(f"{where(i)} must be a string, not {_json_type(t)}")
-                if len(t) > max_chars:
-                    raise ValueError(f"{where(i)} has {len(t)} characters; the limit is {max_chars} (--max-chars)")
-                if not t.strip():
-                    raise ValueError(f"{where(i)} is empty (or only whitespace); send some text to classify")
-                try:
-                    t.encode("utf-8")
-                except UnicodeEncodeError:
-                    raise ValueError(f"{where(i)} is not valid Unicode (it holds a lone surrogate such as "
-                                     "\\ud800)") from None
-            return v
-
-    class LabelScore(BaseModel):
-        label: str
-        score: float
-
-    class ErrorBody(BaseModel):
-        error: str
-
-    class Health(BaseModel):
-        status: Literal["ok"]
-        queued_texts: int
-
-    class Info(BaseModel):
-        model_config = ConfigDict(protected_namespaces=())
-        task: Literal["text-classification"]
-        model: Optional[str]
-        backend: str
-        labels: list[str]
-        default_function_to_apply: str
-        limits: dict[str, Union[int, float]]
-        card: dict[str, Any]
-        stats: dict[str, int]
-        bertclf_version: str
-
-    @asynccontextmanager
-    async def lifespan(app):
-        batcher.start()
-        try:
-            yield
-        finally:
-            stop_demo()
-            # uvicorn has waited for the requests in flight already (and drained the queue, see serve())
-            await asyncio.get_running_loop().run_in_executor(None, lambda: batcher.stop(timeout=1.0))
-
-    app = FastAPI(title="bertclf", version=__version__, lifespan=lifespan,
+    app = FastAPI(title="bertclf", version=__version__, lifespan=_lifespan,
                   description="Text classification in the shape of the Hugging Face Inference API. "
-                              f"Model: {model_dir or getattr(clf, 'path', None)}; labels: {', '.join(labels)}.")
+                              f"Model: {model_dir}; labels: {', '.join(labels)}.")
     app.state.batcher = batcher
+    _add_error_handlers(app)
+    _add_api_routes(app, clf, batcher, models, model_dir=model_dir, default_fn=default_fn, limits=limits)
+    app.state.stop_demo = add_demo_routes(app, clf, model_dir=model_dir, default_fn=default_fn, max_chars=max_chars)
+    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
+    return app
+
+
+@asynccontextmanager
+async def _lifespan(app):
+    batcher = app.state.batcher
+    batcher.start()
+    try:
+        yield
+    finally:
+        app.state.stop_demo()
+        # uvicorn has waited for the requests in flight already (and drained the queue, see serve())
+        await asyncio.get_running_loop().run_in_executor(None, lambda: batcher.stop(timeout=1.0))
+
+
+def _add_error_handlers(app) -> None:
+    """Every error, FastAPI's own included, answered as {"error": "one line"}."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError):
         errs = exc.errors()
         status = 400 if any(e.get("type") == "json_invalid" for e in errs) else 422
-        return _error(status, _validation_message(errs))
+        return _error(status, validation_message(errs))
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException):
@@ -472,12 +156,22 @@ def create_app(clf, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_texts:
     async def _crash(request: Request, exc: Exception):  # a bug; still answer in the contract's shape
         return _error(500, f"internal error: {type(exc).__name__}: {exc}")
 
+
+def _add_api_routes(app, clf, batcher: MicroBatcher, models, *, model_dir: str | None, default_fn: str,
+                    limits: dict) -> None:
+    """POST /predict, GET /health and GET /info."""
+    from fastapi.responses import JSONResponse
+
+    from bertclf import __version__
+
+    labels = list(clf.labels)
+    PredictRequest, Parameters, ErrorBody = models.PredictRequest, models.Parameters, models.ErrorBody
     errors = {400: {"model": ErrorBody, "description": "the body is not (valid) JSON"},
               413: {"model": ErrorBody, "description": "the body is larger than the server's limit"},
               422: {"model": ErrorBody, "description": "wrong shape, empty text, or over a limit"},
               503: {"model": ErrorBody, "description": "queue full or shutting down; retry"}}
 
-    @app.post("/predict", response_model=list[list[LabelScore]], responses=errors,
+    @app.post("/predict", response_model=list[list[models.LabelScore]], responses=errors,
               summary="classify one text or a list of texts",
               description="Hugging Face Inference API text-classification: one list of {label, score}, best "
                           "first, per text. A single string is answered as a list holding one list, as the "
@@ -494,39 +188,19 @@ def create_app(clf, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_texts:
         scores = apply_function(logits, p.function_to_apply or default_fn)
         return JSONResponse(ranked(scores, labels, p.top_k))
 
-    @app.get("/health", response_model=Health, responses={503: {"model": ErrorBody}}, summary="liveness")
+    @app.get("/health", response_model=models.Health, responses={503: {"model": ErrorBody}}, summary="liveness")
     async def health():
         if not batcher.alive:
             return _error(503, batcher.error or "the model worker is not running")
         return {"status": "ok", "queued_texts": batcher.queued}
 
-    @app.get("/info", response_model=Info, summary="model, labels, backend, limits and counters")
+    @app.get("/info", response_model=models.Info, summary="model, labels, backend, limits and counters")
     async def info():
-        return {"task": "text-classification", "model": model_dir or getattr(clf, "path", None),
+        return {"task": "text-classification", "model": model_dir,
                 "backend": getattr(clf, "backend", "torch"), "labels": labels,
                 "default_function_to_apply": default_fn, "limits": limits, "card": dict(clf.card or {}),
                 "stats": dict(batcher.stats), "bertclf_version": __version__}
 
-    from bertclf.demo import add_demo_routes  # GET / (the demo page) and POST /explain
-
-    stop_demo = add_demo_routes(app, clf, model_dir=model_dir or getattr(clf, "path", None), default_fn=default_fn,
-                                max_chars=max_chars)
-    app.add_middleware(BodyLimit, max_bytes=max_body_bytes)
-    return app
-
-
-def _json_type(v) -> str:
-    if v is None:
-        return "null"
-    if isinstance(v, bool):
-        return "a boolean"
-    if isinstance(v, (int, float)):
-        return "a number"
-    if isinstance(v, dict):
-        return "an object"
-    if isinstance(v, list):
-        return "a list"
-    return type(v).__name__
 
 
 # ---------------------------------------------------------------- the command

@@ -52,8 +52,6 @@ def trim_vocab(src_dir: str | os.PathLike, texts: Iterable[str], out_dir: str | 
     Returns {"pieces_before", "pieces_after", "bytes_before", "bytes_after", "weights_bytes_before",
     "weights_bytes_after", "texts", "out_dir"}; bytes are whole-directory sizes.
     """
-    from tokenizers import Tokenizer
-
     log = log or (lambda _msg: None)
     src, out = Path(src_dir), Path(out_dir)
     _check_dirs(src, out)
@@ -65,51 +63,19 @@ def trim_vocab(src_dir: str | os.PathLike, texts: Iterable[str], out_dir: str | 
     texts = [t for t in texts if isinstance(t, str)]
     t0 = time.perf_counter()
     plan = _plan(tok_json, texts)
-    tok, kept, vocab, n_vocab = plan["tokenizer"], plan["kept_ids"], model["vocab"], len(model["vocab"])
-    unk_id = model.get("unk_id")
+    kept = plan["kept_ids"]
     old_to_new = {int(o): n for n, o in enumerate(kept.tolist())}
-    n_total_before = plan["pieces_before"]
     log(f"trimming vocabulary of {src.name}: {len(texts):,} texts use {plan['used']:,} pieces; "
-        f"keeping {len(kept):,} of {n_total_before:,}")
+        f"keeping {len(kept):,} of {plan['pieces_before']:,}")
 
-    # ---- new tokenizer.json
-    model["vocab"] = [vocab[i] for i in kept[kept < n_vocab].tolist()]
-    if unk_id is not None:
-        model["unk_id"] = old_to_new[unk_id]
-    for a in tok_json.get("added_tokens") or []:
-        a["id"] = old_to_new[a["id"]]
-    if tok_json.get("post_processor"):
-        _remap_processor(tok_json["post_processor"], old_to_new)
-    if tok_json.get("padding") and "pad_id" in tok_json["padding"]:
-        tok_json["padding"]["pad_id"] = old_to_new.get(tok_json["padding"]["pad_id"], tok_json["padding"]["pad_id"])
-
+    _remap_tokenizer_json(tok_json, kept, old_to_new)
     config = json.loads((src / "config.json").read_text(encoding="utf-8"))
-    weights, metadata = _load_weights(src)
-    emb_keys = [k for k in weights if k.endswith("word_embeddings.weight")]
-    if len(emb_keys) != 1:
-        raise UserError(f"{src}: expected one BERT-style word embedding (*word_embeddings.weight), "
-                        f"found {emb_keys or 'none'}")
-    rows = weights[emb_keys[0]].shape[0]
-    if rows < n_total_before:
-        raise UserError(f"{src}: the embedding has {rows} rows but the tokenizer has {n_total_before} tokens")
-    import torch
-    index = torch.from_numpy(kept)
-    for k, t in list(weights.items()):
-        if t.ndim >= 1 and t.shape[0] == rows and (
-                k == emb_keys[0] or "decoder" in k or "lm_head" in k or k.endswith("predictions.bias")):
-            weights[k] = t.index_select(0, index).contiguous()
-
+    weights, metadata = _trimmed_weights(src, kept, plan["pieces_before"])
     config["vocab_size"] = len(kept)
     for key in _CONFIG_ID_KEYS:
         if isinstance(config.get(key), int) and config[key] in old_to_new:
             config[key] = old_to_new[config[key]]
-
-    tok_cfg_path = src / "tokenizer_config.json"
-    tok_cfg = json.loads(tok_cfg_path.read_text(encoding="utf-8")) if tok_cfg_path.is_file() else None
-    if tok_cfg and isinstance(tok_cfg.get("added_tokens_decoder"), dict):
-        tok_cfg["added_tokens_decoder"] = {
-            str(old_to_new[int(k)]): v for k, v in tok_cfg["added_tokens_decoder"].items()
-            if int(k) in old_to_new}
+    tok_cfg = _remapped_tokenizer_config(src, old_to_new)
 
     bytes_before = _dir_bytes(src)
     weights_before = sum(p.stat().st_size for p in src.glob("*.safetensors"))
@@ -124,40 +90,17 @@ def trim_vocab(src_dir: str | os.PathLike, texts: Iterable[str], out_dir: str | 
         if tok_cfg is not None:
             files.write_json(tmp / "tokenizer_config.json", tok_cfg)
         if verify:
-            step = 1 if verify < 0 or verify >= len(texts) else len(texts) / verify
-            sample = texts if step == 1 else [texts[int(i * step)] for i in range(verify)]
-            new_tok = Tokenizer.from_file(str(tmp / "tokenizer.json"))
-            new_tok.no_truncation()
-            new_tok.no_padding()
-            _verify(tok, new_tok, sample, kept)
-        weights_after = (tmp / "model.safetensors").stat().st_size
+            _verify_written(plan["tokenizer"], tmp / "tokenizer.json", texts, kept, verify)
         stats = {
-            "pieces_before": n_total_before,
+            "pieces_before": plan["pieces_before"],
             "pieces_after": int(len(kept)),
             "bytes_before": bytes_before,
             "bytes_after": 0,  # filled below (the note itself counts)
             "weights_bytes_before": weights_before,
-            "weights_bytes_after": weights_after,
+            "weights_bytes_after": (tmp / "model.safetensors").stat().st_size,
             "texts": len(texts),
         }
-        note = {
-            "source": str(src.resolve()),
-            "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-            "corpus_texts": len(texts),
-            **{k: v for k, v in stats.items() if k != "bytes_after"},
-            "kept": {
-                "used_by_corpus": plan["used"],
-                "single_characters": "every single-character piece of a character in a used piece",
-                "specials": [a["content"] for a in tok_json.get("added_tokens") or []],
-                "lowest_score_piece": plan["lowest_score_piece"] + " (keeps the <unk> penalty)",
-            },
-            "kept_source_ids": kept.tolist(),  # new id i was id kept_source_ids[i] in the source
-        }
-        prev = src / "bertclf_trim.json"
-        if prev.is_file():
-            note["previous_trim"] = {k: v for k, v in json.loads(prev.read_text(encoding="utf-8")).items()
-                                     if k != "kept_source_ids"}
-        files.write_json(tmp / "bertclf_trim.json", note)
+        files.write_json(tmp / "bertclf_trim.json", _trim_note(src, texts, stats, plan, tok_json))
         stats["bytes_after"] = _dir_bytes(tmp)
     stats["out_dir"] = str(out)
     log(f"wrote {out}: {stats['pieces_after']:,} pieces, {stats['bytes_after'] / 1e6:.0f} MB "
@@ -249,6 +192,85 @@ def _plan(tok_json: dict, texts: list[str]) -> dict:
     kept = np.concatenate([np.flatnonzero(keep), np.array(sorted(extra_added), dtype=np.int64)]).astype(np.int64)
     return {"tokenizer": tok, "kept_ids": kept, "used": int(len(used)), "lowest_score_piece": vocab[lowest][0],
             "pieces_before": n_vocab + len(extra_added), "pieces_after": int(len(kept))}
+
+
+def _remap_tokenizer_json(tok_json: dict, kept: np.ndarray, old_to_new: dict[int, int]) -> None:
+    """In place: keep only the `kept` pieces (new id = position in kept) and renumber every id that refers to one."""
+    model = tok_json["model"]
+    vocab, n_vocab, unk_id = model["vocab"], len(model["vocab"]), model.get("unk_id")
+    model["vocab"] = [vocab[i] for i in kept[kept < n_vocab].tolist()]
+    if unk_id is not None:
+        model["unk_id"] = old_to_new[unk_id]
+    for a in tok_json.get("added_tokens") or []:
+        a["id"] = old_to_new[a["id"]]
+    if tok_json.get("post_processor"):
+        _remap_processor(tok_json["post_processor"], old_to_new)
+    if tok_json.get("padding") and "pad_id" in tok_json["padding"]:
+        tok_json["padding"]["pad_id"] = old_to_new.get(tok_json["padding"]["pad_id"], tok_json["padding"]["pad_id"])
+
+
+def _trimmed_weights(src: Path, kept: np.ndarray, n_tokens: int):
+    """The model's weights with only the `kept` rows of the word embedding (and of any tied output layer)."""
+    weights, metadata = _load_weights(src)
+    emb_keys = [k for k in weights if k.endswith("word_embeddings.weight")]
+    if len(emb_keys) != 1:
+        raise UserError(f"{src}: expected one BERT-style word embedding (*word_embeddings.weight), "
+                        f"found {emb_keys or 'none'}")
+    rows = weights[emb_keys[0]].shape[0]
+    if rows < n_tokens:
+        raise UserError(f"{src}: the embedding has {rows} rows but the tokenizer has {n_tokens} tokens")
+    import torch
+    index = torch.from_numpy(kept)
+    for k, t in list(weights.items()):
+        if t.ndim >= 1 and t.shape[0] == rows and (
+                k == emb_keys[0] or "decoder" in k or "lm_head" in k or k.endswith("predictions.bias")):
+            weights[k] = t.index_select(0, index).contiguous()
+    return weights, metadata
+
+
+def _remapped_tokenizer_config(src: Path, old_to_new: dict[int, int]) -> dict | None:
+    """tokenizer_config.json with its added_tokens_decoder renumbered (None when the model has no such file)."""
+    tok_cfg_path = src / "tokenizer_config.json"
+    tok_cfg = json.loads(tok_cfg_path.read_text(encoding="utf-8")) if tok_cfg_path.is_file() else None
+    if tok_cfg and isinstance(tok_cfg.get("added_tokens_decoder"), dict):
+        tok_cfg["added_tokens_decoder"] = {
+            str(old_to_new[int(k)]): v for k, v in tok_cfg["added_tokens_decoder"].items()
+            if int(k) in old_to_new}
+    return tok_cfg
+
+
+def _verify_written(old_tok, tokenizer_path: Path, texts: list[str], kept: np.ndarray, verify: int) -> None:
+    """Re-tokenise `verify` of the texts (spread evenly; -1 = all) with the written tokenizer: same pieces."""
+    from tokenizers import Tokenizer
+
+    step = 1 if verify < 0 or verify >= len(texts) else len(texts) / verify
+    sample = texts if step == 1 else [texts[int(i * step)] for i in range(verify)]
+    new_tok = Tokenizer.from_file(str(tokenizer_path))
+    new_tok.no_truncation()
+    new_tok.no_padding()
+    _verify(old_tok, new_tok, sample, kept)
+
+
+def _trim_note(src: Path, texts: list[str], stats: dict, plan: dict, tok_json: dict) -> dict:
+    """bertclf_trim.json: what was kept and why, and the id map back to the source."""
+    note = {
+        "source": str(src.resolve()),
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "corpus_texts": len(texts),
+        **{k: v for k, v in stats.items() if k != "bytes_after"},
+        "kept": {
+            "used_by_corpus": plan["used"],
+            "single_characters": "every single-character piece of a character in a used piece",
+            "specials": [a["content"] for a in tok_json.get("added_tokens") or []],
+            "lowest_score_piece": plan["lowest_score_piece"] + " (keeps the <unk> penalty)",
+        },
+        "kept_source_ids": plan["kept_ids"].tolist(),  # new id i was id kept_source_ids[i] in the source
+    }
+    prev = src / "bertclf_trim.json"
+    if prev.is_file():
+        note["previous_trim"] = {k: v for k, v in json.loads(prev.read_text(encoding="utf-8")).items()
+                                 if k != "kept_source_ids"}
+    return note
 
 
 def _used_ids(tok, texts: list[str], batch: int = 8192) -> np.ndarray:
