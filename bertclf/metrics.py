@@ -22,12 +22,14 @@ def classification_report(y_true, y_pred, names: list[str]) -> dict:
         recall = np.where(actual > 0, tp / actual, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     present = actual > 0  # macro averages over the classes that occur in y_true
+    weighted_f1 = float((f1 * actual).sum() / actual.sum()) if actual.sum() else 0.0
     return {
         "n": int(len(y_true)),
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
         "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
         "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "weighted_f1": weighted_f1,
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                    "support": int(actual[i])}
