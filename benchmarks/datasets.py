@@ -69,9 +69,9 @@ def make_splits(work: Path, nsmc_test_frac: float, seed: int = 42) -> dict[str, 
         write_tsv(work / f"{name}.tsv", ["id", "text", "labels"], [kote[i] for i in idx])
     out["kote"] = (work / "kote_train.tsv", work / "kote_test.tsv")
     # NSMC: 4,000 training reviews, a share of the test file
-    train = D.read_nsmc("train")
+    train = D.read_nsmc("train", SHARED / "nsmc")
     take, _ = D.stratified_indices(train.labels, 4000 / len(train), seed)
-    test = D.sample(D.read_nsmc("test"), nsmc_test_frac, seed)
+    test = D.sample(D.read_nsmc("test", SHARED / "nsmc"), nsmc_test_frac, seed)
     inv = {v: k for k, v in D.NSMC_LABELS.items()}
     write_tsv(work / "nsmc_train.tsv", ["document", "label"], [[train.texts[i], inv[train.labels[i]]] for i in take])
     write_tsv(work / "nsmc_test.tsv", ["document", "label"], [[t, inv[lab]] for t, lab in zip(test.texts, test.labels)])
