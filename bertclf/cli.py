@@ -39,6 +39,15 @@ def build_parser() -> Parser:
     src.add_argument("--test-sample", type=_frac, default=1.0,
                      help="score on this fraction of the test rows at the end (seeded, stratified)")
     src.add_argument("--valid-frac", type=_frac, default=0.05, help="share of train carved out for validation")
+    lab = t.add_argument_group("labels and task")
+    lab.add_argument("--multi-label", action="store_true",
+                     help="a label cell holds several labels (split by --label-sep); sigmoid + BCE, thresholds tuned")
+    lab.add_argument("--label-sep", default=",", help="separator of the labels in a multi-label cell (default ,)")
+    lab.add_argument("--label-names", metavar="FILE", help="line i names label id i (the label cells hold ids)")
+    lab.add_argument("--class-weights", default="none", choices=["none", "auto"],
+                     help="auto: weight the loss by smoothed inverse class frequency (recorded in bertclf.json)")
+    lab.add_argument("--metric", choices=["accuracy", "macro_f1", "weighted_f1", "micro_f1"],
+                     help="checkpoint selection and early stopping (default accuracy; multi-label macro_f1)")
     m = t.add_argument_group("model and recipe")
     m.add_argument("--model", default="me5-small", help="builtin name, local directory or hub name (default me5-small)")
     m.add_argument("--out", required=True, help="output directory (a Hugging Face model directory)")
@@ -104,6 +113,9 @@ def build_parser() -> Parser:
     b.add_argument("--sample", type=_frac, default=1.0)
     b.add_argument("--seed", type=int, default=42)
     b.add_argument("--out", metavar="DIR", help="also store the result as DIR/baseline.json (e.g. a model directory)")
+    b.add_argument("--multi-label", action="store_true", help="one-vs-rest, thresholds tuned on 20%% of train")
+    b.add_argument("--label-sep", default=",", help="separator of the labels in a multi-label cell (default ,)")
+    b.add_argument("--label-names", metavar="FILE", help="line i names label id i")
     b.add_argument("--json", action="store_true")
 
     s = sub.add_parser("serve", help="HTTP server (Hugging Face Inference API shape) with micro-batching")
@@ -143,7 +155,9 @@ def cmd_train(a) -> int:
                       max_steps=a.max_steps, precision=a.precision, grad_accum=a.grad_accum, eval_every=a.eval_every,
                       patience=a.patience, checkpoint_every=a.checkpoint_every, resume=a.resume,
                       overwrite=a.overwrite, valid_frac=a.valid_frac, warmup=a.warmup, weight_decay=a.weight_decay,
-                      log_every=a.log_every, keep_checkpoints=a.keep_checkpoints, trim_vocab=a.trim_vocab)
+                      log_every=a.log_every, keep_checkpoints=a.keep_checkpoints, trim_vocab=a.trim_vocab,
+                      multi_label=a.multi_label, label_sep=a.label_sep, label_names=a.label_names,
+                      class_weights=a.class_weights, metric=a.metric)
     train(cfg)
     return 0
 
@@ -205,7 +219,8 @@ def cmd_baseline(a) -> int:
     from bertclf.baseline import format_baseline, run_baseline
 
     res = run_baseline(data=a.data, train=a.train, test=a.test, text_col=a.text_col, label_col=a.label_col,
-                       data_dir=a.data_dir, sample=a.sample, seed=a.seed, out=a.out)
+                       data_dir=a.data_dir, sample=a.sample, seed=a.seed, out=a.out, multi_label=a.multi_label,
+                       label_sep=a.label_sep, label_names=a.label_names)
     print(json.dumps(res, indent=2, ensure_ascii=False) if a.json else format_baseline(res))
     return 0
 

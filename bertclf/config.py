@@ -42,12 +42,19 @@ class TrainConfig:
     keep_checkpoints: int = 2
     trim_vocab: bool = False           # keep only the vocabulary pieces the training data uses
     eval_batch_size: int = 128
+    multi_label: bool = False          # a label cell holds several labels (split by --label-sep); sigmoid + BCE
+    label_sep: str = ","               # separator of the labels in a multi-label cell
+    label_names: str | None = None     # FILE: line i names label id i (the label cells hold ids)
+    class_weights: str = "none"        # none | auto (smoothed inverse frequency, recorded in bertclf.json)
+    metric: str | None = None          # checkpoint selection and early stopping: accuracy | macro_f1 | weighted_f1
+                                       # | micro_f1 (default: accuracy, multi-label macro_f1)
 
 
 # Settings that must match for --resume to continue the same run.
 RESUME_KEYS = ("data", "train", "valid", "model", "epochs", "batch_size", "lr", "max_length", "sample", "seed",
                "max_steps", "precision", "grad_accum", "valid_frac", "warmup", "weight_decay", "trim_vocab",
-               "text_col", "label_col", "eval_every")
+               "text_col", "label_col", "eval_every", "multi_label", "label_sep", "label_names", "class_weights",
+               "metric")
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -84,6 +91,14 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("valid-frac", f"must be in (0, 0.5), got {cfg.valid_frac}")
     if not 0 <= cfg.warmup < 1:
         bad("warmup", f"must be a fraction in [0, 1), got {cfg.warmup}")
+    if cfg.class_weights not in ("none", "auto"):
+        bad("class-weights", f"must be auto or none, got {cfg.class_weights}")
+    if cfg.metric is not None and cfg.metric not in ("accuracy", "macro_f1", "weighted_f1", "micro_f1"):
+        bad("metric", f"must be accuracy, macro_f1, weighted_f1 or micro_f1, got {cfg.metric}")
+    if cfg.metric == "micro_f1" and not cfg.multi_label:
+        bad("metric", "micro_f1 is for --multi-label (single-label micro-F1 equals accuracy); use accuracy")
+    if not cfg.label_sep:
+        bad("label-sep", "must not be empty; give the character between the labels of a cell, e.g. ','")
     if cfg.keep_checkpoints < 1:
         bad("keep-checkpoints", f"must be >= 1, got {cfg.keep_checkpoints}")
 

@@ -12,11 +12,12 @@ import random
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bertclf.errors import UserError
 from bertclf.files import atomic_file, cache_dir, sha256_file
+from bertclf.labels import LabelMap, label_order  # noqa: F401 (moved to labels.py; re-exported)
 
 # --- NSMC ---------------------------------------------------------------------------------------------------
 
@@ -229,42 +230,6 @@ def read_nsmc(split: str, data_dir=None, log=print) -> Dataset:
 
 
 # --- labels, sampling, splitting ----------------------------------------------------------------------------
-
-
-def label_order(labels) -> list[str]:
-    """Sorted label names: numerically when every label is an integer, else alphabetically."""
-    uniq = set(labels)
-    try:
-        return sorted(uniq, key=lambda s: (0, int(s)))
-    except (TypeError, ValueError):
-        return sorted(uniq)
-
-
-@dataclass
-class LabelMap:
-    names: list[str]
-    index: dict[str, int] = field(init=False)
-
-    def __post_init__(self):
-        self.index = {n: i for i, n in enumerate(self.names)}
-
-    @classmethod
-    def from_labels(cls, labels, where: str) -> "LabelMap":
-        names = label_order(labels)
-        if len(names) < 2:
-            raise UserError(f"{where}: only one class ({names[0]!r}) in the labels; a classifier needs at least two")
-        return cls(names)
-
-    def encode(self, labels, where: str) -> list[int]:
-        unseen = sorted(set(labels) - set(self.index))
-        if unseen:
-            raise UserError(f"{where}: label(s) {', '.join(map(repr, unseen[:5]))} never seen in training "
-                            f"(known: {', '.join(self.names)}); fix the labels or retrain with them")
-        return [self.index[lab] for lab in labels]
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.names))
 
 
 def stratified_indices(labels, frac: float, seed: int) -> tuple[list[int], list[int]]:

@@ -29,11 +29,11 @@ import torch
 from bertclf import __version__
 from bertclf import checkpoint as ckpt
 from bertclf import data as D
+from bertclf import task as T
 from bertclf.batches import collate, epoch_batches, split_micro
 from bertclf.config import RESUME_KEYS, TrainConfig, config_from_dict, validate_config  # noqa: F401 (re-exported)
 from bertclf.errors import UserError
-from bertclf.inference import predict_logits, softmax
-from bertclf.metrics import classification_report
+from bertclf.inference import predict_logits
 from bertclf.models import load_classifier, load_tokenizer, resolve
 from bertclf.precision import pick_precision
 from bertclf.tokens import encode, lengths
@@ -53,13 +53,13 @@ def load_data(cfg: TrainConfig, log=print):
         cfg.label_col = cfg.label_col or "label"
         train = D.read_labelled(cfg.train, cfg.text_col, cfg.label_col)
         test = D.read_labelled(cfg.test, cfg.text_col, cfg.label_col) if cfg.test else None
-    train = D.sample(train, cfg.sample, cfg.seed)
+    train = T.sample(train, cfg.sample, cfg.seed, cfg.multi_label)
     if test is not None:  # a quick look at the test score: torch on a CPU scores ~75 reviews/s
-        test = D.sample(test, cfg.test_sample, cfg.seed)
+        test = T.sample(test, cfg.test_sample, cfg.seed, cfg.multi_label)
     if cfg.valid:
         valid = D.read_labelled(cfg.valid, cfg.text_col, cfg.label_col)
     else:
-        train, valid = D.split_valid(train, cfg.valid_frac, cfg.seed)
+        train, valid = T.split_valid(train, cfg.valid_frac, cfg.seed, cfg.multi_label)
     return train, valid, test
 
 
@@ -152,10 +152,14 @@ def train(cfg: TrainConfig, echo=print) -> dict:
 
     # ---- 1. data --------------------------------------------------------------------------------------------
     train_ds, valid_ds, test_ds = load_data(cfg, log=say)
-    labels = D.LabelMap.from_labels(train_ds.labels, train_ds.source)
-    y_train = np.array(labels.encode(train_ds.labels, train_ds.source))
-    y_valid = np.array(labels.encode(valid_ds.labels, valid_ds.source or "validation"))
-    y_test = np.array(labels.encode(test_ds.labels, test_ds.source)) if test_ds else None
+    # [task] single- or multi-label: label map, encoding, loss, metrics (bertclf/task.py)
+    task = T.make_task(cfg, train_ds.labels, train_ds.source, raw=D.NSMC_LABELS if cfg.data == "nsmc" else None)
+    labels = task.labels
+    y_train = task.encode(train_ds.labels, train_ds.source)
+    y_valid = task.encode(valid_ds.labels, valid_ds.source or "validation")
+    y_test = task.encode(test_ds.labels, test_ds.source) if test_ds else None
+    if cfg.class_weights == "auto":
+        task.set_class_weights(y_train)
     say(f"data: {len(train_ds)} train, {len(valid_ds)} validation"
         + (f", {len(test_ds)} test" if test_ds else "")
         + f" rows; labels {', '.join(labels.names)}"
@@ -248,7 +252,7 @@ def train(cfg: TrainConfig, echo=print) -> dict:
         for r in range(world):
             rows = np.arange(r, len(valid_ids), world)
             full[rows] = gathered[r, :len(rows)]
-        return classification_report(y_valid, full.argmax(1), labels.names)
+        return task.validation_report(y_valid, full)  # [task] multi-label: thresholds tuned here
 
     def save_checkpoint():
         # The running log window is part of the state, so a resumed run logs exactly the same numbers.
@@ -294,16 +298,18 @@ def train(cfg: TrainConfig, echo=print) -> dict:
                         # DDP all-reduces gradients inside the last backward; with several processes that waits
                         # until the OOM check below has passed on every rank (agreed_backoff).
                         sync = i == len(micro) - 1 and not agreed_backoff
+                        y_part = batch.pop("labels")  # [task] the loss is the task's (class weights, BCE)
                         with _null() if sync else accelerator.no_sync(model):
                             outputs = model(**batch)
-                            accelerator.backward(outputs.loss * (len(part) / len(rows)))
+                            loss = task.loss(outputs.logits, y_part)
+                            accelerator.backward(loss * (len(part) / len(rows)))
                         ckpt.fault_point("oom", state["step"] + 1, rank)  # test hook (BERTCLF_TEST_OOM_AT); inert
-                        step_loss += outputs.loss.detach().float() * len(part)
-                        step_correct += (outputs.logits.detach().argmax(-1) == batch["labels"]).sum()
-                        step_nonfinite |= ~torch.isfinite(outputs.loss.detach())
+                        step_loss += loss.detach().float() * len(part)
+                        step_correct += task.correct(outputs.logits.detach(), y_part)
+                        step_nonfinite |= ~torch.isfinite(loss.detach())
                 except torch.OutOfMemoryError:
                     out_of_memory = True
-                outputs = batch = None  # free this attempt's activations before a retry
+                outputs = batch = loss = None  # free this attempt's activations before a retry
                 if agreed_backoff:  # every rank learns whether any rank ran out of memory: all retry together
                     out_of_memory = any_rank(out_of_memory, device)
                 elif world > 1 and out_of_memory:
@@ -372,7 +378,7 @@ def train(cfg: TrainConfig, echo=print) -> dict:
                 t_eval = time.time()
                 rep = evaluate_valid()
                 ckpt.pause_point("eval", step)  # test hook (BERTCLF_TEST_PAUSE_AT); inert otherwise
-                score = rep["accuracy"]
+                score = task.score(rep)  # [task] --metric
                 improved = state["best_score"] is None or score > state["best_score"]
                 if improved:
                     state.update(best_score=score, best_step=step, evals_without_improvement=0)
@@ -380,9 +386,11 @@ def train(cfg: TrainConfig, echo=print) -> dict:
                         ckpt.save_best(out, accelerator.unwrap_model(model), {"step": step, "valid": rep})
                 else:
                     state["evals_without_improvement"] += 1
-                log(f"validation @ step {step}: accuracy {score:.4f}, macro-F1 {rep['macro_f1']:.4f}"
+                log(f"validation @ step {step}: {task.metric} {score:.4f}, accuracy {rep['accuracy']:.4f}, "
+                    f"macro-F1 {rep['macro_f1']:.4f}"
                     + (" (best so far)" if improved else f" (best {state['best_score']:.4f} @ step {state['best_step']})"),
-                    step=step, epoch=step / steps_per_epoch, valid_accuracy=score, valid_macro_f1=rep["macro_f1"],
+                    step=step, epoch=step / steps_per_epoch, valid_accuracy=rep["accuracy"], valid_macro_f1=rep["macro_f1"],
+                    valid_score=score,
                     valid_loss=None, best=improved)
                 window_start += time.time() - t_eval  # evaluation time is not training throughput
                 if cfg.patience and state["evals_without_improvement"] >= cfg.patience:
@@ -406,16 +414,17 @@ def train(cfg: TrainConfig, echo=print) -> dict:
         test_rep = None
         valid_logits = predict_logits(unwrapped, valid_ids, pad_id, cfg.eval_batch_size, device,
                                       autocast_dtype=autocast_dtype)
-        preds = {"labels": np.array(labels.names), "valid_y": y_valid, "valid_probs": softmax(valid_logits),
+        task.validation_report(y_valid, valid_logits)  # [task] the best model's thresholds (multi-label)
+        preds = {"labels": np.array(labels.names), "valid_y": y_valid, "valid_probs": task.probs(valid_logits),
                  "valid_tokens": lengths(valid_ids), "valid_chars": np.array([len(t) for t in valid_ds.texts])}
         if test_ds is not None:
             t0 = time.time()
             test_ids = encode(tokenizer, test_ds.texts, cfg.max_length)
             test_logits = predict_logits(unwrapped, test_ids, pad_id, cfg.eval_batch_size, device,
                                          autocast_dtype=autocast_dtype)
-            test_rep = classification_report(y_test, test_logits.argmax(1), labels.names)
+            test_rep = task.report(y_test, test_logits)
             test_rep["seconds"] = time.time() - t0
-            preds |= {"test_y": y_test, "test_probs": softmax(test_logits), "test_tokens": lengths(test_ids),
+            preds |= {"test_y": y_test, "test_probs": task.probs(test_logits), "test_tokens": lengths(test_ids),
                       "test_chars": np.array([len(t) for t in test_ds.texts])}
         save_predictions(out / PREDICTIONS, preds)
         wall = time.time() - t_start
@@ -424,6 +433,7 @@ def train(cfg: TrainConfig, echo=print) -> dict:
             "task": "text-classification",
             "base_model": cfg.model,
             "labels": labels.names,
+            "task": task.card(),  # [task] kind, label values, class weights, thresholds
             "max_length": cfg.max_length,
             "args": run_args,
             "data": {"train": train_ds.summary(), "valid": valid_ds.summary(),
@@ -439,8 +449,7 @@ def train(cfg: TrainConfig, echo=print) -> dict:
                          "precision": "fp32" if mixed == "no" else mixed, "global_batch": eff_batch * world},
             "versions": versions(),
         }
-        unwrapped.config.id2label = labels.id2label
-        unwrapped.config.label2id = {v: k for k, v in labels.id2label.items()}
+        task.configure(unwrapped.config)  # [task] id2label, label2id, problem_type
         ckpt.save_model_dir(out, unwrapped, tokenizer, card)
         shutil.rmtree(out / ckpt.CHECKPOINTS, ignore_errors=True)  # finished: the final model is the best one
         try:  # the pictures are a bonus: never fail a finished run over them
@@ -450,10 +459,11 @@ def train(cfg: TrainConfig, echo=print) -> dict:
         except Exception as e:  # noqa: BLE001
             say(f"report not written: {e}")
         if test_rep:
-            say(f"test accuracy {test_rep['accuracy']:.4f} (macro-F1 {test_rep['macro_f1']:.4f}) on {test_rep['n']} rows; "
+            say(f"test {task.metric} {task.score(test_rep):.4f} (accuracy {test_rep['accuracy']:.4f}, macro-F1 "
+                f"{test_rep['macro_f1']:.4f}) on {test_rep['n']} rows; "
                 f"model saved to {out} in {wall / 60:.1f} min")
         else:
-            say(f"best validation accuracy {state['best_score']:.4f}; model saved to {out} in {wall / 60:.1f} min")
+            say(f"best validation {task.metric} {state['best_score']:.4f}; model saved to {out} in {wall / 60:.1f} min")
     accelerator.wait_for_everyone()
     return card
 
