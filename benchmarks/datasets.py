@@ -101,11 +101,18 @@ def task_flags(name: str) -> list[str]:
     return flags
 
 
+def run_baseline(name: str, train: Path, test: Path, work: Path) -> dict:
+    """TF-IDF + LR alone (seconds to minutes): WORK/NAME.baseline.json."""
+    out, _ = bertclf("baseline", "--train", str(train), "--test", str(test), *task_flags(name), "--json",
+                     log=work / f"{name}.log")
+    base = json.loads(out)
+    (work / f"{name}.baseline.json").write_text(json.dumps(base, indent=2, ensure_ascii=False))
+    return base
+
+
 def run_task(name: str, train: Path, test: Path, work: Path, extra: list[str]) -> dict:
     log = work / f"{name}.log"
-    base_out, base_s = bertclf("baseline", "--train", str(train), "--test", str(test), *task_flags(name), "--json",
-                               log=log)
-    base = json.loads(base_out)
+    base = run_baseline(name, train, test, work)
     run_dir = work / "runs" / name
     _, train_s = bertclf("train", "--train", str(train), *task_flags(name), "--out", str(run_dir), "--overwrite",
                          *extra, log=log)
@@ -132,9 +139,12 @@ def table(work: Path) -> str:
              "bertclf train time (whole process) | commit |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in TASKS.items():
-        f = work / f"{name}.json"
+        f, fb = work / f"{name}.json", work / f"{name}.baseline.json"
         if not f.is_file():
-            lines.append(f"| {name} | {t['metric']} | | | not run | not run | | +{t['target'] * 100:.0f} pt | | |")
+            b = json.loads(fb.read_text(encoding="utf-8")) if fb.is_file() else None
+            lines.append(f"| {name} | {t['metric']} | {b['n_train']:,} | {b['n_test']:,} | {b['report'][t['metric']]:.4f} | "
+                         if b else f"| {name} | {t['metric']} | | | not run | ")
+            lines[-1] += f"not run | | +{t['target'] * 100:.0f} pt | | |"
             continue
         r = json.loads(f.read_text(encoding="utf-8"))
         b, m = r["baseline"][r["metric"]], r["bertclf"][r["metric"]]
@@ -152,10 +162,13 @@ def main() -> None:
     ap.add_argument("--nsmc-test-frac", type=float, default=0.1, help="share of NSMC test to score on")
     ap.add_argument("--train-flags", default="", help="extra `bertclf train` flags (a recipe other than the defaults)")
     ap.add_argument("--write", action="store_true", help="table: also write it into benchmarks/RESULTS.md")
-    ap.add_argument("action", choices=["splits", "run", "table"])
+    ap.add_argument("action", choices=["splits", "baselines", "run", "table"])
     ap.add_argument("tasks", nargs="*", default=list(TASKS))
     a = ap.parse_args()
-    splits = make_splits(a.work, a.nsmc_test_frac) if a.action in ("splits", "run") else {}
+    splits = make_splits(a.work, a.nsmc_test_frac) if a.action in ("splits", "baselines", "run") else {}
+    if a.action == "baselines":
+        for name in a.tasks:
+            print(name, json.dumps(run_baseline(name, *splits[name], a.work) | {"report": None}), flush=True)
     if a.action == "run":
         for name in a.tasks:
             res = run_task(name, *splits[name], a.work, a.train_flags.split())
