@@ -61,7 +61,8 @@ def build_parser() -> Parser:
     m.add_argument("--grad-accum", type=int, default=1, help="micro-batches per optimizer step")
     m.add_argument("--warmup", type=_frac, default=0.06, help="warmup share of the steps")
     m.add_argument("--weight-decay", type=_frac, default=0.01)
-    m.add_argument("--trim-vocab", action="store_true", help="keep only the vocabulary the training texts use")
+    m.add_argument("--trim-vocab", action=argparse.BooleanOptionalAction, default=None,
+                   help="keep only the vocabulary the training texts use (default: on for builtin models)")
     r = t.add_argument_group("logging, evaluation, checkpoints")
     r.add_argument("--log-every", type=int, help="print loss/accuracy every N steps")
     r.add_argument("--eval-every", type=int, help="validate every N steps (default: each epoch)")

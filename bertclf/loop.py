@@ -31,7 +31,7 @@ from bertclf import checkpoint as ckpt
 from bertclf import data as D
 from bertclf import task as T
 from bertclf.batches import collate, epoch_batches, split_micro
-from bertclf.config import RESUME_KEYS, TrainConfig, config_from_dict, validate_config  # noqa: F401 (re-exported)
+from bertclf.config import RESUME_KEYS, TrainConfig, config_from_dict, trims_vocab, validate_config  # noqa: F401
 from bertclf.errors import UserError
 from bertclf.inference import predict_logits
 from bertclf.models import load_classifier, load_tokenizer, resolve
@@ -168,6 +168,7 @@ def train(cfg: TrainConfig, echo=print) -> dict:
 
     # ---- 2. model and tokenizer (vocabulary trimmed to the training texts if asked) -------------------------
     base = resolve(cfg.model, log=say)
+    cfg.trim_vocab = trims_vocab(cfg)  # [defaults] unset: on for the builtin models
     if cfg.trim_vocab:
         base = trimmed_base(base, out, train_ds.texts + valid_ds.texts, accelerator, say, reuse=cfg.resume)
     tokenizer = load_tokenizer(base)
