@@ -234,7 +234,10 @@ def curves(run: Run) -> dict:
 
 
 def prediction_split(run: Run) -> str | None:
-    """The split the prediction plots use: test when the run scored one, else validation."""
+    """The split the prediction plots use: test when the run scored one, else validation (none for multi-label:
+    the score, calibration and length plots are single-label plots)."""
+    if is_multi_label(run):
+        return None
     p = run.preds or {}
     for split in ("test", "valid"):
         if _split_arrays(p, split) is not None:
@@ -254,6 +257,8 @@ def _split_arrays(p: dict, split: str):
 def confusion(run: Run) -> dict | None:
     """The confusion matrix of the test report in the card (else validation); from the saved predictions only
     when the card has none."""
+    if is_multi_label(run):  # no confusion matrix: the per-label table shows its scores
+        return None
     metrics = (run.card or {}).get("metrics") or {}
     for split in ("test", "valid"):
         rep = metrics.get(split)
@@ -268,6 +273,10 @@ def confusion(run: Run) -> dict | None:
     cm = np.zeros((k, k), dtype=np.int64)
     np.add.at(cm, (y, probs.argmax(1)), 1)
     return {"split": split, "labels": _labels(run, k), "matrix": cm.tolist(), "source": PREDICTIONS_FILE}
+
+
+def is_multi_label(run: Run) -> bool:
+    return ((run.card or {}).get("task") or {}).get("type") == "multi_label"
 
 
 def _labels(run: Run, k: int) -> list[str]:
@@ -306,7 +315,7 @@ def run_data(run: Run) -> dict:
 
     def eces():
         out = {}
-        for s in ("valid", "test"):
+        for s in ("valid", "test") if not is_multi_label(run) else ():  # top-label calibration: single-label
             arrays = _split_arrays(run.preds or {}, s)
             if arrays is not None:
                 out[s] = reliability(arrays[0], arrays[1])["ece"]
@@ -790,6 +799,17 @@ def per_class_table_html(rep: dict) -> str:
             f'<th class="num">F1</th><th class="num">support</th></tr></thead><tbody>{rows}</tbody></table>')
 
 
+def per_label_table_html(rep: dict) -> str:
+    """Multi-label: each label's precision, recall, F1, support and its threshold tuned on validation."""
+    rows = "".join(f"<tr><td>{_e(n)}</td>"
+                   + "".join(f'<td class="num">{c[k]:.4f}</td>' for k in ("precision", "recall", "f1"))
+                   + f'<td class="num">{int(c["support"]):,}</td><td class="num">{c.get("threshold", 0.5):.2f}</td></tr>'
+                   for n, c in rep["per_label"].items())
+    return ('<table id="per-label"><thead><tr><th>label</th><th class="num">precision</th><th class="num">recall</th>'
+            '<th class="num">F1</th><th class="num">support</th><th class="num">threshold</th></tr></thead>'
+            f"<tbody>{rows}</tbody></table>")
+
+
 def summary_table_html(rows: list[dict]) -> str:
     out, last = [], None
     for r in rows:
@@ -833,6 +853,13 @@ def run_page(run: Run, data: dict, figs: list[Plot]) -> str:
         body.append(f'<h2>Confusion matrix and per-class scores ({_split_name(cm["split"])})</h2><div class="grid">'
                     f"<div>{confusion_table_html(cm)}</div>"
                     + (f"<div>{per_class_table_html(rep)}</div>" if rep and rep.get("per_class") else "") + "</div>")
+    ml = next((metrics[s] for s in ("test", "valid") if isinstance(metrics.get(s), dict) and metrics[s].get("per_label")),
+              None)
+    if ml:
+        split = "test" if ml is metrics.get("test") else "valid"
+        body.append(f"<h2>Per-label scores ({_split_name(split)}): micro-F1 {ml['micro_f1']:.4f}, macro-F1 "
+                    f"{ml['macro_f1']:.4f}, subset accuracy {ml['subset_accuracy']:.4f}</h2>"
+                    + per_label_table_html(ml))
     preds = [by_file[f] for f in ("scores.png", "calibration.png", "length.png") if f in by_file]
     if preds:
         ece = f": ECE {r['ece']:.4f}" if r else ""

@@ -177,3 +177,10 @@ def test_multilabel_bad_inputs(kote_files, tiny_model_dir, tmp_path):
     with pytest.raises(UserError, match="--metric"):
         train(TrainConfig(out=str(tmp_path / "o3"), train=cfg["train"], model=cfg["model"], metric="micro_f1"),
               echo=lambda s: None)
+
+
+def test_report_shows_per_label_scores(ml_dir):
+    html = (ml_dir / "report.html").read_text(encoding="utf-8")
+    assert 'id="per-label"' in html and "없음" in html and "subset accuracy" in html
+    data = json.loads((ml_dir / "report" / "data.json").read_text(encoding="utf-8"))
+    assert data["errors"] == {}  # no single-label section tripped over multi-hot labels
