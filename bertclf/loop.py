@@ -434,7 +434,7 @@ def train(cfg: TrainConfig, echo=print) -> dict:
             "task": "text-classification",
             "base_model": cfg.model,
             "labels": labels.names,
-            "task": task.card(),  # [task] kind, label values, class weights, thresholds
+            "classification": task.card(),  # [task] single/multi-label, label values, class weights, thresholds
             "max_length": cfg.max_length,
             "args": run_args,
             "data": {"train": train_ds.summary(), "valid": valid_ds.summary(),

@@ -276,7 +276,7 @@ def confusion(run: Run) -> dict | None:
 
 
 def is_multi_label(run: Run) -> bool:
-    return ((run.card or {}).get("task") or {}).get("type") == "multi_label"
+    return ((run.card or {}).get("classification") or {}).get("type") == "multi_label"
 
 
 def _labels(run: Run, k: int) -> list[str]:

@@ -2,7 +2,7 @@
 
 The training loop and the inference code ask the task for everything that differs between the two: label
 encoding, the loss (with optional class weights), probabilities, decisions, metrics and the selection score.
-What inference needs again (kind, label values, thresholds, weights) is `card()`, stored in bertclf.json.
+What inference needs again (kind, label values, thresholds, weights) is `card()`, stored in bertclf.json as "classification".
 """
 from __future__ import annotations
 
@@ -167,7 +167,7 @@ def make_task(cfg, train_labels: list[str], where: str, raw: dict[str, str] | No
 
 def task_from_card(card: dict, names: list[str]):
     """The task of a trained model (a model from before tasks were recorded is single-label)."""
-    t = card.get("task") or {}
+    t = card.get("classification") or {}
     labels = LabelMap(list(names), dict(t.get("label_values") or {}))
     weights = t.get("class_weights")
     weights = [weights[n] for n in labels.names] if weights else None

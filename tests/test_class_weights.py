@@ -90,11 +90,11 @@ def test_class_weights_auto_and_metric_on_hate_slice(hate_slice, tiny_model_dir,
                              valid_frac=0.2),
                  echo=lambda s: None)
     assert card["labels"] == ["hate", "none", "offensive"]
-    weights = card["task"]["class_weights"]
+    weights = card["classification"]["class_weights"]
     counts = card["data"]["train"]["label_counts"]
     rarest, commonest = min(counts, key=counts.get), max(counts, key=counts.get)
     assert weights[rarest] > weights[commonest]
-    assert card["args"]["class_weights"] == "auto" and card["task"]["metric"] == "weighted_f1"
+    assert card["args"]["class_weights"] == "auto" and card["classification"]["metric"] == "weighted_f1"
     assert "weighted_f1" in card["metrics"]["test"]
     log = [json.loads(x) for x in (out / "train_log.jsonl").read_text().splitlines()]
     evals = [r for r in log if "valid_score" in r]

@@ -64,7 +64,7 @@ def test_split_cell():
 def test_task_from_card_defaults_to_single_label():
     t = task_from_card({}, ["negative", "positive"])
     assert isinstance(t, SingleLabel) and t.metric == "accuracy" and t.weights is None
-    card = {"task": {"type": "multi_label", "label_sep": "|", "thresholds": {"a": 0.3, "b": 0.7},
+    card = {"classification": {"type": "multi_label", "label_sep": "|", "thresholds": {"a": 0.3, "b": 0.7},
                      "label_values": {"0": "a", "1": "b"}}}
     m = task_from_card(card, ["a", "b"])
     assert isinstance(m, MultiLabel) and m.sep == "|"
@@ -82,7 +82,7 @@ def test_eval_reads_label_ids_of_a_model_with_named_labels(trained_tiny_dir, nsm
     (d / "config.json").write_text(json.dumps(config))
     card = json.loads((d / "bertclf.json").read_text())
     card["labels"] = ["negative", "positive"]
-    card.pop("task", None)  # as a model trained before label values were recorded
+    card.pop("classification", None)  # as a model trained before label values were recorded
     (d / "bertclf.json").write_text(json.dumps(card))
 
     def run(*args):

@@ -36,7 +36,7 @@ def test_me5_hate_speech_with_class_weights(me5_dir, tmp_path):
     assert test["n"] == 500
     # always answering the commonest class ("none", ~45% of rows) scores weighted F1 ~0.28, macro F1 ~0.21
     assert test["weighted_f1"] >= 0.45 and test["macro_f1"] >= 0.40, test
-    assert card["task"]["class_weights"]["hate"] > card["task"]["class_weights"]["none"]
+    assert card["classification"]["class_weights"]["hate"] > card["classification"]["class_weights"]["none"]
 
 
 def test_me5_kote_multi_label(me5_dir, tmp_path):

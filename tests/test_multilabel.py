@@ -54,7 +54,7 @@ def test_multilabel_run_records_task_and_problem_type(ml_dir, kote_files):
     assert config["problem_type"] == "multi_label_classification"
     assert [config["id2label"][str(i)] for i in range(44)] == names  # line i names id i, all 44 kept
     card = json.loads((ml_dir / "bertclf.json").read_text())
-    task = card["task"]
+    task = card["classification"]
     assert task["type"] == "multi_label" and task["label_sep"] == "," and task["metric"] == "macro_f1"
     assert set(task["thresholds"]) == set(names) and all(0 < t < 1 for t in task["thresholds"].values())
     assert len(set(task["thresholds"].values())) > 1  # tuned per label, not one constant
@@ -85,7 +85,7 @@ def test_predict_returns_labels_over_their_thresholds(ml_dir):
     from bertclf.predict import Classifier
 
     clf = Classifier.load(str(ml_dir))
-    th = clf.card["task"]["thresholds"]
+    th = clf.card["classification"]["thresholds"]
     out = clf.predict(["정말 감동적이에요 최고", "이게 말이 되냐 진짜 화난다", "ㅋㅋㅋ"])
     for rec in out:
         over = {lab for lab, p in rec["probabilities"].items() if p >= th[lab]}
@@ -105,7 +105,7 @@ def test_eval_json_multilabel_and_label_names_or_ids(ml_dir, kote_files, tmp_pat
     rep = json.loads(r.stdout)
     card = json.loads((ml_dir / "bertclf.json").read_text())
     assert rep["micro_f1"] == pytest.approx(card["metrics"]["test"]["micro_f1"], abs=1e-6)
-    assert rep["n"] == 100 and rep["per_label"]["없음"]["threshold"] == card["task"]["thresholds"]["없음"]
+    assert rep["n"] == 100 and rep["per_label"]["없음"]["threshold"] == card["classification"]["thresholds"]["없음"]
     # the same rows with label names instead of ids score the same
     names = kote_files["names"].read_text(encoding="utf-8").splitlines()
     rows = [[i, t, ",".join(names[int(x)] for x in labs.split(","))] for i, t, labs in kote_rows(400, 100)]
