@@ -169,12 +169,11 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
             write_card(tmp, new_card)
 
             # The end-to-end check: load the new directory the way users will, and compare with torch.
-            from bertclf.inference import softmax
             from bertclf.predict import Classifier
 
             clf = Classifier.load(str(tmp))
             got = clf.logits(SAMPLE_TEXTS, batch_size=8)
-            p_ref, p_got = softmax(ref), softmax(got)
+            p_ref, p_got = clf.task.probs(ref), clf.task.probs(got)  # softmax, or sigmoid for multi-label
             info["check"] = {"texts": len(SAMPLE_TEXTS), "max_abs_logit_diff": _max_diff(got, ref),
                              "max_prob_diff": float(np.abs(p_got - p_ref).max()),
                              "label_agreement": float((got.argmax(1) == ref.argmax(1)).mean())}

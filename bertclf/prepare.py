@@ -13,8 +13,9 @@ import torch
 from bertclf import checkpoint as ckpt
 from bertclf import data as D
 from bertclf import rundir
+from bertclf import task as T
 from bertclf.batches import epoch_batches
-from bertclf.config import RESUME_KEYS, TrainConfig, check_max_length
+from bertclf.config import RESUME_KEYS, TrainConfig, check_max_length, trims_vocab
 from bertclf.errors import UserError
 from bertclf.meter import Logger
 from bertclf.models import load_classifier, load_tokenizer, resolve
@@ -45,7 +46,7 @@ class Run:
     out: Path
     say: object                # print on the main process, nothing elsewhere
     log: Logger
-    labels: D.LabelMap
+    task: object               # bertclf.task.SingleLabel | MultiLabel: encoding, loss, metrics, card
     train_ds: D.Dataset
     valid_ds: D.Dataset
     test_ds: D.Dataset | None
@@ -63,6 +64,10 @@ class Run:
     scheduler: object
     run_args: dict
     state: TrainState
+
+    @property
+    def labels(self):
+        return self.task.labels
 
     @property
     def world(self) -> int:
@@ -116,10 +121,14 @@ def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:
 
     # data, then the model and tokenizer (vocabulary trimmed to the training texts if asked)
     train_ds, valid_ds, test_ds = load_data(cfg, log=say)
-    labels = D.LabelMap.from_labels(train_ds.labels, train_ds.source)
-    y_train = np.array(labels.encode(train_ds.labels, train_ds.source))
-    y_valid = np.array(labels.encode(valid_ds.labels, valid_ds.source or "validation"))
-    y_test = np.array(labels.encode(test_ds.labels, test_ds.source)) if test_ds else None
+    # single- or multi-label: label map, encoding, loss, metrics (bertclf/task.py)
+    task = T.make_task(cfg, train_ds.labels, train_ds.source, raw=D.NSMC_LABELS if cfg.data == "nsmc" else None)
+    labels = task.labels
+    y_train = task.encode(train_ds.labels, train_ds.source)
+    y_valid = task.encode(valid_ds.labels, valid_ds.source or "validation")
+    y_test = task.encode(test_ds.labels, test_ds.source) if test_ds else None
+    if cfg.class_weights == "auto":
+        task.set_class_weights(y_train)
     say(f"data: {len(train_ds)} train, {len(valid_ds)} validation"
         + (f", {len(test_ds)} test" if test_ds else "")
         + f" rows; labels {', '.join(labels.names)}"
@@ -127,6 +136,7 @@ def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:
            if cfg.data == "nsmc" or train_ds.dropped_empty else ""))
     base = resolve(cfg.model, log=say)
     check_max_length(cfg.max_length, base)  # a hub model's positions are known only once it is resolved
+    cfg.trim_vocab = trims_vocab(cfg)  # unset: on for the builtin models (recorded resolved, for --resume)
     if cfg.trim_vocab:
         base = trimmed_base(base, out, train_ds.texts + valid_ds.texts, accelerator, say, reuse=resuming)
     tokenizer = load_tokenizer(base)
@@ -149,7 +159,7 @@ def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:
     optimizer, scheduler = make_optimizer(cfg, model, plan, fused=on_gpu)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    run = Run(cfg, accelerator, mixed, out, say, Logger(out, main, echo=say), labels, train_ds, valid_ds, test_ds,
+    run = Run(cfg, accelerator, mixed, out, say, Logger(out, main, echo=say), task, train_ds, valid_ds, test_ds,
               y_train, y_valid, y_test, tokenizer, pad_id, train_ids, valid_ids, train_len, plan, model, optimizer,
               scheduler, asdict(cfg) | {"batch_size": batch_size, "lr": lr, "processes": world},
               TrainState(n_micro=cfg.grad_accum))
