@@ -208,20 +208,24 @@ def split_valid(ds: Dataset, frac: float, seed: int, other: str = "pass --valid 
     return ds.subset(train_idx), ds.subset(valid_idx, " (validation split)")
 
 
+def default_columns(cfg) -> None:
+    """Fill in cfg.text_col / cfg.label_col as training reads them (NSMC: document/label; a file: text/label)."""
+    nsmc = cfg.data == "nsmc"
+    cfg.text_col = cfg.text_col or (NSMC_TEXT_COL if nsmc else "text")
+    cfg.label_col = cfg.label_col or (NSMC_LABEL_COL if nsmc else "label")
+
+
 def load_training_data(cfg, log=print) -> tuple[Dataset, Dataset, Dataset | None]:
     """(train, valid, test or None) as a TrainConfig asks; fills in cfg.text_col / cfg.label_col defaults.
 
     Every check that needs the data (a sample or test sample that leaves no row) fails here, before training.
     """
     read = dict(encoding=getattr(cfg, "encoding", "utf-8"), columns=getattr(cfg, "columns", None))
+    default_columns(cfg)
     if cfg.data == "nsmc":
-        cfg.text_col = cfg.text_col or NSMC_TEXT_COL
-        cfg.label_col = cfg.label_col or NSMC_LABEL_COL
         train = read_nsmc("train", cfg.data_dir, log=log)
         test = read_nsmc("test", cfg.data_dir, log=log)
     else:
-        cfg.text_col = cfg.text_col or "text"
-        cfg.label_col = cfg.label_col or "label"
         train = read_labelled(cfg.train, cfg.text_col, cfg.label_col, **read)
         test = read_labelled(cfg.test, cfg.text_col, cfg.label_col, **read) if cfg.test else None
     multi = bool(getattr(cfg, "multi_label", False))

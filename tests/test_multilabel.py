@@ -72,7 +72,7 @@ def test_pipeline_applies_sigmoid_like_predict(ml_dir):
 
     texts = ["정말 감동적이에요 최고", "이게 말이 되냐 진짜 화난다"]
     pipe = pipeline("text-classification", model=str(ml_dir), device="cpu", top_k=None)
-    clf = Classifier.load(str(ml_dir))
+    clf = Classifier.load(str(ml_dir), precision="fp32")  # what transformers.pipeline computes in
     ours = clf.predict(texts)
     for got, mine in zip(pipe(texts), ours):
         scores = {d["label"]: d["score"] for d in got}
@@ -153,7 +153,7 @@ def test_onnx_export_keeps_multilabel(ml_dir, tmp_path):
     from bertclf.predict import Classifier
 
     export_onnx(str(ml_dir), str(tmp_path / "onnx"), log=lambda s: None)
-    onnx_clf, torch_clf = Classifier.load(str(tmp_path / "onnx")), Classifier.load(str(ml_dir))
+    onnx_clf, torch_clf = Classifier.load(str(tmp_path / "onnx")), Classifier.load(str(ml_dir), precision="fp32")
     assert onnx_clf.backend == "onnx" and onnx_clf.multi_label
     texts = ["정말 감동적이에요 최고", "이게 말이 되냐 진짜 화난다"]
     a, b = onnx_clf.predict(texts), torch_clf.predict(texts)
@@ -180,7 +180,9 @@ def test_multilabel_bad_inputs(kote_files, tiny_model_dir, tmp_path):
 
 
 def test_report_shows_per_label_scores(ml_dir):
-    html = (ml_dir / "report.html").read_text(encoding="utf-8")
+    from bertclf.report import write_report
+
+    html = Path(write_report([str(ml_dir)])).read_text(encoding="utf-8")  # as `bertclf train` writes it
     assert 'id="per-label"' in html and "없음" in html and "subset accuracy" in html
     data = json.loads((ml_dir / "report" / "data.json").read_text(encoding="utf-8"))
     assert data["errors"] == {}  # no single-label section tripped over multi-hot labels
