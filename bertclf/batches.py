@@ -58,7 +58,8 @@ def collate(ids: list[np.ndarray], rows: np.ndarray, pad_id: int, labels: np.nda
         mask[r, :len(s)] = 1
     batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
     if labels is not None:
-        batch["labels"] = torch.from_numpy(labels[rows].astype(np.int64))
+        y = labels[rows]  # class ids, or multi-hot rows (multi-label) kept as float for BCE
+        batch["labels"] = torch.from_numpy(y.astype(np.int64) if y.ndim == 1 else y.astype(np.float32))
     return batch
 
 

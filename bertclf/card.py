@@ -8,14 +8,17 @@ import torch
 from bertclf import __version__
 
 
-def build_card(cfg, run_args: dict, labels: list[str], data: dict, metrics: dict, training: dict) -> dict:
+def build_card(cfg, run_args: dict, labels: list[str], data: dict, metrics: dict, training: dict,
+               classification: dict | None = None) -> dict:
     """data: {"train", "valid", "test"} dataset summaries; metrics: {"valid", "test"} reports;
-    training: steps, timings, device and batch facts (see loop.finish)."""
+    training: steps, timings, device and batch facts (see loop.finish); classification: the task's card
+    (bertclf/task.py: single/multi-label, label values, class weights, thresholds), read back by inference."""
     return {
         "bertclf_version": __version__,
         "task": "text-classification",
         "base_model": cfg.model,
         "labels": labels,
+        "classification": classification,
         "max_length": cfg.max_length,
         "args": run_args,
         "data": data | {"text_col": cfg.text_col, "label_col": cfg.label_col},

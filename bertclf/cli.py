@@ -89,6 +89,9 @@ def build_parser() -> Parser:
     b.add_argument("--sample", type=number, default=1.0)
     b.add_argument("--seed", type=int, default=42)
     b.add_argument("--out", metavar="DIR", help="also store the result as DIR/baseline.json (e.g. a model directory)")
+    b.add_argument("--multi-label", action="store_true", help="one-vs-rest, thresholds tuned on 20%% of train")
+    b.add_argument("--label-sep", default=",", help="separator of the labels in a multi-label cell (default ,)")
+    b.add_argument("--label-names", metavar="FILE", help="line i names label id i")
     b.add_argument("--json", action="store_true")
     _read_flags(b)
 
@@ -236,7 +239,8 @@ def cmd_baseline(a) -> int:
 
     res = run_baseline(data=a.data, train=a.train, test=a.test, text_col=a.text_col, label_col=a.label_col,
                        data_dir=a.data_dir, sample=a.sample, seed=a.seed, out=a.out, encoding=a.encoding,
-                       columns=parse_columns(a.columns))
+                       columns=parse_columns(a.columns), multi_label=a.multi_label, label_sep=a.label_sep,
+                       label_names=a.label_names)
     print(json.dumps(res, indent=2, ensure_ascii=False) if a.json else format_baseline(res))
     return 0
 

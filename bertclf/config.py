@@ -10,7 +10,8 @@ from bertclf.errors import UserError
 from bertclf.models import DEFAULT_MODEL
 
 
-DATA, RECIPE, RUN = "data", "model and recipe", "logging, evaluation, checkpoints"
+DATA, LABELS, RECIPE, RUN = "data", "labels and task", "model and recipe", "logging, evaluation, checkpoints"
+METRICS = ("accuracy", "macro_f1", "weighted_f1", "micro_f1")
 
 
 def opt(default, help: str, group: str, **flag):  # noqa: A002 (help: argparse's word)
@@ -39,6 +40,14 @@ class TrainConfig:
     sample: float = opt(1.0, "train on this fraction of the training rows (seeded)", DATA)
     test_sample: float = opt(1.0, "score on this fraction of the test rows at the end (seeded, stratified)", DATA)
     valid_frac: float = opt(0.05, "share of train carved out for validation", DATA)
+    multi_label: bool = opt(False, "a label cell holds several labels (split by --label-sep); sigmoid + BCE, "
+                            "thresholds tuned on validation", LABELS)
+    label_sep: str = opt(",", "separator of the labels in a multi-label cell (default ,)", LABELS)
+    label_names: str | None = opt(None, "line i names label id i (the label cells hold ids)", LABELS, metavar="FILE")
+    class_weights: str = opt("none", "auto: weight the loss by smoothed inverse class frequency (recorded in "
+                             "bertclf.json)", LABELS, choices=("none", "auto"))
+    metric: str | None = opt(None, "checkpoint selection and early stopping (default accuracy; multi-label "
+                             "macro_f1)", LABELS, choices=METRICS)
     model: str = opt(DEFAULT_MODEL, f"builtin name, local directory or hub name (default {DEFAULT_MODEL})", RECIPE)
     epochs: float = opt(2, "passes over the training rows (a fraction stops part-way)", RECIPE)
     batch_size: int | None = opt(None, "rows per micro-batch (default 32 on CPU, 256 on GPU)", RECIPE)
@@ -51,7 +60,9 @@ class TrainConfig:
     warmup: float = opt(0.06, "warmup share of the steps", RECIPE)
     weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and LayerNorms)", RECIPE)
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this", RECIPE)
-    trim_vocab: bool = opt(False, "keep only the vocabulary the training texts use", RECIPE)
+    trim_vocab: bool | None = opt(None, "keep only the vocabulary the training texts use (default: on for builtin "
+                                  "models: no optimizer work on embedding rows never used; --no-trim-vocab: off)",
+                                  RECIPE, tri_state=True)
     log_every: int | None = opt(None, "print loss/accuracy every N steps (default ~20 lines per run)", RUN)
     eval_every: int | None = opt(None, "validate every N steps (default: each epoch)", RUN)
     eval_batch_size: int = opt(128, "rows per batch when validating and testing", RUN)
@@ -67,7 +78,8 @@ class TrainConfig:
 # Settings that must match for --resume to continue the same run.
 RESUME_KEYS = ("data", "train", "valid", "model", "epochs", "batch_size", "lr", "max_length", "sample", "seed",
                "max_steps", "precision", "grad_accum", "valid_frac", "warmup", "weight_decay", "trim_vocab",
-               "text_col", "label_col", "eval_every", "columns", "max_grad_norm")
+               "text_col", "label_col", "eval_every", "columns", "max_grad_norm", "multi_label", "label_sep",
+               "label_names", "class_weights", "metric")
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -112,6 +124,14 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("weight-decay", f"must be in [0, 1), got {cfg.weight_decay}")
     if not (cfg.max_grad_norm > 0 and math.isfinite(cfg.max_grad_norm)):
         bad("max-grad-norm", f"must be a number > 0, got {cfg.max_grad_norm}")
+    if cfg.class_weights not in ("none", "auto"):
+        bad("class-weights", f"must be auto or none, got {cfg.class_weights}")
+    if cfg.metric is not None and cfg.metric not in METRICS:
+        bad("metric", f"must be accuracy, macro_f1, weighted_f1 or micro_f1, got {cfg.metric}")
+    if cfg.metric == "micro_f1" and not cfg.multi_label:
+        bad("metric", "micro_f1 is for --multi-label (single-label micro-F1 equals accuracy); use accuracy")
+    if not cfg.label_sep:
+        bad("label-sep", "must not be empty; give the character between the labels of a cell, e.g. ','")
     from bertclf.rows import check_encoding, parse_columns
 
     check_encoding(cfg.encoding)
@@ -156,6 +176,15 @@ def usable_positions(model: str) -> int | None:
     return n
 
 
+def trims_vocab(cfg: TrainConfig) -> bool:
+    """--trim-vocab unset: trim the builtin models (their 250k-piece embedding is 80% of the parameters)."""
+    if cfg.trim_vocab is not None:
+        return cfg.trim_vocab
+    from bertclf.builtin import BUILTIN_MODELS
+
+    return cfg.model in BUILTIN_MODELS
+
+
 def config_from_dict(d: dict) -> TrainConfig:
     names = {f.name for f in fields(TrainConfig)}
     return TrainConfig(**{k: v for k, v in d.items() if k in names})
@@ -163,10 +192,11 @@ def config_from_dict(d: dict) -> TrainConfig:
 
 def add_train_flags(parser) -> None:
     """`bertclf train`'s flags, one per TrainConfig field: --field-name, its type, default, help and choices."""
+    import argparse
     import typing
 
     hints = typing.get_type_hints(TrainConfig)
-    groups = {name: parser.add_argument_group(name) for name in (DATA, RECIPE, RUN)}
+    groups = {name: parser.add_argument_group(name) for name in (DATA, LABELS, RECIPE, RUN)}
     for f in fields(TrainConfig):
         meta = dict(f.metadata)
         group = groups[meta["group"]]
@@ -176,6 +206,8 @@ def add_train_flags(parser) -> None:
         kind = hints[f.name]
         if "optional_choice" in meta:  # a switch that may take one word: --resume, --resume auto
             kw.update(nargs="?", const=True, choices=[meta["optional_choice"]])
+        elif meta.get("tri_state"):  # --flag / --no-flag; neither: None (the default depends on the model)
+            kw["action"] = argparse.BooleanOptionalAction
         elif kind is bool:
             kw["action"] = "store_true"
         else:

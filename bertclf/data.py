@@ -10,11 +10,12 @@ import unicodedata
 import urllib.error
 import urllib.request
 from collections import Counter, defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from bertclf.errors import UserError
 from bertclf.files import atomic_file, cache_dir, sha256_file
+from bertclf.labels import LabelMap, label_order  # noqa: F401 (labels.py; re-exported)
 from bertclf.rows import file_format, iter_rows  # noqa: F401 (file_format: re-exported)
 
 # --- NSMC ---------------------------------------------------------------------------------------------------
@@ -163,42 +164,6 @@ def read_nsmc(split: str, data_dir=None, log=print) -> Dataset:
 # --- labels, sampling, splitting ----------------------------------------------------------------------------
 
 
-def label_order(labels) -> list[str]:
-    """Sorted label names: numerically when every label is an integer, else alphabetically."""
-    uniq = set(labels)
-    try:
-        return sorted(uniq, key=lambda s: (0, int(s)))
-    except (TypeError, ValueError):
-        return sorted(uniq)
-
-
-@dataclass
-class LabelMap:
-    names: list[str]
-    index: dict[str, int] = field(init=False)
-
-    def __post_init__(self):
-        self.index = {n: i for i, n in enumerate(self.names)}
-
-    @classmethod
-    def from_labels(cls, labels, where: str) -> "LabelMap":
-        names = label_order(labels)
-        if len(names) < 2:
-            raise UserError(f"{where}: only one class ({names[0]!r}) in the labels; a classifier needs at least two")
-        return cls(names)
-
-    def encode(self, labels, where: str) -> list[int]:
-        unseen = sorted(set(labels) - set(self.index))
-        if unseen:
-            raise UserError(f"{where}: label(s) {', '.join(map(repr, unseen[:5]))} never seen in training "
-                            f"(known: {', '.join(self.names)}); fix the labels or retrain with them")
-        return [self.index[lab] for lab in labels]
-
-    @property
-    def id2label(self) -> dict[int, str]:
-        return dict(enumerate(self.names))
-
-
 def stratified_indices(labels, frac: float, seed: int) -> tuple[list[int], list[int]]:
     """Split indices per label into (taken, rest) with `frac` of each class taken; deterministic by seed."""
     by_label: dict[str, list[int]] = defaultdict(list)
@@ -215,24 +180,39 @@ def stratified_indices(labels, frac: float, seed: int) -> tuple[list[int], list[
     return sorted(taken), sorted(rest)
 
 
-def sample(ds: Dataset, frac: float, seed: int, flag: str = "--sample/--test-sample") -> Dataset:
+def strata(ds: Dataset, multi_label: bool = False) -> list[str]:
+    """What sampling and splitting stratify by: the label, or nothing for multi-label rows (most label sets are
+    unique, so a cell is no stratum: a seeded random share)."""
+    return ["" for _ in ds.labels] if multi_label else ds.labels
+
+
+def sample(ds: Dataset, frac: float, seed: int, flag: str = "--sample/--test-sample",
+           multi_label: bool = False) -> Dataset:
     """A stratified, seeded `frac` of the rows; a share that leaves no row is an error now, not after training."""
     if frac >= 1.0:
         return ds
-    taken, _ = stratified_indices(ds.labels, frac, seed)
+    taken, _ = stratified_indices(strata(ds, multi_label), frac, seed)
     if not taken:
         raise UserError(f"{flag} {frac:g}: leaves none of the {len(ds)} rows of {ds.source}; raise it "
                         f"or use a larger file")
     return ds.subset(taken)
 
 
-def split_valid(ds: Dataset, frac: float, seed: int, other: str = "pass --valid FILE") -> tuple[Dataset, Dataset]:
+def split_valid(ds: Dataset, frac: float, seed: int, other: str = "pass --valid FILE",
+                multi_label: bool = False) -> tuple[Dataset, Dataset]:
     """Carve a stratified split (validation, or baseline's test) from train; `other` says how to give one."""
-    valid_idx, train_idx = stratified_indices(ds.labels, frac, seed + 1)
+    valid_idx, train_idx = stratified_indices(strata(ds, multi_label), frac, seed + 1)
     if not valid_idx or not train_idx:
         raise UserError(f"{ds.source}: too few rows ({len(ds)}) to carve a {'validation' if 'valid' in other else 'test'}"
                         f" split; add rows or {other}")
     return ds.subset(train_idx), ds.subset(valid_idx, " (validation split)")
+
+
+def default_columns(cfg) -> None:
+    """Fill in cfg.text_col / cfg.label_col as training reads them (NSMC: document/label; a file: text/label)."""
+    nsmc = cfg.data == "nsmc"
+    cfg.text_col = cfg.text_col or (NSMC_TEXT_COL if nsmc else "text")
+    cfg.label_col = cfg.label_col or (NSMC_LABEL_COL if nsmc else "label")
 
 
 def load_training_data(cfg, log=print) -> tuple[Dataset, Dataset, Dataset | None]:
@@ -241,21 +221,19 @@ def load_training_data(cfg, log=print) -> tuple[Dataset, Dataset, Dataset | None
     Every check that needs the data (a sample or test sample that leaves no row) fails here, before training.
     """
     read = dict(encoding=getattr(cfg, "encoding", "utf-8"), columns=getattr(cfg, "columns", None))
+    default_columns(cfg)
     if cfg.data == "nsmc":
-        cfg.text_col = cfg.text_col or NSMC_TEXT_COL
-        cfg.label_col = cfg.label_col or NSMC_LABEL_COL
         train = read_nsmc("train", cfg.data_dir, log=log)
         test = read_nsmc("test", cfg.data_dir, log=log)
     else:
-        cfg.text_col = cfg.text_col or "text"
-        cfg.label_col = cfg.label_col or "label"
         train = read_labelled(cfg.train, cfg.text_col, cfg.label_col, **read)
         test = read_labelled(cfg.test, cfg.text_col, cfg.label_col, **read) if cfg.test else None
-    train = sample(train, cfg.sample, cfg.seed, "--sample")
+    multi = bool(getattr(cfg, "multi_label", False))
+    train = sample(train, cfg.sample, cfg.seed, "--sample", multi)
     if test is not None:  # a quick look at the test score: torch on a CPU scores ~75 reviews/s
-        test = sample(test, cfg.test_sample, cfg.seed, "--test-sample")
+        test = sample(test, cfg.test_sample, cfg.seed, "--test-sample", multi)
     if cfg.valid:
         valid = read_labelled(cfg.valid, cfg.text_col, cfg.label_col, **read)
     else:
-        train, valid = split_valid(train, cfg.valid_frac, cfg.seed)
+        train, valid = split_valid(train, cfg.valid_frac, cfg.seed, multi_label=multi)
     return train, valid, test

@@ -14,7 +14,6 @@ from bertclf.config import check_batch_size
 from bertclf.errors import UserError
 from bertclf.files import atomic_file, check_writable
 from bertclf.inference import predict_logits
-from bertclf.metrics import classification_report
 
 
 def gathered_logits(model, ids: list, pad_id: int, batch_size: int, accelerator=None,
@@ -42,11 +41,12 @@ def gathered_logits(model, ids: list, pad_id: int, batch_size: int, accelerator=
     return full
 
 
-def score_ids(model, ids: list, y: np.ndarray, label_names: list[str], pad_id: int, batch_size: int,
+def score_ids(model, ids: list, y: np.ndarray, report, pad_id: int, batch_size: int,
               accelerator=None, autocast_dtype=None) -> tuple[dict, np.ndarray]:
-    """(classification report, logits) of `model` on tokenized rows `ids` with true classes `y`."""
+    """(report, logits) of `model` on tokenized rows `ids` with true labels `y`; `report(y, logits)` is the
+    task's (bertclf/task.py): `task.validation_report` tunes multi-label thresholds on these rows first."""
     logits = gathered_logits(model, ids, pad_id, batch_size, accelerator, autocast_dtype)
-    return classification_report(y, logits.argmax(1), label_names), logits
+    return report(y, logits), logits
 
 
 def evaluate(model_dir: str, data: str | None = None, test: str | None = None, text_col: str | None = None,
@@ -72,32 +72,36 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
                              label_col or card_data.get("label_col") or "label", encoding=encoding, columns=columns)
     if ds.dropped_empty:
         log(f"{ds.source}: {ds.dropped_empty} row(s) with an empty text dropped; scoring {len(ds)} rows")
-    unseen = sorted(set(ds.labels) - set(clf.labels))
-    if unseen:
-        raise UserError(f"{ds.source}: label(s) {', '.join(map(repr, unseen[:5]))} unknown to the model "
-                        f"(it knows {', '.join(clf.labels)}); fix the labels or the --label-col")
-    index = {lab: i for i, lab in enumerate(clf.labels)}
-    y = np.array([index[lab] for lab in ds.labels])
+    # A cell may hold the label's name, the raw value the model was trained from, or its id (bertclf/labels.py).
+    y = clf.task.encode(ds.labels, ds.source)
     t0 = time.time()
-    probs = clf.predict_proba(ds.texts, batch_size)
-    rep = classification_report(y, probs.argmax(1), clf.labels)
+    logits = clf.logits(ds.texts, batch_size)
+    probs = clf.task.probs(logits)
+    rep = clf.task.report(y, logits)
     rep["seconds"] = time.time() - t0
     rep["data"] = ds.summary()
     rep["model"] = str(model_dir)
     rep["precision"] = clf.precision
     if errors:
-        write_errors(errors, ds, y, probs, clf.labels)
+        write_errors(errors, ds, y, probs, clf.labels, clf.task)
     return rep
 
 
-def write_errors(path: str, ds: D.Dataset, y: np.ndarray, probs: np.ndarray, labels: list[str]) -> int:
-    """The misclassified rows with their probabilities, as TSV (or CSV by extension), written atomically."""
-    wrong = np.flatnonzero(probs.argmax(1) != y)
+def write_errors(path: str, ds: D.Dataset, y: np.ndarray, probs: np.ndarray, labels: list[str], task=None) -> int:
+    """The misclassified rows with their probabilities, as TSV (or CSV by extension), written atomically
+    (multi-label: the rows whose label set is not exactly right, the sets joined by the label separator)."""
+    if task is not None and task.kind == "multi_label":
+        decided = task.decide(probs)
+        wrong = np.flatnonzero((decided != (y > 0.5)).any(1))
+        names = np.array(labels)
+        cells = [(task.sep.join(names[y[i] > 0.5]), task.sep.join(names[decided[i]])) for i in wrong]
+    else:
+        wrong = np.flatnonzero(probs.argmax(1) != y)
+        cells = [(labels[y[i]], labels[probs[i].argmax()]) for i in wrong]
     delim = "," if Path(path).suffix.lower() == ".csv" else "\t"
     with atomic_file(path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, delimiter=delim)
         w.writerow(["text", "label", "predicted", "score"] + [f"p_{lab}" for lab in labels])
-        for i in wrong:
-            w.writerow([ds.texts[i], labels[y[i]], labels[probs[i].argmax()], f"{probs[i].max():.6f}"]
-                       + [f"{p:.6f}" for p in probs[i]])
+        for i, (true, predicted) in zip(wrong, cells):
+            w.writerow([ds.texts[i], true, predicted, f"{probs[i].max():.6f}"] + [f"{p:.6f}" for p in probs[i]])
     return len(wrong)

@@ -106,6 +106,7 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
                   "requested": {"optimize": optimize, "smooth": smooth_alpha, "check": check,
                                 "min_agreement": min_agreement if int8 else None}}
     if int8:  # the rows the int8 graph is checked on; read before anything is exported, so bad input fails fast
+        from bertclf.task import task_from_card
         from bertclf.validation_rows import check_rows
 
         labels = [config["id2label"].get(str(i)) for i in range(len(config["id2label"]))]
@@ -150,8 +151,9 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
                         smoothed = 0
                 log(f"int8 dynamic quantization{f' after SmoothQuant ({smoothed} MatMuls)' if smoothed else ''}, "
                     f"checked on {check_from} ...")
+                task = task_from_card(card, labels)  # multi-label: label sets over the stored thresholds
                 chosen, report = choose(fp32, work, check_ids, check_y, pad_id, ref.shape[1], min_agreement, large,
-                                        log, variants)
+                                        log, variants, decide=lambda z: task.decide(task.probs(z)))
                 _save_as(chosen, target, large)
                 info["quantization"] = report.pop("quantization") | {
                     "smoothquant_alpha": smooth_alpha if smoothed else None, "smoothed_nodes": smoothed}
@@ -169,12 +171,11 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
             write_card(tmp, new_card)
 
             # The end-to-end check: load the new directory the way users will, and compare with torch.
-            from bertclf.inference import softmax
             from bertclf.predict import Classifier
 
             clf = Classifier.load(str(tmp))
             got = clf.logits(SAMPLE_TEXTS, batch_size=8)
-            p_ref, p_got = softmax(ref), softmax(got)
+            p_ref, p_got = clf.task.probs(ref), clf.task.probs(got)  # softmax, or sigmoid for multi-label
             info["check"] = {"texts": len(SAMPLE_TEXTS), "max_abs_logit_diff": _max_diff(got, ref),
                              "max_prob_diff": float(np.abs(p_got - p_ref).max()),
                              "label_agreement": float((got.argmax(1) == ref.argmax(1)).mean())}

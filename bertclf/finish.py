@@ -11,7 +11,6 @@ from bertclf import checkpoint as ckpt
 from bertclf import rundir
 from bertclf.card import build_card, device_name
 from bertclf.evaluate import score_ids
-from bertclf.inference import softmax
 from bertclf.tokens import encode, lengths
 
 
@@ -29,17 +28,18 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
     model = run.unwrapped()
     best = ckpt.load_best(out, model)
     score = dict(pad_id=run.pad_id, batch_size=cfg.eval_batch_size, autocast_dtype=run.autocast_dtype)
-    names = run.labels.names
-    _, valid_logits = score_ids(model, run.valid_ids, run.y_valid, names, **score)
-    preds = {"labels": np.array(names), "valid_y": run.y_valid, "valid_probs": softmax(valid_logits),
+    names, task = run.labels.names, run.task
+    # the best model's validation report: for multi-label it tunes the thresholds stored with the model
+    _, valid_logits = score_ids(model, run.valid_ids, run.y_valid, task.validation_report, **score)
+    preds = {"labels": np.array(names), "valid_y": run.y_valid, "valid_probs": task.probs(valid_logits),
              "valid_tokens": lengths(run.valid_ids), "valid_chars": np.array([len(t) for t in run.valid_ds.texts])}
     test_rep = None
     if run.test_ds is not None:
         t0 = time.time()
         test_ids = encode(run.tokenizer, run.test_ds.texts, cfg.max_length)
-        test_rep, test_logits = score_ids(model, test_ids, run.y_test, names, **score)
+        test_rep, test_logits = score_ids(model, test_ids, run.y_test, task.report, **score)
         test_rep["seconds"] = time.time() - t0
-        preds |= {"test_y": run.y_test, "test_probs": softmax(test_logits), "test_tokens": lengths(test_ids),
+        preds |= {"test_y": run.y_test, "test_probs": task.probs(test_logits), "test_tokens": lengths(test_ids),
                   "test_chars": np.array([len(t) for t in run.test_ds.texts])}
     rundir.save_predictions(out, preds)
     wall = time.time() - t_start
@@ -53,14 +53,14 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
                   "stop_reason": stop_reason or "finished", "wall_time_s": wall, "train_seconds": state.train_seconds,
                   "samples_per_s": state.samples_seen / train_s, "tokens_per_s": state.tokens_seen / train_s,
                   "device": device_name(run.accelerator.device), "processes": run.world,
-                  "precision": "fp32" if run.mixed == "no" else run.mixed, "global_batch": plan.eff_batch * run.world})
-    model.config.id2label = run.labels.id2label
-    model.config.label2id = {v: k for k, v in run.labels.id2label.items()}
+                  "precision": "fp32" if run.mixed == "no" else run.mixed, "global_batch": plan.eff_batch * run.world},
+        classification=task.card())
+    task.configure(model.config)  # id2label, label2id, problem_type (transformers.pipeline scores as we do)
     ckpt.save_model_dir(out, model, run.tokenizer, card, on_write=run.events.on_checkpoint_write)
     shutil.rmtree(rundir.checkpoints_dir(out), ignore_errors=True)  # finished: the final model is the best one
     if test_rep:
-        say(f"test accuracy {test_rep['accuracy']:.4f} (macro-F1 {test_rep['macro_f1']:.4f}) on {test_rep['n']} rows; "
-            f"model saved to {out} in {wall / 60:.1f} min")
+        say(f"test {task.metric} {task.score(test_rep):.4f} (accuracy {test_rep['accuracy']:.4f}, macro-F1 "
+            f"{test_rep['macro_f1']:.4f}) on {test_rep['n']} rows; model saved to {out} in {wall / 60:.1f} min")
     else:
-        say(f"best validation accuracy {state.best_score:.4f}; model saved to {out} in {wall / 60:.1f} min")
+        say(f"best validation {task.metric} {state.best_score:.4f}; model saved to {out} in {wall / 60:.1f} min")
     return card

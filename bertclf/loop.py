@@ -52,7 +52,7 @@ def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
     cfg = run.cfg
     model, optimizer, scheduler, plan, state = run.model, run.optimizer, run.scheduler, run.plan, run.state
     stepper = Stepper(model, optimizer, run.accelerator, run.train_ids, run.y_train, run.pad_id, plan.eff_batch,
-                      cfg.grad_accum, events, say=run.say)
+                      cfg.grad_accum, events, run.task, say=run.say)
     meter = Meter(run.accelerator, run.world, state.window)
     progress = make_progress(plan.total_steps, state.step, run.main)
     model.train()
@@ -114,16 +114,19 @@ def validate(run: Run, meter: Meter, events) -> str | None:
     """Score the validation rows (sharded over processes), keep the best weights; the early-stop reason or None."""
     check_finite(run, meter)
     t_eval, state, step = time.time(), run.state, run.state.step
-    rep, _ = score_ids(run.unwrapped(), run.valid_ids, run.y_valid, run.labels.names, run.pad_id,
+    # [task] multi-label: thresholds tuned on these rows first; the score is --metric's
+    rep, _ = score_ids(run.unwrapped(), run.valid_ids, run.y_valid, run.task.validation_report, run.pad_id,
                        run.cfg.eval_batch_size, run.accelerator, run.autocast_dtype)
     events.on_evaluate(step, rep)
-    improved = state.record_score(rep["accuracy"], step)
+    score = run.task.score(rep)
+    improved = state.record_score(score, step)
     if improved and run.main:
         ckpt.save_best(run.out, run.unwrapped(), {"step": step, "valid": rep}, on_write=events.on_checkpoint_write)
-    run.log(f"validation @ step {step}: accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}"
+    run.log(f"validation @ step {step}: {run.task.metric} {score:.4f}, accuracy {rep['accuracy']:.4f}, "
+            f"macro-F1 {rep['macro_f1']:.4f}"
             + (" (best so far)" if improved else f" (best {state.best_score:.4f} @ step {state.best_step})"),
             step=step, epoch=step / run.plan.steps_per_epoch, valid_accuracy=rep["accuracy"],
-            valid_macro_f1=rep["macro_f1"], valid_loss=None, best=improved)
+            valid_macro_f1=rep["macro_f1"], valid_score=score, valid_loss=None, best=improved)
     meter.exclude(time.time() - t_eval)  # evaluation time is not training throughput
     if run.cfg.patience and state.evals_without_improvement >= run.cfg.patience:
         return f"early stop: no improvement in {run.cfg.patience} evaluation(s)"

@@ -1,4 +1,4 @@
-"""Classification metrics from true and predicted label ids (numpy only, no side effects)."""
+"""Classification metrics: single-label from true and predicted label ids, multi-label from multi-hot rows."""
 from __future__ import annotations
 
 import numpy as np
@@ -22,12 +22,14 @@ def classification_report(y_true, y_pred, names: list[str]) -> dict:
         recall = np.where(actual > 0, tp / actual, 0.0)
         f1 = np.where(precision + recall > 0, 2 * precision * recall / (precision + recall), 0.0)
     present = actual > 0  # macro averages over the classes that occur in y_true
+    weighted_f1 = float((f1 * actual).sum() / actual.sum()) if actual.sum() else 0.0
     return {
         "n": int(len(y_true)),
         "accuracy": float((y_true == y_pred).mean()) if len(y_true) else 0.0,
         "macro_precision": float(precision[present].mean()) if present.any() else 0.0,
         "macro_recall": float(recall[present].mean()) if present.any() else 0.0,
         "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "weighted_f1": weighted_f1,
         "per_class": {
             name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
                    "support": int(actual[i])}
@@ -39,7 +41,9 @@ def classification_report(y_true, y_pred, names: list[str]) -> dict:
 
 
 def format_report(rep: dict) -> str:
-    """A plain-text table of a classification_report."""
+    """A plain-text table of a classification_report (or of a multilabel_report)."""
+    if rep.get("multi_label"):
+        return format_multilabel_report(rep)
     names = rep["labels"]
     w = max(10, *(len(n) for n in names))
     lines = [f"{'class':<{w}}  precision  recall     f1  support"]
@@ -47,9 +51,77 @@ def format_report(rep: dict) -> str:
         c = rep["per_class"][n]
         lines.append(f"{n:<{w}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:.4f}  {c['support']:7d}")
     lines.append(f"{'macro':<{w}}  {rep['macro_precision']:9.4f}  {rep['macro_recall']:6.4f}  {rep['macro_f1']:.4f}  {rep['n']:7d}")
-    lines.append(f"accuracy {rep['accuracy']:.4f} on {rep['n']} rows")
+    lines.append(f"accuracy {rep['accuracy']:.4f}, weighted-F1 {rep['weighted_f1']:.4f} on {rep['n']} rows")
     lines.append("confusion matrix (rows: true, columns: predicted)")
     lines.append(" " * (w + 2) + "  ".join(f"{n[:10]:>10}" for n in names))
     for n, row in zip(names, rep["confusion_matrix"]):
         lines.append(f"{n:<{w}}  " + "  ".join(f"{v:>10d}" for v in row))
+    return "\n".join(lines)
+
+
+# --- multi-label --------------------------------------------------------------------------------------------
+
+THRESHOLD_GRID = np.round(np.arange(0.05, 0.951, 0.05), 2)
+
+
+def tune_thresholds(y: np.ndarray, probs: np.ndarray) -> np.ndarray:
+    """Per label, the grid threshold with the best F1 on these rows (0.5 for a label with no positive row).
+
+    A coarse grid, not every distinct score (sklearn's precision_recall_curve): a few hundred validation rows
+    would otherwise pick thresholds that fit their noise.
+    """
+    y = np.asarray(y) > 0.5
+    pred = probs[:, :, None] >= THRESHOLD_GRID[None, None, :]          # rows x labels x grid
+    tp = (pred & y[:, :, None]).sum(0)
+    fp = (pred & ~y[:, :, None]).sum(0)
+    fn = (~pred & y[:, :, None]).sum(0)
+    f1 = 2 * tp / np.maximum(2 * tp + fp + fn, 1)
+    best = THRESHOLD_GRID[f1.argmax(1)]                                 # first (lowest) of equal F1s
+    return np.where(y.any(0), best, 0.5).astype(np.float32)
+
+
+def multilabel_report(y, pred, names: list[str], thresholds=None) -> dict:
+    """micro/macro/weighted F1, subset accuracy and per-label figures for multi-hot truth and decisions.
+
+    Macro F1 averages over the labels that occur in y (as the single-label report does).
+    """
+    from sklearn.metrics import accuracy_score, f1_score, precision_recall_fscore_support
+
+    y, pred = (np.asarray(y) > 0.5).astype(int), np.asarray(pred).astype(int)
+    precision, recall, f1, support = precision_recall_fscore_support(y, pred, average=None, zero_division=0,
+                                                                     labels=list(range(len(names))))
+    present = support > 0
+    subset = float(accuracy_score(y, pred)) if len(y) else 0.0
+    return {
+        "n": int(len(y)),
+        "micro_f1": float(f1_score(y, pred, average="micro", zero_division=0)) if len(y) else 0.0,
+        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
+        "weighted_f1": float((f1 * support).sum() / support.sum()) if support.sum() else 0.0,
+        "subset_accuracy": subset,
+        "accuracy": subset,  # = subset accuracy: the key every report has
+        "labels_per_row": {"true": float(y.sum(1).mean()) if len(y) else 0.0,
+                           "predicted": float(pred.sum(1).mean()) if len(y) else 0.0},
+        "per_label": {
+            name: {"precision": float(precision[i]), "recall": float(recall[i]), "f1": float(f1[i]),
+                   "support": int(support[i])}
+            | ({"threshold": float(thresholds[i])} if thresholds is not None else {})
+            for i, name in enumerate(names)
+        },
+        "labels": list(names),
+        "multi_label": True,
+    }
+
+
+def format_multilabel_report(rep: dict) -> str:
+    names = rep["labels"]
+    w = max(10, *(len(n) for n in names))
+    lines = [f"{'label':<{w}}  precision  recall     f1  support  threshold"]
+    for n in names:
+        c = rep["per_label"][n]
+        lines.append(f"{n:<{w}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:.4f}  {c['support']:7d}"
+                     f"  {c.get('threshold', 0.5):9.2f}")
+    lines.append(f"micro-F1 {rep['micro_f1']:.4f}, macro-F1 {rep['macro_f1']:.4f}, weighted-F1 "
+                 f"{rep['weighted_f1']:.4f}, subset accuracy {rep['subset_accuracy']:.4f} on {rep['n']} rows "
+                 f"({rep['labels_per_row']['true']:.1f} labels per row, {rep['labels_per_row']['predicted']:.1f} "
+                 f"predicted)")
     return "\n".join(lines)

@@ -5,6 +5,9 @@
     clf.predict(["정말 재밌어요", "시간 아깝다"])
     # [{'label': 'positive', 'score': 0.98, 'probabilities': {'negative': 0.02, 'positive': 0.98}}, ...]
 
+A multi-label model (trained with --multi-label) also returns 'labels': every label whose probability (sigmoid)
+passes its threshold tuned on validation, best first.
+
 A directory exported to ONNX (bertclf export) loads the same way and runs on onnxruntime.
 precision="auto" (the default) runs torch in bf16 autocast where the device multiplies bf16 natively (AMX /
 AVX-512 BF16 CPUs, bf16 GPUs), fp32 elsewhere; "fp32" or "bf16" force it (bertclf/precision.py).
@@ -18,9 +21,10 @@ import numpy as np
 
 from bertclf.config import check_batch_size
 from bertclf.errors import UserError
-from bertclf.inference import predict_logits, softmax
+from bertclf.inference import predict_logits
 from bertclf.models import check_model_dir, load_tokenizer
 from bertclf.rundir import read_card
+from bertclf.task import task_from_card
 from bertclf.tokens import encode
 
 
@@ -33,6 +37,8 @@ class Classifier:
         self.max_length, self.card, self.path, self.backend = max_length, card or {}, path, backend
         self.autocast_dtype = autocast_dtype  # torch backend: None = fp32
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+        self.task = task_from_card(self.card, labels)  # single/multi-label, label values, thresholds
+        self.multi_label = self.task.kind == "multi_label"
 
     @classmethod
     def load(cls, path: str, device: str | None = None, max_length: int | None = None,
@@ -88,12 +94,16 @@ class Classifier:
         return predict_logits(self.model, ids, self.pad_id, batch_size, autocast_dtype=self.autocast_dtype)
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
-        return softmax(self.logits(texts, batch_size))
+        return self.task.probs(self.logits(texts, batch_size))
 
     def predict(self, texts: str | list[str], batch_size: int = 64) -> list[dict] | dict:
-        """Label, its probability, and every class's probability, per text, in input order."""
+        """Label, its probability, and every class's probability, per text, in input order (multi-label: also
+        'labels', those over their thresholds, best first)."""
         single = isinstance(texts, str)
         probs = self.predict_proba([texts] if single else list(texts), batch_size)
         out = [{"label": self.labels[int(row.argmax())], "score": float(row.max()),
                 "probabilities": {lab: float(p) for lab, p in zip(self.labels, row)}} for row in probs]
+        if self.multi_label:
+            for rec, row, chosen in zip(out, probs, self.task.decide(probs)):
+                rec["labels"] = [self.labels[i] for i in np.argsort(-row, kind="stable") if chosen[i]]
         return out[0] if single else out

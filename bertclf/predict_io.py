@@ -120,11 +120,14 @@ def predict_to(clf, texts: list[str] | None = None, input_path: str | None = Non
         w = None
         if is_csv:
             w = csv.writer(f)
-            w.writerow(["row", "text", "label", "score"] + [f"p_{lab}" for lab in clf.labels])
+            multi = getattr(clf, "multi_label", False)  # multi-label: a "labels" column, joined by the label separator
+            w.writerow(["row", "text", "label", "score"] + (["labels"] if multi else [])
+                       + [f"p_{lab}" for lab in clf.labels])
         for rows, chunk in chunks():
             for row, text, pred in zip(rows, chunk, clf.predict(chunk, batch_size)):
                 if w:
                     w.writerow([row, text, pred["label"], f"{pred['score']:.6f}"]
+                               + ([clf.task.sep.join(pred["labels"])] if multi else [])
                                + [f"{pred['probabilities'][lab]:.6f}" for lab in clf.labels])
                 else:
                     f.write(json.dumps({"row": row, "text": text, **pred}, ensure_ascii=False) + "\n")

@@ -13,9 +13,10 @@ import torch
 from bertclf import checkpoint as ckpt
 from bertclf import data as D
 from bertclf import rundir
+from bertclf import task as T
 from bertclf.batches import epoch_batches
 from bertclf.callbacks import Events
-from bertclf.config import RESUME_KEYS, TrainConfig, check_max_length
+from bertclf.config import RESUME_KEYS, TrainConfig, check_max_length, trims_vocab
 from bertclf.errors import UserError
 from bertclf.meter import Logger
 from bertclf.models import load_classifier, load_tokenizer, resolve
@@ -46,7 +47,7 @@ class Run:
     out: Path
     say: object                # print on the main process, nothing elsewhere
     log: Logger
-    labels: D.LabelMap
+    task: object               # bertclf.task.SingleLabel | MultiLabel: encoding, loss, metrics, card
     train_ds: D.Dataset
     valid_ds: D.Dataset
     test_ds: D.Dataset | None
@@ -65,6 +66,10 @@ class Run:
     run_args: dict
     state: TrainState
     events: Events = field(default_factory=Events)  # bertclf.callbacks: train() sets the run's callbacks
+
+    @property
+    def labels(self):
+        return self.task.labels
 
     @property
     def world(self) -> int:
@@ -101,27 +106,36 @@ def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:
     from accelerate import Accelerator
     from accelerate.utils import set_seed
 
+    resuming, overwrite = resume_or_start(cfg)
+    on_gpu = torch.cuda.is_available()
+    batch_size = cfg.batch_size or (256 if on_gpu else 32)
+    lr = cfg.lr or (2e-4 if batch_size >= 256 else 5e-5 * math.sqrt(batch_size / 32))
+    D.default_columns(cfg)
+    cfg.trim_vocab = trims_vocab(cfg)  # unset: on for the builtin models (recorded resolved, for --resume)
+    run_args = asdict(cfg) | {"batch_size": batch_size, "lr": lr}
+    if resuming:  # settings first: before the accelerator (its precision is set once) and any trimming
+        refuse_changed_settings(Path(cfg.out), run_args)
     mixed = pick_precision(cfg.precision)
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not torch.cuda.is_available())
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not on_gpu)
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
     say = echo if main else (lambda *a, **k: None)
-    resuming, overwrite = resume_or_start(cfg)
     out = rundir.prepare(cfg.out, resuming, overwrite) if main else Path(cfg.out)
     if main and held is not None:  # after the read-only refusals, before anything in the folder changes
         held.enter_context(rundir.lock(out))
     accelerator.wait_for_everyone()
-    on_gpu = device.type == "cuda"
-    batch_size = cfg.batch_size or (256 if on_gpu else 32)
-    lr = cfg.lr or (2e-4 if batch_size >= 256 else 5e-5 * math.sqrt(batch_size / 32))
     set_seed(cfg.seed, device_specific=True)  # + process index: ranks draw different dropout masks
 
     # data, then the model and tokenizer (vocabulary trimmed to the training texts if asked)
     train_ds, valid_ds, test_ds = load_data(cfg, log=say)
-    labels = D.LabelMap.from_labels(train_ds.labels, train_ds.source)
-    y_train = np.array(labels.encode(train_ds.labels, train_ds.source))
-    y_valid = np.array(labels.encode(valid_ds.labels, valid_ds.source or "validation"))
-    y_test = np.array(labels.encode(test_ds.labels, test_ds.source)) if test_ds else None
+    # single- or multi-label: label map, encoding, loss, metrics (bertclf/task.py)
+    task = T.make_task(cfg, train_ds.labels, train_ds.source, raw=D.NSMC_LABELS if cfg.data == "nsmc" else None)
+    labels = task.labels
+    y_train = task.encode(train_ds.labels, train_ds.source)
+    y_valid = task.encode(valid_ds.labels, valid_ds.source or "validation")
+    y_test = task.encode(test_ds.labels, test_ds.source) if test_ds else None
+    if cfg.class_weights == "auto":
+        task.set_class_weights(y_train)
     say(f"data: {len(train_ds)} train, {len(valid_ds)} validation"
         + (f", {len(test_ds)} test" if test_ds else "")
         + f" rows; labels {', '.join(labels.names)}"
@@ -151,9 +165,9 @@ def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:
     optimizer, scheduler = make_optimizer(cfg, model, plan, fused=on_gpu)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    run = Run(cfg, accelerator, mixed, out, say, Logger(out, main, echo=say), labels, train_ds, valid_ds, test_ds,
+    run = Run(cfg, accelerator, mixed, out, say, Logger(out, main, echo=say), task, train_ds, valid_ds, test_ds,
               y_train, y_valid, y_test, tokenizer, pad_id, train_ids, valid_ids, train_len, plan, model, optimizer,
-              scheduler, asdict(cfg) | {"batch_size": batch_size, "lr": lr, "processes": world},
+              scheduler, run_args | {"processes": world},
               TrainState(n_micro=cfg.grad_accum))
     if resuming:
         resume(run)
@@ -213,18 +227,26 @@ def resume(run: Run) -> None:
         # Another process count is another global batch: another batch plan, step count and schedule.
         raise UserError(f"--resume: the run in {out} was trained by {saved.get('processes', 1)} process(es), "
                         f"this one has {run.world}; resume with the same number of processes")
+    refuse_changed_settings(out, run.run_args)  # settings first: a checkpoint of other settings may not load
     check_same_data(run, saved_state.get("data_sha256") or {}, found)
-    # Settings first: a checkpoint of other settings (another vocabulary, other labels) may not even load.
-    changed = [k for k in RESUME_KEYS if saved.get(k) != run.run_args.get(k)]
-    if changed:
-        raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
-                        f"run in {out}; repeat its settings (see {found / ckpt.TRAINER_STATE})")
     loaded = ckpt.load_checkpoint(found, run.unwrapped(), run.optimizer, run.scheduler,
                                   rank=run.accelerator.process_index)
     run.state = TrainState.from_dict(loaded)
     if run.main:
         rundir.truncate_log(out, run.state.step)
     say(f"resumed from {found.name}: step {run.state.step}, epoch {run.state.epoch + 1}")
+
+
+def refuse_changed_settings(out: Path, run_args: dict) -> None:
+    """--resume with other settings (RESUME_KEYS) than the newest complete checkpoint's: one line naming them."""
+    found = ckpt.latest_checkpoint(out, log=lambda s: None)
+    if found is None:
+        return  # resume() says there is no checkpoint
+    saved = ckpt.read_trainer_state(found)["args"]
+    changed = [k for k in RESUME_KEYS if saved.get(k) != run_args.get(k)]
+    if changed:
+        raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
+                        f"run in {out}; repeat its settings (see {found / ckpt.TRAINER_STATE})")
 
 
 def check_same_data(run: Run, recorded: dict, found: Path) -> None:

@@ -49,18 +49,28 @@ def variants(fast_int8: bool | None = None) -> list[Variant]:
 
 
 def choose(fp32: Path, work: Path, ids: list[np.ndarray], y: np.ndarray, pad_id: int, num_labels: int,
-           min_agreement: float, large: bool, log, tries: list[Variant] | None = None) -> tuple[Path, dict]:
+           min_agreement: float, large: bool, log, tries: list[Variant] | None = None,
+           decide=None) -> tuple[Path, dict]:
     """Quantize `fp32` variant by variant until one agrees with it on >= min_agreement of `ids`' labels.
-    Returns (the int8 graph, the check report for bertclf.json); raises UserError when none passes."""
+    decide(logits): the labels decided (default argmax; a multi-label task's label sets over its thresholds,
+    where a row agrees only when its whole set does). Returns (the int8 graph, the check report for
+    bertclf.json); raises UserError when none passes."""
+    decide = decide or (lambda z: z.argmax(1))
+    truth = y > 0.5 if y.ndim == 2 else y
+
+    def same(a, b) -> np.ndarray:
+        return (a == b).all(1) if a.ndim == 2 else a == b
+
     ref = score(fp32, ids, pad_id, num_labels)
-    acc_fp32 = float((ref.argmax(1) == y).mean())
+    ref_decided = decide(ref)
+    acc_fp32 = float(same(ref_decided, truth).mean())
     tried = []
     for k, v in enumerate(tries or variants()):
         dst = work / f"int8-{k}.onnx"
         settings = quantize(fp32, dst, v, large)
         got = score(dst, ids, pad_id, num_labels)
-        agree = float((got.argmax(1) == ref.argmax(1)).mean())
-        acc = float((got.argmax(1) == y).mean())
+        agree = float(same(decide(got), ref_decided).mean())
+        acc = float(same(decide(got), truth).mean())
         tried.append({"variant": v.name, "agreement": agree, "accuracy": acc,
                       "mean_abs_logit_diff": float(np.abs(got - ref).mean())})
         ok = agree >= min_agreement

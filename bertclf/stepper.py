@@ -22,8 +22,9 @@ DDP_TYPES = ("MULTI_GPU", "MULTI_CPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "M
 
 class Stepper:
     def __init__(self, model, optimizer, accelerator, ids, labels, pad_id: int, eff_batch: int, grad_accum: int,
-                 events, say=print):
-        self.model, self.optimizer, self.acc = model, optimizer, accelerator
+                 events, task, say=print):
+        """task: bertclf.task.SingleLabel | MultiLabel, whose loss (class weights, BCE) and correct count apply."""
+        self.model, self.optimizer, self.acc, self.task = model, optimizer, accelerator, task
         self.ids, self.labels, self.pad_id = ids, labels, pad_id
         self.eff_batch, self.grad_accum, self.events, self.say = eff_batch, grad_accum, events, say
         self.device, self.world, self.rank = accelerator.device, accelerator.num_processes, accelerator.process_index
@@ -60,13 +61,15 @@ class Stepper:
                          for k, v in collate(self.ids, part, self.pad_id, self.labels).items()}
                 # DDP all-reduces gradients inside the last backward; with agreed back-off we do it after.
                 sync = i == len(micro) - 1 and not self.agreed_backoff
+                y = batch.pop("labels")  # the loss is the task's (class weights, BCE), not the model's
                 with contextlib.nullcontext() if sync else self.acc.no_sync(self.model):
-                    outputs = self.model(**batch)
-                    self.acc.backward(outputs.loss * (len(part) / len(rows)))
+                    logits = self.model(**batch).logits
+                    part_loss = self.task.loss(logits, y)
+                    self.acc.backward(part_loss * (len(part) / len(rows)))
                 self.events.on_backward(step, i, self.rank)
-                loss += outputs.loss.detach().float() * len(part)
-                correct += (outputs.logits.detach().argmax(-1) == batch["labels"]).sum()
-                nonfinite |= ~torch.isfinite(outputs.loss.detach())
+                loss += part_loss.detach().float() * len(part)
+                correct += self.task.correct(logits.detach(), y)
+                nonfinite |= ~torch.isfinite(part_loss.detach())
         except torch.OutOfMemoryError:
             return None  # this frame, and with it the attempt's activations, is freed before the retry
         return loss, correct, nonfinite

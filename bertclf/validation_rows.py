@@ -24,12 +24,12 @@ def check_rows(model_dir: Path, card: dict, labels: list[str], check_file: str |
     if check_file:
         cols = card.get("data") or {}
         ds = D.read_labelled(check_file, cols.get("text_col") or "text", cols.get("label_col") or "label")
-        return ds.texts, _label_ids(ds, labels), f"{check_file} ({len(ds)} rows)"
+        return ds.texts, _label_ids(ds, card, labels), f"{check_file} ({len(ds)} rows)"
     ds, why = rebuild_validation(model_dir, card)
     if ds is None:
         raise UserError(f"{model_dir}: cannot rebuild the validation rows to check the int8 model on ({why}); "
                         f"give a labelled file with --check FILE")
-    y = _label_ids(ds, labels)
+    y = _label_ids(ds, card, labels)
     npz = model_dir / PREDICTIONS
     if npz.is_file():
         with np.load(npz, allow_pickle=False) as f:
@@ -61,13 +61,9 @@ def rebuild_validation(model_dir: Path, card: dict) -> tuple[D.Dataset | None, s
     return valid, ""
 
 
-def _label_ids(ds: D.Dataset, labels: list[str]) -> np.ndarray:
-    index = {lab: i for i, lab in enumerate(labels)}
-    if sorted(labels) == sorted(set(D.NSMC_LABELS.values())) and set(ds.labels) <= set(D.NSMC_LABELS):
-        index = {raw: index[name] for raw, name in D.NSMC_LABELS.items()}  # NSMC's own file says 0/1
-    unseen = sorted(set(ds.labels) - set(index), key=str)
-    if unseen:
-        raise UserError(f"{ds.source}: label(s) {', '.join(map(repr, unseen[:5]))} unknown to the model (it knows "
-                        f"{', '.join(labels)}); fix the labels or the label column")
-    return np.array([index[lab] for lab in ds.labels])
+def _label_ids(ds: D.Dataset, card: dict, labels: list[str]) -> np.ndarray:
+    """The rows' labels as the model's ids (multi-label: multi-hot rows): a cell may hold a label's name, the raw
+    value the model was trained from (NSMC's 0/1) or its id (bertclf/labels.py); unknown ones are one line."""
+    from bertclf.task import task_from_card
 
+    return task_from_card(card, labels).encode(ds.labels, ds.source)

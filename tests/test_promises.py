@@ -20,14 +20,18 @@ import pytest
 from bertclf import checkpoint as ckpt
 from bertclf.config import RESUME_KEYS
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_hooks import PAUSE_ENV, PAUSE_MARK  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
+HOOKED = [sys.executable, str(REPO / "tests" / "hooked_train.py")]  # the CLI plus the test callbacks
 
 
 def _env(**extra) -> dict:
     env = dict(os.environ, BERTCLF_NO_PROGRESS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
                OMP_NUM_THREADS="1",  # runs compared byte for byte use the same thread count
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    env.pop(ckpt.PAUSE_ENV, None)
+    env.pop(PAUSE_ENV, None)
     return env | extra
 
 
@@ -40,11 +44,11 @@ def kill_at(args, point: str, log_dir: Path, timeout: float = 600) -> None:
     """Run `bertclf train` until the BERTCLF_TEST_PAUSE_AT hook pauses at `point`, then SIGKILL it."""
     err = log_dir / f"killed-{point.replace(':', '-')}.err"
     with open(err.with_suffix(".out"), "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen([sys.executable, "-m", "bertclf", *map(str, args)], cwd=REPO,
-                                env=_env(**{ckpt.PAUSE_ENV: point}), stdout=o, stderr=e)
+        proc = subprocess.Popen(HOOKED + [*map(str, args)], cwd=REPO, env=_env(**{PAUSE_ENV: point}), stdout=o,
+                                stderr=e)
     deadline = time.monotonic() + timeout
     try:
-        while f"{ckpt.PAUSE_MARK} {point}" not in err.read_text():
+        while f"{PAUSE_MARK} {point}" not in err.read_text():
             assert proc.poll() is None, f"exited ({proc.returncode}) before {point}: {err.read_text()[-2000:]}"
             assert time.monotonic() < deadline, f"did not reach {point} in {timeout:.0f} s"
             time.sleep(0.02)
@@ -165,13 +169,21 @@ def changed_setting(key: str, r: dict, nsmc_slices, nsmc_dir) -> tuple[dict, lis
     swap = {"train": r["train_copy"], "model": r["model_copy"], "epochs": 2, "batch_size": 8, "lr": 1e-3,
             "max_length": 64, "sample": 0.3, "seed": 1, "max_steps": 7, "precision": "fp32", "grad_accum": 2,
             "valid_frac": 0.1, "warmup": 0.1, "weight_decay": 0.0, "text_col": "id", "label_col": "sentiment",
-            "eval_every": 2}
+            "eval_every": 2, "max_grad_norm": 0.5, "label_sep": ";", "class_weights": "auto", "metric": "macro_f1"}
     if key in swap:
         return {flag: swap[key]}, []
     if key == "valid":
         return {}, ["--valid", str(nsmc_slices["test"])]
     if key == "trim_vocab":
         return {}, ["--trim-vocab"]
+    if key == "multi_label":
+        return {}, ["--multi-label"]
+    if key == "columns":  # the header line then reads as a row
+        return {}, ["--columns", "id,document,label,sentiment"]
+    if key == "label_names":  # the cells 0/1 as ids of these names
+        names = r["dir"] / "names.txt"
+        names.write_text("neg\npos\n", encoding="utf-8")
+        return {}, ["--label-names", str(names)]
     if key == "data":  # --data nsmc instead of --train FILE
         return {"--train": None}, ["--data", "nsmc", "--data-dir", str(nsmc_dir)]
     raise AssertionError(f"RESUME_KEYS has {key!r}, which this test does not know how to change: add it")

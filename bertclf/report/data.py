@@ -133,8 +133,15 @@ def split_arrays(preds: dict | None, split: str):
     return y.astype(np.int64), probs, tokens
 
 
+def is_multi_label(run: Run) -> bool:
+    return ((run.card or {}).get("classification") or {}).get("type") == "multi_label"
+
+
 def prediction_split(run: Run) -> str | None:
-    """The split the prediction plots use: test when the run scored one, else validation."""
+    """The split the prediction plots use: test when the run scored one, else validation (none for multi-label:
+    the score, calibration and length plots are single-label plots)."""
+    if is_multi_label(run):
+        return None
     for split in ("test", "valid"):
         if split_arrays(run.preds, split) is not None:
             return split

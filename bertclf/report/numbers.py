@@ -4,8 +4,8 @@ from __future__ import annotations
 import numpy as np
 
 from bertclf.metrics import classification_report
-from bertclf.report.data import (CARD_FILE, PREDICTIONS_FILE, Run, finite, label_names, prediction_split,
-                                 split_arrays)
+from bertclf.report.data import (CARD_FILE, PREDICTIONS_FILE, Run, finite, is_multi_label, label_names,
+                                 prediction_split, split_arrays)
 from bertclf.report.formatting import fmt_int, fmt_num, fmt_secs
 
 REPORT_FORMAT = 1                    # data.json["bertclf_report"]: bump when its layout changes
@@ -97,7 +97,9 @@ def curves(run: Run) -> dict:
 
 def confusion(run: Run) -> dict | None:
     """The confusion matrix of the test report in the card (else validation); from the saved predictions
-    (bertclf.metrics) only when the card has none."""
+    (bertclf.metrics) only when the card has none. None for multi-label: the per-label table shows its scores."""
+    if is_multi_label(run):
+        return None
     metrics = (run.card or {}).get("metrics") or {}
     for split in ("test", "valid"):
         rep = metrics.get(split)
@@ -111,6 +113,18 @@ def confusion(run: Run) -> dict | None:
     names = label_names(run, probs.shape[1])
     rep = classification_report(y, probs.argmax(1), names)
     return {"split": split, "labels": names, "matrix": rep["confusion_matrix"], "source": PREDICTIONS_FILE}
+
+
+def per_label(run: Run) -> dict | None:
+    """Multi-label: the test report's (else validation's) per-label precision, recall, F1, support and tuned
+    threshold, with its micro/macro-F1 and subset accuracy; None for single-label runs."""
+    metrics = (run.card or {}).get("metrics") or {}
+    for split in ("test", "valid"):
+        rep = metrics.get(split)
+        if isinstance(rep, dict) and rep.get("per_label"):
+            return {"split": split, "micro_f1": rep.get("micro_f1"), "macro_f1": rep.get("macro_f1"),
+                    "subset_accuracy": rep.get("subset_accuracy"), "labels": rep["per_label"]}
+    return None
 
 
 def run_data(run: Run) -> dict:
@@ -128,6 +142,7 @@ def run_data(run: Run) -> dict:
 
     section("curves", lambda: curves(run))
     section("confusion", lambda: confusion(run))
+    section("per_label", lambda: per_label(run))
     split = prediction_split(run)
     data["prediction_split"] = split
     if split:
@@ -139,7 +154,8 @@ def run_data(run: Run) -> dict:
         section("length", lambda: length_buckets(y, probs, tokens, max_length) if tokens is not None else None)
 
     def eces():
-        arrays = {s: split_arrays(run.preds, s) for s in ("valid", "test")}
+        splits = () if is_multi_label(run) else ("valid", "test")  # top-label calibration: single-label only
+        arrays = {s: split_arrays(run.preds, s) for s in splits}
         return {s: reliability(a[0], a[1])["ece"] for s, a in arrays.items() if a is not None}
 
     section("ece", eces)

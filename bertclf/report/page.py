@@ -73,7 +73,7 @@ def run_page(run: Run, data: dict, figs: list[Plot]) -> str:
     per_class = rep if isinstance(rep, dict) and rep.get("per_class") else None
     return render("run.html", f"bertclf run report: {run.name}", data, run_dir=str(run.dir),
                   tiles=run_tiles(run, data), notes=_notes(data), figs={f.file: f for f in figs}, confusion=cm,
-                  per_class=per_class, reliability=data.get("reliability"), summary=data.get("summary"))
+                  per_class=per_class, per_label=data.get("per_label"), reliability=data.get("reliability"), summary=data.get("summary"))
 
 
 def compare_page(runs: list[Run], data: dict, figs: list[Plot]) -> str:

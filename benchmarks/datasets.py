@@ -1,0 +1,187 @@
+"""TF-IDF + LR vs `bertclf train` with its defaults, on four real Korean tasks, one table for RESULTS.md.
+
+    python benchmarks/datasets.py --work /tmp/bertclf-datasets run hate bias kote nsmc   # long: real fine-tunes
+    python benchmarks/datasets.py --work /tmp/bertclf-datasets table                    # print the table
+
+Tasks (held-out splits are seeded and made here from the shared files, written under --work, never into the repo):
+  nsmc  4,000 reviews sampled from ratings_train.txt (stratified, seed 42), scored on a seeded stratified
+        --nsmc-test-frac share of ratings_test.txt; metric accuracy
+  hate  korean-hate-speech/train.tsv split 80/20 (stratified on `hate`, seed 42), label `hate`; weighted F1
+  bias  the same split, label `bias`; weighted F1
+  kote  kote/val.tsv split 80/20 (seed 42), multi-label over labels.txt; macro F1
+
+Each side trains on exactly the same rows (bertclf carves its own 5% validation split out of them; the baseline
+tunes nothing for single-label and its multi-label thresholds on a 20% split of the same training rows).
+Training time is the whole `bertclf train` process (tokenizer, model load, training, validation, saving).
+Each finished task leaves WORK/NAME.json, so a long run can be done one task at a time.
+"""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+SHARED = REPO.parent / "shared" / "data"
+
+TASKS = {
+    "nsmc": {"metric": "accuracy", "text": "document", "label": "label", "target": 0.02},
+    "hate": {"metric": "weighted_f1", "text": "comments", "label": "hate", "target": 0.03},
+    "bias": {"metric": "weighted_f1", "text": "comments", "label": "bias", "target": 0.02},
+    "kote": {"metric": "macro_f1", "text": "text", "label": "labels", "target": 0.03, "multi_label": True},
+}
+MARK_BEGIN, MARK_END = "<!-- datasets.py table begin -->", "<!-- datasets.py table end -->"
+
+
+def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
+    from bertclf.files import atomic_file
+
+    with atomic_file(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(header)
+        w.writerows(rows)
+
+
+def make_splits(work: Path, nsmc_test_frac: float, seed: int = 42) -> dict[str, tuple[Path, Path]]:
+    """Seeded held-out splits of the shared files, as TSV files with a header, under `work`."""
+    from bertclf import data as D
+
+    work.mkdir(parents=True, exist_ok=True)
+    out = {}
+    # hate speech: one split for both the `hate` and the `bias` task
+    rows, _ = D.read_rows(SHARED / "korean-hate-speech" / "train.tsv", ["comments", "contain_gender_bias", "bias", "hate"])
+    test_idx, train_idx = D.stratified_indices([r["hate"] for r in rows], 0.2, seed)
+    header = ["comments", "bias", "hate"]
+    for name, idx in (("hate_train", train_idx), ("hate_test", test_idx)):
+        write_tsv(work / f"{name}.tsv", header, [[rows[i][c] for c in header] for i in idx])
+    out["hate"] = out["bias"] = (work / "hate_train.tsv", work / "hate_test.tsv")
+    # KOTE: header-less in the original; a header is added here (id, text, labels)
+    text = (SHARED / "kote" / "val.tsv").read_text(encoding="utf-8")
+    kote = [ln.split("\t") for ln in text.splitlines() if ln.strip()]
+    test_idx, train_idx = D.stratified_indices([0] * len(kote), 0.2, seed)  # one stratum: a seeded random split
+    for name, idx in (("kote_train", train_idx), ("kote_test", test_idx)):
+        write_tsv(work / f"{name}.tsv", ["id", "text", "labels"], [kote[i] for i in idx])
+    out["kote"] = (work / "kote_train.tsv", work / "kote_test.tsv")
+    # NSMC: 4,000 training reviews, a share of the test file
+    train = D.read_nsmc("train", SHARED / "nsmc")
+    take, _ = D.stratified_indices(train.labels, 4000 / len(train), seed)
+    test = D.sample(D.read_nsmc("test", SHARED / "nsmc"), nsmc_test_frac, seed)
+    inv = {v: k for k, v in D.NSMC_LABELS.items()}
+    write_tsv(work / "nsmc_train.tsv", ["document", "label"], [[train.texts[i], inv[train.labels[i]]] for i in take])
+    write_tsv(work / "nsmc_test.tsv", ["document", "label"], [[t, inv[lab]] for t, lab in zip(test.texts, test.labels)])
+    out["nsmc"] = (work / "nsmc_train.tsv", work / "nsmc_test.tsv")
+    return out
+
+
+def bertclf(*args: str, log: Path) -> tuple[str, float]:
+    """Run `python -m bertclf ARGS` from this checkout; (stdout, seconds)."""
+    env = os.environ | {"PYTHONPATH": str(REPO), "BERTCLF_NO_PROGRESS": "1"}
+    t0 = time.time()
+    with open(log, "a", encoding="utf-8") as err:
+        err.write(f"\n$ bertclf {' '.join(args)}\n")
+        err.flush()
+        p = subprocess.run([sys.executable, "-m", "bertclf", *args], stdout=subprocess.PIPE, stderr=err, text=True,
+                           env=env, cwd=REPO)
+    if p.returncode:
+        raise SystemExit(f"bertclf {args[0]} failed (exit {p.returncode}); see {log}")
+    return p.stdout, time.time() - t0
+
+
+def task_flags(name: str) -> list[str]:
+    t = TASKS[name]
+    flags = ["--text-col", t["text"], "--label-col", t["label"]]
+    if t.get("multi_label"):
+        flags += ["--multi-label", "--label-names", str(SHARED / "kote" / "labels.txt")]
+    return flags
+
+
+def run_baseline(name: str, train: Path, test: Path, work: Path) -> dict:
+    """TF-IDF + LR alone (seconds to minutes): WORK/NAME.baseline.json."""
+    out, _ = bertclf("baseline", "--train", str(train), "--test", str(test), *task_flags(name), "--json",
+                     log=work / f"{name}.log")
+    base = json.loads(out)
+    (work / f"{name}.baseline.json").write_text(json.dumps(base, indent=2, ensure_ascii=False))
+    return base
+
+
+def run_task(name: str, train: Path, test: Path, work: Path, extra: list[str]) -> dict:
+    log = work / f"{name}.log"
+    base = run_baseline(name, train, test, work)
+    run_dir = work / "runs" / name
+    _, train_s = bertclf("train", "--train", str(train), *task_flags(name), "--out", str(run_dir), "--overwrite",
+                         *extra, log=log)
+    ev_out, _ = bertclf("eval", str(run_dir), "--test", str(test), "--json", log=log)
+    ev = json.loads(ev_out)
+    card = json.loads((run_dir / "bertclf.json").read_text(encoding="utf-8"))
+    metric = TASKS[name]["metric"]
+    res = {"task": name, "metric": metric, "n_train": base["n_train"], "n_test": ev["n"],
+           "baseline": {k: base["report"].get(k) for k in ("accuracy", "macro_f1", "weighted_f1", "micro_f1")},
+           "baseline_seconds": base["seconds"],
+           "bertclf": {k: ev.get(k) for k in ("accuracy", "macro_f1", "weighted_f1", "micro_f1")},
+           "bertclf_train_seconds": train_s, "extra_flags": extra, "args": card["args"],
+           "valid": card["metrics"]["valid"] and {k: card["metrics"]["valid"].get(k)
+                                                  for k in ("accuracy", "macro_f1", "weighted_f1", "micro_f1")},
+           "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
+                                    text=True).stdout.strip(),
+           "date": time.strftime("%Y-%m-%d")}
+    (work / f"{name}.json").write_text(json.dumps(res, indent=2, ensure_ascii=False))
+    return res
+
+
+def table(work: Path) -> str:
+    lines = ["| task | metric | train rows | test rows | TF-IDF + LR | bertclf defaults | gain | target | "
+             "bertclf train time (whole process) | commit |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for name, t in TASKS.items():
+        f, fb = work / f"{name}.json", work / f"{name}.baseline.json"
+        if not f.is_file():
+            b = json.loads(fb.read_text(encoding="utf-8")) if fb.is_file() else None
+            lines.append(f"| {name} | {t['metric']} | {b['n_train']:,} | {b['n_test']:,} | {b['report'][t['metric']]:.4f} | "
+                         if b else f"| {name} | {t['metric']} | | | not run | ")
+            lines[-1] += f"not run | | +{t['target'] * 100:.0f} pt | | |"
+            continue
+        r = json.loads(f.read_text(encoding="utf-8"))
+        b, m = r["baseline"][r["metric"]], r["bertclf"][r["metric"]]
+        ok = "met" if m - b >= t["target"] else "short"
+        flags = f" ({' '.join(r['extra_flags'])})" if r["extra_flags"] else ""
+        lines.append(f"| {name} | {r['metric']} | {r['n_train']:,} | {r['n_test']:,} | {b:.4f} | {m:.4f}{flags} | "
+                     f"{(m - b) * 100:+.1f} pt | +{t['target'] * 100:.0f} pt ({ok}) | "
+                     f"{r['bertclf_train_seconds'] / 60:.1f} min | {r['commit']} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True, help="folder for the splits, runs and per-task results")
+    ap.add_argument("--nsmc-test-frac", type=float, default=0.1, help="share of NSMC test to score on")
+    ap.add_argument("--train-flags", default="", help="extra `bertclf train` flags (a recipe other than the defaults)")
+    ap.add_argument("--write", action="store_true", help="table: also write it into benchmarks/RESULTS.md")
+    ap.add_argument("action", choices=["splits", "baselines", "run", "table"])
+    ap.add_argument("tasks", nargs="*", default=list(TASKS))
+    a = ap.parse_args()
+    splits = make_splits(a.work, a.nsmc_test_frac) if a.action in ("splits", "baselines", "run") else {}
+    if a.action == "baselines":
+        for name in a.tasks:
+            print(name, json.dumps(run_baseline(name, *splits[name], a.work) | {"report": None}), flush=True)
+    if a.action == "run":
+        for name in a.tasks:
+            res = run_task(name, *splits[name], a.work, a.train_flags.split())
+            print(json.dumps(res | {"args": None}), flush=True)
+    if a.action == "table":
+        tab = table(a.work)
+        print(tab)
+        if a.write:
+            path = REPO / "benchmarks" / "RESULTS.md"
+            text = path.read_text(encoding="utf-8")
+            start, end = text.index(MARK_BEGIN) + len(MARK_BEGIN), text.index(MARK_END)
+            path.write_text(text[:start] + "\n" + tab + "\n" + text[end:], encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

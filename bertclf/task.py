@@ -1,0 +1,192 @@
+"""The task: single-label (softmax, cross-entropy, argmax) or multi-label (sigmoid, BCE, tuned thresholds).
+
+The training loop and the inference code ask the task for everything that differs between the two: label
+encoding, the loss (with optional class weights), probabilities, decisions, metrics and the selection score.
+What inference needs again (kind, label values, thresholds, weights) is `card()`, stored in bertclf.json as "classification".
+"""
+from __future__ import annotations
+
+import numpy as np
+
+from bertclf.errors import UserError
+from bertclf.labels import LabelMap, split_cell
+from bertclf.metrics import classification_report, multilabel_report, tune_thresholds
+
+METRICS = ("accuracy", "macro_f1", "weighted_f1", "micro_f1")
+CLASS_WEIGHTS = ("none", "auto")
+
+
+def smoothed_inverse_frequency(counts: np.ndarray) -> np.ndarray:
+    """Class weights 1/sqrt(n_c), scaled so the average row weight is 1.
+
+    The square root damps plain inverse frequency: with 3 skewed classes it lifts the rare class without
+    letting a handful of its rows dominate the gradient.
+    """
+    counts = np.maximum(np.asarray(counts, dtype=np.float64), 1.0)
+    w = 1.0 / np.sqrt(counts)
+    return (w * counts.sum() / (w * counts).sum()).astype(np.float32)
+
+
+def positive_weights(pos: np.ndarray, n_rows: int) -> np.ndarray:
+    """Multi-label BCE pos_weight per label: sqrt(negatives / positives), at least 1."""
+    pos = np.maximum(np.asarray(pos, dtype=np.float64), 1.0)
+    return np.maximum(np.sqrt((n_rows - pos) / pos), 1.0).astype(np.float32)
+
+
+class SingleLabel:
+    kind = "single_label"
+    problem_type = "single_label_classification"
+
+    def __init__(self, labels: LabelMap, metric: str | None = None, weights=None):
+        self.labels, self.metric = labels, metric or "accuracy"
+        self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
+        self._weights_t = None
+
+    def encode(self, cells, where: str) -> np.ndarray:
+        return np.array(self.labels.encode(cells, where), dtype=np.int64)
+
+    def set_class_weights(self, y: np.ndarray) -> None:
+        self.weights = smoothed_inverse_frequency(np.bincount(y, minlength=len(self.labels.names)))
+
+    def loss(self, logits, y):
+        import torch.nn.functional as F
+
+        return F.cross_entropy(logits.float(), y, weight=self._weight_tensor(logits.device))
+
+    def _weight_tensor(self, device):
+        import torch
+
+        if self.weights is None:
+            return None
+        if self._weights_t is None or self._weights_t.device != device:
+            self._weights_t = torch.from_numpy(self.weights).to(device)
+        return self._weights_t
+
+    def correct(self, logits, y):
+        """Rows right (a tensor, no host sync): the running training accuracy."""
+        return (logits.argmax(-1) == y).sum()
+
+    @staticmethod
+    def probs(logits: np.ndarray) -> np.ndarray:
+        z = logits - logits.max(axis=1, keepdims=True)
+        e = np.exp(z)
+        return e / e.sum(axis=1, keepdims=True)
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        return probs.argmax(1)
+
+    def report(self, y: np.ndarray, logits: np.ndarray) -> dict:
+        return classification_report(y, self.decide(self.probs(logits)), self.labels.names)
+
+    def validation_report(self, y: np.ndarray, logits: np.ndarray) -> dict:
+        """The report used to pick the best checkpoint (multi-label: thresholds tuned on these rows first)."""
+        return self.report(y, logits)
+
+    def score(self, rep: dict) -> float:
+        return float(rep[self.metric])
+
+    def card(self) -> dict:
+        return {"type": self.kind, "metric": self.metric, "label_values": self.labels.raw,
+                "class_weights": None if self.weights is None else
+                dict(zip(self.labels.names, map(float, self.weights)))}
+
+    def configure(self, config) -> None:
+        """config.json: label names and the problem type, so transformers.pipeline scores as we do."""
+        config.id2label = self.labels.id2label
+        config.label2id = {v: k for k, v in config.id2label.items()}
+        config.problem_type = self.problem_type
+
+
+class MultiLabel(SingleLabel):
+    kind = "multi_label"
+    problem_type = "multi_label_classification"
+
+    def __init__(self, labels: LabelMap, metric: str | None = None, weights=None, sep: str = ",",
+                 thresholds=None):
+        super().__init__(labels, metric or "macro_f1", weights)
+        self.sep = sep
+        k = len(labels.names)
+        self.thresholds = np.full(k, 0.5, np.float32) if thresholds is None else np.asarray(thresholds, np.float32)
+
+    def encode(self, cells, where: str) -> np.ndarray:
+        y = np.zeros((len(cells), len(self.labels.names)), dtype=np.float32)
+        for r, cell in enumerate(cells):
+            y[r, self.labels.encode(split_cell(cell, self.sep), where)] = 1.0
+        return y
+
+    def set_class_weights(self, y: np.ndarray) -> None:
+        self.weights = positive_weights(y.sum(0), len(y))
+
+    def loss(self, logits, y):
+        import torch.nn.functional as F
+
+        return F.binary_cross_entropy_with_logits(logits.float(), y.float(), pos_weight=self._weight_tensor(logits.device))
+
+    def correct(self, logits, y):
+        """Rows with every label right at threshold 0.5 (subset accuracy)."""
+        return ((logits > 0) == (y > 0.5)).all(-1).sum()
+
+    @staticmethod
+    def probs(logits: np.ndarray) -> np.ndarray:
+        return 1.0 / (1.0 + np.exp(-logits))
+
+    def decide(self, probs: np.ndarray) -> np.ndarray:
+        return probs >= self.thresholds[None, :]
+
+    def report(self, y: np.ndarray, logits: np.ndarray) -> dict:
+        return multilabel_report(y, self.decide(self.probs(logits)), self.labels.names, self.thresholds)
+
+    def validation_report(self, y: np.ndarray, logits: np.ndarray) -> dict:
+        self.thresholds = tune_thresholds(y, self.probs(logits))
+        return self.report(y, logits)
+
+    def score(self, rep: dict) -> float:
+        return float(rep["subset_accuracy" if self.metric == "accuracy" else self.metric])
+
+    def card(self) -> dict:
+        return super().card() | {"label_sep": self.sep,
+                                 "thresholds": dict(zip(self.labels.names, map(float, self.thresholds)))}
+
+
+def make_task(cfg, train_labels: list[str], where: str, raw: dict[str, str] | None = None):
+    """The task a training config asks for, its labels taken from --label-names or the training labels."""
+    if cfg.label_names:
+        labels = LabelMap.from_names_file(cfg.label_names)
+    elif cfg.multi_label:
+        cells = [lab for cell in train_labels for lab in split_cell(cell, cfg.label_sep)]
+        if not cells:
+            raise UserError(f"{where}: no labels in column '{cfg.label_col}' after splitting on "
+                            f"--label-sep {cfg.label_sep!r}")
+        labels = LabelMap.from_labels(cells, where, raw)
+    else:
+        labels = LabelMap.from_labels(train_labels, where, raw)
+    cls = MultiLabel if cfg.multi_label else SingleLabel
+    kwargs = {"sep": cfg.label_sep} if cfg.multi_label else {}
+    return cls(labels, cfg.metric, **kwargs)
+
+
+def task_from_card(card: dict, names: list[str]):
+    """The task of a trained model (a model from before tasks were recorded is single-label)."""
+    t = card.get("classification") or {}
+    labels = LabelMap(list(names), dict(t.get("label_values") or {}))
+    weights = t.get("class_weights")
+    weights = [weights[n] for n in labels.names] if weights else None
+    if t.get("type") == "multi_label":
+        th = t.get("thresholds") or {}
+        return MultiLabel(labels, t.get("metric"), weights, t.get("label_sep", ","),
+                          [th.get(n, 0.5) for n in labels.names])
+    return SingleLabel(labels, t.get("metric"), weights)
+
+
+def sample(ds, frac: float, seed: int, multi_label: bool):
+    """data.sample, a seeded random share for multi-label rows (a multi-label cell is no stratum)."""
+    from bertclf import data as D
+
+    return D.sample(ds, frac, seed, multi_label=multi_label)
+
+
+def split_valid(ds, frac: float, seed: int, multi_label: bool):
+    """data.split_valid, with a seeded random split for multi-label rows (see `sample`)."""
+    from bertclf import data as D
+
+    return D.split_valid(ds, frac, seed, multi_label=multi_label)
