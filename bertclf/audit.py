@@ -71,8 +71,10 @@ def data_rows(path, text_col: str, ds: D.Dataset) -> np.ndarray:
     """The 0-based data row of each of ds's texts (read_labelled drops rows with an empty text)."""
     if ds.dropped_empty == 0:
         return np.arange(len(ds))
-    rows, _ = D.read_rows(path, [text_col])  # hand-written: Dataset does not keep row numbers
-    kept = np.array([i for i, r in enumerate(rows) if r[text_col].strip()])
+    from bertclf.rows import iter_rows
+
+    rows = (r for _, r in iter_rows(path, [text_col]))  # Dataset does not keep row numbers
+    kept = np.array([i for i, r in enumerate(rows) if not D.is_empty_text(r[text_col])])
     assert len(kept) == len(ds)
     return kept
 
