@@ -45,7 +45,7 @@ def build_parser() -> Parser:
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--errors", metavar="FILE", help="write misclassified rows with probabilities (TSV/CSV)")
     e.add_argument("--batch-size", type=int, default=128)
-    e.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help=PRECISION_HELP)
+    e.add_argument("--precision", default="auto", help=PRECISION_HELP)
     _read_flags(e)
 
     pr = sub.add_parser("predict", help="classify texts", description="Classify texts given as arguments, "
@@ -58,7 +58,7 @@ def build_parser() -> Parser:
     pr.add_argument("--text-col", help="text column of --input (default: the training text column, else text)")
     pr.add_argument("--batch-size", type=int, default=64)
     pr.add_argument("--shard", metavar="I/N", help="only rows whose index modulo N is I (split work over N workers)")
-    pr.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"), help=PRECISION_HELP)
+    pr.add_argument("--precision", default="auto", help=PRECISION_HELP)
     pr.add_argument("--format", choices=FORMATS, help="format of --input (default: by extension; stdin: lines)")
     pr.add_argument("--explain", action="store_true", help="print the words that drove each prediction (Captum "
                     "Integrated Gradients: ~32 passes per text; torch models only); with --output, JSONL of all words")
