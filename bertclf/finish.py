@@ -35,12 +35,12 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
              "valid_tokens": lengths(run.valid_ids), "valid_chars": np.array([len(t) for t in run.valid_ds.texts])}
     test_rep = None
     if run.test_ds is not None:
-        t0 = time.time()
-        test_ids = encode(run.tokenizer, run.test_ds.texts, cfg.max_length)
-        test_rep, test_logits = score_ids(model, test_ids, run.y_test, task.report, **score)
-        test_rep["seconds"] = time.time() - t0
-        preds |= {"test_y": run.y_test, "test_probs": task.probs(test_logits), "test_tokens": lengths(test_ids),
-                  "test_chars": np.array([len(t) for t in run.test_ds.texts])}
+        try:
+            test_rep, test_preds = _score_test(run, model, score)
+            preds |= test_preds
+        except Exception as e:  # noqa: BLE001 (a failure after training must never cost the trained model)
+            say(f"scoring the test rows failed ({type(e).__name__}: {e}); the model is saved without a test score: "
+                f"score it with 'bertclf eval {out} --test FILE'")
     rundir.save_predictions(out, preds)
     wall = time.time() - t_start
     train_s = max(state.train_seconds, 1e-9)
@@ -64,3 +64,13 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
     else:
         say(f"best validation {task.metric} {state.best_score:.4f}; model saved to {out} in {wall / 60:.1f} min")
     return card
+
+
+def _score_test(run, model, score: dict) -> tuple[dict, dict]:
+    """(test report, test arrays for eval_predictions.npz)."""
+    t0 = time.time()
+    test_ids = encode(run.tokenizer, run.test_ds.texts, run.cfg.max_length)
+    test_rep, test_logits = score_ids(model, test_ids, run.y_test, run.task.report, **score)
+    test_rep["seconds"] = time.time() - t0
+    return test_rep, {"test_y": run.y_test, "test_probs": run.task.probs(test_logits), "test_tokens": lengths(test_ids),
+                      "test_chars": np.array([len(t) for t in run.test_ds.texts])}

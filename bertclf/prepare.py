@@ -104,6 +104,7 @@ def load_data(cfg: TrainConfig, log=print):
 def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:
     """held: a contextlib.ExitStack that keeps the output folder's lock until the run ends."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
 
     resuming, overwrite = resume_or_start(cfg)
@@ -116,6 +117,8 @@ def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:
     if resuming:  # settings first: before the accelerator (its precision is set once) and any trimming
         refuse_changed_settings(Path(cfg.out), run_args)
     mixed = pick_precision(cfg.precision)
+    if not torch.distributed.is_initialized():  # a second train() in one process (a notebook) may pick another
+        AcceleratorState._reset_state()         # precision; Accelerate keeps the first one's state otherwise
     accelerator = Accelerator(mixed_precision=mixed, cpu=not on_gpu)
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process

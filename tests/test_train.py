@@ -206,3 +206,21 @@ def test_train_reads_headerless_cp949_files_with_columns_and_encoding(tiny_model
     card = json.loads((tmp_path / "run" / "bertclf.json").read_text())
     assert card["args"]["columns"] == ["id", "text", "label"]
     assert card["data"]["train"]["rows"] + card["data"]["valid"]["rows"] == 400
+
+
+def test_a_failure_scoring_the_test_rows_keeps_the_trained_model(tiny_model_dir, nsmc_slices, tmp_path, monkeypatch):
+    """Training has finished when the test rows are scored: if that fails (a fault injected here into the test
+    rows' tokenization), the model is still written, its card has no test score, and one line says how to get
+    it (issue 19: a failure after training must never cost the trained model)."""
+    import bertclf.finish as finish
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("injected fault")
+
+    monkeypatch.setattr(finish, "encode", broken)
+    lines = []
+    card = train(tiny_cfg(tmp_path / "run", nsmc_slices, tiny_model_dir, max_steps=3), echo=lines.append)
+    assert card["metrics"]["test"] is None
+    assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "bertclf.json").is_file()
+    assert any("scoring the test rows failed (RuntimeError: injected fault)" in ln and "bertclf eval" in ln
+               for ln in lines), lines
