@@ -66,7 +66,8 @@ def test_eval_table_json_and_errors_file(trained_tiny_dir, nsmc_slices, tmp_path
     from bertclf.predict import Classifier
 
     ds = read_labelled(nsmc_slices["test"], "document", "label")
-    clf = Classifier.load(str(trained_tiny_dir))
+    # fp32 on both sides: bf16 autocast (the default on AMX CPUs) gives scores that depend on the batch's padding
+    clf = Classifier.load(str(trained_tiny_dir), precision="fp32")
     probs = clf.predict_proba(ds.texts)
     y = np.array([clf.labels.index(lab) for lab in ds.labels])
     pred = probs.argmax(1)
@@ -75,10 +76,11 @@ def test_eval_table_json_and_errors_file(trained_tiny_dir, nsmc_slices, tmp_path
 
     errors = tmp_path / "errors.tsv"
     r = bertclf("eval", trained_tiny_dir, "--test", nsmc_slices["test"], "--text-col", "document",
-                "--errors", errors)
+                "--errors", errors, "--precision", "fp32")
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
-    assert f"accuracy {acc:.4f} on {len(ds)} rows" in lines
+    weighted = f1_score(y, pred, average="weighted")
+    assert f"accuracy {acc:.4f}, weighted-F1 {weighted:.4f} on {len(ds)} rows" in lines
     assert re.fullmatch(rf"macro\s+\d\.\d{{4}}\s+\d\.\d{{4}}\s+{macro:.4f}\s+{len(ds)}", lines[3]), lines[3]
     at = lines.index("confusion matrix (rows: true, columns: predicted)")
     for i, lab in enumerate(clf.labels):
@@ -95,7 +97,8 @@ def test_eval_table_json_and_errors_file(trained_tiny_dir, nsmc_slices, tmp_path
         np.testing.assert_allclose([float(v) for v in row[4:]], probs[i], atol=1e-6)
         assert float(row[3]) == pytest.approx(probs[i].max(), abs=1e-6)
 
-    r = bertclf("eval", trained_tiny_dir, "--test", nsmc_slices["test"], "--text-col", "document", "--json")
+    r = bertclf("eval", trained_tiny_dir, "--test", nsmc_slices["test"], "--text-col", "document", "--json",
+                "--precision", "fp32")
     assert r.returncode == 0, r.stderr
     rep = json.loads(r.stdout)
     assert rep["n"] == len(ds) and rep["labels"] == clf.labels
@@ -122,7 +125,8 @@ def test_baseline_learns_and_stores_its_result(nsmc_slices, tmp_path):
     r = bertclf("baseline", "--train", nsmc_slices["train"], "--test", nsmc_slices["test"], "--text-col", "document")
     assert r.returncode == 0, r.stderr
     assert re.fullmatch(rf"TF-IDF \+ logistic regression: accuracy {res['accuracy']:.4f}, macro-F1 "
-                        rf"{res['macro_f1']:.4f} on 500 test rows \(trained on 3000 rows in \d+\.\ds\)\n", r.stdout)
+                        rf"{res['macro_f1']:.4f}, weighted-F1 {res['weighted_f1']:.4f} on 500 test rows "
+                        rf"\(trained on 3000 rows in \d+\.\ds\)\n", r.stdout)
 
 
 def test_models_list_and_path(me5_dir):
