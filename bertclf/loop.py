@@ -122,8 +122,8 @@ def validate(run: Run, meter: Meter, events) -> str | None:
     improved = state.record_score(score, step)
     if improved and run.main:
         ckpt.save_best(run.out, run.unwrapped(), {"step": step, "valid": rep}, on_write=events.on_checkpoint_write)
-    run.log(f"validation @ step {step}: {run.task.metric} {score:.4f}, accuracy {rep['accuracy']:.4f}, "
-            f"macro-F1 {rep['macro_f1']:.4f}"
+    chosen = "" if run.task.metric in ("accuracy", "macro_f1") else f"{run.task.metric} {score:.4f}, "
+    run.log(f"validation @ step {step}: {chosen}accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}"
             + (" (best so far)" if improved else f" (best {state.best_score:.4f} @ step {state.best_step})"),
             step=step, epoch=step / run.plan.steps_per_epoch, valid_accuracy=rep["accuracy"],
             valid_macro_f1=rep["macro_f1"], valid_score=score, valid_loss=None, best=improved)

@@ -16,7 +16,8 @@ pytestmark = pytest.mark.slow
 # test holds is "fine-tuning works": a broken loop (no learning, wrong labels) stays near the 0.50 of chance and
 # far below 0.80.
 MIN_ACCURACY = 0.80
-TRAIN = dict(epochs=1, batch_size=32, lr=1e-4, seed=0, trim_vocab=True, max_length=96)
+# fp32: the floor was measured in fp32 (0.820); bf16 training is compared with fp32 in benchmarks/RESULTS.md
+TRAIN = dict(epochs=1, batch_size=32, lr=1e-4, seed=0, trim_vocab=True, max_length=96, precision="fp32")
 
 
 @pytest.fixture(scope="module")
