@@ -9,8 +9,10 @@ def api_models(*, max_texts: int, max_chars: int, default_fn: str) -> SimpleName
     from pydantic import BaseModel, ConfigDict, Field, field_validator
     from pydantic.json_schema import WithJsonSchema
 
-    # "\\S": a text of only whitespace is empty, as for predict and eval (bertclf.data.is_empty_text)
-    text_schema = {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": "\\S"}
+    # a text of only whitespace is empty, as for predict and eval (bertclf.data.is_empty_text: Python's
+    # str.isspace, which also counts U+001C-U+001F and U+0085, unlike the JSON Schema regex \\s)
+    text_schema = {"type": "string", "minLength": 1, "maxLength": max_chars,
+                   "pattern": "[^\\s\\u001c-\\u001f\\u0085]"}
     inputs_schema = {
         "anyOf": [text_schema, {"type": "array", "items": text_schema, "minItems": 1, "maxItems": max_texts}],
         "title": "Inputs",

@@ -36,6 +36,10 @@ def free_port() -> int:
 
 
 def bertclf(*args, env=None, timeout=300) -> subprocess.CompletedProcess:
+    # predict in fp32: bf16 autocast (the default on AMX CPUs) scores a row differently in batches of other
+    # shapes, and Ray's actors batch the rows otherwise than the local run
+    if args and args[0] == "predict":
+        args = (*args, "--precision", "fp32")
     return subprocess.run([sys.executable, "-m", "bertclf", *map(str, args)], capture_output=True, text=True,
                           env=env, timeout=timeout)
 
@@ -131,9 +135,10 @@ def test_ray_starts_a_local_cluster_without_ray_address(trained_tiny_dir, tmp_pa
     assert r.returncode == 0, r.stderr
     from bertclf.predict import Classifier
 
-    want = Classifier.load(str(trained_tiny_dir), device="cpu").predict(texts)
+    want = Classifier.load(str(trained_tiny_dir), device="cpu", precision="fp32").predict(texts[:2])
     got = [json.loads(x) for x in r.stdout.splitlines()]  # stdout carries only the records
-    assert [g["row"] for g in got] == [0, 1, 2] and [g["text"] for g in got] == texts
+    # the empty text gets no record, as in the local predict (one rule for empty texts)
+    assert [g["row"] for g in got] == [0, 1] and [g["text"] for g in got] == texts[:2]
     assert [g["label"] for g in got] == [w["label"] for w in want]
     assert all(abs(g["score"] - w["score"]) <= PROB_TOL for g, w in zip(got, want))
 
