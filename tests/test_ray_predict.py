@@ -116,7 +116,7 @@ def test_ray_csv_output_matches_local_csv(ray_env, trained_tiny_dir, nsmc_slices
     from bertclf.cli import main
 
     assert main(["predict", str(trained_tiny_dir), "--input", str(nsmc_slices["test"]),
-                 "--output", str(tmp_path / "local.csv")]) == 0
+                 "--output", str(tmp_path / "local.csv"), "--precision", "fp32"]) == 0
     r = bertclf("predict", trained_tiny_dir, "--input", nsmc_slices["test"], "--output", tmp_path / "ray.csv",
                 "--engine", "ray", "--workers", 2, env=ray_env)
     assert r.returncode == 0, r.stderr
