@@ -2,12 +2,9 @@
 from __future__ import annotations
 
 import csv
-import json
 import os
-import re
 import subprocess
 import sys
-from html.parser import HTMLParser
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +14,7 @@ pytest.importorskip("cleanlab")
 pytest.importorskip("sklearn")
 
 from bertclf.cli import main  # noqa: E402
+from test_report import page_data, tables  # noqa: E402 (the report tests' readers of a page's tables and data)
 
 REPO = Path(__file__).resolve().parents[1]
 HATE = REPO.parent / "shared" / "data" / "korean-hate-speech" / "train.tsv"
@@ -25,46 +23,6 @@ HATE = REPO.parent / "shared" / "data" / "korean-hate-speech" / "train.tsv"
 def read_tsv(path: Path) -> list[dict]:
     with open(path, encoding="utf-8", newline="") as f:
         return list(csv.DictReader(f, delimiter="\t"))
-
-
-def page_data(html: str) -> dict:
-    m = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html, re.S)
-    assert m, "the page embeds its numbers"
-    return json.loads(m.group(1))
-
-
-class Cells(HTMLParser):
-    """Cell texts of every <table id=...>: {id: [[cell, ...], ...]}."""
-
-    def __init__(self):
-        super().__init__()
-        self.tables, self.current, self.row, self.cell = {}, None, None, None
-
-    def handle_starttag(self, tag, attrs):
-        a = dict(attrs)
-        if tag == "table":
-            self.current = a.get("id")
-            self.tables[self.current] = []
-        elif tag == "tr" and self.current:
-            self.row = []
-            self.tables[self.current].append(self.row)
-        elif tag in ("td", "th") and self.row is not None:
-            self.cell = ""
-
-    def handle_endtag(self, tag):
-        if tag in ("td", "th") and self.cell is not None:
-            self.row.append(self.cell.strip())
-            self.cell = None
-
-    def handle_data(self, data):
-        if self.cell is not None:
-            self.cell += data
-
-
-def tables(html: str) -> dict:
-    p = Cells()
-    p.feed(html)
-    return p.tables
 
 
 @pytest.fixture(scope="module")
