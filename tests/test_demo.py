@@ -7,10 +7,6 @@ import json
 import os
 import re
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -19,43 +15,24 @@ httpx = pytest.importorskip("httpx")
 pytest.importorskip("fastapi")
 pytest.importorskip("captum")
 
+from _server_process import ServerProcess  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 LIMITS = {"max_chars": 300, "max_body_bytes": 4096}
 FUZZ_EXAMPLES = int(os.environ.get("BERTCLF_FUZZ_EXAMPLES", "200")) // 5  # each explain is ~32 forward+backward
 REVIEW = "배우들 연기가 정말 최고였다!! 스토리는 좀 지루했지만 또 보고 싶다"
 
 
-class Server:
-    """`python -m bertclf serve DIR --port 0` on 127.0.0.1, its address read from its first line."""
+class Server(ServerProcess):
+    """`python -m bertclf serve DIR --port 0` on 127.0.0.1 (tests/_server_process.py), with an httpx client."""
 
     def __init__(self, model_dir: Path, tmp: Path):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-                   HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-        self.out, self.err = tmp / "serve.out", tmp / "serve.err"
-        flags = [f"--{k.replace('_', '-')}={v}" for k, v in LIMITS.items()]
-        with open(self.out, "w") as o, open(self.err, "w") as e:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bertclf", "serve", str(model_dir), "--host",
-                                          "127.0.0.1", "--port", "0", *flags], cwd=REPO, env=env, stdout=o, stderr=e)
-        deadline = time.monotonic() + 180
-        while not (m := re.search(r"on (http://127\.0\.0\.1:\d+)", self.out.read_text())):
-            if self.proc.poll() is not None:
-                pytest.fail(f"bertclf serve exited ({self.proc.returncode}): {self.err.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                pytest.fail("bertclf serve printed no address in 180 s")
-            time.sleep(0.1)
-        self.url = m.group(1)
+        super().__init__(model_dir, tmp, [f"--{k.replace('_', '-')}={v}" for k, v in LIMITS.items()])
         self.client = httpx.Client(base_url=self.url, timeout=120)
 
     def stop(self) -> None:
         self.client.close()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail("bertclf serve did not stop within 30 s of SIGTERM")
+        self.terminate(timeout=30)
         assert "Traceback" not in self.err.read_text()
 
 
