@@ -15,10 +15,7 @@ import asyncio
 import importlib.util
 import json
 import os
-import re
 import signal
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -31,6 +28,7 @@ pytest.importorskip("uvicorn")
 
 from hypothesis import HealthCheck, given, settings  # noqa: E402  (installed with schemathesis)
 from hypothesis import strategies as st  # noqa: E402
+from _server_process import ServerProcess  # noqa: E402
 from schemathesis import GenerationMode  # noqa: E402
 from schemathesis.checks import (  # noqa: E402
     content_type_conformance,
@@ -63,47 +61,17 @@ FUZZ_EXAMPLES = int(os.environ.get("BERTCLF_FUZZ_EXAMPLES", "200"))
 LOAD_CLIENTS, LOAD_SECONDS = 16, 10.0
 
 
-class Server:
-    """`python -m bertclf serve` on 127.0.0.1, port chosen by the OS."""
+class Server(ServerProcess):
+    """`python -m bertclf serve` on 127.0.0.1, port chosen by the OS (tests/_server_process.py)."""
 
     def __init__(self, model_dir: Path, tmp: Path):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
-                   HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1")
-        env.pop("BERTCLF_LOG_LEVEL", None)
-        self.out, self.err = tmp / "serve.out", tmp / "serve.err"
-        flags = [f"--{k.replace('_', '-')}={v}" for k, v in LIMITS.items()]
-        with open(self.out, "w") as o, open(self.err, "w") as e:
-            self.proc = subprocess.Popen([sys.executable, "-m", "bertclf", "serve", str(model_dir), "--host",
-                                          "127.0.0.1", "--port", "0", *flags], cwd=REPO, env=env, stdout=o, stderr=e)
-        deadline = time.monotonic() + 180
-        while not (m := re.search(r"on (http://127\.0\.0\.1:\d+)", self.out.read_text())):
-            if self.proc.poll() is not None:
-                pytest.fail(f"bertclf serve exited ({self.proc.returncode}): {self.err.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                self.proc.kill()
-                pytest.fail("bertclf serve printed no address in 180 s")
-            time.sleep(0.1)
-        self.url = m.group(1)
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            assert time.monotonic() < deadline, "no /health"
-            time.sleep(0.1)
+        super().__init__(model_dir, tmp, [f"--{k.replace('_', '-')}={v}" for k, v in LIMITS.items()])
 
     def rss_mb(self) -> float:
         return rss_mb(self.proc.pid)
 
     def stop(self) -> int:
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            return self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-            pytest.fail("bertclf serve did not stop within 30 s of SIGTERM")
+        return self.terminate(timeout=30)
 
 
 @pytest.fixture(scope="module")
