@@ -268,7 +268,8 @@ def test_resume_refuses_another_number_of_processes(crashed, monkeypatch):
     args = crashed["args"]
     cfg = loop.TrainConfig(out=str(crashed["copy"]), train=args[args.index("--train") + 1], text_col="document",
                            model=args[args.index("--model") + 1], epochs=1, batch_size=BATCH, lr=3e-3, seed=0,
-                           valid_frac=VALID_FRAC, checkpoint_every=CKPT_STEP, resume=True)
+                           valid_frac=VALID_FRAC, checkpoint_every=CKPT_STEP, resume=True,
+                           precision="fp32")
     with pytest.raises(UserError, match="process"):
         loop.train(cfg, echo=lambda s: None)
 
