@@ -23,8 +23,11 @@ class TrainCallback:
         "step", "best"  inside the checkpoint's temporary folder, weights written, no manifest yet;
         "best-swap"     between the renames that replace checkpoints/best: the old best moved aside, the new one
                         not yet in place (folder: checkpoints/best, missing at that moment);
+        "final-write"   inside the final model's temporary folder (checkpoints/final), weights written, tokenizer
+                        and card not yet (step: the run's last step);
         "final"         during the final model write: the card removed, the first file moved into the output
-                        folder, the others still staged (step: the run's last step; folder: the output folder)."""
+                        folder, the others still staged (step: the run's last step; folder: the output folder).
+        An OSError raised here is handled as one raised by the write itself (a full disk: one line, exit 74)."""
 
     def on_checkpoint_saved(self, step: int) -> None:
         """After checkpoints/step-N is complete and older ones are pruned."""

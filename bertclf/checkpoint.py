@@ -19,7 +19,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from bertclf import rundir
-from bertclf.files import atomic_dir, restore_all_replaced, restore_replaced, sha256_file, write_json
+from bertclf.disk_space import folder_bytes, tensor_bytes, writing
+from bertclf.files import atomic_dir, fsync_dir, restore_all_replaced, restore_replaced, sha256_file, write_json
 from bertclf.rundir import step_checkpoints
 
 TRAINER_STATE = "trainer_state.json"
@@ -46,6 +47,12 @@ def set_rng_state(state: dict) -> None:
 
 def _state_dict_for_file(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+
+
+def _torch_save(obj, path: Path) -> None:
+    # through a Python file: a full disk then surfaces as OSError(ENOSPC), not torch's bare "file write failed"
+    with open(path, "wb") as f:
+        torch.save(obj, f)
 
 
 def _write_manifest(folder: Path, extra: dict) -> None:
@@ -80,19 +87,34 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
     rank_rngs: every process's RNG state (distributed runs), so each rank resumes with its own dropout stream.
     on_write(kind, step, folder): called inside the temporary folder, weights and optimizer written."""
     target = rundir.step_dir(run_dir, step)
-    with atomic_dir(target) as tmp:
-        save_file(_state_dict_for_file(model), str(tmp / "model.safetensors"))
-        torch.save(optimizer.state_dict(), tmp / "optimizer.pt")
-        on_write("step", step, tmp)
-        torch.save(scheduler.state_dict(), tmp / "scheduler.pt")
-        torch.save(rng_state(), tmp / "rng.pt")
-        if rank_rngs and len(rank_rngs) > 1:
-            torch.save(rank_rngs, tmp / "rng-ranks.pt")
-        write_json(tmp / TRAINER_STATE, state)
-        _write_manifest(tmp, {"step": step})
+    previous = [p for p in step_checkpoints(run_dir) if p != target]
+    needed = (lambda: folder_bytes(previous[-1])) if previous else \
+        (lambda: tensor_bytes(model.state_dict(), optimizer.state_dict()))
+    with writing(f"checkpoint {target.name}", target.parent, needed,
+                 "the previous checkpoint's size" if previous else "the weights and optimizer state",
+                 after_disk_full(run_dir, target)):
+        with atomic_dir(target) as tmp:
+            save_file(_state_dict_for_file(model), str(tmp / "model.safetensors"))
+            _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
+            on_write("step", step, tmp)
+            _torch_save(scheduler.state_dict(), tmp / "scheduler.pt")
+            _torch_save(rng_state(), tmp / "rng.pt")
+            if rank_rngs and len(rank_rngs) > 1:
+                _torch_save(rank_rngs, tmp / "rng-ranks.pt")
+            write_json(tmp / TRAINER_STATE, state)
+            _write_manifest(tmp, {"step": step})
     for old in step_checkpoints(run_dir)[:-keep] if keep > 0 else []:
         shutil.rmtree(old, ignore_errors=True)
     return target
+
+
+def after_disk_full(run_dir: Path, writing: Path | None = None) -> str:
+    """What to do when the disk filled up while writing `writing` in the run folder."""
+    done = [p for p in step_checkpoints(run_dir) if p != writing]
+    if done:
+        return (f"checkpoint {done[-1].name} is intact: free space and run the same command with --resume auto "
+                f"(or --resume) to continue from it")
+    return "no step checkpoint was written yet: free space and run the same command with --resume auto to start again"
 
 
 def read_trainer_state(ckpt: Path) -> dict:
@@ -129,11 +151,13 @@ def save_best(run_dir: Path, model, info: dict, on_write=_no_hook) -> None:
     on_write(kind, step, folder): kind "best" inside the temporary folder, weights written; kind "best-swap"
     between the renames that replace an existing best (the old one moved aside, the new one not yet in place)."""
     best, step = rundir.best_dir(run_dir), info.get("step")
-    with atomic_dir(best, between=lambda: on_write("best-swap", step, best)) as tmp:
-        save_file(_state_dict_for_file(model), str(tmp / "model.safetensors"))
-        on_write("best", step, tmp)
-        write_json(tmp / "best.json", info)
-        _write_manifest(tmp, {"step": step})
+    with writing("the best checkpoint", best.parent, lambda: tensor_bytes(model.state_dict()), "the weights",
+                 after_disk_full(run_dir)):
+        with atomic_dir(best, between=lambda: on_write("best-swap", step, best)) as tmp:
+            save_file(_state_dict_for_file(model), str(tmp / "model.safetensors"))
+            on_write("best", step, tmp)
+            write_json(tmp / "best.json", info)
+            _write_manifest(tmp, {"step": step})
 
 
 def load_best(run_dir: Path, model) -> dict | None:
@@ -145,22 +169,39 @@ def load_best(run_dir: Path, model) -> dict | None:
     return json.loads((best / "best.json").read_text())
 
 
+def _final_model_bytes(model, tokenizer) -> int:
+    """The weights, plus the tokenizer files of the folder it was loaded from (when that is a local folder)."""
+    src = Path(getattr(tokenizer, "name_or_path", "") or ".")
+    names = {"tokenizer.json", "tokenizer_config.json", "special_tokens_map.json",
+             *getattr(tokenizer, "vocab_files_names", {}).values()}
+    files = [src / n for n in names if (src / n).is_file()] if src.is_dir() else []
+    return tensor_bytes(model.state_dict()) + sum(f.stat().st_size for f in files)
+
+
 def save_model_dir(out_dir: Path, model, tokenizer, card: dict, on_write=_no_hook) -> None:
     """The final, standard Hugging Face directory (+ the model card), each file replaced atomically.
 
-    Weights and tokenizer are written to a temporary folder first and renamed into place; the card, written
-    last, marks the directory complete. on_write("final", steps, out_dir): called once the first file has moved
-    into place (the card removed, the rest still staged).
+    Weights, tokenizer and card are written to a temporary folder first (a full disk fails there, before the
+    output folder changes) and then renamed into place, the card last: it marks the directory complete.
+    on_write("final-write", steps, folder): inside the temporary folder, weights written, tokenizer not yet;
+    on_write("final", steps, out_dir): once the first file has moved into place (the card removed, the rest
+    still staged).
     """
     out_dir = Path(out_dir)
+    steps = card.get("training", {}).get("steps")
     staging = rundir.checkpoints_dir(out_dir) / rundir.FINAL_STAGING
-    with atomic_dir(staging) as tmp:
-        model.save_pretrained(tmp, safe_serialization=True)
-        tokenizer.save_pretrained(tmp)
+    with writing("the final model", out_dir, lambda: _final_model_bytes(model, tokenizer),
+                 "the weights and the tokenizer's files", after_disk_full(out_dir)):
+        with atomic_dir(staging) as tmp:
+            model.save_pretrained(tmp, safe_serialization=True)
+            on_write("final-write", steps, tmp)
+            tokenizer.save_pretrained(tmp)
+            rundir.write_card(tmp, card)
     rundir.remove_card(out_dir)
-    for i, p in enumerate(sorted(staging.iterdir())):
+    for i, p in enumerate(sorted(p for p in staging.iterdir() if p.name != rundir.CARD_FILE)):
         p.replace(out_dir / p.name)
         if i == 0:
-            on_write("final", card.get("training", {}).get("steps"), out_dir)
+            on_write("final", steps, out_dir)
+    (staging / rundir.CARD_FILE).replace(out_dir / rundir.CARD_FILE)  # last: it marks the model complete
+    fsync_dir(out_dir)
     shutil.rmtree(staging, ignore_errors=True)
-    rundir.write_card(out_dir, card)

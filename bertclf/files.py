@@ -34,7 +34,7 @@ def _umask() -> int:
     return mask
 
 
-def _fsync_dir(path: Path) -> None:
+def fsync_dir(path: Path) -> None:
     with contextlib.suppress(OSError):
         fd = os.open(path, os.O_RDONLY)
         try:
@@ -104,7 +104,7 @@ def atomic_file(path: str | os.PathLike, mode: str = "w", **kwargs):
             os.replace(tmp, path)
         except OSError as e:
             raise _cannot_write(path, e) from None
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
@@ -139,7 +139,7 @@ def restore_replaced(path: str | os.PathLike) -> bool:
     newest = max(asides, key=lambda aside: aside.parent.stat().st_mtime)  # the .old folder got d last
     os.replace(newest, path)
     shutil.rmtree(newest.parent, ignore_errors=True)
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return True
 
 
@@ -193,7 +193,7 @@ def atomic_dir(path: str | os.PathLike, replace: bool = True, between=_no_call):
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, path)
-        _fsync_dir(path.parent)
+        fsync_dir(path.parent)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -10,6 +10,7 @@ import numpy as np
 from bertclf import checkpoint as ckpt
 from bertclf import rundir
 from bertclf.card import build_card, device_name
+from bertclf.disk_space import writing
 from bertclf.evaluate import score_ids
 from bertclf.tokens import encode, lengths
 
@@ -41,7 +42,9 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
         except Exception as e:  # noqa: BLE001 (a failure after training must never cost the trained model)
             say(f"scoring the test rows failed ({type(e).__name__}: {e}); the model is saved without a test score: "
                 f"score it with 'bertclf eval {out} --test FILE'")
-    rundir.save_predictions(out, preds)
+    with writing("the predictions file", out, lambda: sum(np.asarray(a).nbytes for a in preds.values()),
+                 "the uncompressed arrays", ckpt.after_disk_full(out)):
+        rundir.save_predictions(out, preds)
     wall = time.time() - t_start
     train_s = max(state.train_seconds, 1e-9)
     card = build_card(

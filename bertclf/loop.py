@@ -25,6 +25,7 @@ from bertclf import checkpoint as ckpt
 from bertclf import rundir
 from bertclf.callbacks import Events
 from bertclf.config import RESUME_KEYS, TrainConfig, config_from_dict, validate_config  # noqa: F401 (re-exported)
+from bertclf.disk_space import tensor_bytes, writing
 from bertclf.errors import UserError
 from bertclf.evaluate import score_ids
 from bertclf.finish import finish
@@ -43,7 +44,11 @@ def train(cfg: TrainConfig, echo=print, callbacks=()) -> dict:
     with contextlib.ExitStack() as held:  # the output folder's lock (one run per folder), for the whole run
         run = prepare(cfg, echo, held)
         run.events = events  # the final model write (finish.py) tells them of its moments too
-        with Preemption() as preemption:
+        # a full disk outside the checkpoint and model writes (which name their own folder): the log, the lock
+        next_checkpoint = lambda: tensor_bytes(run.unwrapped().state_dict(), run.optimizer.state_dict())  # noqa: E731
+        with Preemption() as preemption, writing("the run's files", run.out, next_checkpoint,
+                                                 "the next checkpoint's weights and optimizer state",
+                                                 lambda: ckpt.after_disk_full(run.out)):
             return run_loop(run, events, preemption, t_start)
 
 
