@@ -1,6 +1,7 @@
 """Test-only entry point: `python tests/hooked_train.py train ARGS...` (or `torchrun ... tests/hooked_train.py
 train ARGS...`) is `bertclf train ARGS...` with the callbacks of tests/train_hooks.py that the environment asks
-for (BERTCLF_TEST_PAUSE_AT, BERTCLF_TEST_OOM_AT, BERTCLF_TEST_SIGNAL_AT), passed to `bertclf.loop.train(cfg, callbacks=...)`."""
+for (BERTCLF_TEST_PAUSE_AT, BERTCLF_TEST_OOM_AT, BERTCLF_TEST_SIGNAL_AT,
+BERTCLF_TEST_DISK_FULL_AT), passed to `bertclf.loop.train(cfg, callbacks=...)`."""
 from __future__ import annotations
 
 import sys

@@ -14,12 +14,17 @@
       checkpoint-saved  right after checkpoints/step-STEP is complete and older ones are pruned
       final             during the final model write (STEP: the run's last step): the card removed, the first
                         file moved into the output folder, the rest still in checkpoints/final
+      final-write       inside the temporary folder of the final model (STEP: the run's last step), weights
+                        written, tokenizer and card not yet
     BERTCLF_TEST_OOM_AT=RANK:STEP    process RANK raises torch.OutOfMemoryError once, after the backward pass of
                                      the first micro-batch of optimizer step STEP (so that rank holds gradients
                                      the retry must drop), as a CUDA allocation would.
     BERTCLF_TEST_SIGNAL_AT=RANK:STEP:SIGNAL  process RANK (the RANK variable torchrun sets; 0 without it) sends
                                      itself SIGNAL (SIGTERM, SIGUSR1) right after optimizer step STEP, as a
                                      cluster that takes the machine away would.
+    BERTCLF_TEST_DISK_FULL_AT=NAME:STEP  raise OSError(ENOSPC) at that moment of a write, as a full disk would
+                                     (NAME: checkpoint-write, best-write or final-write, as above): for machines
+                                     where the tests cannot mount a small tmpfs (not root).
 
 tests/hooked_train.py installs them; the package itself never reads these variables.
 """
@@ -35,10 +40,12 @@ PAUSE_ENV = "BERTCLF_TEST_PAUSE_AT"
 PAUSE_MARK = "bertclf-test: paused at"
 OOM_ENV = "BERTCLF_TEST_OOM_AT"
 SIGNAL_ENV = "BERTCLF_TEST_SIGNAL_AT"
+DISK_FULL_ENV = "BERTCLF_TEST_DISK_FULL_AT"
 
 
 class PauseAt(TrainCallback):
-    KINDS = {"step": "checkpoint-write", "best": "best-write", "best-swap": "best-swap", "final": "final"}
+    KINDS = {"step": "checkpoint-write", "best": "best-write", "best-swap": "best-swap", "final": "final",
+             "final-write": "final-write"}
 
     def __init__(self, point: str):
         self.point, self.reached = point, {}
@@ -87,6 +94,17 @@ class SignalAt(TrainCallback):
             os.kill(os.getpid(), getattr(signal, self.signal))
 
 
+class DiskFullAt(TrainCallback):
+    def __init__(self, point: str):
+        self.point = point
+
+    def on_checkpoint_write(self, kind, step, folder):
+        import errno
+
+        if f"{PauseAt.KINDS[kind]}:{step}" == self.point:
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), str(folder))
+
+
 def from_env() -> list[TrainCallback]:
     hooks = []
     if os.environ.get(PAUSE_ENV):
@@ -95,4 +113,6 @@ def from_env() -> list[TrainCallback]:
         hooks.append(OutOfMemoryAt(os.environ[OOM_ENV]))
     if os.environ.get(SIGNAL_ENV):
         hooks.append(SignalAt(os.environ[SIGNAL_ENV]))
+    if os.environ.get(DISK_FULL_ENV):
+        hooks.append(DiskFullAt(os.environ[DISK_FULL_ENV]))
     return hooks
