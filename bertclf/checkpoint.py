@@ -92,7 +92,7 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
         (lambda: tensor_bytes(model.state_dict(), optimizer.state_dict()))
     with writing(f"checkpoint {target.name}", target.parent, needed,
                  "the previous checkpoint's size" if previous else "the weights and optimizer state",
-                 after_disk_full(run_dir, target)):
+                 lambda: after_disk_full(run_dir, target)):
         with atomic_dir(target) as tmp:
             save_file(_state_dict_for_file(model), str(tmp / "model.safetensors"))
             _torch_save(optimizer.state_dict(), tmp / "optimizer.pt")
@@ -108,9 +108,9 @@ def save_checkpoint(run_dir: Path, step: int, model, optimizer, scheduler, state
     return target
 
 
-def after_disk_full(run_dir: Path, writing: Path | None = None) -> str:
-    """What to do when the disk filled up while writing `writing` in the run folder."""
-    done = [p for p in step_checkpoints(run_dir) if p != writing]
+def after_disk_full(run_dir: Path, being_written: Path | None = None) -> str:
+    """What to do when the disk filled up while writing `being_written` (or any file) in the run folder."""
+    done = [p for p in step_checkpoints(run_dir) if p != being_written]
     if done:
         return (f"checkpoint {done[-1].name} is intact: free space and run the same command with --resume auto "
                 f"(or --resume) to continue from it")
@@ -152,7 +152,7 @@ def save_best(run_dir: Path, model, info: dict, on_write=_no_hook) -> None:
     between the renames that replace an existing best (the old one moved aside, the new one not yet in place)."""
     best, step = rundir.best_dir(run_dir), info.get("step")
     with writing("the best checkpoint", best.parent, lambda: tensor_bytes(model.state_dict()), "the weights",
-                 after_disk_full(run_dir)):
+                 lambda: after_disk_full(run_dir)):
         with atomic_dir(best, between=lambda: on_write("best-swap", step, best)) as tmp:
             save_file(_state_dict_for_file(model), str(tmp / "model.safetensors"))
             on_write("best", step, tmp)
@@ -191,7 +191,7 @@ def save_model_dir(out_dir: Path, model, tokenizer, card: dict, on_write=_no_hoo
     steps = card.get("training", {}).get("steps")
     staging = rundir.checkpoints_dir(out_dir) / rundir.FINAL_STAGING
     with writing("the final model", out_dir, lambda: _final_model_bytes(model, tokenizer),
-                 "the weights and the tokenizer's files", after_disk_full(out_dir)):
+                 "the weights and the tokenizer's files", lambda: after_disk_full(out_dir)):
         with atomic_dir(staging) as tmp:
             model.save_pretrained(tmp, safe_serialization=True)
             on_write("final-write", steps, tmp)

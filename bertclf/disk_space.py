@@ -72,7 +72,7 @@ def _mb(n: int | None) -> str:
 
 
 @contextlib.contextmanager
-def writing(what: str, folder: str | Path, needed, estimate_of: str, then: str):
+def writing(what: str, folder: str | Path, needed, estimate_of: str, then):
     """Run the body (a write of `what` into `folder`); a full disk becomes one DiskFull line.
 
     needed: the bytes the write takes, or a function giving them (called only on failure); estimate_of: what

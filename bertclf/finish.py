@@ -43,7 +43,7 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
             say(f"scoring the test rows failed ({type(e).__name__}: {e}); the model is saved without a test score: "
                 f"score it with 'bertclf eval {out} --test FILE'")
     with writing("the predictions file", out, lambda: sum(np.asarray(a).nbytes for a in preds.values()),
-                 "the uncompressed arrays", ckpt.after_disk_full(out)):
+                 "the uncompressed arrays", lambda: ckpt.after_disk_full(out)):
         rundir.save_predictions(out, preds)
     wall = time.time() - t_start
     train_s = max(state.train_seconds, 1e-9)
