@@ -103,7 +103,9 @@ def explain(clf, text: str, target: str | None = None, steps: int = DEFAULT_STEP
 
     def probabilities(inputs_embeds):
         mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=device)
-        logits = model(inputs_embeds=inputs_embeds, attention_mask=mask).logits.float()
+        # the precision the classifier predicts in (its matmul weights may be stored in it: precision.py)
+        with torch.autocast(device.type, dtype=clf.autocast_dtype, enabled=clf.autocast_dtype is not None):
+            logits = model(inputs_embeds=inputs_embeds, attention_mask=mask).logits.float()
         return torch.sigmoid(logits) if multi else torch.softmax(logits, dim=-1)
 
     was_training = model.training

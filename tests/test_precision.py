@@ -103,6 +103,36 @@ def test_classifier_bf16_agrees_with_fp32(trained_tiny_dir, texts):
     assert (a.argmax(1) == b.argmax(1)).mean() >= 0.97
 
 
+def test_bf16_classifier_stores_matmul_weights_once_and_matches_autocast(trained_tiny_dir, texts):
+    """The bf16 Classifier keeps its nn.Linear weights in bf16 (cast once at load, not on every call), and its
+    logits are bit-identical to the fp32 model run under autocast, which casts the same weights each call."""
+    import torch
+
+    from bertclf.inference import predict_logits
+    from bertclf.models import load_classifier
+    from bertclf.predict import Classifier
+    from bertclf.tokens import encode
+
+    bf16 = Classifier.load(str(trained_tiny_dir), device="cpu", precision="bf16")
+    linears = [m for m in bf16.model.modules() if isinstance(m, torch.nn.Linear)]
+    assert linears and all(p.dtype == torch.bfloat16 for m in linears for p in m.parameters())
+    assert bf16.model.get_input_embeddings().weight.dtype == torch.float32  # as autocast keeps it
+    fp32_model = load_classifier(str(trained_tiny_dir)).eval()
+    ids = encode(bf16.tokenizer, texts, bf16.max_length)
+    under_autocast = predict_logits(fp32_model, ids, bf16.pad_id, 64, autocast_dtype=torch.bfloat16)
+    assert np.array_equal(bf16.logits(texts), under_autocast)
+    assert Classifier.load(str(trained_tiny_dir), device="cpu", precision="fp32").model.classifier.weight.dtype \
+        == torch.float32
+
+
+def test_explain_runs_on_a_bf16_classifier(trained_tiny_dir):
+    from bertclf.explain import explain
+    from bertclf.predict import Classifier
+
+    out = explain(Classifier.load(str(trained_tiny_dir), device="cpu", precision="bf16"), "정말 재밌어요 최고", steps=8)
+    assert out["tokens"] and all(np.isfinite(t["score"]) for t in out["tokens"])
+
+
 def test_cli_precision_flags(trained_tiny_dir, nsmc_slices, tmp_path):
     r = run_cli("predict", trained_tiny_dir, "정말 재밌어요", "--precision", "bf16")
     assert r.returncode == 0, r.stderr
