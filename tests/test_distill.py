@@ -112,7 +112,7 @@ def unlabelled_file(nsmc_dir, tmp_path_factory) -> Path:
 def student_dir(trained_tiny_dir, unlabelled_file, tmp_path_factory) -> tuple[Path, object]:
     out = tmp_path_factory.mktemp("student") / "run"
     r = run_cli("distill", trained_tiny_dir, "--layers", 1, "--out", out, "--texts", unlabelled_file,
-                "--format", "lines", "--epochs", 1, "--precision", "fp32")
+                "--format", "lines", "--max-steps", 20, "--precision", "fp32")
     assert r.returncode == 0, r.stderr
     return out, r
 
@@ -120,6 +120,7 @@ def student_dir(trained_tiny_dir, unlabelled_file, tmp_path_factory) -> tuple[Pa
 def test_distill_writes_a_normal_smaller_model(trained_tiny_dir, student_dir, unlabelled_file):
     out, r = student_dir
     assert "student: 1 of the teacher's 2 layers (1;" in r.stdout
+    assert f"report: {out / 'report.html'}" in r.stdout and (out / "report.html").is_file()  # report works on it
     config = json.loads((out / "config.json").read_text())
     teacher_config = json.loads((trained_tiny_dir / "config.json").read_text())
     assert config["num_hidden_layers"] == 1 and config["id2label"] == teacher_config["id2label"]
