@@ -196,16 +196,16 @@ def distill(teacher_dir: str, layers: int, out: str, texts: str | None = None, t
             max_steps: int | None = None, checkpoint_every: int | None = None, resume: bool | str = False,
             overwrite: bool = False, echo=print) -> dict:
     """Train a `layers`-layer student of `teacher_dir` into `out`; returns its model card. Unset recipe flags
-    (epochs, lr, batch size) are the teacher's, as its card records them."""
+    (epochs, lr, batch size) are the teacher's, as its card records them; --max-steps is never inherited."""
     from bertclf.config import config_from_dict
     from bertclf.loop import train
 
     teacher, card = check_flags(teacher_dir, layers, temperature, alpha, texts)
     args = dict(card["args"])
-    recipe = {"epochs": epochs, "lr": lr, "batch_size": batch_size, "max_steps": max_steps,
-              "checkpoint_every": checkpoint_every}
+    recipe = {"epochs": epochs, "lr": lr, "batch_size": batch_size}  # unset: the teacher's
     cfg = config_from_dict(args | {k: v for k, v in recipe.items() if v is not None} | {
         "out": out, "model": str(rundir.base_model_dir(out)), "trim_vocab": False, "precision": precision,
+        "max_steps": max_steps, "checkpoint_every": checkpoint_every,  # never the teacher's: other rows, other run
         "resume": resume, "overwrite": overwrite})
     data = card.get("data") or {}
     read = {"text_col": text_col or data.get("text_col") or "text", "fmt": fmt, "encoding": encoding,

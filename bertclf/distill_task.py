@@ -19,6 +19,8 @@ class Distillation:
         self.width = 1 if task.kind == "single_label" else len(task.labels.names)  # label columns of a target row
 
     def __getattr__(self, name):  # labels, probs, report, validation_report, score, card, configure...: the task's
+        if name == "task":  # not set yet (a copy or unpickling in progress): no endless recursion
+            raise AttributeError(name)
         return getattr(self.task, name)
 
     def targets(self, y: np.ndarray, teacher_logits: np.ndarray) -> np.ndarray:

@@ -178,11 +178,16 @@ def test_teacher_logits_are_computed_once_per_run_folder(trained_tiny_dir, tmp_p
     (["--layers", "2"], "--layers 2: must be between 1 and 1"),
     (["--layers", "0"], "--layers 0: must be between 1 and 1"),
     (["--layers", "1", "--alpha", "1.5"], "--alpha"),
+    (["--layers", "1", "--temperature", "0"], "--temperature"),
     (["--layers", "1", "--texts", "no-such-file.txt"], "--texts no-such-file.txt: file not found"),
 ])
-def test_bad_flags_are_one_line(trained_tiny_dir, tmp_path, args, message):
-    r = run_cli("distill", trained_tiny_dir, "--out", tmp_path / "s", *args)
-    assert r.returncode == 2 and message in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+def test_bad_flags_are_one_line(trained_tiny_dir, tmp_path, capsys, args, message):
+    """The command's own entry point, in this process (each refusal comes before any model is loaded)."""
+    from bertclf.cli import main
+
+    assert main(["distill", str(trained_tiny_dir), "--out", str(tmp_path / "s"), *args]) == 2
+    err = capsys.readouterr().err
+    assert message in err and len(err.strip().splitlines()) == 1, err
     assert not (tmp_path / "s").exists()
 
 
