@@ -36,6 +36,7 @@ class DistillObjective:
         self.temperature, self.alpha, self.texts, self.read = temperature, alpha, texts, read
         self.precision, self.batch_size = precision, batch_size
         self.chosen: list[int] = []
+        self.teacher_precision = precision
         self.n_unlabelled = 0
         self.teacher_sha256 = sha256_file(weights_file(teacher_dir))
 
@@ -90,13 +91,14 @@ class DistillObjective:
                                       else None, precision=self.precision)
             logits = teacher.logits(texts, self.batch_size)
             with atomic_file(path, "wb") as f:
-                np.savez(f, logits=logits, key=np.array(key))
+                np.savez(f, logits=logits, key=np.array(key), precision=np.array(teacher.precision))
             say(f"teacher: scored {len(texts)} texts in {teacher.precision} in {time.time() - t0:.0f}s "
                 f"(kept in {path} for a resumed run)")
         elif accelerator.is_main_process:
             say(f"teacher: logits of the {len(texts)} texts reused from {path}")
         accelerator.wait_for_everyone()
         with np.load(path, allow_pickle=False) as f:
+            self.teacher_precision = str(f["precision"])  # what "auto" became: bf16 or fp32
             return f["logits"]
 
     def card_fields(self) -> dict:
@@ -105,7 +107,7 @@ class DistillObjective:
                 "distilled_from": self.settings() | {
                     "teacher_layers": json.loads((self.teacher_dir / "config.json").read_text())["num_hidden_layers"],
                     "initial_layers": self.chosen, "unlabelled_rows": self.n_unlabelled,
-                    "teacher_precision": self.precision, "teacher_test_accuracy": teacher_test.get("accuracy")}}
+                    "teacher_precision": self.teacher_precision, "teacher_test_accuracy": teacher_test.get("accuracy")}}
 
 
 def weights_file(model_dir: Path) -> Path:

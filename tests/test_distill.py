@@ -127,6 +127,7 @@ def test_distill_writes_a_normal_smaller_model(trained_tiny_dir, student_dir, un
     card, teacher_card = (json.loads((d / "bertclf.json").read_text()) for d in (out, trained_tiny_dir))
     info = card["distilled_from"]
     assert info["teacher"] == str(trained_tiny_dir.resolve()) and info["initial_layers"] == [1]
+    assert info["teacher_precision"] == "fp32" and info["layers"] == 1 and info["teacher_layers"] == 2
     n_texts = sum(1 for line in unlabelled_file.read_text(encoding="utf-8").splitlines() if line.strip())
     assert info["unlabelled_rows"] == n_texts > 300  # --texts added its rows to the teacher's
     assert card["data"]["train"]["rows"] == teacher_card["data"]["train"]["rows"] + n_texts
