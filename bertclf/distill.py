@@ -98,7 +98,8 @@ class DistillObjective:
             say(f"teacher: logits of the {len(texts)} texts reused from {path}")
         accelerator.wait_for_everyone()
         with np.load(path, allow_pickle=False) as f:
-            self.teacher_precision = str(f["precision"])  # what "auto" became: bf16 or fp32
+            if "precision" in f.files:  # what "auto" became: bf16 or fp32
+                self.teacher_precision = str(f["precision"])
             return f["logits"]
 
     def card_fields(self) -> dict:
@@ -128,10 +129,11 @@ def check_same_settings(out: Path, settings: dict, resuming: bool) -> None:
     if not resuming or not path.is_file():
         return
     saved = json.loads(path.read_text())
-    changed = [k for k in settings if saved.get(k) != settings[k]]
+    names = {"teacher": "TEACHER_DIR", "teacher_sha256": "the teacher's weights", "texts_sha256": "the --texts file"}
+    changed = [names.get(k, "--" + k) for k in settings if saved.get(k) != settings[k]]
     if changed:
-        raise UserError(f"--resume: {', '.join(changed)} differ from the distillation in {out}; repeat its "
-                        f"settings (see {path}) or start again with --overwrite")
+        raise UserError(f"--resume: {', '.join(dict.fromkeys(changed))} differ from the distillation in {out}; "
+                        f"repeat its settings (see {path}) or start again with --overwrite")
 
 
 def check_same_rows(train_ds, teacher_card: dict, teacher_dir: Path) -> None:
