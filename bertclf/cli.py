@@ -115,6 +115,30 @@ def build_parser() -> Parser:
                    help="int8 must agree with fp32 on this share of labels, else a more faithful variant is tried")
     x.add_argument("--out", required=True, metavar="DIR2")
 
+    d = sub.add_parser("distill", help="train a smaller, faster student of a trained model on its soft labels",
+                       description="A student with N of the teacher's layers (evenly spaced, the top one kept), "
+                       "trained on the teacher's own training rows (rebuilt from its bertclf.json) with the true "
+                       "labels and the teacher's logits, plus unlabelled --texts. Unset recipe flags are the teacher's.")
+    d.add_argument("teacher_dir", metavar="TEACHER_DIR")
+    d.add_argument("--layers", type=int, required=True, metavar="N", help="layers of the student (< the teacher's)")
+    d.add_argument("--out", required=True, metavar="DIR")
+    d.add_argument("--texts", metavar="FILE", help="unlabelled texts: a file with a text column or one text per line")
+    d.add_argument("--text-col", help="text column of --texts (default: the teacher's text column)")
+    d.add_argument("--format", choices=FORMATS, help="format of --texts (default: by extension)")
+    d.add_argument("--epochs", type=number, metavar="X")
+    d.add_argument("--lr", type=number, metavar="X")
+    d.add_argument("--batch-size", type=int, metavar="N")
+    d.add_argument("--max-steps", type=int, metavar="N")
+    d.add_argument("--temperature", type=number, default=2.0, metavar="T", help="softmax temperature (default 2)")
+    d.add_argument("--alpha", type=number, default=0.5, metavar="A",
+                   help="share of the soft-label loss on labelled rows (default 0.5; unlabelled rows: soft only)")
+    d.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    d.add_argument("--checkpoint-every", type=int, metavar="N", help="write a resumable checkpoint every N steps")
+    d.add_argument("--resume", nargs="?", const=True, default=False, choices=["auto"],
+                   help="continue the distillation in --out from its last checkpoint (auto: if there is one)")
+    d.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    _read_flags(d)
+
     rp = sub.add_parser("report", help="plots and a self-contained HTML page for a run (two runs: compared)")
     rp.add_argument("run_dirs", nargs="+", metavar="DIR")
     rp.add_argument("--out", metavar="FILE", help="HTML file (default DIR/report.html; several runs: A/compare-<B>.html)")
@@ -145,13 +169,17 @@ def cmd_train(a) -> int:
 
     card = train(TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)}))
     if card:  # the main process (the others return {}) writes the report
-        try:  # the pictures are a bonus: never fail a finished run over them
-            from bertclf.report import write_report
-
-            print(f"report: {write_report([str(a.out)])}")
-        except Exception as e:  # noqa: BLE001
-            print(f"report not written: {e}")
+        _write_report(a.out)
     return 0
+
+
+def _write_report(out) -> None:
+    try:  # the pictures are a bonus: never fail a finished run over them
+        from bertclf.report import write_report
+
+        print(f"report: {write_report([str(out)])}")
+    except Exception as e:  # noqa: BLE001
+        print(f"report not written: {e}")
 
 
 def cmd_eval(a) -> int:
@@ -264,6 +292,17 @@ def cmd_export(a) -> int:
     return 0
 
 
+def cmd_distill(a) -> int:
+    from bertclf.distill import distill
+
+    distill(a.teacher_dir, a.layers, a.out, texts=a.texts, text_col=a.text_col, fmt=a.format, encoding=a.encoding,
+            columns=parse_columns(a.columns), epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
+            temperature=a.temperature, alpha=a.alpha, precision=a.precision, max_steps=a.max_steps,
+            checkpoint_every=a.checkpoint_every, resume=a.resume, overwrite=a.overwrite)
+    _write_report(a.out)
+    return 0
+
+
 def cmd_report(a) -> int:
     from bertclf.report import write_report
 
@@ -283,7 +322,7 @@ def cmd_audit(a) -> int:
 
 COMMANDS = {"baseline": cmd_baseline, "serve": cmd_serve, "export": cmd_export, "report": cmd_report,
             "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
-            "trim-vocab": cmd_trim_vocab, "audit": cmd_audit}
+            "trim-vocab": cmd_trim_vocab, "audit": cmd_audit, "distill": cmd_distill}
 
 
 def parse(argv=None) -> argparse.Namespace:

@@ -57,7 +57,7 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
                   "samples_per_s": state.samples_seen / train_s, "tokens_per_s": state.tokens_seen / train_s,
                   "device": device_name(run.accelerator.device), "processes": run.world,
                   "precision": "fp32" if run.mixed == "no" else run.mixed, "global_batch": plan.eff_batch * run.world},
-        classification=task.card())
+        classification=task.card()) | run.card_extra
     task.configure(model.config)  # id2label, label2id, problem_type (transformers.pipeline scores as we do)
     ckpt.save_model_dir(out, model, run.tokenizer, card, on_write=run.events.on_checkpoint_write)
     shutil.rmtree(rundir.checkpoints_dir(out), ignore_errors=True)  # finished: the final model is the best one

@@ -35,14 +35,15 @@ from bertclf.prepare import Run, load_data, prepare  # noqa: F401 (load_data re-
 from bertclf.stepper import Stepper
 
 
-def train(cfg: TrainConfig, echo=print, callbacks=()) -> dict:
+def train(cfg: TrainConfig, echo=print, callbacks=(), objective=None) -> dict:
     """Fine-tune as `cfg` says; returns the model card that is also written to DIR/bertclf.json.
-    callbacks: bertclf.callbacks.TrainCallback instances, told of each step, validation and checkpoint write."""
+    callbacks: bertclf.callbacks.TrainCallback instances, told of each step, validation and checkpoint write.
+    objective: see prepare() (bertclf distill trains a student with the teacher's loss in this same loop)."""
     t_start = time.time()
     validate_config(cfg)
     events = Events(callbacks)
     with contextlib.ExitStack() as held:  # the output folder's lock (one run per folder), for the whole run
-        run = prepare(cfg, echo, held)
+        run = prepare(cfg, echo, held, objective)
         run.events = events  # the final model write (finish.py) tells them of its moments too
         # a full disk outside the checkpoint and model writes (which name their own folder): the log, the lock
         next_checkpoint = lambda: tensor_bytes(run.unwrapped().state_dict(), run.optimizer.state_dict())  # noqa: E731

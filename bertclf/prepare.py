@@ -66,6 +66,7 @@ class Run:
     run_args: dict
     state: TrainState
     events: Events = field(default_factory=Events)  # bertclf.callbacks: train() sets the run's callbacks
+    card_extra: dict = field(default_factory=dict)  # more model-card fields (bertclf distill: distilled_from)
 
     @property
     def labels(self):
@@ -101,8 +102,9 @@ def load_data(cfg: TrainConfig, log=print):
     return D.load_training_data(cfg, log=log)
 
 
-def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:
-    """held: a contextlib.ExitStack that keeps the output folder's lock until the run ends."""
+def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
+    """held: a contextlib.ExitStack that keeps the output folder's lock until the run ends. objective: None for
+    plain fine-tuning; bertclf distill's (bertclf/distill.py) adds rows, targets, its loss and its start model."""
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
     from accelerate.utils import set_seed
@@ -139,6 +141,8 @@ def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:
     y_test = task.encode(test_ds.labels, test_ds.source) if test_ds else None
     if cfg.class_weights == "auto":
         task.set_class_weights(y_train)
+    if objective is not None:  # writes the model cfg.model names (the student) and returns its training rows
+        train_ds, y_train, task = objective.setup(out, train_ds, y_train, task, accelerator, say, resuming)
     say(f"data: {len(train_ds)} train, {len(valid_ds)} validation"
         + (f", {len(test_ds)} test" if test_ds else "")
         + f" rows; labels {', '.join(labels.names)}"
@@ -171,7 +175,7 @@ def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:
     run = Run(cfg, accelerator, mixed, out, say, Logger(out, main, echo=say), task, train_ds, valid_ds, test_ds,
               y_train, y_valid, y_test, tokenizer, pad_id, train_ids, valid_ids, train_len, plan, model, optimizer,
               scheduler, run_args | {"processes": world},
-              TrainState(n_micro=cfg.grad_accum))
+              TrainState(n_micro=cfg.grad_accum), card_extra=objective.card_fields() if objective else {})
     if resuming:
         resume(run)
     elif main:

@@ -6,7 +6,8 @@
     DIR/baseline.json           `bertclf baseline --out DIR`
     DIR/checkpoints/step-N/     periodic checkpoints (bertclf/checkpoint.py writes their contents)
     DIR/checkpoints/best/       the best validation score's weights so far
-    DIR/checkpoints/base-model/ the --trim-vocab base model, kept for --resume
+    DIR/checkpoints/base-model/ the --trim-vocab base model (bertclf distill: the student's start), kept for --resume
+    DIR/checkpoints/distill/    bertclf distill: the teacher's logits and the distillation settings, for --resume
     DIR/.bertclf.lock           held (OS file lock) while a run trains in DIR
 plus the standard Hugging Face files (config.json, model.safetensors, tokenizer files) of the final model.
 """
@@ -31,6 +32,7 @@ BASELINE_FILE = "baseline.json"
 CHECKPOINTS = "checkpoints"
 BEST = "best"
 BASE_MODEL = "base-model"
+DISTILL = "distill"
 FINAL_STAGING = "final"  # checkpoints/final: the final model's files before they move up into DIR
 
 
@@ -58,6 +60,10 @@ def best_dir(run_dir) -> Path:
 
 def base_model_dir(run_dir) -> Path:
     return checkpoints_dir(run_dir) / BASE_MODEL
+
+
+def distill_dir(run_dir) -> Path:
+    return checkpoints_dir(run_dir) / DISTILL
 
 
 def has_card(run_dir) -> bool:

@@ -66,6 +66,20 @@ class SingleLabel:
         """Rows right (a tensor, no host sync): the running training accuracy."""
         return (logits.argmax(-1) == y).sum()
 
+    def soft_loss(self, logits, teacher_logits, temperature: float):
+        """Per row: T^2 * KL(softmax(teacher/T) || softmax(student/T)), the loss against a teacher's soft labels
+        (bertclf distill; T^2 keeps the gradient's size independent of T, as in Hinton et al. 2015)."""
+        import torch.nn.functional as F
+
+        t = float(temperature)
+        return F.kl_div(F.log_softmax(logits.float() / t, -1), F.log_softmax(teacher_logits.float() / t, -1),
+                        reduction="none", log_target=True).sum(-1) * (t * t)
+
+    @staticmethod
+    def teacher_decisions(teacher_logits):
+        """The teacher's labels, shaped as this task's targets (class ids)."""
+        return teacher_logits.argmax(-1)
+
     @staticmethod
     def probs(logits: np.ndarray) -> np.ndarray:
         z = logits - logits.max(axis=1, keepdims=True)
@@ -125,6 +139,24 @@ class MultiLabel(SingleLabel):
     def correct(self, logits, y):
         """Rows with every label right at threshold 0.5 (subset accuracy)."""
         return ((logits > 0) == (y > 0.5)).all(-1).sum()
+
+    def soft_loss(self, logits, teacher_logits, temperature: float):
+        """Per row: T^2 * the mean over labels of KL(Bernoulli(sigmoid(teacher/T)) || Bernoulli(sigmoid(student/T))):
+        BCE against the teacher's probabilities less their own entropy (same gradient; 0 when they match)."""
+        import torch
+        import torch.nn.functional as F
+
+        t = float(temperature)
+        s, q = logits.float() / t, teacher_logits.float() / t
+        p = torch.sigmoid(q)
+        kl = (F.binary_cross_entropy_with_logits(s, p, reduction="none")
+              - F.binary_cross_entropy_with_logits(q, p, reduction="none"))
+        return kl.mean(-1) * (t * t)
+
+    @staticmethod
+    def teacher_decisions(teacher_logits):
+        """The teacher's label sets at threshold 0.5, shaped as this task's targets (multi-hot rows)."""
+        return (teacher_logits > 0).float()
 
     @staticmethod
     def probs(logits: np.ndarray) -> np.ndarray:
