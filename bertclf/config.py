@@ -49,9 +49,11 @@ class TrainConfig:
     metric: str | None = opt(None, "checkpoint selection and early stopping (default accuracy; multi-label "
                              "macro_f1)", LABELS, choices=METRICS)
     model: str = opt(DEFAULT_MODEL, f"builtin name, local directory or hub name (default {DEFAULT_MODEL})", RECIPE)
-    epochs: float = opt(2, "passes over the training rows (a fraction stops part-way)", RECIPE)
+    epochs: float | None = opt(None, "passes over the training rows, a fraction stops part-way (default: enough "
+                               "for ~400 optimizer steps, 2 to 10 passes)", RECIPE)
     batch_size: int | None = opt(None, "rows per micro-batch (default 32 on CPU, 256 on GPU)", RECIPE)
-    lr: float | None = opt(None, "peak learning rate (default scales with the batch size)", RECIPE)
+    lr: float | None = opt(None, "peak learning rate (default 1e-4 x sqrt(batch / 32), at most 2e-4; the new "
+                           "classification head 10x that)", RECIPE)
     max_length: int = opt(128, "tokens per text, longer texts are cut", RECIPE)
     seed: int = opt(42, "seed of sampling, splits, batches and dropout", RECIPE)
     max_steps: int | None = opt(None, "stop after this many optimizer steps", RECIPE)
@@ -91,7 +93,7 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("data", f"unknown dataset '{cfg.data}'; the builtin dataset is 'nsmc', or use --train FILE")
     if (cfg.data is None) == (cfg.train is None):
         bad("train", "give exactly one of --data nsmc or --train FILE")
-    if not (cfg.epochs > 0 and math.isfinite(cfg.epochs)):
+    if cfg.epochs is not None and not (cfg.epochs > 0 and math.isfinite(cfg.epochs)):
         bad("epochs", f"must be a number > 0, got {cfg.epochs}")
     if cfg.batch_size is not None:
         check_batch_size(cfg.batch_size)
