@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, help="fixed epochs instead of the MIN_STEPS rule")
     ap.add_argument("--no-prior-bias", action="store_true", help="multi-label: keep the random head bias")
     ap.add_argument("--class-weights", default="none")
+    ap.add_argument("--baseline", action="store_true", help="score TF-IDF + LR on the same rows instead")
     ap.add_argument("--log", type=Path, default=REPO / "benchmarks" / "recipe_sweep.jsonl")
     a = ap.parse_args()
 
@@ -61,6 +62,16 @@ def main() -> None:
         T.MultiLabel.init_head = T.SingleLabel.init_head
     tr, dev = dev_split(a.work, a.task, a.rows, a.dev)
     t = DS.TASKS[a.task]
+    if a.baseline:
+        out, _ = DS.bertclf("baseline", "--train", str(tr), "--test", str(dev), *DS.task_flags(a.task), "--json",
+                            log=a.work / "sweep_baseline.log")
+        rep = json.loads(out)["report"]
+        point = {"task": a.task, "rows": a.rows, "dev": a.dev, "recipe": "TF-IDF + LR", "metric": t["metric"],
+                 "dev_score": round(rep[t["metric"]], 4), "date": time.strftime("%Y-%m-%d %H:%M")}
+        with open(a.log, "a", encoding="utf-8") as f:
+            f.write(json.dumps(point) + "\n")
+        print(json.dumps(point), flush=True)
+        return
     kw = dict(multi_label=True, label_names=str(DS.SHARED / "kote" / "labels.txt")) if t.get("multi_label") else {}
     t0 = time.time()
     card = train(TrainConfig(out=str(a.work / f"sweep_run_{a.task}"), train=str(tr), test=str(dev), overwrite=True,

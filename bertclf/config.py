@@ -39,7 +39,8 @@ class TrainConfig:
     data_dir: str | None = opt(None, "folder holding NSMC's ratings_train.txt / ratings_test.txt", DATA)
     sample: float = opt(1.0, "train on this fraction of the training rows (seeded)", DATA)
     test_sample: float = opt(1.0, "score on this fraction of the test rows at the end (seeded, stratified)", DATA)
-    valid_frac: float = opt(0.05, "share of train carved out for validation", DATA)
+    valid_frac: float | None = opt(None, "share of train carved out for validation (default 0.05; multi-label "
+                                   "~1,000 rows, 0.05-0.2: its thresholds are tuned there)", DATA)
     multi_label: bool = opt(False, "a label cell holds several labels (split by --label-sep); sigmoid + BCE, "
                             "thresholds tuned on validation", LABELS)
     label_sep: str = opt(",", "separator of the labels in a multi-label cell (default ,)", LABELS)
@@ -116,7 +117,7 @@ def validate_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and v < 1:
             bad(name.replace("_", "-"), f"must be >= 1, got {v}")
-    if not 0 < cfg.valid_frac < 0.5:
+    if cfg.valid_frac is not None and not 0 < cfg.valid_frac < 0.5:
         bad("valid-frac", f"must be in (0, 0.5), got {cfg.valid_frac}")
     if not 0 <= cfg.warmup < 1:
         bad("warmup", f"must be a fraction in [0, 1), got {cfg.warmup}")
