@@ -1,6 +1,6 @@
 """One point of the default-recipe sweep: fine-tune on part of a task's TRAINING rows, score on another part.
 
-    python benchmarks/recipe_sweep.py --work /tmp/ds kote --rows 2000 --dev 500 --base-lr 1e-4 --head-lr-scale 10
+    python benchmarks/recipe_sweep.py --work /tmp/ds kote --rows 2000 --dev 500 --base-lr 1e-4 --head-lr 1e-3
 
 The held-out test rows of benchmarks/datasets.py are never read: the training file it writes (WORK/NAME_train.tsv)
 is shuffled (seed 42) and split into a dev share (the first --dev rows) and training rows (the next --rows).
@@ -43,7 +43,7 @@ def main() -> None:
     ap.add_argument("--rows", type=int, default=2000)
     ap.add_argument("--dev", type=int, default=500)
     ap.add_argument("--base-lr", type=float)
-    ap.add_argument("--head-lr-scale", type=float)
+    ap.add_argument("--head-lr", type=float)
     ap.add_argument("--min-steps", type=int)
     ap.add_argument("--epochs", type=float, help="fixed epochs instead of the MIN_STEPS rule")
     ap.add_argument("--no-prior-bias", action="store_true", help="multi-label: keep the random head bias")
@@ -55,7 +55,7 @@ def main() -> None:
     from bertclf import prepare, task as T
     from bertclf.loop import TrainConfig, train
 
-    for knob, value in (("BASE_LR", a.base_lr), ("HEAD_LR_SCALE", a.head_lr_scale), ("MIN_STEPS", a.min_steps)):
+    for knob, value in (("BASE_LR", a.base_lr), ("HEAD_LR", a.head_lr), ("MIN_STEPS", a.min_steps)):
         if value is not None:
             setattr(prepare, knob, value)
     if a.no_prior_bias:
@@ -79,7 +79,7 @@ def main() -> None:
                              class_weights=a.class_weights, **kw), echo=lambda *x, **k: None)
     test = card["metrics"]["test"]
     point = {"task": a.task, "rows": a.rows, "dev": a.dev, "base_lr": prepare.BASE_LR,
-             "head_lr_scale": prepare.HEAD_LR_SCALE, "min_steps": prepare.MIN_STEPS, "epochs": a.epochs,
+             "head_lr": prepare.HEAD_LR, "min_steps": prepare.MIN_STEPS, "epochs": a.epochs,
              "steps": card["training"]["steps"], "prior_bias": not a.no_prior_bias, "class_weights": a.class_weights,
              "metric": t["metric"], "dev_score": round(test[t["metric"]], 4),
              **{k: round(test[k], 4) for k in ("accuracy", "macro_f1", "micro_f1", "weighted_f1") if k in test},

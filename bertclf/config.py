@@ -54,7 +54,7 @@ class TrainConfig:
                                "for ~400 optimizer steps, 2 to 10 passes)", RECIPE)
     batch_size: int | None = opt(None, "rows per micro-batch (default 32 on CPU, 256 on GPU)", RECIPE)
     lr: float | None = opt(None, "peak learning rate (default 1e-4 x sqrt(batch / 32), at most 2e-4; the new "
-                           "classification head 10x that)", RECIPE)
+                           "classification head at least 1e-3)", RECIPE)
     max_length: int = opt(128, "tokens per text, longer texts are cut", RECIPE)
     seed: int = opt(42, "seed of sampling, splits, batches and dropout", RECIPE)
     max_steps: int | None = opt(None, "stop after this many optimizer steps", RECIPE)

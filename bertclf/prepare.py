@@ -28,7 +28,7 @@ from bertclf.tokens import encode, lengths
 # The default recipe (chosen on validation splits of training rows: benchmarks/recipe_sweep.md).
 BASE_LR = 1e-4        # peak lr at batch 32; scaled by sqrt(batch / 32), at most MAX_LR
 MAX_LR = 2e-4
-HEAD_LR_SCALE = 10.0  # the new classification head learns this much faster than the pretrained encoder
+HEAD_LR = 1e-3        # the new classification head's peak lr is at least this (10x the encoder's at batch 32)
 MIN_STEPS = 400       # default epochs: enough passes for about this many optimizer steps ...
 EPOCHS_RANGE = (2, 10)  # ... but never fewer or more passes than these
 
@@ -214,7 +214,8 @@ def make_plan(cfg: TrainConfig, batch_size: int, lr: float, train_len, world: in
 
 def make_optimizer(cfg: TrainConfig, model, plan: Plan, fused: bool):
     """AdamW (no weight decay on biases and LayerNorm) with linear warmup and decay; the freshly initialised
-    classification head (every parameter outside the pretrained encoder) at HEAD_LR_SCALE x the peak lr."""
+    classification head (every parameter outside the pretrained encoder) at max(peak lr, HEAD_LR): a random
+    layer needs larger steps than pretrained weights that fine-tuning should only nudge."""
     from transformers import get_linear_schedule_with_warmup
 
     prefix = getattr(model, "base_model_prefix", "") + "."
@@ -224,7 +225,7 @@ def make_optimizer(cfg: TrainConfig, model, plan: Plan, fused: bool):
         head = prefix != "." and not n.startswith(prefix)
         groups.setdefault((decays, head), []).append(p)
     optimizer = torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decays else 0.0,
-                                    "lr": plan.lr * (HEAD_LR_SCALE if head else 1.0)}
+                                    "lr": max(plan.lr, HEAD_LR) if head else plan.lr}
                                    for (decays, head), ps in sorted(groups.items())],
                                   lr=plan.lr, fused=fused)  # fused: one kernel for all parameters
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * plan.total_steps), plan.total_steps)

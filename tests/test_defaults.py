@@ -36,12 +36,14 @@ def test_recipe_defaults_by_batch_and_data_size():
 
 
 def test_head_learns_faster_and_multi_label_bias_starts_at_the_priors(tiny_model_dir):
+    from dataclasses import replace
+
     import numpy as np
     import torch
 
     from bertclf.labels import LabelMap
     from bertclf.models import load_classifier
-    from bertclf.prepare import HEAD_LR_SCALE, Plan, make_optimizer
+    from bertclf.prepare import HEAD_LR, Plan, make_optimizer
     from bertclf.task import MultiLabel, output_layer
 
     model = load_classifier(str(tiny_model_dir), {0: "a", 1: "b", 2: "c"})
@@ -49,8 +51,11 @@ def test_head_learns_faster_and_multi_label_bias_starts_at_the_priors(tiny_model
                 eval_every=10)
     optimizer, _ = make_optimizer(TrainConfig(out="x"), model, plan, fused=False)
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
-    head = {n for n, p in model.named_parameters() if lr_of[id(p)] == 1e-4 * HEAD_LR_SCALE}
-    assert head == {"classifier.weight", "classifier.bias"}
+    head = {n for n, p in model.named_parameters() if lr_of[id(p)] == HEAD_LR}
+    assert head == {"classifier.weight", "classifier.bias"} and HEAD_LR == 1e-3
+    assert {lr_of[id(p)] for n, p in model.named_parameters() if n not in head} == {1e-4}
+    big, _ = make_optimizer(TrainConfig(out="x"), model, replace(plan, lr=2e-3), fused=False)
+    assert {g["lr"] for g in big.param_groups} == {2e-3}  # a peak lr above HEAD_LR: the head at the same lr
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
     y = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=np.float32)  # priors 3/4, 1/4, 0
