@@ -50,8 +50,8 @@ class TrainConfig:
     metric: str | None = opt(None, "checkpoint selection and early stopping (default accuracy; multi-label "
                              "macro_f1)", LABELS, choices=METRICS)
     model: str = opt(DEFAULT_MODEL, f"builtin name, local directory or hub name (default {DEFAULT_MODEL})", RECIPE)
-    epochs: float | None = opt(None, "passes over the training rows, a fraction stops part-way (default: enough "
-                               "for ~400 optimizer steps, 2 to 10 passes)", RECIPE)
+    epochs: float | None = opt(None, "passes over the training rows, a fraction stops part-way (default 2; "
+                               "multi-label: enough for ~400 optimizer steps, 2 to 10 passes)", RECIPE)
     batch_size: int | None = opt(None, "rows per micro-batch (default 32 on CPU, 256 on GPU)", RECIPE)
     lr: float | None = opt(None, "peak learning rate (default 1e-4 x sqrt(batch / 32), at most 2e-4; the new "
                            "classification head at least 1e-3)", RECIPE)

@@ -29,7 +29,8 @@ from bertclf.tokens import encode, lengths
 BASE_LR = 1e-4        # peak lr at batch 32; scaled by sqrt(batch / 32), at most MAX_LR
 MAX_LR = 2e-4
 HEAD_LR = 1e-3        # the new classification head's peak lr is at least this (10x the encoder's at batch 32)
-MIN_STEPS = 400       # default epochs: enough passes for about this many optimizer steps ...
+EPOCHS = 2            # default epochs of a single-label run
+MIN_STEPS = 400       # multi-label default epochs: enough passes for about this many optimizer steps ...
 EPOCHS_RANGE = (2, 10)  # ... but never fewer or more passes than these
 
 
@@ -38,8 +39,12 @@ def default_lr(batch_size: int) -> float:
     return min(MAX_LR, BASE_LR * math.sqrt(batch_size / 32))
 
 
-def default_epochs(steps_per_epoch: int) -> int:
-    """Passes over the data for --epochs unset: small data gets more passes, so it reaches MIN_STEPS steps."""
+def default_epochs(steps_per_epoch: int, multi_label: bool) -> int:
+    """Passes over the data for --epochs unset. Multi-label: small data gets more passes, so that it reaches
+    MIN_STEPS steps (on KOTE validation rose each epoch up to 4); single-label: EPOCHS (on 2,000 hate-speech
+    rows 7 epochs scored below 2: benchmarks/recipe_sweep.md)."""
+    if not multi_label:
+        return EPOCHS
     lo, hi = EPOCHS_RANGE
     return int(min(hi, max(lo, math.ceil(MIN_STEPS / max(1, steps_per_epoch)))))
 
@@ -203,7 +208,7 @@ def prepare(cfg: TrainConfig, echo=print, held=None) -> Run:
 def make_plan(cfg: TrainConfig, batch_size: int, lr: float, train_len, world: int, rank: int) -> Plan:
     eff_batch = batch_size * cfg.grad_accum
     steps_per_epoch = len(epoch_batches(train_len, eff_batch, cfg.seed, 0, world_size=world, rank=rank))
-    total_steps = math.ceil(steps_per_epoch * (cfg.epochs or default_epochs(steps_per_epoch)))
+    total_steps = math.ceil(steps_per_epoch * (cfg.epochs or default_epochs(steps_per_epoch, cfg.multi_label)))
     if cfg.max_steps:
         total_steps = min(total_steps, cfg.max_steps)
     return Plan(batch_size=batch_size, lr=lr, eff_batch=eff_batch, steps_per_epoch=steps_per_epoch,
