@@ -55,7 +55,9 @@ def make_splits(work: Path, nsmc_test_frac: float, seed: int = 42) -> dict[str, 
     work.mkdir(parents=True, exist_ok=True)
     out = {}
     # hate speech: one split for both the `hate` and the `bias` task
-    rows, _ = D.read_rows(SHARED / "korean-hate-speech" / "train.tsv", ["comments", "contain_gender_bias", "bias", "hate"])
+    from bertclf.rows import iter_rows
+
+    rows = [r for _, r in iter_rows(SHARED / "korean-hate-speech" / "train.tsv", ["comments", "bias", "hate"])]
     test_idx, train_idx = D.stratified_indices([r["hate"] for r in rows], 0.2, seed)
     header = ["comments", "bias", "hate"]
     for name, idx in (("hate_train", train_idx), ("hate_test", test_idx)):

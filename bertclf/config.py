@@ -39,7 +39,8 @@ class TrainConfig:
     data_dir: str | None = opt(None, "folder holding NSMC's ratings_train.txt / ratings_test.txt", DATA)
     sample: float = opt(1.0, "train on this fraction of the training rows (seeded)", DATA)
     test_sample: float = opt(1.0, "score on this fraction of the test rows at the end (seeded, stratified)", DATA)
-    valid_frac: float = opt(0.05, "share of train carved out for validation", DATA)
+    valid_frac: float | None = opt(None, "share of train carved out for validation (default 0.05; multi-label "
+                                   "~1,000 rows, 0.05-0.2: its thresholds are tuned there)", DATA)
     multi_label: bool = opt(False, "a label cell holds several labels (split by --label-sep); sigmoid + BCE, "
                             "thresholds tuned on validation", LABELS)
     label_sep: str = opt(",", "separator of the labels in a multi-label cell (default ,)", LABELS)
@@ -49,9 +50,11 @@ class TrainConfig:
     metric: str | None = opt(None, "checkpoint selection and early stopping (default accuracy; multi-label "
                              "macro_f1)", LABELS, choices=METRICS)
     model: str = opt(DEFAULT_MODEL, f"builtin name, local directory or hub name (default {DEFAULT_MODEL})", RECIPE)
-    epochs: float = opt(2, "passes over the training rows (a fraction stops part-way)", RECIPE)
+    epochs: float | None = opt(None, "passes over the training rows, a fraction stops part-way (default 2; "
+                               "multi-label: enough for ~400 optimizer steps, 2 to 10 passes)", RECIPE)
     batch_size: int | None = opt(None, "rows per micro-batch (default 32 on CPU, 256 on GPU)", RECIPE)
-    lr: float | None = opt(None, "peak learning rate (default scales with the batch size)", RECIPE)
+    lr: float | None = opt(None, "peak learning rate (default 1e-4 x sqrt(batch / 32), at most 2e-4; the new "
+                           "classification head at least 1e-3)", RECIPE)
     max_length: int = opt(128, "tokens per text, longer texts are cut", RECIPE)
     seed: int = opt(42, "seed of sampling, splits, batches and dropout", RECIPE)
     max_steps: int | None = opt(None, "stop after this many optimizer steps", RECIPE)
@@ -91,7 +94,7 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("data", f"unknown dataset '{cfg.data}'; the builtin dataset is 'nsmc', or use --train FILE")
     if (cfg.data is None) == (cfg.train is None):
         bad("train", "give exactly one of --data nsmc or --train FILE")
-    if not (cfg.epochs > 0 and math.isfinite(cfg.epochs)):
+    if cfg.epochs is not None and not (cfg.epochs > 0 and math.isfinite(cfg.epochs)):
         bad("epochs", f"must be a number > 0, got {cfg.epochs}")
     if cfg.batch_size is not None:
         check_batch_size(cfg.batch_size)
@@ -114,7 +117,7 @@ def validate_config(cfg: TrainConfig) -> None:
         v = getattr(cfg, name)
         if v is not None and v < 1:
             bad(name.replace("_", "-"), f"must be >= 1, got {v}")
-    if not 0 < cfg.valid_frac < 0.5:
+    if cfg.valid_frac is not None and not 0 < cfg.valid_frac < 0.5:
         bad("valid-frac", f"must be in (0, 0.5), got {cfg.valid_frac}")
     if not 0 <= cfg.warmup < 1:
         bad("warmup", f"must be a fraction in [0, 1), got {cfg.warmup}")

@@ -62,6 +62,10 @@ class SingleLabel:
             self._weights_t = torch.from_numpy(self.weights).to(device)
         return self._weights_t
 
+    def init_head(self, model, y: np.ndarray) -> None:
+        """Single-label: the head stays as the model initialised it (a softmax over few classes starts near
+        the priors' scale anyway)."""
+
     def correct(self, logits, y):
         """Rows right (a tensor, no host sync): the running training accuracy."""
         return (logits.argmax(-1) == y).sum()
@@ -131,6 +135,18 @@ class MultiLabel(SingleLabel):
     def set_class_weights(self, y: np.ndarray) -> None:
         self.weights = positive_weights(y.sum(0), len(y))
 
+    def init_head(self, model, y: np.ndarray) -> None:
+        """Start each label's output bias at the log-odds of its training prior, so the first steps are not
+        spent learning that most labels are rare (the encoder's features then only explain the deviations)."""
+        import torch
+
+        out = output_layer(model, len(self.labels.names))
+        if out is None or out.bias is None:
+            return
+        prior = np.clip(y.mean(0), 1.0 / (len(y) + 2), 1 - 1.0 / (len(y) + 2))  # no infinite log-odds
+        with torch.no_grad():
+            out.bias.copy_(torch.from_numpy(np.log(prior / (1 - prior)).astype(np.float32)))
+
     def loss(self, logits, y):
         import torch.nn.functional as F
 
@@ -178,6 +194,19 @@ class MultiLabel(SingleLabel):
     def card(self) -> dict:
         return super().card() | {"label_sep": self.sep,
                                  "thresholds": dict(zip(self.labels.names, map(float, self.thresholds)))}
+
+
+def output_layer(model, n_labels: int):
+    """The classification head's last linear layer (the one producing the logits), or None if not found."""
+    import torch
+
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    found = None
+    for name, module in model.named_modules():
+        if (isinstance(module, torch.nn.Linear) and module.out_features == n_labels
+                and not name.startswith(prefix)):
+            found = module
+    return found
 
 
 def make_task(cfg, train_labels: list[str], where: str, raw: dict[str, str] | None = None):

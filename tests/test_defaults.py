@@ -15,3 +15,52 @@ def test_trim_vocab_flags():
     assert parse(["train", "--out", "o"]).trim_vocab is None
     assert parse(["train", "--out", "o", "--trim-vocab"]).trim_vocab is True
     assert parse(["train", "--out", "o", "--no-trim-vocab"]).trim_vocab is False
+
+
+def test_recipe_defaults_by_batch_and_data_size():
+    """The default recipe's rules (benchmarks/recipe_sweep.md): lr by batch, epochs by steps per epoch,
+    validation share by task type and rows."""
+    from bertclf.data import default_valid_frac
+    from bertclf.prepare import default_epochs, default_lr
+
+    assert default_lr(32) == 1e-4 and abs(default_lr(8) - 5e-5) < 1e-12
+    assert default_lr(128) == default_lr(256) == 2e-4  # capped: the GPU default batch keeps its 2e-4
+    assert default_epochs(400, True) == 2 and default_epochs(100, True) == 4 and default_epochs(3, True) == 10
+    assert default_epochs(3, False) == default_epochs(400, False) == 2
+    assert default_valid_frac(4000, multi_label=False) == 0.05
+    assert default_valid_frac(4000, multi_label=True) == 0.2
+    assert default_valid_frac(10_000, multi_label=True) == 0.1
+    assert default_valid_frac(100_000, multi_label=True) == 0.05
+    parse = build_parser().parse_args
+    args = parse(["train", "--out", "o"])
+    assert args.epochs is None and args.lr is None and args.valid_frac is None
+
+
+def test_head_learns_faster_and_multi_label_bias_starts_at_the_priors(tiny_model_dir):
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from bertclf.labels import LabelMap
+    from bertclf.models import load_classifier
+    from bertclf.prepare import HEAD_LR, Plan, make_optimizer
+    from bertclf.task import MultiLabel, output_layer
+
+    model = load_classifier(str(tiny_model_dir), {0: "a", 1: "b", 2: "c"})
+    plan = Plan(batch_size=8, lr=1e-4, eff_batch=8, steps_per_epoch=10, total_steps=10, n_epochs=1, log_every=1,
+                eval_every=10)
+    optimizer, _ = make_optimizer(TrainConfig(out="x"), model, plan, fused=False)
+    lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
+    head = {n for n, p in model.named_parameters() if lr_of[id(p)] == HEAD_LR}
+    assert head == {"classifier.weight", "classifier.bias"} and HEAD_LR == 1e-3
+    assert {lr_of[id(p)] for n, p in model.named_parameters() if n not in head} == {1e-4}
+    big, _ = make_optimizer(TrainConfig(out="x"), model, replace(plan, lr=2e-3), fused=False)
+    assert {g["lr"] for g in big.param_groups} == {2e-3}  # a peak lr above HEAD_LR: the head at the same lr
+    assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
+
+    y = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=np.float32)  # priors 3/4, 1/4, 0
+    MultiLabel(LabelMap(["a", "b", "c"], {})).init_head(model, y)
+    bias = output_layer(model, 3).bias.detach()
+    assert torch.allclose(torch.sigmoid(bias[:2]), torch.tensor([0.75, 0.25]), atol=1e-6)
+    assert 0 < torch.sigmoid(bias[2]) < 0.2  # a label never seen: small, not -inf
