@@ -73,6 +73,10 @@ class TrainConfig:
                              "if it has a complete checkpoint, else start fresh (one command for restart loops)", RUN,
                              optional_choice="auto")
     overwrite: bool = opt(False, "replace what --out holds", RUN)
+    # issue 17: after training (not a resume key: it acts only when the run finishes)
+    calibrate: bool = opt(True, "fit a temperature on the validation rows and fold it into the classifier, so "
+                          "every probability the model gives is calibrated (single-label; --no-calibrate: off)",
+                          LABELS, negatable=True)
 
 
 # Settings that must match for --resume to continue the same run.
@@ -206,7 +210,7 @@ def add_train_flags(parser) -> None:
         kind = hints[f.name]
         if "optional_choice" in meta:  # a switch that may take one word: --resume, --resume auto
             kw.update(nargs="?", const=True, choices=[meta["optional_choice"]])
-        elif meta.get("tri_state"):  # --flag / --no-flag; neither: None (the default depends on the model)
+        elif meta.get("tri_state") or meta.get("negatable"):  # --flag / --no-flag (tri_state: neither = None)
             kw["action"] = argparse.BooleanOptionalAction
         elif kind is bool:
             kw["action"] = "store_true"
