@@ -89,7 +89,7 @@ def _calibrate(run, model, valid_logits, valid_metrics: dict | None) -> tuple[di
 def _score_test(run, model, score: dict) -> tuple[dict, dict]:
     """(test report, test arrays for eval_predictions.npz)."""
     t0 = time.time()
-    test_ids = encode(run.tokenizer, run.test_ds.texts, run.cfg.max_length)
+    test_ids = encode(run.tokenizer, run.test_ds.texts, run.cfg.max_length, long_text=run.cfg.long_text)
     test_rep, test_logits = score_ids(model, test_ids, run.y_test, run.task.report, **score)
     test_rep["seconds"] = time.time() - t0
     return test_rep, {"test_y": run.y_test, "test_probs": run.task.probs(test_logits), "test_tokens": lengths(test_ids),
