@@ -168,3 +168,16 @@ def test_no_calibrate_leaves_the_model_raw(tiny_model_dir, nsmc_slices, tmp_path
                              calibrate=False), echo=lambda s: None)
     assert card["calibration"] is None
     assert json.loads((out / "bertclf.json").read_text())["args"]["calibrate"] is False
+
+
+def test_report_shows_ece_before_and_after_calibration(trained_tiny_dir, card, tmp_path):
+    from bertclf.report import write_report
+
+    html = Path(write_report([str(trained_tiny_dir)], out=str(tmp_path / "r.html")))
+    data = json.loads((tmp_path / "r" / "data.json").read_text())
+    c = card["calibration"]
+    assert data["reliability"]["ece"] == pytest.approx(c["test"]["ece_after"], abs=1e-6)
+    assert data["reliability_raw"]["ece"] == pytest.approx(c["test"]["ece_before"], abs=1e-6)
+    assert data["ece_raw"]["valid"] == pytest.approx(c["valid"]["ece_before"], abs=1e-5)
+    page = html.read_text(encoding="utf-8")
+    assert f"before calibration {c['test']['ece_before']:.4f}" in page
