@@ -47,8 +47,8 @@ class Classifier:
     @classmethod
     def load(cls, path: str, device: str | None = None, max_length: int | None = None,
              precision: str = "auto", long_text: str | None = None, stride: int | None = None) -> "Classifier":
-        if long_text is not None:
-            check_long_text(long_text, stride, max_length or 512)  # a bad flag fails before the model loads
+        if long_text is not None or stride is not None:  # a bad flag fails before the model loads
+            check_long_text(long_text or "truncate", stride, max_length or 512)
         p = check_model_dir(Path(path))
         card = read_card(p)
         config = json.loads((p / "config.json").read_text())

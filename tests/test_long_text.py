@@ -106,7 +106,7 @@ def test_head_tail_keeps_the_first_and_the_last_tokens(tokenizer, long_texts, re
 
 def test_eval_prints_how_many_rows_were_cut_and_window_works(trained_tiny_dir, reviews, long_texts, tmp_path):
     f = tmp_path / "long.tsv"
-    rows = [("text", "label")] + [(t, "1") for t in long_texts] + list(zip(reviews[0][:20], reviews[1][:20]))
+    rows = [("document", "label")] + [(t, "1") for t in long_texts]  # the model's training columns + list(zip(reviews[0][:20], reviews[1][:20]))
     f.write_text("".join(f"{a}\t{b}\n" for a, b in rows), encoding="utf-8")
     n = len(rows) - 1
     r = run_cli("eval", trained_tiny_dir, "--test", f, "--precision", "fp32")
