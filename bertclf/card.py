@@ -9,16 +9,19 @@ from bertclf import __version__
 
 
 def build_card(cfg, run_args: dict, labels: list[str], data: dict, metrics: dict, training: dict,
-               classification: dict | None = None) -> dict:
+               classification: dict | None = None, calibration: dict | None = None) -> dict:
     """data: {"train", "valid", "test"} dataset summaries; metrics: {"valid", "test"} reports;
     training: steps, timings, device and batch facts (see loop.finish); classification: the task's card
-    (bertclf/task.py: single/multi-label, label values, class weights, thresholds), read back by inference."""
+    (bertclf/task.py: single/multi-label, label values, class weights, thresholds), read back by inference;
+    calibration: the temperature folded into the classifier and ECE before/after (bertclf/calibration.py), or
+    None when not calibrated (raw logits = the model's logits * temperature)."""
     return {
         "bertclf_version": __version__,
         "task": "text-classification",
         "base_model": cfg.model,
         "labels": labels,
         "classification": classification,
+        "calibration": calibration,
         "max_length": cfg.max_length,
         "args": run_args,
         "data": data | {"text_col": cfg.text_col, "label_col": cfg.label_col},

@@ -27,6 +27,15 @@ def _read_flags(p) -> None:
 PRECISION_HELP = "auto | fp32 | bf16 (auto: bf16 on AMX / AVX-512 BF16 CPUs and bf16 GPUs, else fp32)"
 
 
+def _long_text_flags(p) -> None:
+    """--long-text and --stride for the commands that score texts (bertclf/long_text.py)."""
+    from bertclf.long_text import HELP, MODES
+
+    p.add_argument("--long-text", choices=MODES, help=HELP + " (default: as the model was trained, else truncate)")
+    p.add_argument("--stride", type=int, metavar="N", help="--long-text window: tokens each chunk shares with the "
+                   "previous one (default max-length / 4)")
+
+
 def build_parser() -> Parser:
     p = Parser(prog="bertclf", description="Fine-tune transformer encoders for text classification.")
     p.add_argument("--version", action="version", version=_version())
@@ -46,6 +55,7 @@ def build_parser() -> Parser:
     e.add_argument("--errors", metavar="FILE", help="write misclassified rows with probabilities (TSV/CSV)")
     e.add_argument("--batch-size", type=int, default=128)
     e.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    _long_text_flags(e)
     _read_flags(e)
 
     pr = sub.add_parser("predict", help="classify texts", description="Classify texts given as arguments, "
@@ -64,6 +74,7 @@ def build_parser() -> Parser:
                     "Integrated Gradients: ~32 passes per text; torch models only); with --output, JSONL of all words")
     pr.add_argument("--engine", choices=["local", "ray"], default="local",
                     help="ray: classify in Ray Data actors (the cluster in RAY_ADDRESS, else a local one)")
+    _long_text_flags(pr)
     pr.add_argument("--workers", type=int, default=2, help="--engine ray: model replicas (one GPU each if any)")
     _read_flags(pr)
 
@@ -105,6 +116,7 @@ def build_parser() -> Parser:
     s.add_argument("--max-chars", type=int, default=10000, help="characters per text")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size")
     s.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    _long_text_flags(s)
 
     x = sub.add_parser("export", help="export to ONNX (optionally int8) for fast CPU inference")
     x.add_argument("model_dir", metavar="DIR")
@@ -188,7 +200,8 @@ def cmd_eval(a) -> int:
 
     rep = evaluate(a.model_dir, data=a.data, test=a.test, text_col=a.text_col, label_col=a.label_col,
                    data_dir=a.data_dir, errors=a.errors, batch_size=a.batch_size, encoding=a.encoding,
-                   columns=parse_columns(a.columns), log=lambda s: print(s, file=sys.stderr), precision=a.precision)
+                   columns=parse_columns(a.columns), log=lambda s: print(s, file=sys.stderr), precision=a.precision,
+                   long_text=a.long_text, stride=a.stride)
     if a.json:
         print(json.dumps(rep, indent=2, ensure_ascii=False))
     else:
@@ -213,7 +226,7 @@ def cmd_predict(a) -> int:
     check_output(a.output, a.input)
     if a.engine == "ray":
         return _predict_on_ray(a)
-    clf = Classifier.load(a.model_dir, precision=a.precision)
+    clf = Classifier.load(a.model_dir, precision=a.precision, long_text=a.long_text, stride=a.stride)
     if a.explain:
         from bertclf.explain import explain_to
 
@@ -234,7 +247,8 @@ def _predict_on_ray(a) -> int:
         raise UserError("predict: --shard is for the local engine; --engine ray splits the rows over --workers")
     predict_ray_to(a.model_dir, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
                    output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, workers=a.workers,
-                   fmt=a.format, encoding=a.encoding, columns=parse_columns(a.columns), precision=a.precision)
+                   fmt=a.format, encoding=a.encoding, columns=parse_columns(a.columns), precision=a.precision,
+                   long_text=a.long_text, stride=a.stride)
     return 0
 
 
@@ -277,7 +291,8 @@ def cmd_serve(a) -> int:
     from bertclf.serve import serve
 
     serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
-          max_texts=a.max_texts, max_chars=a.max_chars, max_body_bytes=a.max_body_bytes, precision=a.precision)
+          max_texts=a.max_texts, max_chars=a.max_chars, max_body_bytes=a.max_body_bytes, precision=a.precision,
+          long_text=a.long_text, stride=a.stride)
     return 0
 
 

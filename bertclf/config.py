@@ -76,13 +76,20 @@ class TrainConfig:
                              "if it has a complete checkpoint, else start fresh (one command for restart loops)", RUN,
                              optional_choice="auto")
     overwrite: bool = opt(False, "replace what --out holds", RUN)
+    # issue 17: after training (not a resume key: it acts only when the run finishes)
+    calibrate: bool = opt(True, "fit a temperature on the validation rows and fold it into the classifier, so "
+                          "every probability the model gives is calibrated (single-label; --no-calibrate: off)",
+                          LABELS, negatable=True)
+    long_text: str = opt("truncate", "texts longer than --max-length: truncate (keep the start) or head-tail (the "
+                         "first and last tokens); predict, eval and serve also have window", RECIPE,
+                         choices=("truncate", "head-tail"))
 
 
 # Settings that must match for --resume to continue the same run.
 RESUME_KEYS = ("data", "train", "valid", "model", "epochs", "batch_size", "lr", "max_length", "sample", "seed",
                "max_steps", "precision", "grad_accum", "valid_frac", "warmup", "weight_decay", "trim_vocab",
                "text_col", "label_col", "eval_every", "columns", "max_grad_norm", "multi_label", "label_sep",
-               "label_names", "class_weights", "metric")
+               "label_names", "class_weights", "metric", "long_text")
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -133,6 +140,9 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("metric", f"must be accuracy, macro_f1, weighted_f1 or micro_f1, got {cfg.metric}")
     if cfg.metric == "micro_f1" and not cfg.multi_label:
         bad("metric", "micro_f1 is for --multi-label (single-label micro-F1 equals accuracy); use accuracy")
+    if cfg.long_text not in ("truncate", "head-tail"):
+        bad("long-text", f"training takes truncate or head-tail (window is for predict, eval and serve), got "
+                         f"{cfg.long_text!r}")
     if not cfg.label_sep:
         bad("label-sep", "must not be empty; give the character between the labels of a cell, e.g. ','")
     from bertclf.rows import check_encoding, parse_columns
@@ -209,7 +219,7 @@ def add_train_flags(parser) -> None:
         kind = hints[f.name]
         if "optional_choice" in meta:  # a switch that may take one word: --resume, --resume auto
             kw.update(nargs="?", const=True, choices=[meta["optional_choice"]])
-        elif meta.get("tri_state"):  # --flag / --no-flag; neither: None (the default depends on the model)
+        elif meta.get("tri_state") or meta.get("negatable"):  # --flag / --no-flag (tri_state: neither = None)
             kw["action"] = argparse.BooleanOptionalAction
         elif kind is bool:
             kw["action"] = "store_true"

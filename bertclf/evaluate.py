@@ -52,8 +52,9 @@ def score_ids(model, ids: list, y: np.ndarray, report, pad_id: int, batch_size: 
 def evaluate(model_dir: str, data: str | None = None, test: str | None = None, text_col: str | None = None,
              label_col: str | None = None, data_dir: str | None = None, errors: str | None = None,
              batch_size: int = 128, log=print, precision: str = "auto", encoding: str = "utf-8",
-             columns: list[str] | None = None) -> dict:
-    """The classification report of `model_dir` on NSMC test or a labelled file (empty texts dropped, and said)."""
+             columns: list[str] | None = None, long_text: str | None = None, stride: int | None = None) -> dict:
+    """The classification report of `model_dir` on NSMC test or a labelled file (empty texts dropped, and said;
+    texts over the model's max_length counted and said; long_text / stride: bertclf/long_text.py)."""
     check_batch_size(batch_size)
     if errors:
         check_writable(errors)  # now, not after the work
@@ -63,7 +64,7 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
         raise UserError(f"--data: unknown dataset '{data}'; the builtin dataset is 'nsmc', or use --test FILE")
     from bertclf.predict import Classifier
 
-    clf = Classifier.load(model_dir, precision=precision)
+    clf = Classifier.load(model_dir, precision=precision, long_text=long_text, stride=stride)
     card_data = clf.card.get("data") or {}
     if data == "nsmc":
         ds = D.read_nsmc("test", data_dir, log=log)
@@ -75,13 +76,20 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
     # A cell may hold the label's name, the raw value the model was trained from, or its id (bertclf/labels.py).
     y = clf.task.encode(ds.labels, ds.source)
     t0 = time.time()
-    logits = clf.logits(ds.texts, batch_size)
+    logits, cut = clf.logits_and_cut(ds.texts, batch_size)
+    log(f"{cut} of {len(ds)} rows longer than {clf.max_length} tokens: " + {
+        "truncate": "cut to their first tokens", "head-tail": "cut to their first and last tokens",
+        "window": f"scored in overlapping chunks (stride {clf.stride}), logits averaged"}[clf.long_text]
+        + (" (--long-text window or head-tail reads more of them)" if cut and clf.long_text == "truncate" else ""))
     probs = clf.task.probs(logits)
     rep = clf.task.report(y, logits)
     rep["seconds"] = time.time() - t0
     rep["data"] = ds.summary()
     rep["model"] = str(model_dir)
     rep["precision"] = clf.precision
+    rep["long_text"] = {"mode": clf.long_text, "max_length": clf.max_length, "rows_longer": cut}
+    if clf.long_text == "window":
+        rep["long_text"]["stride"] = clf.stride
     if errors:
         write_errors(errors, ds, y, probs, clf.labels, clf.task)
     return rep

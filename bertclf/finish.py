@@ -9,6 +9,7 @@ import numpy as np
 
 from bertclf import checkpoint as ckpt
 from bertclf import rundir
+from bertclf.calibration import calibrate, test_calibration
 from bertclf.card import build_card, device_name
 from bertclf.disk_space import writing
 from bertclf.evaluate import score_ids
@@ -32,6 +33,9 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
     names, task = run.labels.names, run.task
     # the best model's validation report: for multi-label it tunes the thresholds stored with the model
     _, valid_logits = score_ids(model, run.valid_ids, run.y_valid, task.validation_report, **score)
+    calibration, valid_metrics = _calibrate(run, model, valid_logits, best["valid"] if best else None)
+    if calibration:
+        valid_logits = valid_logits / calibration["temperature"]  # what the folded model gives
     preds = {"labels": np.array(names), "valid_y": run.y_valid, "valid_probs": task.probs(valid_logits),
              "valid_tokens": lengths(run.valid_ids), "valid_chars": np.array([len(t) for t in run.valid_ds.texts])}
     test_rep = None
@@ -39,6 +43,9 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
         try:
             test_rep, test_preds = _score_test(run, model, score)
             preds |= test_preds
+            if calibration:
+                calibration["test"] = test_calibration(run.y_test, test_preds["test_probs"],
+                                                       calibration["temperature"])
         except Exception as e:  # noqa: BLE001 (a failure after training must never cost the trained model)
             say(f"scoring the test rows failed ({type(e).__name__}: {e}); the model is saved without a test score: "
                 f"score it with 'bertclf eval {out} --test FILE'")
@@ -51,13 +58,13 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
         cfg, run.run_args, names,
         data={"train": run.train_ds.summary(), "valid": run.valid_ds.summary(),
               "test": run.test_ds.summary() if run.test_ds else None},
-        metrics={"valid": best["valid"] if best else None, "test": test_rep},
+        metrics={"valid": valid_metrics, "test": test_rep},
         training={"steps": state.step, "best_step": state.best_step, "epochs": state.step / plan.steps_per_epoch,
                   "stop_reason": stop_reason or "finished", "wall_time_s": wall, "train_seconds": state.train_seconds,
                   "samples_per_s": state.samples_seen / train_s, "tokens_per_s": state.tokens_seen / train_s,
                   "device": device_name(run.accelerator.device), "processes": run.world,
                   "precision": "fp32" if run.mixed == "no" else run.mixed, "global_batch": plan.eff_batch * run.world},
-        classification=task.card()) | run.card_extra
+        classification=task.card(), calibration=calibration) | run.card_extra
     task.configure(model.config)  # id2label, label2id, problem_type (transformers.pipeline scores as we do)
     ckpt.save_model_dir(out, model, run.tokenizer, card, on_write=run.events.on_checkpoint_write)
     shutil.rmtree(rundir.checkpoints_dir(out), ignore_errors=True)  # finished: the final model is the best one
@@ -69,10 +76,23 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
     return card
 
 
+def _calibrate(run, model, valid_logits, valid_metrics: dict | None) -> tuple[dict | None, dict | None]:
+    """--calibrate (single-label): fold a temperature fitted on the validation rows into the model
+    (bertclf/calibration.py); (its record for the card or None, the validation metrics with the calibrated ECE)."""
+    if not run.cfg.calibrate or run.task.kind != "single_label" or not len(run.y_valid):
+        return None, valid_metrics
+    calibration = calibrate(model, valid_logits, run.y_valid)
+    v = calibration["valid"]
+    run.say(f"calibration: temperature {calibration['temperature']:.3f} fitted on {len(run.y_valid)} validation "
+            f"rows; validation ECE {v['ece_before']:.4f} -> {v['ece_after']:.4f}, NLL {v['nll_before']:.4f} -> "
+            f"{v['nll_after']:.4f}")
+    return calibration, (valid_metrics | {"ece": v["ece_after"]} if valid_metrics else valid_metrics)
+
+
 def _score_test(run, model, score: dict) -> tuple[dict, dict]:
     """(test report, test arrays for eval_predictions.npz)."""
     t0 = time.time()
-    test_ids = encode(run.tokenizer, run.test_ds.texts, run.cfg.max_length)
+    test_ids = encode(run.tokenizer, run.test_ds.texts, run.cfg.max_length, long_text=run.cfg.long_text)
     test_rep, test_logits = score_ids(model, test_ids, run.y_test, run.task.report, **score)
     test_rep["seconds"] = time.time() - t0
     return test_rep, {"test_y": run.y_test, "test_probs": run.task.probs(test_logits), "test_tokens": lengths(test_ids),

@@ -40,6 +40,24 @@ def classification_report(y_true, y_pred, names: list[str]) -> dict:
     }
 
 
+ECE_BINS = 15
+
+
+def expected_calibration_error(y_true, probs, n_bins: int = ECE_BINS) -> float:
+    """Top-label ECE: rows binned by confidence (max probability) into n_bins equal-width bins (k/n, (k+1)/n]
+    (the first closed, as sklearn's calibration_curve bins); the row-weighted mean |accuracy - confidence| over
+    the bins. Hand-written: scikit-learn has no ECE function (calibration_curve gives the per-bin points only)."""
+    probs = np.asarray(probs, dtype=np.float64)
+    if not len(probs):
+        return 0.0
+    conf = np.clip(probs.max(1), 0.0, 1.0)  # float32 softmax may give 1 + 1e-7
+    correct = probs.argmax(1) == np.asarray(y_true)
+    bins = np.searchsorted(np.linspace(0, 1, n_bins + 1)[1:-1], conf)
+    # count/N * |accuracy - mean confidence| per bin = |sum of correct - sum of confidence| / N
+    gap = np.abs(np.bincount(bins, correct, n_bins) - np.bincount(bins, conf, n_bins))
+    return float(gap.sum() / len(probs))
+
+
 def format_report(rep: dict) -> str:
     """A plain-text table of a classification_report (or of a multilabel_report)."""
     if rep.get("multi_label"):
@@ -51,7 +69,8 @@ def format_report(rep: dict) -> str:
         c = rep["per_class"][n]
         lines.append(f"{n:<{w}}  {c['precision']:9.4f}  {c['recall']:6.4f}  {c['f1']:.4f}  {c['support']:7d}")
     lines.append(f"{'macro':<{w}}  {rep['macro_precision']:9.4f}  {rep['macro_recall']:6.4f}  {rep['macro_f1']:.4f}  {rep['n']:7d}")
-    lines.append(f"accuracy {rep['accuracy']:.4f}, weighted-F1 {rep['weighted_f1']:.4f} on {rep['n']} rows")
+    lines.append(f"accuracy {rep['accuracy']:.4f}, weighted-F1 {rep['weighted_f1']:.4f} on {rep['n']} rows"
+                 + (f", ECE {rep['ece']:.4f} ({ECE_BINS} bins)" if rep.get("ece") is not None else ""))
     lines.append("confusion matrix (rows: true, columns: predicted)")
     lines.append(" " * (w + 2) + "  ".join(f"{n[:10]:>10}" for n in names))
     for n, row in zip(names, rep["confusion_matrix"]):

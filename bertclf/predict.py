@@ -22,19 +22,23 @@ import numpy as np
 from bertclf.config import check_batch_size
 from bertclf.errors import UserError
 from bertclf.inference import predict_logits
+from bertclf.long_text import check_long_text, encode_long, per_text
 from bertclf.models import check_model_dir, load_tokenizer
 from bertclf.rundir import read_card
 from bertclf.task import task_from_card
-from bertclf.tokens import encode
 
 
 class Classifier:
     """A trained text classifier: tokenizer + model + label names."""
 
     def __init__(self, tokenizer, model, labels: list[str], max_length: int = 128, card: dict | None = None,
-                 path: str | None = None, backend: str = "torch", autocast_dtype=None):
+                 path: str | None = None, backend: str = "torch", autocast_dtype=None, long_text: str | None = None,
+                 stride: int | None = None):
         self.tokenizer, self.model, self.labels = tokenizer, model, labels
         self.max_length, self.card, self.path, self.backend = max_length, card or {}, path, backend
+        # texts over max_length (bertclf/long_text.py); default: as the model was trained (truncate or head-tail)
+        self.long_text = long_text or (self.card.get("args") or {}).get("long_text") or "truncate"
+        self.stride = check_long_text(self.long_text, stride, max_length, tokenizer)
         self.autocast_dtype = autocast_dtype  # torch backend: None = fp32
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.task = task_from_card(self.card, labels)  # single/multi-label, label values, thresholds
@@ -42,7 +46,9 @@ class Classifier:
 
     @classmethod
     def load(cls, path: str, device: str | None = None, max_length: int | None = None,
-             precision: str = "auto") -> "Classifier":
+             precision: str = "auto", long_text: str | None = None, stride: int | None = None) -> "Classifier":
+        if long_text is not None or stride is not None:  # a bad flag fails before the model loads
+            check_long_text(long_text or "truncate", stride, max_length or 512)
         p = check_model_dir(Path(path))
         card = read_card(p)
         config = json.loads((p / "config.json").read_text())
@@ -74,7 +80,7 @@ class Classifier:
             if dtype is not None and device.type == "cpu":
                 cast_matmul_weights(model, dtype)  # every forward pass runs under autocast(dtype)
             backend = "torch"
-        return cls(tokenizer, model, labels, max_length, card, str(p), backend, dtype)
+        return cls(tokenizer, model, labels, max_length, card, str(p), backend, dtype, long_text, stride)
 
     @property
     def precision(self) -> str:
@@ -86,14 +92,21 @@ class Classifier:
         return precision_name(self.autocast_dtype)
 
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
+        return self.logits_and_cut(texts, batch_size)[0]
+
+    def logits_and_cut(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, int]:
+        """(logits per text, how many texts were longer than max_length tokens), by self.long_text: window
+        scores every chunk and averages each text's chunk logits."""
         check_batch_size(batch_size, "batch_size")
         texts = [t if isinstance(t, str) else str(t) for t in texts]
         if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32)
-        ids = encode(self.tokenizer, texts, self.max_length)
+            return np.zeros((0, len(self.labels)), dtype=np.float32), 0
+        enc = encode_long(self.tokenizer, texts, self.max_length, self.long_text, self.stride)
         if self.backend == "onnx":
-            return self.model.predict_logits(ids, self.pad_id, batch_size)
-        return predict_logits(self.model, ids, self.pad_id, batch_size, autocast_dtype=self.autocast_dtype)
+            logits = self.model.predict_logits(enc.ids, self.pad_id, batch_size)
+        else:
+            logits = predict_logits(self.model, enc.ids, self.pad_id, batch_size, autocast_dtype=self.autocast_dtype)
+        return per_text(logits, enc), enc.cut
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self.task.probs(self.logits(texts, batch_size))

@@ -40,8 +40,10 @@ class ClassifyBatch:
     as the JSON of the dict Classifier.predict returns, so the driver writes exactly what the local predict does
     (json round-trips Python floats exactly)."""
 
-    def __init__(self, model_dir: str, batch_size: int, precision: str = "auto"):
-        self.clf, self.batch_size = Classifier.load(model_dir, precision=precision), batch_size
+    def __init__(self, model_dir: str, batch_size: int, precision: str = "auto", long_text: str | None = None,
+                 stride: int | None = None):
+        self.clf = Classifier.load(model_dir, precision=precision, long_text=long_text, stride=stride)
+        self.batch_size = batch_size
 
     def __call__(self, batch: dict) -> dict:
         preds = self.clf.predict([str(t) for t in batch["text"]], self.batch_size)
@@ -113,7 +115,8 @@ def connect(ray, workers: int) -> bool:
 def predict_ray_to(model_dir: str, texts: list[str] | None = None, input_path: str | None = None,
                    output_path: str | None = None, text_col: str | None = None, batch_size: int = 64,
                    workers: int = 2, fmt: str | None = None, encoding: str = "utf-8",
-                   columns: list[str] | None = None, precision: str = "auto") -> int:
+                   columns: list[str] | None = None, precision: str = "auto", long_text: str | None = None,
+                   stride: int | None = None) -> int:
     """Like predict_io.predict_to with a loaded Classifier, but classified by `workers` Ray actors; returns the
     number of rows written."""
     if workers < 1:
@@ -121,7 +124,7 @@ def predict_ray_to(model_dir: str, texts: list[str] | None = None, input_path: s
     ray = import_ray()
     if output_path:
         check_writable(output_path)
-    clf = Classifier.load(model_dir, device="cpu")  # checks the directory, gives labels and card; no GPU taken
+    clf = Classifier.load(model_dir, device="cpu", long_text=long_text, stride=stride)  # checks the directory, gives labels and card; no GPU taken
     card_col = (clf.card.get("data") or {}).get("text_col")
     source = iter(texts if texts is not None else iter_texts(input_path, text_col or card_col, fmt=fmt,
                                                                          encoding=encoding, columns=columns))
@@ -140,7 +143,7 @@ def predict_ray_to(model_dir: str, texts: list[str] | None = None, input_path: s
         data_log.setLevel(logging.ERROR)  # its INFO/WARNING lines would bury bertclf's
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
         ds = ray.data.from_arrow_refs(_input_blocks(ray, source)).map_batches(
-            ClassifyBatch, fn_constructor_args=(str(clf.path), batch_size, precision), batch_size=BLOCK_ROWS,
+            ClassifyBatch, fn_constructor_args=(str(clf.path), batch_size, precision, long_text, stride), batch_size=BLOCK_ROWS,
             batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus, num_cpus=1)
         results = _OrderedPredictions(clf, ds.iter_batches(batch_size=None, batch_format="numpy"))
         return predict_to(results, texts=results.texts(), output_path=output_path, batch_size=batch_size,

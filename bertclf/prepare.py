@@ -182,8 +182,8 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
 
     # tokenize once, up front
     t0 = time.time()
-    train_ids = encode(tokenizer, train_ds.texts, cfg.max_length)
-    valid_ids = encode(tokenizer, valid_ds.texts, cfg.max_length)
+    train_ids = encode(tokenizer, train_ds.texts, cfg.max_length, long_text=cfg.long_text)
+    valid_ids = encode(tokenizer, valid_ds.texts, cfg.max_length, long_text=cfg.long_text)
     train_len = lengths(train_ids)
     say(f"tokenized in {time.time() - t0:.1f}s: mean {train_len.mean():.1f} tokens per training text, "
         f"{(train_len >= cfg.max_length).mean() * 100:.1f}% cut at --max-length {cfg.max_length}")
@@ -283,7 +283,10 @@ def refuse_changed_settings(out: Path, run_args: dict) -> None:
     if found is None:
         return  # resume() says there is no checkpoint
     saved = ckpt.read_trainer_state(found)["args"]
-    changed = [k for k in RESUME_KEYS if saved.get(k) != run_args.get(k)]
+    from dataclasses import fields
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)}  # a checkpoint older than a key ran its default
+    changed = [k for k in RESUME_KEYS if saved.get(k, defaults.get(k)) != run_args.get(k)]
     if changed:
         raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
                         f"run in {out}; repeat its settings (see {found / ckpt.TRAINER_STATE})")

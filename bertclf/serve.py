@@ -254,9 +254,10 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64, max_wait_ms: float = 5.0,
           max_texts: int = 256, max_chars: int = 10000, max_body_bytes: int = 1 << 20, log=None,
-          precision: str = "auto") -> None:
+          precision: str = "auto", long_text: str | None = None, stride: int | None = None) -> None:
     """Load the model, listen on host:port and serve until SIGINT/SIGTERM. Bad settings or a bad model
-    directory raise UserError before anything listens."""
+    directory raise UserError before anything listens. long_text / stride: texts over the model's max_length
+    (bertclf/long_text.py; window scores a text's chunks in one call and averages their logits)."""
     log = log or (lambda s: print(s, flush=True))
     for name, v, lo in (("--max-batch", max_batch, 1), ("--max-texts", max_texts, 1), ("--max-chars", max_chars, 1),
                         ("--max-body-bytes", max_body_bytes, 64)):
@@ -280,7 +281,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
     try:
         from bertclf.predict import Classifier
 
-        clf = Classifier.load(model_dir, precision=precision)
+        clf = Classifier.load(model_dir, precision=precision, long_text=long_text, stride=stride)
         _share_cores(clf)
         try:  # fail now, not on the first request, if the model cannot run
             clf.logits(["warm-up"], batch_size=1)

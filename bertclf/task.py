@@ -10,7 +10,7 @@ import numpy as np
 
 from bertclf.errors import UserError
 from bertclf.labels import LabelMap, split_cell
-from bertclf.metrics import classification_report, multilabel_report, tune_thresholds
+from bertclf.metrics import classification_report, expected_calibration_error, multilabel_report, tune_thresholds
 
 METRICS = ("accuracy", "macro_f1", "weighted_f1", "micro_f1")
 CLASS_WEIGHTS = ("none", "auto")
@@ -94,7 +94,9 @@ class SingleLabel:
         return probs.argmax(1)
 
     def report(self, y: np.ndarray, logits: np.ndarray) -> dict:
-        return classification_report(y, self.decide(self.probs(logits)), self.labels.names)
+        probs = self.probs(logits)
+        return classification_report(y, self.decide(probs), self.labels.names) | {
+            "ece": expected_calibration_error(y, probs)}
 
     def validation_report(self, y: np.ndarray, logits: np.ndarray) -> dict:
         """The report used to pick the best checkpoint (multi-label: thresholds tuned on these rows first)."""

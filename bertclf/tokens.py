@@ -7,8 +7,14 @@ from __future__ import annotations
 import numpy as np
 
 
-def encode(tokenizer, texts: list[str], max_length: int, chunk: int = 4096) -> list[np.ndarray]:
-    """Token ids per text (with special tokens), truncated to max_length, as int32 arrays."""
+def encode(tokenizer, texts: list[str], max_length: int, chunk: int = 4096,
+           long_text: str = "truncate") -> list[np.ndarray]:
+    """Token ids per text (with special tokens), truncated to max_length, as int32 arrays (long_text "head-tail":
+    the first and last tokens of a longer text, bertclf/long_text.py)."""
+    if long_text == "head-tail":
+        from bertclf.long_text import encode_long
+
+        return encode_long(tokenizer, texts, max_length, "head-tail", chunk=chunk).ids
     out: list[np.ndarray] = []
     for start in range(0, len(texts), chunk):
         enc = tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length,

@@ -40,6 +40,21 @@ def reliability(y, probs, n_bins: int = N_CALIBRATION_BINS) -> dict:
             "ece": ece}
 
 
+def temperature(run: Run) -> float | None:
+    """The temperature folded into a calibrated single-label model (bertclf/calibration.py), else None."""
+    t = ((run.card or {}).get("calibration") or {}).get("temperature")
+    return float(t) if finite(t) and not is_multi_label(run) else None
+
+
+def raw_reliability(run: Run, y, probs) -> dict | None:
+    """The reliability of the model before calibration (its saved probabilities are calibrated): the
+    probabilities softmax(T * log p) = softmax(raw logits); None for a model not calibrated."""
+    from bertclf.calibration import uncalibrated_probs
+
+    t = temperature(run)
+    return None if t is None else reliability(y, uncalibrated_probs(probs, t)) | {"temperature": t}
+
+
 def score_histograms(y, probs, labels: list[str], n_bins: int = N_SCORE_BINS) -> dict:
     """Histograms of the model's score, one per true class. Two classes: the probability of the second label
     (so the classes separate left/right); more: the probability given to the true class."""
@@ -151,15 +166,20 @@ def run_data(run: Run) -> dict:
         max_length = card.get("max_length") or (card.get("args") or {}).get("max_length")
         section("histograms", lambda: score_histograms(y, probs, names))
         section("reliability", lambda: reliability(y, probs))
+        section("reliability_raw", lambda: raw_reliability(run, y, probs))
         section("length", lambda: length_buckets(y, probs, tokens, max_length) if tokens is not None else None)
 
-    def eces():
+    def eces(raw=False):
         splits = () if is_multi_label(run) else ("valid", "test")  # top-label calibration: single-label only
         arrays = {s: split_arrays(run.preds, s) for s in splits}
+        if raw:  # before calibration
+            return {s: r["ece"] for s, a in arrays.items() if a is not None
+                    and (r := raw_reliability(run, a[0], a[1])) is not None}
         return {s: reliability(a[0], a[1])["ece"] for s, a in arrays.items() if a is not None}
 
     section("ece", eces)
-    section("summary", lambda: summary(run, data.get("ece") or {}))
+    section("ece_raw", lambda: eces(raw=True))
+    section("summary", lambda: summary(run, data.get("ece") or {}, data.get("ece_raw") or {}))
     return data
 
 
@@ -169,7 +189,7 @@ RECIPE_KEYS = [("epochs", "epochs"), ("batch_size", "batch size (micro)"), ("gra
                ("eval_every", "eval every (steps)"), ("patience", "patience"), ("seed", "seed")]
 
 
-def summary(run: Run, ece: dict) -> list[dict]:
+def summary(run: Run, ece: dict, ece_raw: dict | None = None) -> list[dict]:
     """Rows {group, key, value, mono} of the summary table (values already formatted as text)."""
     card = run.card or {}
     args = card.get("args") or {}
@@ -203,7 +223,7 @@ def summary(run: Run, ece: dict) -> list[dict]:
             add("recipe", label, fmt_num(args[k]))
     add("recipe", "global batch", fmt_int((card.get("training") or {}).get("global_batch")))
     _training_rows(run, add)
-    _metric_rows(run, ece, add)
+    _metric_rows(run, ece, add, ece_raw or {})
     for k, v in (card.get("versions") or {}).items():
         add("versions", k, v)
     return rows
@@ -231,7 +251,7 @@ def _training_rows(run: Run, add) -> None:
         add("training", "logged so far", f"step {fmt_int(last['step'])}, {fmt_secs(last.get('elapsed_s'))}")
 
 
-def _metric_rows(run: Run, ece: dict, add) -> None:
+def _metric_rows(run: Run, ece: dict, add, ece_raw: dict) -> None:
     metrics = (run.card or {}).get("metrics") or {}
     for split, label in (("valid", "validation"), ("test", "test")):
         rep = metrics.get(split)
@@ -239,7 +259,9 @@ def _metric_rows(run: Run, ece: dict, add) -> None:
             add("metrics", f"{label} accuracy", f"{rep['accuracy']:.4f} (macro-F1 {rep.get('macro_f1', 0):.4f}, "
                 f"{fmt_int(rep.get('n'))} rows)")
         if split in ece:
-            add("metrics", f"{label} ECE", f"{ece[split]:.4f} ({N_CALIBRATION_BINS} bins)")
+            add("metrics", f"{label} ECE", f"{ece[split]:.4f} ({N_CALIBRATION_BINS} bins)" + (
+                f"; before calibration {ece_raw[split]:.4f} (temperature {temperature(run):.3f})"
+                if split in ece_raw else ""))
     b = run.baseline
     if b:
         test = metrics.get("test") or metrics.get("valid") or {}

@@ -58,8 +58,10 @@ def run_tiles(run: Run, data: dict) -> list[dict]:
                       "d": f"macro-F1 {fmt_num(run.baseline.get('macro_f1'), 4)}"})
     r = data.get("reliability")
     if r:
+        raw = data.get("reliability_raw")
         tiles.append({"k": f"ECE ({split_name(data['prediction_split'])})", "v": f"{r['ece']:.4f}",
-                      "d": f"{r['n_bins']} bins · mean confidence {r['mean_confidence']:.3f}"})
+                      "d": (f"before calibration {raw['ece']:.4f} · " if raw else "")
+                      + f"{r['n_bins']} bins · mean confidence {r['mean_confidence']:.3f}"})
     if finite(tr.get("wall_time_s")):
         sps = f"{tr['samples_per_s']:,.0f} samples/s · " if finite(tr.get("samples_per_s")) else ""
         tiles.append({"k": "wall time", "v": fmt_secs(tr["wall_time_s"]), "d": f"{sps}{tr.get('device', '')}"})

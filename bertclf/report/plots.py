@@ -273,12 +273,17 @@ def run_figures(data: dict) -> list[Plot]:
     if data.get("histograms"):
         add("scores.png", f"Scores by true class ({_split_name(split)})", "How far apart the classes' scores lie: "
             "overlap is where errors come from.", lambda: plot_histograms(data["histograms"], split))
-    r = data.get("reliability")
+    r, raw = data.get("reliability"), data.get("reliability_raw")
     if r:
-        add("calibration.png", f"Calibration ({_split_name(split)}): ECE {r['ece']:.4f}",
+        curves = [(_split_name(split), r)] if not raw else [
+            ("before calibration", raw), (f"after (temperature {raw['temperature']:.3f})", r)]
+        add("calibration.png", f"Calibration ({_split_name(split)}): ECE {r['ece']:.4f}"
+            + (f" (before calibration {raw['ece']:.4f})" if raw else ""),
             f"Accuracy against confidence in {r['n_bins']} equal-width bins; on the diagonal the model's confidence "
-            f"is its accuracy. ECE (expected calibration error) = {r['ece']:.4f}: the row-weighted mean gap.",
-            lambda: plot_reliability([(_split_name(split), r)], f"reliability ({_split_name(split)})"))
+            f"is its accuracy. ECE (expected calibration error) = {r['ece']:.4f}: the row-weighted mean gap."
+            + (f" Before calibration (the temperature fitted on the validation rows, folded into the classifier) "
+               f"it was {raw['ece']:.4f}." if raw else ""),
+            lambda: plot_reliability(curves, f"reliability ({_split_name(split)})"))
     lb = data.get("length")
     if lb and lb["buckets"]:
         add("length.png", f"Accuracy by length ({_split_name(split)})", "Texts bucketed by tokens (special tokens "

@@ -1,0 +1,183 @@
+"""Temperature scaling (issue 17 item 2): fitted after training on the validation rows and folded into the
+classifier's weights, so transformers.pipeline, bertclf predict, the ONNX export and eval all give calibrated
+probabilities; labels unchanged; ECE (15 bins) in eval --json and in the card."""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from scipy.special import softmax
+
+from bertclf.calibration import fit_temperature, fold_temperature, nll, uncalibrated_probs
+from bertclf.metrics import expected_calibration_error
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def run_cli(*args):
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.run([sys.executable, "-m", "bertclf", *map(str, args)], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def test_rows(nsmc_slices):
+    from bertclf.data import read_labelled
+
+    ds = read_labelled(nsmc_slices["test"], "document", "label")
+    return ds.texts, np.array([int(x) for x in ds.labels])
+
+
+@pytest.fixture(scope="module")
+def card(trained_tiny_dir):
+    return json.loads((trained_tiny_dir / "bertclf.json").read_text(encoding="utf-8"))
+
+
+@pytest.fixture(scope="module")
+def raw_model(trained_tiny_dir, card):
+    """The trained model as it was before calibration: the output layer multiplied back by T."""
+    from bertclf.models import load_classifier
+
+    model = load_classifier(str(trained_tiny_dir)).eval()
+    fold_temperature(model, 1.0 / card["calibration"]["temperature"])
+    return model
+
+
+def torch_logits(model, tokenizer, texts, max_length=128):
+    import torch
+
+    enc = tokenizer(texts, truncation=True, max_length=max_length, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        return model(**enc).logits.float().numpy()
+
+
+# ---------------------------------------------------------------- the fit and the metric, on known numbers
+
+def overconfident(n=2000, seed=0):
+    """Logits 3x too large for how often the argmax is right: the true temperature is 3."""
+    rng = np.random.default_rng(seed)
+    true_logits = rng.normal(0, 1.5, (n, 3))
+    y = np.array([rng.choice(3, p=p) for p in softmax(true_logits, axis=1)])
+    return true_logits * 3, y
+
+
+def test_fitted_temperature_is_positive_finite_and_lowers_nll():
+    logits, y = overconfident()
+    t = fit_temperature(logits, y)
+    assert np.isfinite(t) and t > 0
+    assert 2.5 < t < 3.5, t  # recovers the temperature the rows were made with
+    assert nll(logits, y, t) < nll(logits, y)
+    assert expected_calibration_error(y, softmax(logits / t, axis=1)) < expected_calibration_error(y, softmax(logits, axis=1))
+
+
+def test_a_perfectly_separated_validation_set_gives_a_finite_temperature():
+    logits = np.array([[5.0, -5.0], [-4.0, 4.0]] * 10)
+    t = fit_temperature(logits, np.array([0, 1] * 10))
+    assert np.isfinite(t) and t > 0
+
+
+def test_ece_by_hand_and_as_the_report_computes_it():
+    from bertclf.report.numbers import reliability
+
+    probs = np.array([[0.9, 0.1], [0.8, 0.2], [0.3, 0.7], [0.45, 0.55]])
+    y = np.array([0, 1, 1, 0])
+    # bins (k/15, (k+1)/15]: 0.9 and 0.8 apart (0.8 = 12/15 falls in the bin below), 0.7 and 0.55 apart
+    by_hand = (abs(1 - 0.9) + abs(0 - 0.8) + abs(1 - 0.7) + abs(0 - 0.55)) / 4
+    assert expected_calibration_error(y, probs) == pytest.approx(by_hand)
+    rng = np.random.default_rng(1)
+    p = softmax(rng.normal(0, 2, (500, 4)), axis=1)
+    yy = rng.integers(0, 4, 500)
+    assert expected_calibration_error(yy, p) == pytest.approx(reliability(yy, p)["ece"], abs=1e-12)
+
+
+# ---------------------------------------------------------------- a trained model
+
+def test_card_records_the_temperature_and_ece_before_and_after(card):
+    c = card["calibration"]
+    assert c["method"] == "temperature" and np.isfinite(c["temperature"]) and c["temperature"] > 0
+    assert c["valid"]["nll_after"] <= c["valid"]["nll_before"] + 1e-12
+    assert set(c["test"]) == {"ece_before", "ece_after"}
+    assert card["metrics"]["test"]["ece"] == pytest.approx(c["test"]["ece_after"], abs=1e-6)
+    assert card["metrics"]["valid"]["ece"] == pytest.approx(c["valid"]["ece_after"])
+
+
+def test_folding_leaves_every_label_unchanged_and_scales_the_logits(trained_tiny_dir, raw_model, card, test_rows):
+    from bertclf.models import load_classifier, load_tokenizer
+
+    tok = load_tokenizer(str(trained_tiny_dir))
+    calibrated = torch_logits(load_classifier(str(trained_tiny_dir)).eval(), tok, test_rows[0])
+    raw = torch_logits(raw_model, tok, test_rows[0])
+    t = card["calibration"]["temperature"]
+    assert (calibrated.argmax(1) == raw.argmax(1)).all()
+    np.testing.assert_allclose(calibrated * t, raw, rtol=1e-4, atol=1e-5)  # raw logits = logits * T
+
+
+def test_pipeline_returns_the_calibrated_probabilities_bertclf_predict_gives(trained_tiny_dir, raw_model, card,
+                                                                             test_rows):
+    from transformers import pipeline
+
+    from bertclf.models import load_tokenizer
+    from bertclf.predict import Classifier
+
+    texts = test_rows[0][:40]
+    pipe = pipeline("text-classification", model=str(trained_tiny_dir), top_k=None, device="cpu")
+    clf = Classifier.load(str(trained_tiny_dir), device="cpu", precision="fp32")
+    ours = clf.predict_proba(texts)
+    theirs = np.array([[{d["label"]: d["score"] for d in row}[lab] for lab in clf.labels] for row in pipe(texts)])
+    np.testing.assert_allclose(theirs, ours, atol=1e-5)
+    raw = torch_logits(raw_model, load_tokenizer(str(trained_tiny_dir)), texts)
+    np.testing.assert_allclose(ours, softmax(raw / card["calibration"]["temperature"], axis=1), atol=1e-5)
+    np.testing.assert_allclose(uncalibrated_probs(ours, card["calibration"]["temperature"]), softmax(raw, axis=1),
+                               atol=1e-4)
+
+
+def test_onnx_export_gives_the_calibrated_probabilities(trained_tiny_dir, tmp_path, test_rows):
+    from bertclf.export import export_onnx
+    from bertclf.predict import Classifier
+
+    export_onnx(str(trained_tiny_dir), str(tmp_path / "onnx"), int8=False, log=lambda s: None)
+    onnx = Classifier.load(str(tmp_path / "onnx"))
+    assert onnx.backend == "onnx"
+    torch_clf = Classifier.load(str(trained_tiny_dir), device="cpu", precision="fp32")
+    np.testing.assert_allclose(onnx.predict_proba(test_rows[0]), torch_clf.predict_proba(test_rows[0]), atol=1e-5)
+
+
+def test_eval_json_reports_ece(trained_tiny_dir, nsmc_slices, test_rows):
+    from bertclf.predict import Classifier
+
+    r = run_cli("eval", trained_tiny_dir, "--test", nsmc_slices["test"], "--text-col", "document", "--json",
+                "--precision", "fp32")
+    assert r.returncode == 0, r.stderr[-2000:]
+    rep = json.loads(r.stdout)
+    probs = Classifier.load(str(trained_tiny_dir), device="cpu", precision="fp32").predict_proba(test_rows[0])
+    assert rep["ece"] == pytest.approx(expected_calibration_error(test_rows[1], probs), abs=1e-6)
+    assert 0 <= rep["ece"] <= 1
+
+
+def test_no_calibrate_leaves_the_model_raw(tiny_model_dir, nsmc_slices, tmp_path):
+    from bertclf.loop import TrainConfig, train
+
+    out = tmp_path / "raw"
+    card = train(TrainConfig(out=str(out), train=str(nsmc_slices["train"]), text_col="document",
+                             model=str(tiny_model_dir), sample=0.2, max_steps=3, batch_size=16, lr=2e-3, seed=0,
+                             calibrate=False), echo=lambda s: None)
+    assert card["calibration"] is None
+    assert json.loads((out / "bertclf.json").read_text())["args"]["calibrate"] is False
+
+
+def test_report_shows_ece_before_and_after_calibration(trained_tiny_dir, card, tmp_path):
+    from bertclf.report import write_report
+
+    html = Path(write_report([str(trained_tiny_dir)], out=str(tmp_path / "r.html")))
+    data = json.loads((tmp_path / "r" / "data.json").read_text())
+    c = card["calibration"]
+    assert data["reliability"]["ece"] == pytest.approx(c["test"]["ece_after"], abs=1e-6)
+    assert data["reliability_raw"]["ece"] == pytest.approx(c["test"]["ece_before"], abs=1e-6)
+    assert data["ece_raw"]["valid"] == pytest.approx(c["valid"]["ece_before"], abs=1e-5)
+    page = html.read_text(encoding="utf-8")
+    assert f"before calibration {c['test']['ece_before']:.4f}" in page
