@@ -1,5 +1,6 @@
 """The JSON shapes of `bertclf serve`'s API: the /predict request (with the server's limits in it, so the
 published OpenAPI spec states them), the responses, and one-line messages for requests that do not fit."""
+import json
 from types import SimpleNamespace
 from typing import Annotated, Any, Literal, Optional, Union
 
@@ -99,10 +100,17 @@ def check_inputs(v, *, max_texts: int, max_chars: int):
     return v
 
 
+def _field_name(x) -> str:
+    """A field name as sent by the client, safe for a one-line message: quoted and escaped when it holds a line
+    break or another unprintable character (a key such as "\\n" must not break the error's one line)."""
+    s = str(x)
+    return s if s and s.isprintable() else json.dumps(s)
+
+
 def validation_message(errors) -> str:
     parts = []
     for e in list(errors)[:3]:
-        loc = [str(x) for x in e.get("loc", ()) if x != "body"]
+        loc = [_field_name(x) for x in e.get("loc", ()) if x != "body"]
         msg = str(e.get("msg", "invalid"))
         if msg.startswith("Value error, "):
             msg = msg[len("Value error, "):]

@@ -19,6 +19,7 @@ import pytest
 
 from bertclf import checkpoint as ckpt
 from bertclf.config import RESUME_KEYS
+from bertclf.metrics import expected_calibration_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_hooks import PAUSE_ENV, PAUSE_MARK  # noqa: E402
@@ -80,7 +81,8 @@ def test_eval_table_json_and_errors_file(trained_tiny_dir, nsmc_slices, tmp_path
     assert r.returncode == 0, r.stderr
     lines = r.stdout.splitlines()
     weighted = f1_score(y, pred, average="weighted")
-    assert f"accuracy {acc:.4f}, weighted-F1 {weighted:.4f} on {len(ds)} rows" in lines
+    ece = expected_calibration_error(y, probs)
+    assert f"accuracy {acc:.4f}, weighted-F1 {weighted:.4f} on {len(ds)} rows, ECE {ece:.4f} (15 bins)" in lines
     assert re.fullmatch(rf"macro\s+\d\.\d{{4}}\s+\d\.\d{{4}}\s+{macro:.4f}\s+{len(ds)}", lines[3]), lines[3]
     at = lines.index("confusion matrix (rows: true, columns: predicted)")
     for i, lab in enumerate(clf.labels):
@@ -280,7 +282,12 @@ def test_final_weights_are_the_best_checkpoints_not_the_last_steps(early_stopped
     late = load_file(killed / "checkpoints" / f"step-{last - 1:08d}" / "model.safetensors")
     final = load_file(out / "model.safetensors")
     assert set(final) == set(best)
-    different = [k for k in final if not np.array_equal(final[k].numpy(), best[k].numpy())]
+    # calibration folds its temperature into the classifier when the run finishes (bertclf/calibration.py)
+    t = json.loads((out / "bertclf.json").read_text())["calibration"]["temperature"]
+    for k in ("classifier.weight", "classifier.bias"):
+        np.testing.assert_allclose(final[k].numpy(), best[k].numpy() / t, rtol=1e-6, atol=1e-7)
+    different = [k for k in final if not k.startswith("classifier.")
+                 and not np.array_equal(final[k].numpy(), best[k].numpy())]
     assert not different, different[:5]
     # and those are not the late weights: the model kept training after its best step
     assert any(not np.array_equal(final[k].numpy(), late[k].numpy()) for k in final if k in late)
