@@ -4,9 +4,6 @@ probabilities; labels unchanged; ECE (15 bins) in eval --json and in the card.""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -16,13 +13,7 @@ from scipy.special import softmax
 from bertclf.calibration import fit_temperature, fold_temperature, nll, uncalibrated_probs
 from bertclf.metrics import expected_calibration_error
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "bertclf", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=300)
+from _cli import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")

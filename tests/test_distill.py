@@ -4,9 +4,6 @@ and one-line refusals."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
@@ -18,14 +15,11 @@ from bertclf.labels import LabelMap
 from bertclf.student import evenly_spaced, make_student
 from bertclf.task import MultiLabel, SingleLabel
 
-REPO = Path(__file__).resolve().parents[1]
+import _cli  # noqa: E402
 
 
 def run_cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               BERTCLF_NO_PROGRESS="1")
-    return subprocess.run([sys.executable, "-m", "bertclf", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=600)
+    return _cli.run_cli(*args, timeout=600, extra_env={"BERTCLF_NO_PROGRESS": "1"})
 
 
 def weights(model_dir) -> dict:

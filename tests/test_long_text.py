@@ -3,10 +3,6 @@ real tokenizer."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -14,13 +10,7 @@ import pytest
 from bertclf.long_text import HEAD_SHARE, encode_long
 from bertclf.tokens import encode
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "bertclf", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=300)
+from _cli import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
