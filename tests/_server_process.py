@@ -56,8 +56,12 @@ class ServerProcess:
     def info(self) -> dict:
         return httpx.get(f"{self.url}/info", timeout=10).json()
 
-    def rss_bytes(self) -> int:
+    def rss_bytes(self, trim: bool = False) -> int:
+        """trim: first GET /_trim (needs the launcher's --trim-route) to hand free heap pages back."""
         import psutil
+
+        if trim:
+            httpx.get(f"{self.url}/_trim", timeout=30).raise_for_status()
 
         return psutil.Process(self.proc.pid).memory_info().rss
 
