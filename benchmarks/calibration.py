@@ -5,6 +5,10 @@ from bertclf.json, fit the temperature on the validation logits (bertclf/calibra
 NLL and ECE and test accuracy and ECE before and after, with the CPU. `--out DIR2` also writes the calibrated copy
 (T folded into the classifier, as `bertclf train` saves it).
 
+It also prints what bounds temperature scaling on this model: the temperature a fit on the TEST rows would pick
+(the best any T can do), isotonic regression fitted on the same validation rows (a monotone step map that no
+weights can hold, for comparison), and the test reliability table (confidence vs accuracy per bin).
+
     python benchmarks/calibration.py runs/nsmc-cpu-uncalibrated [--out /tmp/calibrated]
 """
 from __future__ import annotations
@@ -23,6 +27,27 @@ from bertclf.config import config_from_dict
 from bertclf.cpu import describe
 from bertclf.metrics import expected_calibration_error
 from bertclf.predict import Classifier
+
+
+def bounds(z_valid, y_valid, z_test, y_test) -> dict:
+    """What limits a temperature here: the test-optimal T, isotonic on validation, the test reliability bins."""
+    from sklearn.isotonic import IsotonicRegression
+
+    ece = expected_calibration_error
+    t_test = fit_temperature(z_test, y_test)
+    out = {"test_optimal_temperature": t_test, "test_ece_at_test_optimal_t": ece(y_test, softmax(z_test / t_test, 1))}
+    if z_valid.shape[1] == 2:  # isotonic on p(class 1): binary only
+        iso = IsotonicRegression(out_of_bounds="clip").fit(softmax(z_valid, 1)[:, 1], y_valid)
+        q = iso.predict(softmax(z_test, 1)[:, 1])
+        out["test_ece_isotonic_on_validation"] = ece(y_test, np.c_[1 - q, q])
+    p = softmax(z_test, 1)
+    conf, right = p.max(1), p.argmax(1) == y_test
+    edges = np.linspace(1 / p.shape[1], 1, 11)
+    out["test_reliability"] = [
+        {"confidence": f"{lo:.2f}-{hi:.2f}", "rows": int(m.sum()), "mean_confidence": round(float(conf[m].mean()), 3),
+         "accuracy": round(float(right[m].mean()), 3)}
+        for lo, hi in zip(edges[:-1], edges[1:]) if (m := (conf >= lo) & (conf < hi if hi < 1 else conf <= 1)).any()]
+    return out
 
 
 def main() -> None:
@@ -48,6 +73,7 @@ def main() -> None:
            "test_accuracy": [float((z_test.argmax(1) == y_test).mean()), float(((z_test / t).argmax(1) == y_test).mean())],
            "test_nll": [nll(z_test, y_test), nll(z_test, y_test, t)],
            "test_ece": [ece(y_test, softmax(z_test, 1)), ece(y_test, softmax(z_test / t, 1))]}
+    res |= bounds(z_valid, y_valid, z_test, y_test)
     if a.out:  # the folded model, scored again: the saved model's own probabilities
         shutil.copytree(a.model_dir, a.out, dirs_exist_ok=False)
         model = clf.model.float()

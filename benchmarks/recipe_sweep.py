@@ -48,6 +48,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=float, help="fixed epochs instead of the MIN_STEPS rule")
     ap.add_argument("--no-prior-bias", action="store_true", help="multi-label: keep the random head bias")
     ap.add_argument("--class-weights", default="none")
+    ap.add_argument("--valid-frac", type=float, help="validation share (default: bertclf's rule)")
     ap.add_argument("--baseline", action="store_true", help="score TF-IDF + LR on the same rows instead")
     ap.add_argument("--log", type=Path, default=REPO / "benchmarks" / "recipe_sweep.jsonl")
     a = ap.parse_args()
@@ -76,11 +77,12 @@ def main() -> None:
     t0 = time.time()
     card = train(TrainConfig(out=str(a.work / f"sweep_run_{a.task}"), train=str(tr), test=str(dev), overwrite=True,
                              text_col=t["text"], label_col=t["label"], epochs=a.epochs,
-                             class_weights=a.class_weights, **kw), echo=lambda *x, **k: None)
+                             class_weights=a.class_weights, valid_frac=a.valid_frac, **kw), echo=lambda *x, **k: None)
     test = card["metrics"]["test"]
     point = {"task": a.task, "rows": a.rows, "dev": a.dev, "base_lr": prepare.BASE_LR,
              "head_lr": prepare.HEAD_LR, "min_steps": prepare.MIN_STEPS, "epochs": a.epochs,
              "steps": card["training"]["steps"], "prior_bias": not a.no_prior_bias, "class_weights": a.class_weights,
+             "valid_rows": card["data"]["valid"]["rows"],
              "metric": t["metric"], "dev_score": round(test[t["metric"]], 4),
              **{k: round(test[k], 4) for k in ("accuracy", "macro_f1", "micro_f1", "weighted_f1") if k in test},
              "seconds": round(time.time() - t0), "date": time.strftime("%Y-%m-%d %H:%M")}

