@@ -6,7 +6,7 @@ NLL and ECE and test accuracy and ECE before and after, with the CPU. `--out DIR
 (T folded into the classifier, as `bertclf train` saves it).
 
 It also prints what bounds temperature scaling on this model: the temperature a fit on the TEST rows would pick
-(the best any T can do), isotonic regression fitted on the same validation rows (a monotone step map that no
+(the best any T can do), a bootstrap interval of the validation fit, isotonic regression fitted on the same validation rows (a monotone step map that no
 weights can hold, for comparison), and the test reliability table (confidence vs accuracy per bin).
 
     python benchmarks/calibration.py runs/nsmc-cpu-uncalibrated [--out /tmp/calibrated]
@@ -35,7 +35,10 @@ def bounds(z_valid, y_valid, z_test, y_test) -> dict:
 
     ece = expected_calibration_error
     t_test = fit_temperature(z_test, y_test)
-    out = {"test_optimal_temperature": t_test, "test_ece_at_test_optimal_t": ece(y_test, softmax(z_test / t_test, 1))}
+    rng = np.random.default_rng(0)  # how noisy the validation fit is: T refitted on 200 bootstrap resamples
+    boot = [fit_temperature(z_valid[i], y_valid[i]) for i in rng.integers(0, len(y_valid), (200, len(y_valid)))]
+    out = {"valid_temperature_bootstrap_90pct": [float(np.percentile(boot, 5)), float(np.percentile(boot, 95))],
+           "test_optimal_temperature": t_test, "test_ece_at_test_optimal_t": ece(y_test, softmax(z_test / t_test, 1))}
     if z_valid.shape[1] == 2:  # isotonic on p(class 1): binary only
         iso = IsotonicRegression(out_of_bounds="clip").fit(softmax(z_valid, 1)[:, 1], y_valid)
         q = iso.predict(softmax(z_test, 1)[:, 1])
