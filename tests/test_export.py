@@ -2,25 +2,17 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from _cli import run_cli  # noqa: E402 (tests/_cli.py)
+
 pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def run_cli(*args, **kw):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    return subprocess.run([sys.executable, "-m", "bertclf", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=300, **kw)
 
 
 @pytest.fixture(scope="module")

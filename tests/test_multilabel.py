@@ -2,12 +2,12 @@
 transformers pipeline applies sigmoid), eval metrics, predict (Python, CLI, --shard, CSV), serve and ONNX."""
 import csv
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+
+from _cli import run_cli  # tests/_cli.py
 
 from bertclf.errors import UserError
 from bertclf.loop import TrainConfig, train
@@ -92,11 +92,6 @@ def test_predict_returns_labels_over_their_thresholds(ml_dir):
         assert set(rec["labels"]) == over
         ps = [rec["probabilities"][lab] for lab in rec["labels"]]
         assert ps == sorted(ps, reverse=True)
-
-
-def run_cli(*args, input=None):
-    return subprocess.run([sys.executable, "-m", "bertclf", *map(str, args)], capture_output=True, text=True,
-                          input=input, timeout=300)
 
 
 def test_eval_json_multilabel_and_label_names_or_ids(ml_dir, kote_files, tmp_path):

@@ -6,29 +6,23 @@ it must run and agree with fp32); what `auto` picks is checked against the CPU's
 from __future__ import annotations
 
 import json
-import os
 import platform
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import _cli  # tests/_cli.py
 from bertclf import cpu
 from bertclf.errors import UserError
 from bertclf.precision import inference_dtype, pick_precision
 
-REPO = Path(__file__).resolve().parents[1]
 on_gpu = torch.cuda.is_available()
 
 
 def run_cli(*args):
-    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""),
-               BERTCLF_NO_PROGRESS="1")
-    return subprocess.run([sys.executable, "-m", "bertclf", *map(str, args)], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=300)
+    return _cli.run_cli(*args, extra_env={"BERTCLF_NO_PROGRESS": "1"})
 
 
 def proc_flags() -> set[str]:
