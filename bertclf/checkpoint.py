@@ -20,6 +20,7 @@ from safetensors.torch import load_file, save_file
 
 from bertclf import rundir
 from bertclf.disk_space import folder_bytes, tensor_bytes, writing
+from bertclf.errors import UserError
 from bertclf.files import atomic_dir, fsync_dir, restore_all_replaced, restore_replaced, sha256_file, write_json
 from bertclf.rundir import step_checkpoints
 
@@ -133,10 +134,20 @@ def latest_checkpoint(run_dir: Path, log=print) -> Path | None:
 
 
 def load_checkpoint(ckpt: Path, model, optimizer, scheduler, rank: int = 0) -> dict:
-    """Restore weights, optimizer, schedule and this process's RNG state; return the trainer state."""
-    model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
-    optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
-    scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+    """Restore weights, optimizer, schedule and this process's RNG state; return the trainer state.
+
+    A checkpoint whose tensors or optimizer parameter groups do not fit this run (written by another bertclf
+    version, e.g. before the classification head got its own lr group) is refused with one line; nothing in
+    the run folder has been written by then."""
+    try:
+        model.load_state_dict(load_file(str(ckpt / "model.safetensors")))
+        optimizer.load_state_dict(torch.load(ckpt / "optimizer.pt", weights_only=False))
+        scheduler.load_state_dict(torch.load(ckpt / "scheduler.pt", weights_only=False))
+    except (RuntimeError, ValueError, KeyError) as e:
+        lines = [ln.strip().rstrip(":.") for ln in str(e).splitlines() if ln.strip()] or [type(e).__name__]
+        reason = ": ".join(lines[:2])[:300]  # torch's first line is generic, its second names the tensor
+        raise UserError(f"--resume: checkpoint {ckpt} does not fit this run ({reason}); it was probably written by "
+                        f"another bertclf version: resume with that version, or start again with --overwrite") from e
     per_rank = ckpt / "rng-ranks.pt"
     if per_rank.is_file():
         set_rng_state(torch.load(per_rank, weights_only=False)[rank])
