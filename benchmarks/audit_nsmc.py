@@ -1,6 +1,7 @@
 """Label audit on NSMC: does `bertclf audit` find flipped labels, and what does it say about NSMC itself?
 
-    python benchmarks/audit_nsmc.py [--data-dir DIR] [--work DIR] [--seeds 0 1 2] [--write-results]
+    python benchmarks/audit_nsmc.py [--data-dir DIR] [--work DIR] [--seeds 0 1 2] [--model baseline|NAME|DIR]
+                                    [--skip-full] [--write-results]
 
 1. Planted noise: 4,000 training reviews drawn at random (seeded), the labels of 5% of them (200) flipped;
    the audit (5-fold TF-IDF + LR out-of-fold probabilities, cleanlab) ranks its suspects; precision of the
@@ -33,7 +34,7 @@ from bertclf.audit import audit_dataset  # noqa: E402
 BEGIN, END = "<!-- audit_nsmc: begin -->", "<!-- audit_nsmc: end -->"
 
 
-def planted_noise(train: D.Dataset, seed: int, n: int = 4000, share: float = 0.05) -> dict:
+def planted_noise(train: D.Dataset, seed: int, n: int = 4000, share: float = 0.05, model: str = "baseline") -> dict:
     rng = np.random.default_rng(seed)
     pick = rng.choice(len(train), size=n, replace=False)
     texts = [train.texts[i] for i in pick]
@@ -44,11 +45,11 @@ def planted_noise(train: D.Dataset, seed: int, n: int = 4000, share: float = 0.0
         labels[i] = names[1 - names.index(labels[i])]
     ds = D.Dataset(texts, labels, source=f"NSMC train sample (seed {seed})")
     t0 = time.time()
-    audit = audit_dataset(ds, np.arange(n), folds=5, seed=seed)
+    audit = audit_dataset(ds, np.arange(n), folds=5, seed=seed, model=model, log=print)
     k = len(flipped)
     top = audit.ranked[:k].tolist()
     by_score = np.argsort(audit.scores, kind="stable")[:k].tolist()
-    return {"seed": seed, "k": k, "flagged": int(len(audit.ranked)),
+    return {"seed": seed, "model": model, "k": k, "flagged": int(len(audit.ranked)),
             "oof_accuracy": float((audit.probs.argmax(1) == audit.labels).mean()), "precision_at_k": len(set(top) & flipped) / k,
             "precision_at_k_by_score": len(set(by_score) & flipped) / k,
             "recall_flagged": len(set(audit.ranked.tolist()) & flipped) / k,
@@ -135,6 +136,8 @@ def main() -> None:
     ap.add_argument("--work", help="where the full audit's TSV/HTML go (default: a temporary folder)")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--skip-full", action="store_true", help="only the planted-noise part")
+    ap.add_argument("--model", default="baseline", help="the out-of-fold model of the planted-noise part "
+                    "(bertclf audit --model): baseline, or e.g. me5-small (5 fine-tunes per seed)")
     ap.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
     ap.add_argument("--planted-from", metavar="LOG", help="take part 1 from the JSON lines an earlier run printed")
     a = ap.parse_args()
@@ -145,7 +148,7 @@ def main() -> None:
         lines = Path(a.planted_from).read_text(encoding="utf-8").splitlines()
         planted = [json.loads(x) for x in lines if x.startswith('{"seed"')]
     for seed in [] if a.planted_from else a.seeds:
-        planted.append(planted_noise(train, seed))
+        planted.append(planted_noise(train, seed, model=a.model))
         print(json.dumps(planted[-1]), flush=True)
     full = None
     if not a.skip_full:

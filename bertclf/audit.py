@@ -1,9 +1,11 @@
 """Which training labels look wrong: out-of-fold probabilities for every row, then confident learning.
 
-    bertclf audit --train FILE --out AUDIT.tsv [--folds 5]
+    bertclf audit --train FILE --out AUDIT.tsv [--folds 5] [--model baseline|NAME|DIR]
 
-Every row gets probabilities from a model that never saw it: the TF-IDF + logistic regression baseline
-(bertclf.baseline.tfidf_lr) fitted on the other folds (scikit-learn's cross_val_predict, stratified folds).
+Every row gets probabilities from a model that never saw it: by default the TF-IDF + logistic regression
+baseline (bertclf.baseline.tfidf_lr) fitted on the other folds (scikit-learn's cross_val_predict, stratified
+folds), minutes on a CPU; with --model NAME|DIR a transformer fine-tuned per fold by `bertclf train`'s own loop
+and defaults (the same stratified folds), which fits the texts better and costs `folds` fine-tunes.
 cleanlab then flags the rows whose given label the probabilities contradict (cleanlab.filter.find_label_issues,
 confident learning) and estimates the noise rate (cleanlab.count.estimate_joint: 1 - trace of the joint
 distribution of given and true labels).
@@ -90,6 +92,36 @@ def out_of_fold_probs(texts: list[str], y: np.ndarray, n_classes: int, folds: in
                              method="predict_proba")
 
 
+def out_of_fold_probs_finetuned(texts: list[str], y: np.ndarray, names: list[str], folds: int, seed: int,
+                                model: str, log=lambda s: None) -> np.ndarray:
+    """Probabilities for every row from a transformer fine-tuned (bertclf train, default recipe) on the other
+    folds; each fold's model lives in a temporary folder only while it predicts its held-out rows."""
+    import tempfile
+
+    from sklearn.model_selection import StratifiedKFold
+
+    from bertclf.loop import TrainConfig, train
+    from bertclf.predict import Classifier
+
+    probs = np.zeros((len(texts), len(names)))
+    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
+    for k, (fit, held) in enumerate(cv.split(np.zeros(len(y)), y), 1):
+        with tempfile.TemporaryDirectory(prefix="bertclf-audit-") as tmp:
+            rows = Path(tmp) / "train.tsv"
+            with open(rows, "w", encoding="utf-8", newline="") as f:
+                w = csv.writer(f, delimiter="\t", lineterminator="\n")
+                w.writerow(["text", "label"])
+                w.writerows([texts[i], names[y[i]]] for i in fit)
+            log(f"audit: fold {k}/{folds}: fine-tuning {model} on {len(fit):,} rows, scoring {len(held):,}")
+            train(TrainConfig(out=str(Path(tmp) / "model"), train=str(rows), text_col="text", label_col="label",
+                              model=model, seed=seed), echo=lambda s: None)
+            clf = Classifier.load(str(Path(tmp) / "model"))
+            fold_probs = clf.predict_proba([texts[i] for i in held])
+            order = [clf.labels.index(name) for name in names]  # the fold model's label order -> ours
+            probs[held] = fold_probs[:, order]
+    return probs
+
+
 def find_issues(labels: np.ndarray, probs: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(label quality scores, flagged indices most suspect first, estimated joint) from cleanlab."""
     from cleanlab.count import estimate_joint
@@ -113,10 +145,15 @@ def encode_labels(ds: D.Dataset, folds: int) -> tuple[list[str], np.ndarray]:
     return labels.names, y
 
 
-def audit_dataset(ds: D.Dataset, rows: np.ndarray, folds: int = 5, seed: int = 42, log=lambda s: None) -> Audit:
+def audit_dataset(ds: D.Dataset, rows: np.ndarray, folds: int = 5, seed: int = 42, log=lambda s: None,
+                  model: str = "baseline") -> Audit:
     names, y = encode_labels(ds, folds)
-    log(f"audit: {len(ds):,} rows of {ds.source}; {folds}-fold TF-IDF + logistic regression, then cleanlab")
-    probs = out_of_fold_probs(ds.texts, y, len(names), folds, seed)
+    if model == "baseline":
+        log(f"audit: {len(ds):,} rows of {ds.source}; {folds}-fold TF-IDF + logistic regression, then cleanlab")
+        probs = out_of_fold_probs(ds.texts, y, len(names), folds, seed)
+    else:
+        log(f"audit: {len(ds):,} rows of {ds.source}; {folds} fine-tunes of {model}, then cleanlab")
+        probs = out_of_fold_probs_finetuned(ds.texts, y, names, folds, seed, model, log)
     scores, ranked, joint = find_issues(y, probs)
     return Audit(rows, ds.texts, y, names, probs, scores, ranked, joint)
 
@@ -157,7 +194,7 @@ def format_summary(s: dict) -> str:
 
 
 def run_audit(train: str, out: str, text_col: str | None = None, label_col: str | None = None, folds: int = 5,
-              seed: int = 42, log=print) -> dict:
+              seed: int = 42, log=print, model: str = "baseline") -> dict:
     """Audit the labels of `train`; write `out` (TSV) and its HTML page; return the summary (with the paths)."""
     if folds < 2:
         raise UserError(f"--folds: must be at least 2, got {folds}")
@@ -171,12 +208,18 @@ def run_audit(train: str, out: str, text_col: str | None = None, label_col: str 
         raise UserError(f"--out {out}: give the TSV file (the HTML page is written beside it)")
     html_path = html_path_for(out_path)
     check_writable(out_path)  # now, not after minutes of cross-validation
+    if model != "baseline":
+        from bertclf.models import resolve
+
+        resolve(model, log=log)  # a missing or broken folder: one line now, not after reading the data
     t0 = time.time()
     ds = D.read_labelled(train, text_col, label_col)
     rows = data_rows(train, text_col, ds)
-    audit = audit_dataset(ds, rows, folds, seed, log)
+    audit = audit_dataset(ds, rows, folds, seed, log, model)
     info = {"train": str(train), "out": str(out_path), "html": str(html_path), "text_col": text_col,
-            "label_col": label_col, "folds": folds, "seed": seed, "model": "tfidf-char-1-4gram + logistic-regression",
+            "label_col": label_col, "folds": folds, "seed": seed,
+            "model": "tfidf-char-1-4gram + logistic-regression" if model == "baseline" else
+            f"{model}, fine-tuned per fold (bertclf train defaults)",
             "dropped_empty": ds.dropped_empty, "seconds": round(time.time() - t0, 1)}
     write_tsv(out_path, audit)
     write_html(html_path, audit, info)

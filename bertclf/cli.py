@@ -157,7 +157,8 @@ def build_parser() -> Parser:
 
     # ---- audit (issue 17): self-contained block, see cmd_audit ----
     au = sub.add_parser("audit", help="find training rows whose labels look wrong (cleanlab, out-of-fold probabilities)",
-                        description="Out-of-fold TF-IDF + logistic regression probabilities for every row, then "
+                        description="Out-of-fold probabilities for every row (TF-IDF + logistic regression, or a transformer "
+                        "fine-tuned per fold with --model), then "
                         "cleanlab's confident learning; writes the suspect rows, most suspect first, and an HTML page.")
     au.add_argument("--train", required=True, metavar="FILE", help="labelled TSV/CSV/JSONL file to audit")
     au.add_argument("--text-col", help="text column (default: text)")
@@ -165,6 +166,9 @@ def build_parser() -> Parser:
     au.add_argument("--out", required=True, metavar="AUDIT.tsv", help="suspect rows (TSV); AUDIT.html goes beside it")
     au.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
     au.add_argument("--seed", type=int, default=42)
+    au.add_argument("--model", default="baseline", metavar="baseline|NAME|DIR",
+                    help="out-of-fold model: baseline (TF-IDF + LR, default, minutes on a CPU) or a transformer "
+                         "(builtin name, directory or hub name) fine-tuned per fold with bertclf train's defaults")
     return p
 
 
@@ -329,7 +333,7 @@ def cmd_audit(a) -> int:
     from bertclf.audit import format_summary, run_audit
 
     res = run_audit(a.train, a.out, text_col=a.text_col, label_col=a.label_col, folds=a.folds, seed=a.seed,
-                    log=lambda s: print(s, file=sys.stderr))
+                    log=lambda s: print(s, file=sys.stderr), model=a.model)
     print(format_summary(res))
     print(f"written: {res['out']} and {res['html']}")
     return 0

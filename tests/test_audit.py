@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -127,3 +128,38 @@ def test_bad_input_is_one_line_exit_2(tmp_path, case, want):
     assert res.returncode == 2 and res.stdout == "", res.stderr
     assert len(res.stderr.splitlines()) == 1 and want in res.stderr, res.stderr
     assert not (tmp_path / "a.tsv").exists() and not (tmp_path / "a.html").exists()
+
+
+def test_model_fine_tunes_per_fold_and_maps_its_labels(noisy_nsmc, tiny_model_dir, tmp_path, monkeypatch):
+    """--model DIR: out-of-fold probabilities from `bertclf train` per fold (the tiny random-weight model: the
+    mechanics, not the quality; benchmarks/audit_nsmc.py --model me5-small measures that)."""
+    from bertclf.audit import run_audit
+
+    import tempfile
+
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))  # where the fold models go, to check below
+    (tmp_path / "tmp").mkdir()
+    path, _ = noisy_nsmc
+    small = tmp_path / "small.tsv"
+    small.write_text("".join(path.read_text(encoding="utf-8").splitlines(keepends=True)[:301]), encoding="utf-8")
+    said = []
+    res = run_audit(str(small), str(tmp_path / "a.tsv"), text_col="document", label_col="label", folds=2,
+                    model=str(tiny_model_dir), log=said.append)
+    assert res["model"].startswith(str(tiny_model_dir)) and "fine-tuned per fold" in res["model"]
+    folds = [re.fullmatch(r"audit: fold (\d)/2: fine-tuning (.+) on (\d+) rows, scoring (\d+)", s) for s in said
+             if s.startswith("audit: fold ")]
+    assert [(f[1], f[2]) for f in folds] == [("1", str(tiny_model_dir)), ("2", str(tiny_model_dir))]
+    assert all(int(f[3]) + int(f[4]) == 299 for f in folds) and sum(int(f[4]) for f in folds) == 299  # each row once
+    assert res["rows"] == 299 and [c["label"] for c in res["per_class"]] == ["0", "1"]
+    file_rows = read_tsv(small)
+    for r in read_tsv(tmp_path / "a.tsv"):
+        assert file_rows[int(r["row"])]["document"] == r["text"] and file_rows[int(r["row"])]["label"] == r["given_label"]
+    assert not list((tmp_path / "tmp").iterdir()), "fold models left behind"
+
+
+def test_model_that_is_not_there_is_one_line_before_any_work(noisy_nsmc, tmp_path):
+    path, _ = noisy_nsmc
+    r = run_cli(["--train", str(path), "--text-col", "document", "--out", str(tmp_path / "a.tsv"),
+                 "--model", str(tmp_path / "no-such-model")], cwd=tmp_path)
+    assert r.returncode == 2 and r.stderr.count("\n") == 1 and "model directory not found" in r.stderr, r.stderr
+    assert not (tmp_path / "a.tsv").exists()
