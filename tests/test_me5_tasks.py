@@ -44,7 +44,7 @@ def test_me5_kote_multi_label(me5_dir, tmp_path):
     if not (kote / "val.tsv").is_file():
         pytest.skip("KOTE not in ../shared/data")
     rows = [ln.split("\t") for ln in (kote / "val.tsv").read_text(encoding="utf-8").splitlines()]
-    tr = write(tmp_path / "tr.tsv", ["id", "text", "labels"], rows[:2000])
+    tr = write(tmp_path / "tr.tsv", ["id", "text", "labels"], rows[:1500])
     te = write(tmp_path / "te.tsv", ["id", "text", "labels"], rows[-500:])
     card = train(TrainConfig(out=str(tmp_path / "run"), train=str(tr), test=str(te), text_col="text",
                              label_col="labels", multi_label=True, label_names=str(kote / "labels.txt"),
@@ -55,6 +55,7 @@ def test_me5_kote_multi_label(me5_dir, tmp_path):
     # (threshold 0.05) and micro-F1 0.403 (threshold 0.2) on these rows. The recipe before issue 14's defaults
     # (lr 5e-5, random head bias, 5% validation) stalled at the priors: 0.299 / 0.305. The defaults now
     # (head at lr 1e-3 starting from the priors, ~1,000-row validation for the thresholds): macro 0.376,
-    # micro 0.404 (AMX CPU, bf16, 2026-11-28). Macro-F1 is what the thresholds are tuned for; 2 epochs (100 steps)
+    # micro 0.404 on 2,000 training rows; on these 1,500 (to keep CI's time, 53 s instead of 71 s) macro 0.370,
+    # micro 0.398 (AMX CPU, bf16, 2026-11-28). Macro-F1 is what the thresholds are tuned for; 2 epochs (76 steps)
     # keep this test short, the default epochs (400 steps) score higher (benchmarks/recipe_sweep.md).
     assert test["macro_f1"] > 0.33 and test["micro_f1"] > 0.37, {k: test[k] for k in ("micro_f1", "macro_f1")}
