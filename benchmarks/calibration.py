@@ -27,6 +27,7 @@ from bertclf.config import config_from_dict
 from bertclf.cpu import describe
 from bertclf.metrics import expected_calibration_error
 from bertclf.predict import Classifier
+from bertclf.report.numbers import reliability
 
 
 def bounds(z_valid, y_valid, z_test, y_test) -> dict:
@@ -43,13 +44,10 @@ def bounds(z_valid, y_valid, z_test, y_test) -> dict:
         iso = IsotonicRegression(out_of_bounds="clip").fit(softmax(z_valid, 1)[:, 1], y_valid)
         q = iso.predict(softmax(z_test, 1)[:, 1])
         out["test_ece_isotonic_on_validation"] = ece(y_test, np.c_[1 - q, q])
-    p = softmax(z_test, 1)
-    conf, right = p.max(1), p.argmax(1) == y_test
-    edges = np.linspace(1 / p.shape[1], 1, 11)
+    r = reliability(y_test, softmax(z_test, 1), n_bins=20)  # the report's bins, 0.05 wide
     out["test_reliability"] = [
-        {"confidence": f"{lo:.2f}-{hi:.2f}", "rows": int(m.sum()), "mean_confidence": round(float(conf[m].mean()), 3),
-         "accuracy": round(float(right[m].mean()), 3)}
-        for lo, hi in zip(edges[:-1], edges[1:]) if (m := (conf >= lo) & (conf < hi if hi < 1 else conf <= 1)).any()]
+        {"confidence": f"{lo:.2f}-{hi:.2f}", "rows": n, "mean_confidence": round(c, 3), "accuracy": round(a, 3)}
+        for lo, hi, n, c, a in zip(r["edges"][:-1], r["edges"][1:], r["count"], r["confidence"], r["accuracy"]) if n]
     return out
 
 

@@ -3,20 +3,20 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertclf.metrics import classification_report
+from bertclf.metrics import ECE_BINS, classification_report, expected_calibration_error
 from bertclf.report.data import (CARD_FILE, PREDICTIONS_FILE, Run, finite, is_multi_label, label_names,
                                  prediction_split, split_arrays)
 from bertclf.report.formatting import fmt_int, fmt_num, fmt_secs
 
 REPORT_FORMAT = 1                    # data.json["bertclf_report"]: bump when its layout changes
-N_CALIBRATION_BINS = 15
+N_CALIBRATION_BINS = ECE_BINS       # the same bins as eval's ECE, so the report and eval --json agree
 N_SCORE_BINS = 20
 
 
 def reliability(y, probs, n_bins: int = N_CALIBRATION_BINS) -> dict:
     """Top-label calibration: rows binned by confidence (max probability) into n_bins equal-width bins, with
     scikit-learn's calibration_curve (bins (k/n, (k+1)/n], the first one closed); per bin the row count, mean
-    confidence and accuracy (None if empty); ece = sum over bins of count/N * |accuracy - confidence|."""
+    confidence and accuracy (None if empty); ece: bertclf.metrics.expected_calibration_error on the same bins."""
     from sklearn.calibration import calibration_curve
 
     y = np.asarray(y)
@@ -31,13 +31,12 @@ def reliability(y, probs, n_bins: int = N_CALIBRATION_BINS) -> dict:
     acc, mean_conf = np.zeros(n_bins), np.zeros(n_bins)
     if n:
         acc[nz], mean_conf[nz] = calibration_curve(correct, conf, n_bins=n_bins, strategy="uniform", pos_label=1)
-    ece = float(np.sum(count[nz] / n * np.abs(acc[nz] - mean_conf[nz]))) if n else 0.0
     return {"n": n, "n_bins": n_bins, "edges": edges.tolist(), "count": count.tolist(),
             "confidence": [float(c) if k else None for c, k in zip(mean_conf, nz)],
             "accuracy": [float(a) if k else None for a, k in zip(acc, nz)],
             "accuracy_overall": float(correct.mean()) if n else 0.0,
             "mean_confidence": float(conf.mean()) if n else 0.0,
-            "ece": ece}
+            "ece": expected_calibration_error(y, probs, n_bins)}
 
 
 def temperature(run: Run) -> float | None:
