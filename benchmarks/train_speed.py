@@ -16,6 +16,7 @@ Variants:
   (c) bertclf     `bertclf train` with its defaults
   (d) bertclf-fp32 / bertclf-bf16: `bertclf train` with --precision forced (add them with --variants; on a
                   CPU with AMX / AVX-512 BF16 `bertclf` alone already trains in bf16)
+  (e) bertclf-bN  `bertclf train --batch-size N` (e.g. bertclf-b1024)
 The model is me5-small with its vocabulary trimmed to the training texts (the same for all three).
 
 --precision-rounds N: the training step alone (batch 32 of NSMC reviews, AdamW, bertclf's length-bucketed
@@ -129,8 +130,10 @@ def run_bertclf(args, model_dir, train, valid, test, device, files):
 
     out = Path(tempfile.mkdtemp()) / "run"
     precision = {"bertclf-fp32": "fp32", "bertclf-bf16": "bf16"}.get(args.variant, "auto")
+    batch = int(args.variant.split("-b")[1]) if "-b" in args.variant else None  # bertclf-b1024: --batch-size 1024
     card = bertclf_train(TrainConfig(out=str(out), train=str(files["train"]), valid=str(files["valid"]),
-                                     text_col="text", model=model_dir, epochs=1, precision=precision),
+                                     text_col="text", model=model_dir, epochs=1, precision=precision,
+                                     batch_size=batch),
                          echo=lambda s: None)
     # scored like the other variants: the saved Hugging Face directory, in fp32
     model = AutoModelForSequenceClassification.from_pretrained(str(out))
@@ -259,7 +262,8 @@ def main():
         return
     results = []
     for v in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--variant", v, "--model-dir", args.model_dir, "--data-dir", args.data_dir]
+        cmd = [sys.executable, __file__, "--variant", v, "--model-dir", args.model_dir, "--data-dir", args.data_dir,
+               "--gpu" if args.gpu else "--cpu"]  # the child's default sizes follow the mode
         for k in ("train_rows", "test_rows", "hf_train_rows"):
             if getattr(args, k):
                 cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
