@@ -142,10 +142,16 @@ class Proof:
         busy = ((self.summary["phases"].get("profile") or {}).get("profiled") or {}).get("gpu_busy_share")
         gain = min(4.0, 0.7 / busy) if busy else 4.0  # parallel runs fill the GPU's idle time, up to a point
         rows = 142_496 if not self.args.dry_run else 600
-        available = self.left() - 75  # eval, predict and packing the model after this
+        reserve = 75 if {"check", "bring_back"} & set(self.args.phases.split(",")) else 10
+        available = self.left() - reserve  # eval, predict and packing the model after this
         plan = None
-        for cands, seeds in ((CANDIDATES, SEEDS), (CANDIDATES[:2], SEEDS), (CANDIDATES[:1], SEEDS),
-                             (CANDIDATES[:1], SEEDS[:1])):
+        options = ((CANDIDATES, SEEDS), (CANDIDATES[:2], SEEDS), (CANDIDATES[:1], SEEDS), (CANDIDATES[:1], SEEDS[:1]))
+        if self.args.candidates:  # name:flags;name:flags, e.g. "b1024-lr4e-4:--batch-size 1024 --lr 4e-4 --epochs 1"
+            mine = [(c.split(":")[0], c.split(":")[1].split()) for c in self.args.candidates.split(";")]
+            for name, flags in mine:
+                EPOCHS[name] = float(flags[flags.index("--epochs") + 1]) if "--epochs" in flags else 2
+            options = ((mine, tuple(int(x) for x in self.args.seeds.split(","))),)
+        for cands, seeds in options:
             n = len(cands) * len(seeds)
             samples = sum(EPOCHS[c] for c, _ in cands) * len(seeds) * rows
             estimate = 40 + samples / (single * min(n, gain))
@@ -168,7 +174,7 @@ class Proof:
                 log = open(LOGS / f"train-{tag}.log", "w")
                 procs[tag] = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                               env=os.environ | {"BERTCLF_NO_PROGRESS": "1", "OMP_NUM_THREADS": "2"})
-        while any(p.poll() is None for p in procs.values()) and self.left() > 75:
+        while any(p.poll() is None for p in procs.values()) and self.left() > reserve:
             time.sleep(2)
         for p in procs.values():
             if p.poll() is None:
@@ -180,7 +186,7 @@ class Proof:
     def single_speed(self) -> float:
         results = (self.summary["phases"].get("speed") or {}).get("results") or []
         rates = [r["samples_per_s"] for r in results if r["variant"] == "bertclf"]
-        return rates[0] if rates else (3000.0 if not self.args.dry_run else 20.0)
+        return rates[0] if rates else (self.args.assume_speed if not self.args.dry_run else 20.0)
 
     def read_run(self, tag: str, rc: int) -> dict:
         card = RUNS / tag / "bertclf.json"
@@ -303,6 +309,9 @@ def main():
     p.add_argument("--hf-train-rows", type=int, default=30000, help="HF Trainer's slice of the training rows")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes, on any machine")
     p.add_argument("--phases", default="speed,profile,recipes,check,bring_back", help="which measuring phases")
+    p.add_argument("--candidates", help="recipes to try instead of CANDIDATES: name:flags;name:flags")
+    p.add_argument("--seeds", default="42,1,2", help="seeds of --candidates")
+    p.add_argument("--assume-speed", type=float, default=3000, help="samples/s of one run when no speed phase ran")
     p.add_argument("--speed-variants", default="bertclf,bertclf-b1024,hf-trainer", help="train_speed.py's --variants")
     p.add_argument("--reassemble", metavar="DIR", help="a brought-back model's files -> --to MODEL_DIR")
     p.add_argument("--to")
