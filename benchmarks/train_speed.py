@@ -30,6 +30,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import resource
 import subprocess
 import sys
@@ -130,7 +131,8 @@ def run_bertclf(args, model_dir, train, valid, test, device, files):
 
     out = Path(tempfile.mkdtemp()) / "run"
     precision = {"bertclf-fp32": "fp32", "bertclf-bf16": "bf16"}.get(args.variant, "auto")
-    batch = int(args.variant.split("-b")[1]) if "-b" in args.variant else None  # bertclf-b1024: --batch-size 1024
+    sized = re.fullmatch(r"bertclf-b(\d+)", args.variant)  # bertclf-b1024: --batch-size 1024
+    batch = int(sized.group(1)) if sized else None
     card = bertclf_train(TrainConfig(out=str(out), train=str(files["train"]), valid=str(files["valid"]),
                                      text_col="text", model=model_dir, epochs=1, precision=precision,
                                      batch_size=batch),

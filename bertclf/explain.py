@@ -103,16 +103,17 @@ def explain(clf, text: str, target: str | None = None, steps: int = DEFAULT_STEP
 
     def probabilities(inputs_embeds):
         mask = torch.ones(inputs_embeds.shape[:2], dtype=torch.long, device=device)
-        # the precision the classifier predicts in (its matmul weights may be stored in it: precision.py)
+        # the precision the classifier predicts in (on a CPU the model may be stored in it: precision.py); the
+        # path from baseline to input is interpolated in fp32 and rounded to the model's dtype only here
         with torch.autocast(device.type, dtype=clf.autocast_dtype, enabled=clf.autocast_dtype is not None):
-            logits = model(inputs_embeds=inputs_embeds, attention_mask=mask).logits.float()
+            logits = model(inputs_embeds=inputs_embeds.to(embed.weight.dtype), attention_mask=mask).logits.float()
         return torch.sigmoid(logits) if multi else torch.softmax(logits, dim=-1)
 
     was_training = model.training
     model.eval()
     try:
         with torch.no_grad():
-            inputs, baseline = embed(ids), embed(baseline_ids)
+            inputs, baseline = embed(ids).float(), embed(baseline_ids).float()
             probs = probabilities(inputs)[0]
             base_probs = probabilities(baseline)[0]
         t = int(probs.argmax()) if target is None else clf.labels.index(target)

@@ -72,13 +72,13 @@ class Classifier:
             import torch
 
             from bertclf.models import load_classifier
-            from bertclf.precision import cast_matmul_weights, inference_dtype
+            from bertclf.precision import cast_for_cpu_inference, inference_dtype
 
             device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
             dtype = inference_dtype(precision, device)
             model = load_classifier(str(p)).to(device).eval()
             if dtype is not None and device.type == "cpu":
-                cast_matmul_weights(model, dtype)  # every forward pass runs under autocast(dtype)
+                cast_for_cpu_inference(model, dtype)  # and every forward pass runs under autocast(dtype)
             backend = "torch"
         return cls(tokenizer, model, labels, max_length, card, str(p), backend, dtype, long_text, stride)
 
