@@ -50,12 +50,12 @@ def test_head_learns_faster_and_multi_label_bias_starts_at_the_priors(tiny_model
     model = load_classifier(str(tiny_model_dir), {0: "a", 1: "b", 2: "c"})
     plan = Plan(batch_size=8, lr=1e-4, eff_batch=8, steps_per_epoch=10, total_steps=10, n_epochs=1, log_every=1,
                 eval_every=10)
-    optimizer, _ = make_optimizer(TrainConfig(out="x"), model, plan, fused=False)
+    optimizer, _ = make_optimizer(TrainConfig(out="x"), model, plan)
     lr_of = {id(p): g["lr"] for g in optimizer.param_groups for p in g["params"]}
     head = {n for n, p in model.named_parameters() if lr_of[id(p)] == HEAD_LR}
     assert head == {"classifier.weight", "classifier.bias"} and HEAD_LR == 1e-3
     assert {lr_of[id(p)] for n, p in model.named_parameters() if n not in head} == {1e-4}
-    big, _ = make_optimizer(TrainConfig(out="x"), model, replace(plan, lr=2e-3), fused=False)
+    big, _ = make_optimizer(TrainConfig(out="x"), model, replace(plan, lr=2e-3))
     assert {g["lr"] for g in big.param_groups} == {2e-3}  # a peak lr above HEAD_LR: the head at the same lr
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
