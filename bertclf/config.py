@@ -49,6 +49,10 @@ class TrainConfig:
                              "bertclf.json)", LABELS, choices=("none", "auto"))
     metric: str | None = opt(None, "checkpoint selection and early stopping (default accuracy; multi-label "
                              "macro_f1)", LABELS, choices=METRICS)
+    select: str = opt("within-noise", "which validated weights become the model: best (the highest --metric, the "
+                      "first of equal ones) or within-noise (the latest within one standard error of the highest: "
+                      "on a few hundred validation rows a one-row lead is noise, and later weights are more trained)",
+                      LABELS, choices=("within-noise", "best"))
     model: str = opt(DEFAULT_MODEL, f"builtin name, local directory or hub name (default {DEFAULT_MODEL})", RECIPE)
     epochs: float | None = opt(None, "passes over the training rows, a fraction stops part-way (default 2; "
                                "multi-label: enough for ~400 optimizer steps, 2 to 10 passes)", RECIPE)
@@ -89,7 +93,7 @@ class TrainConfig:
 RESUME_KEYS = ("data", "train", "valid", "model", "epochs", "batch_size", "lr", "max_length", "sample", "seed",
                "max_steps", "precision", "grad_accum", "valid_frac", "warmup", "weight_decay", "trim_vocab",
                "text_col", "label_col", "eval_every", "columns", "max_grad_norm", "multi_label", "label_sep",
-               "label_names", "class_weights", "metric", "long_text")
+               "label_names", "class_weights", "metric", "long_text", "select")
 
 
 def validate_config(cfg: TrainConfig) -> None:

@@ -32,6 +32,7 @@ from bertclf.finish import finish
 from bertclf.meter import Meter
 from bertclf.preemption import Preemption
 from bertclf.prepare import Run, load_data, prepare  # noqa: F401 (load_data re-exported)
+from bertclf.state import selection_tolerance
 from bertclf.stepper import Stepper
 
 
@@ -125,14 +126,21 @@ def validate(run: Run, meter: Meter, events) -> str | None:
                        run.cfg.eval_batch_size, run.accelerator, run.autocast_dtype)
     events.on_evaluate(step, rep)
     score = run.task.score(rep)
-    improved = state.record_score(score, step)
-    if improved and run.main:
+    top_before = state.top_score if state.top_score is not None else state.best_score
+    tolerance = None if run.cfg.select == "best" else \
+        selection_tolerance(top_before if top_before is not None else score, len(run.y_valid))
+    kept = state.record_score(score, step, tolerance)
+    if kept and run.main:
         ckpt.save_best(run.out, run.unwrapped(), {"step": step, "valid": rep}, on_write=events.on_checkpoint_write)
     chosen = "" if run.task.metric in ("accuracy", "macro_f1") else f"{run.task.metric} {score:.4f}, "
-    run.log(f"validation @ step {step}: {chosen}accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}"
-            + (" (best so far)" if improved else f" (best {state.best_score:.4f} @ step {state.best_step})"),
+    if kept:
+        note = " (best so far)" if top_before is None or score > top_before else \
+            f" (kept: within one standard error, {tolerance:.4f}, of the best {state.top_score:.4f}, and later)"
+    else:
+        note = f" (best {state.best_score:.4f} @ step {state.best_step})"
+    run.log(f"validation @ step {step}: {chosen}accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}" + note,
             step=step, epoch=step / run.plan.steps_per_epoch, valid_accuracy=rep["accuracy"],
-            valid_macro_f1=rep["macro_f1"], valid_score=score, valid_loss=None, best=improved)
+            valid_macro_f1=rep["macro_f1"], valid_score=score, valid_loss=None, best=kept)
     meter.exclude(time.time() - t_eval)  # evaluation time is not training throughput
     if run.cfg.patience and state.evals_without_improvement >= run.cfg.patience:
         return f"early stop: no improvement in {run.cfg.patience} evaluation(s)"

@@ -176,7 +176,7 @@ def changed_setting(key: str, r: dict, nsmc_slices, nsmc_dir) -> tuple[dict, lis
             "max_length": 64, "sample": 0.3, "seed": 1, "max_steps": 7, "precision": "fp32", "grad_accum": 2,
             "valid_frac": 0.1, "warmup": 0.1, "weight_decay": 0.0, "text_col": "id", "label_col": "sentiment",
             "eval_every": 2, "max_grad_norm": 0.5, "label_sep": ";", "class_weights": "auto", "metric": "macro_f1",
-            "long_text": "head-tail"}
+            "long_text": "head-tail", "select": "best"}
     if key in swap:
         return {flag: swap[key]}, []
     if key == "valid":
@@ -238,7 +238,7 @@ VALID_LINE = re.compile(r"validation @ step (\d+): accuracy ([01]\.\d{4}), macro
 def early_stop_args(slices, model, out) -> list:
     return ["train", "--train", slices["train"], "--text-col", "document", "--model", model, "--sample", 0.25,
             "--epochs", 2, "--batch-size", 16, "--lr", 2e-3, "--seed", 0, "--eval-every", EVAL_EVERY,
-            "--patience", PATIENCE, "--log-every", LOG_EVERY, "--out", out]
+            "--patience", PATIENCE, "--log-every", LOG_EVERY, "--select", "best", "--out", out]
 
 
 @pytest.fixture(scope="module")
