@@ -28,7 +28,7 @@ test-fast: setup
 	BERTCLF_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)
 
 nsmc: setup
-	$(BIN)/bertclf train --data nsmc --data-dir $(DATA_DIR) --sample 0.06 --test-sample 0.2 --epochs 1 --trim-vocab --lr 1e-4 \
+	$(BIN)/bertclf train --data nsmc --data-dir $(DATA_DIR) --sample 0.06 --valid-frac 0.1 --test-sample 0.2 \
 		--out runs/nsmc-cpu --overwrite
 
 clean:
