@@ -16,6 +16,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import platform
 import subprocess
 import sys
@@ -100,8 +101,11 @@ def markdown(planted: list[dict], full: tuple | None) -> str:
                   "--write-results` measures it (5 TF-IDF + LR fits on 120k reviews: ~10 CPU-minutes)."]
     else:
         lines += full_markdown(*full)
-    lines += ["", f"Python {platform.python_version()}, numbers from one run on a machine busy with other jobs "
-              "(the seconds move with them; the precisions do not).", END]
+    from bertclf.cpu import describe
+
+    load = os.getloadavg()[0]
+    lines += ["", f"Python {platform.python_version()}, {describe()}, one run, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+              f"load average {load:.1f} at the end (the seconds move with the load; the precisions do not).", END]
     return "\n".join(lines) + "\n"
 
 
