@@ -5,9 +5,10 @@ them (--ema decays). Prints one JSON line per (step, variant); research, not a d
     python benchmarks/datasets.py --work /tmp/ds splits
     python benchmarks/selection_trace.py nsmc --work /tmp/ds --evals-per-epoch 2 --ema 0.98,0.99,0.995
     python benchmarks/selection_trace.py nsmc --work /tmp/ds --set epochs=3 --set lr=2e-4 --ema 0.99
+    python benchmarks/selection_trace.py nsmc --work /tmp/ds --ema "" --set lr=2e-4 --llrd 0.9   # layer-wise lr decay
 
 It wraps two functions of bertclf.loop (prepare, to reach the run; validate, to score the test rows after each
-validation): the loop's public callbacks do not hand out the model. Training itself is untouched.
+validation): the loop's public callbacks do not hand out the model. Training itself is untouched (but for --llrd).
 """
 import sys, json, time, argparse
 from pathlib import Path
@@ -24,10 +25,31 @@ ap = argparse.ArgumentParser(); ap.add_argument('task'); ap.add_argument('--ema'
 ap.add_argument('--set', action='append', default=[], help='a TrainConfig field, e.g. epochs=3')
 ap.add_argument('--const', action='append', default=[], help='a bertclf.prepare recipe constant, e.g. HEAD_LR=1e-3')
 ap.add_argument('--evals-per-epoch', type=int, default=1)
+ap.add_argument('--llrd', type=float, help='layer-wise lr decay: layer i of L trains at lr x DECAY^(L-i), embeddings at DECAY^(L+1)')
 ap.add_argument('--work', type=Path, required=True, help='datasets.py --work folder holding TASK_train.tsv / TASK_test.tsv')
 a = ap.parse_args()
 import datasets as DS
 from bertclf import prepare as P
+
+
+def make_optimizer_llrd(cfg, model, plan):
+    """prepare.make_optimizer with the encoder's lr decayed layer by layer from the top (--llrd)."""
+    import re
+    from transformers import get_linear_schedule_with_warmup
+    prefix, n_layers, groups = model.base_model_prefix + ".", model.config.num_hidden_layers, {}
+    for n, p in model.named_parameters():
+        decays, head = p.ndim >= 2 and "LayerNorm" not in n, not n.startswith(prefix)
+        m = re.search(r"encoder\.layer\.(\d+)\.", n)
+        depth = n_layers - int(m.group(1)) if m else (n_layers + 1 if "embeddings" in n else 0)
+        lr = max(plan.lr, P.HEAD_LR) if head else plan.lr * a.llrd ** depth
+        groups.setdefault((decays, lr), []).append(p)
+    opt = torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if d else 0.0, "lr": lr}
+                             for (d, lr), ps in sorted(groups.items())], lr=plan.lr, fused=True)
+    return opt, get_linear_schedule_with_warmup(opt, int(cfg.warmup * plan.total_steps), plan.total_steps)
+
+
+if a.llrd:
+    P.make_optimizer = make_optimizer_llrd
 for kv in a.const:
     k, v = kv.split('='); setattr(P, k, float(v))
 t = DS.TASKS[a.task]
