@@ -2,7 +2,6 @@
 validation the held-out test rows scored too, with the current weights and with exponential moving averages of
 them (--ema decays). Prints one JSON line per (step, variant); research, not a default path.
 
-    python benchmarks/datasets.py --work /tmp/ds splits
     python benchmarks/selection_trace.py nsmc --work /tmp/ds --evals-per-epoch 2 --ema 0.98,0.99,0.995
     python benchmarks/selection_trace.py nsmc --work /tmp/ds --set epochs=3 --set lr=2e-4 --ema 0.99
     python benchmarks/selection_trace.py nsmc --work /tmp/ds --ema "" --set lr=2e-4 --llrd 0.9   # layer-wise lr decay
@@ -21,12 +20,12 @@ from bertclf.tokens import encode
 from bertclf.evaluate import gathered_logits
 from bertclf.metrics import expected_calibration_error
 from sklearn.metrics import accuracy_score, f1_score
-ap = argparse.ArgumentParser(); ap.add_argument('task'); ap.add_argument('--ema', default='0.99,0.995,0.998')
+ap = argparse.ArgumentParser(); ap.add_argument('task', choices=['nsmc', 'hate', 'bias']); ap.add_argument('--ema', default='0.99,0.995,0.998')
 ap.add_argument('--set', action='append', default=[], help='a TrainConfig field, e.g. epochs=3')
 ap.add_argument('--const', action='append', default=[], help='a bertclf.prepare recipe constant, e.g. HEAD_LR=1e-3')
 ap.add_argument('--evals-per-epoch', type=int, default=1)
 ap.add_argument('--llrd', type=float, help='layer-wise lr decay: layer i of L trains at lr x DECAY^(L-i), embeddings at DECAY^(L+1)')
-ap.add_argument('--work', type=Path, required=True, help='datasets.py --work folder holding TASK_train.tsv / TASK_test.tsv')
+ap.add_argument('--work', type=Path, required=True, help="datasets.py's --work folder (its splits are made there if missing)")
 a = ap.parse_args()
 import datasets as DS
 from bertclf import prepare as P
@@ -53,12 +52,15 @@ if a.llrd:
 for kv in a.const:
     k, v = kv.split('='); setattr(P, k, float(v))
 t = DS.TASKS[a.task]
-cfg = L.TrainConfig(out=str(a.work / f'trace-{a.task}'), train=str(a.work / f'{a.task}_train.tsv'), text_col=t['text'], label_col=t['label'],
+if t.get('multi_label'):
+    sys.exit('selection_trace.py: single-label tasks only (nsmc, hate, bias)')
+train_file, test_file = DS.make_splits(a.work, 0.1)[a.task]  # bias reads hate's split with its own label
+cfg = L.TrainConfig(out=str(a.work / f'trace-{a.task}'), train=str(train_file), text_col=t['text'], label_col=t['label'],
                     overwrite=True, calibrate=False)
 for kv in a.set:
     k, v = kv.split('='); cur = getattr(cfg, k); setattr(cfg, k, type(cur)(v) if cur is not None else float(v))
 decays = [float(x) for x in a.ema.split(',')] if a.ema else []
-test = D.read_labelled(str(a.work / f'{a.task}_test.tsv'), t['text'], t['label'])
+test = D.read_labelled(str(test_file), t['text'], t['label'])
 S = {}
 orig_prepare = L.prepare
 def prepare(*args, **kw):
