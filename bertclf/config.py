@@ -55,7 +55,7 @@ class TrainConfig:
                       LABELS, choices=("within-noise", "best"))
     model: str = opt(DEFAULT_MODEL, f"builtin name, local directory or hub name (default {DEFAULT_MODEL})", RECIPE)
     epochs: float | None = opt(None, "passes over the training rows, a fraction stops part-way (default 2; "
-                               "multi-label: enough for ~400 optimizer steps, 2 to 10 passes)", RECIPE)
+                               "multi-label: enough for ~800 optimizer steps, 2 to 10 passes)", RECIPE)
     batch_size: int | None = opt(None, "rows per micro-batch (default 32 on CPU, 256 on GPU)", RECIPE)
     lr: float | None = opt(None, "peak learning rate (default 1e-4 x sqrt(batch / 32), at most 2e-4; the new "
                            "classification head at least 1e-3)", RECIPE)

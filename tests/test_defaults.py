@@ -25,7 +25,8 @@ def test_recipe_defaults_by_batch_and_data_size():
 
     assert default_lr(32) == 1e-4 and abs(default_lr(8) - 5e-5) < 1e-12
     assert default_lr(128) == default_lr(256) == 2e-4  # capped: the GPU default batch keeps its 2e-4
-    assert default_epochs(400, True) == 2 and default_epochs(100, True) == 4 and default_epochs(3, True) == 10
+    assert default_epochs(400, True) == 2 and default_epochs(100, True) == 8 and default_epochs(3, True) == 10
+    assert default_epochs(1000, True) == 2  # never fewer than 2 passes
     assert default_epochs(3, False) == default_epochs(400, False) == 2
     assert default_valid_frac(4000, multi_label=False) == 0.05
     assert default_valid_frac(4000, multi_label=True) == 0.2
