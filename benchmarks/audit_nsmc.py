@@ -31,6 +31,7 @@ sys.path.insert(0, str(REPO))
 
 from bertclf import data as D  # noqa: E402
 from bertclf.audit import audit_dataset  # noqa: E402
+from bertclf.cpu import describe  # noqa: E402
 
 BEGIN, END = "<!-- audit_nsmc: begin -->", "<!-- audit_nsmc: end -->"
 
@@ -101,10 +102,9 @@ def markdown(planted: list[dict], full: tuple | None) -> str:
                   "--write-results` measures it (5 TF-IDF + LR fits on 120k reviews: ~10 CPU-minutes)."]
     else:
         lines += full_markdown(*full)
-    from bertclf.cpu import describe
-
     load = os.getloadavg()[0]
-    lines += ["", f"Python {platform.python_version()}, {describe()}, one run, {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}, "
+    when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    lines += ["", f"Python {platform.python_version()}, {describe()}, one run, {when}, "
               f"load average {load:.1f} at the end (the seconds move with the load; the precisions do not).", END]
     return "\n".join(lines) + "\n"
 

@@ -13,7 +13,7 @@ import sys, json, time, argparse
 from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO)); sys.path.insert(0, str(REPO / 'benchmarks'))
-import numpy as np, torch
+import torch
 import bertclf.loop as L
 from bertclf import data as D
 from bertclf.tokens import encode
@@ -58,7 +58,8 @@ train_file, test_file = DS.make_splits(a.work, 0.1)[a.task]  # bias reads hate's
 cfg = L.TrainConfig(out=str(a.work / f'trace-{a.task}'), train=str(train_file), text_col=t['text'], label_col=t['label'],
                     overwrite=True, calibrate=False)
 for kv in a.set:
-    k, v = kv.split('='); cur = getattr(cfg, k); setattr(cfg, k, type(cur)(v) if cur is not None else float(v))
+    k, v = kv.split('='); cur = getattr(cfg, k)
+    setattr(cfg, k, type(cur)(v) if cur is not None else int(v) if v.lstrip('-').isdigit() else float(v))
 decays = [float(x) for x in a.ema.split(',')] if a.ema else []
 test = D.read_labelled(str(test_file), t['text'], t['label'])
 S = {}

@@ -126,7 +126,7 @@ def validate(run: Run, meter: Meter, events) -> str | None:
                        run.cfg.eval_batch_size, run.accelerator, run.autocast_dtype)
     events.on_evaluate(step, rep)
     score = run.task.score(rep)
-    top_before = state.top_score if state.top_score is not None else state.best_score
+    top_before = state.top
     tolerance = None if run.cfg.select == "best" else \
         selection_tolerance(top_before if top_before is not None else score, len(run.y_valid))
     kept = state.record_score(score, step, tolerance)

@@ -42,8 +42,8 @@ def default_lr(batch_size: int) -> float:
 def default_epochs(steps_per_epoch: int, multi_label: bool) -> int:
     """Passes over the data for --epochs unset. Multi-label: small data gets more passes, so that it reaches
     MIN_STEPS steps (on 3,200 KOTE rows validation macro-F1 rose at every check up to 800 steps, and held-out
-    macro-F1 0.4567 at 800 vs 0.4442 at 400: benchmarks/RESULTS.md, "Datasets"); single-label: EPOCHS (on 2,000 hate-speech
-    rows 7 epochs scored below 2: benchmarks/recipe_sweep.md)."""
+    macro-F1 0.4567 at 800 vs 0.4442 at 400: benchmarks/RESULTS.md, "Datasets"); single-label: EPOCHS (on 2,000
+    hate-speech rows 7 epochs scored below 2: benchmarks/recipe_sweep.md)."""
     if not multi_label:
         return EPOCHS
     lo, hi = EPOCHS_RANGE

@@ -40,16 +40,20 @@ class TrainState:
         self.batch_in_epoch = 0
         return True
 
+    @property
+    def top(self) -> float | None:
+        """The highest validation score so far (a checkpoint from before top_score: its best was the top)."""
+        return self.top_score if self.top_score is not None else self.best_score
+
     def record_score(self, score: float, step: int, tolerance: float | None = None) -> bool:
         """Note a validation score; True if these weights are to be kept. tolerance None: only a new highest score
         (the first of equal ones); a number: also a later score within it of the highest (a tie within the
         validation noise). Only a new highest score resets early stopping's count."""
-        if self.top_score is None:  # a checkpoint from before top_score: its best was the top
-            self.top_score = self.best_score
-        top = self.top_score
+        top = self.top
         if top is None or score > top:
             self.top_score, self.evals_without_improvement = score, 0
         else:
+            self.top_score = top
             self.evals_without_improvement += 1
             if tolerance is None or score < top - tolerance:
                 return False
