@@ -9,7 +9,7 @@ import numpy as np
 
 from bertclf import checkpoint as ckpt
 from bertclf import rundir
-from bertclf.calibration import calibrate, test_calibration
+from bertclf.calibration import MIN_ROWS, calibrate, test_calibration
 from bertclf.card import build_card, device_name
 from bertclf.disk_space import writing
 from bertclf.evaluate import score_ids
@@ -80,6 +80,11 @@ def _calibrate(run, model, valid_logits, valid_metrics: dict | None) -> tuple[di
     """--calibrate (single-label): fold a temperature fitted on the validation rows into the model
     (bertclf/calibration.py); (its record for the card or None, the validation metrics with the calibrated ECE)."""
     if not run.cfg.calibrate or run.task.kind != "single_label" or not len(run.y_valid):
+        return None, valid_metrics
+    if len(run.y_valid) < MIN_ROWS:
+        run.say(f"calibration: skipped: {len(run.y_valid)} validation rows, fewer than the {MIN_ROWS} a temperature "
+                f"needs (fitted on fewer it is noise); the probabilities stay raw: hold out more with --valid-frac "
+                f"or --valid FILE")
         return None, valid_metrics
     calibration = calibrate(model, valid_logits, run.y_valid)
     v = calibration["valid"]

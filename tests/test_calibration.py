@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from bertclf.calibration import fit_temperature, fold_temperature, nll, uncalibrated_probs
+from bertclf.calibration import MIN_ROWS, fit_temperature, fold_temperature, nll, uncalibrated_probs
 from bertclf.metrics import expected_calibration_error
 
 from _cli import run_cli  # noqa: E402
@@ -155,10 +155,29 @@ def test_no_calibrate_leaves_the_model_raw(tiny_model_dir, nsmc_slices, tmp_path
 
     out = tmp_path / "raw"
     card = train(TrainConfig(out=str(out), train=str(nsmc_slices["train"]), text_col="document",
-                             model=str(tiny_model_dir), sample=0.2, max_steps=3, batch_size=16, lr=2e-3, seed=0,
-                             calibrate=False), echo=lambda s: None)
+                             model=str(tiny_model_dir), sample=0.2, valid_frac=0.2, max_steps=3, batch_size=16,
+                             lr=2e-3, seed=0, calibrate=False), echo=lambda s: None)
+    assert card["data"]["valid"]["rows"] >= MIN_ROWS  # enough rows: only --no-calibrate keeps it raw
     assert card["calibration"] is None
     assert json.loads((out / "bertclf.json").read_text())["args"]["calibrate"] is False
+
+
+def test_too_few_validation_rows_skip_the_temperature_and_say_so(tiny_model_dir, nsmc_slices, tmp_path):
+    """A temperature fitted on a handful of rows is noise (one new user's 20 rows gave T 0.377: every probability
+    pushed towards 0 or 1): below MIN_ROWS the model stays raw and the run says why and what to do."""
+    from bertclf.loop import TrainConfig, train
+
+    said = []
+    card = train(TrainConfig(out=str(tmp_path / "few"), train=str(nsmc_slices["train"]), text_col="document",
+                             model=str(tiny_model_dir), sample=0.2, max_steps=3, batch_size=16, lr=2e-3, seed=0),
+                 echo=said.append)
+    n = card["data"]["valid"]["rows"]
+    assert 0 < n < MIN_ROWS
+    assert card["calibration"] is None
+    line = [s for s in said if s.startswith("calibration:")]
+    assert line == [f"calibration: skipped: {n} validation rows, fewer than the {MIN_ROWS} a temperature needs "
+                    f"(fitted on fewer it is noise); the probabilities stay raw: hold out more with --valid-frac "
+                    f"or --valid FILE"]
 
 
 def test_report_shows_ece_before_and_after_calibration(trained_tiny_dir, card, tmp_path):

@@ -238,7 +238,8 @@ VALID_LINE = re.compile(r"validation @ step (\d+): accuracy ([01]\.\d{4}), macro
 def early_stop_args(slices, model, out) -> list:
     return ["train", "--train", slices["train"], "--text-col", "document", "--model", model, "--sample", 0.25,
             "--epochs", 2, "--batch-size", 16, "--lr", 2e-3, "--seed", 0, "--eval-every", EVAL_EVERY,
-            "--patience", PATIENCE, "--log-every", LOG_EVERY, "--select", "best", "--out", out]
+            "--patience", PATIENCE, "--log-every", LOG_EVERY, "--select", "best", "--out", out,
+            "--valid-frac", 0.15]  # >= 100 validation rows: the run fits and folds a temperature
 
 
 @pytest.fixture(scope="module")
