@@ -36,11 +36,15 @@ def tfidf_lr(n_classes: int, seed: int = 42):
     return make_pipeline(_vectorizer(), clf)
 
 
-def fit_predict(train_texts, train_y, test_texts, seed: int = 42):
-    """Probabilities for test_texts from the tfidf_lr model fitted on the training texts."""
+def fit_predict(train_texts, train_y, test_texts, n_classes: int, seed: int = 42):
+    """Probabilities (one column per label id, 0..n_classes-1) for test_texts from the tfidf_lr model fitted on
+    the training texts. A label no training row has gets probability 0: scikit-learn's columns are only the
+    classes it saw (model.classes_), so they are put back in their label-id places."""
     model = tfidf_lr(len(set(train_y)), seed)
     model.fit(train_texts, train_y)
-    return model.predict_proba(test_texts)
+    probs = np.zeros((len(test_texts), n_classes))
+    probs[:, model.classes_] = model.predict_proba(test_texts)
+    return probs
 
 
 def fit_predict_multilabel(train_texts, train_y: np.ndarray, test_texts, seed: int = 42):
@@ -105,7 +109,7 @@ def run_baseline(data=None, train=None, test=None, text_col=None, label_col=None
         rep = multilabel_report(y_test, task.decide(probs), task.labels.names, task.thresholds)
         method = "tfidf-char-1-4gram + one-vs-rest logistic-regression, thresholds tuned on 20% of train"
     else:
-        probs = fit_predict(train_ds.texts, y_train, test_ds.texts, seed)
+        probs = fit_predict(train_ds.texts, y_train, test_ds.texts, len(task.labels.names), seed)
         rep = classification_report(y_test, probs.argmax(1), task.labels.names)
         method = "tfidf-char-1-4gram + logistic-regression"
     result = {"method": method, "accuracy": rep["accuracy"], "macro_f1": rep["macro_f1"],

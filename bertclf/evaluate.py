@@ -68,6 +68,9 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
     card_data = clf.card.get("data") or {}
     if data == "nsmc":
         ds = D.read_nsmc("test", data_dir, log=log)
+        if any(clf.task.labels.resolve(name) is None for name in set(ds.labels)):
+            # a model trained on the NSMC file itself (--train ratings_train.txt) knows the cells 0/1, not their names
+            ds = D.read_labelled(D.nsmc_path("test", data_dir, log=lambda s: None), D.NSMC_TEXT_COL, D.NSMC_LABEL_COL)
     else:
         ds = D.read_labelled(test, text_col or card_data.get("text_col") or "text",
                              label_col or card_data.get("label_col") or "label", encoding=encoding, columns=columns)

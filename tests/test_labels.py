@@ -99,3 +99,38 @@ def test_eval_reads_label_ids_of_a_model_with_named_labels(trained_tiny_dir, nsm
     r = run("eval", d, "--test", bad, "--text-col", "document")
     assert r.returncode == 2 and len(r.stderr.strip().splitlines()) == 1
     assert "bad.tsv" in r.stderr and "'7'" in r.stderr
+
+
+def test_baseline_with_a_named_label_no_training_row_has(nsmc_slices, tmp_path):
+    """--label-names with a label the training rows never use: scikit-learn's probability columns are only the
+    classes it saw, and reading them as label ids shifted every prediction by one (accuracy 0.62 -> 0.16)."""
+    from bertclf.baseline import run_baseline
+    from bertclf.data import read_labelled
+
+    ids = {}
+    for part in ("train", "test"):
+        ds = read_labelled(nsmc_slices[part], "document", "label")
+        ids[part] = tmp_path / f"{part}.tsv"
+        ids[part].write_text("text\tlabel\n" + "".join(f"{t}\t{int(y) + 1}\n" for t, y in zip(ds.texts, ds.labels)),
+                             encoding="utf-8")
+    names = tmp_path / "names.txt"
+    names.write_text("never\nnegative\npositive\n", encoding="utf-8")
+    quiet = dict(log=lambda s: None)
+    plain = run_baseline(train=str(nsmc_slices["train"]), test=str(nsmc_slices["test"]), text_col="document", **quiet)
+    named = run_baseline(train=str(ids["train"]), test=str(ids["test"]), label_names=str(names), **quiet)
+    assert named["accuracy"] == plain["accuracy"] > 0.6
+    cm = np.array(named["report"]["confusion_matrix"])
+    assert cm.shape == (3, 3) and cm[:, 0].sum() == 0 and cm[0].sum() == 0  # nothing predicted as the unused label
+    assert cm[1:, 1:].tolist() == plain["report"]["confusion_matrix"]
+
+
+def test_eval_data_nsmc_scores_a_model_trained_on_the_nsmc_file(trained_tiny_dir, nsmc_dir, nsmc_slices):
+    """A model trained with --train on NSMC's own file knows the cells 0/1, not the names --data nsmc gives them
+    (negative/positive): eval --data nsmc reads the cells then, and scores what --test on the file scores."""
+    from bertclf.evaluate import evaluate
+
+    quiet = dict(log=lambda s: None, precision="fp32")
+    rep = evaluate(str(trained_tiny_dir), data="nsmc", data_dir=str(nsmc_dir), **quiet)
+    same = evaluate(str(trained_tiny_dir), test=str(nsmc_dir / "ratings_test.txt"), text_col="document", **quiet)
+    assert rep["labels"] == ["0", "1"] and rep["n"] == same["n"] == 49_997
+    assert rep["accuracy"] == same["accuracy"] and rep["confusion_matrix"] == same["confusion_matrix"]
