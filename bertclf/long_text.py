@@ -74,19 +74,29 @@ def encode_long(tokenizer, texts: list[str], max_length: int, mode: str = "trunc
     return Encoded(ids, np.asarray(doc, dtype=np.int64), len(texts), cut)
 
 
+def added_specials(tokenizer) -> tuple[int, int]:
+    """(tokens the tokenizer puts before a text, after it): [CLS]..[SEP] and <s>..</s> give (1, 1). Found by
+    encoding a probe with and without them; not from the special-tokens mask, which also marks an <unk> that a
+    text's own first or last character became."""
+    body = tokenizer("a", add_special_tokens=False)["input_ids"]
+    full = tokenizer("a")["input_ids"]
+    for pre in range(len(full) - len(body) + 1):
+        if full[pre:pre + len(body)] == body:
+            return pre, len(full) - pre - len(body)
+    raise ValueError(f"{type(tokenizer).__name__}: cannot find a text's tokens inside its special tokens")
+
+
 def head_tail(tokenizer, texts: list[str], max_length: int) -> list[tuple[np.ndarray, bool]]:
     """(ids, was it longer than max_length) per text: the first HEAD_SHARE of the room and the last tokens, inside
-    the text's own special tokens (found with the tokenizer's special-tokens mask: [CLS]..[SEP], <s>..</s>)."""
-    room = max_length - tokenizer.num_special_tokens_to_add()
+    the text's own special tokens."""
+    pre, suf = added_specials(tokenizer)
+    room = max_length - pre - suf
     head = round(room * HEAD_SHARE)
     out = []
     for full in tokenizer(texts, truncation=False, return_attention_mask=False,
                           return_token_type_ids=False)["input_ids"]:
         long = len(full) > max_length
         if long:
-            special = tokenizer.get_special_tokens_mask(full, already_has_special_tokens=True)
-            pre = next(i for i, s in enumerate(special) if not s)
-            suf = next(i for i, s in enumerate(reversed(special)) if not s)
             full = full[:pre + head] + full[len(full) - suf - (room - head):]
         out.append((np.asarray(full, dtype=np.int32), long))
     return out

@@ -94,6 +94,26 @@ def test_head_tail_keeps_the_first_and_the_last_tokens(tokenizer, long_texts, re
     assert all(np.array_equal(a, b) for a, b in zip(enc.ids[len(long_texts):], short))  # texts that fit: as is
 
 
+def test_head_tail_counts_an_unk_at_either_end_as_text(trained_tiny_dir, tokenizer, reviews):
+    """A text whose first or last character the vocabulary lacks starts or ends with <unk>, which the special-tokens
+    mask also marks: head-tail must still keep exactly max_length tokens (it kept max_length + 1, and at 512 the
+    model's position table overflowed with a traceback)."""
+    body = " ".join(reviews[0][:120])  # well over 512 tokens
+    texts = ["🫠 " + body + " 🫠", "🫠 " + body, body + " 🫠"]
+    unk = tokenizer.unk_token_id
+    assert tokenizer(texts[2])["input_ids"][-2] == unk  # the case that broke: <unk> right before </s>
+    for max_length in (64, 512):
+        enc = encode_long(tokenizer, texts, max_length, "head-tail")
+        room = max_length - tokenizer.num_special_tokens_to_add()
+        head = round(room * HEAD_SHARE)
+        for text, ids in zip(texts, enc.ids):
+            full = tokenizer(text)["input_ids"]
+            assert unk in full[1:3] + full[-2:-1]
+            assert list(ids) == full[:1] + full[1:-1][:head] + full[1:-1][-(room - head):] + full[-1:]
+    probs = classifier(trained_tiny_dir, max_length=512, long_text="head-tail").predict_proba(texts)
+    assert probs.shape == (3, 2) and np.allclose(probs.sum(1), 1)
+
+
 def test_eval_prints_how_many_rows_were_cut_and_window_works(trained_tiny_dir, reviews, long_texts, tmp_path):
     f = tmp_path / "long.tsv"
     rows = [("document", "label")] + [(t, "1") for t in long_texts]  # the model's training columns + list(zip(reviews[0][:20], reviews[1][:20]))
