@@ -93,7 +93,7 @@ class TrainConfig:
 RESUME_KEYS = ("data", "train", "valid", "model", "epochs", "batch_size", "lr", "max_length", "sample", "seed",
                "max_steps", "precision", "grad_accum", "valid_frac", "warmup", "weight_decay", "trim_vocab",
                "text_col", "label_col", "eval_every", "columns", "max_grad_norm", "multi_label", "label_sep",
-               "label_names", "class_weights", "metric", "long_text", "select")
+               "label_names", "class_weights", "metric", "long_text", "select", "encoding")
 
 
 def validate_config(cfg: TrainConfig) -> None:
