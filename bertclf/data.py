@@ -127,6 +127,9 @@ def read_labelled(path: str | os.PathLike, text_col: str = "text", label_col: st
     Labels are the cells' raw strings, stripped and NFC-normalised (an NFD and an NFC 긍정 are one class).
     """
     path = Path(path)
+    if label_col and label_col == text_col:
+        raise UserError(f"{path}: --text-col and --label-col are both '{text_col}': the model would read the answer "
+                        f"in its input; give the column with the texts and the one with the labels")
     need = [text_col] + ([label_col] if label_col else [])
     texts, labels, dropped, rows = [], [], 0, 0
     for n, row in iter_rows(path, need, fmt=fmt, encoding=encoding, columns=columns):

@@ -188,6 +188,11 @@ def _table_rows(lines, where: str, need: list[str], fmt: str, columns: list[str]
         raise UserError(f"{where}, line 1: column '{missing[0]}' not in header ({', '.join(header)}); "
                         f"choose columns with {col_flags}" + (" (or --columns for a file without a header)"
                                                               if "--text-col" in col_flags else ""))
+    twice = [c for c in need if header.count(c) > 1]
+    if twice:
+        where_named = f"--columns {','.join(columns)}" if columns else f"{where}, line 1"
+        raise UserError(f"{where_named}: column '{twice[0]}' is named {header.count(twice[0])} times; which one is "
+                        f"meant is unclear: rename the others")
     pos = [header.index(c) for c in need]
     for n, rec in records:
         if not rec or (len(rec) == 1 and not rec[0].strip()):

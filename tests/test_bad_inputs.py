@@ -42,6 +42,10 @@ CASES = [
     ("train-one-class", INPROC, TR + ["--train", "{D}/oneclass.tsv", "--out", "{OUT}"], ["oneclass.tsv", "one class"]),
     ("train-test-label-unseen", INPROC, TR + ["--train", "{G}", "--test", "{D}/unseen.tsv", "--out", "{OUT}"],
      ["unseen.tsv", "'2'", "never seen"]),
+    ("train-text-col-is-label-col", INPROC, TR + ["--train", "{G}", "--label-col", "document", "--out", "{OUT}"],
+     ["good.tsv", "--text-col", "--label-col", "'document'"]),
+    ("train-column-named-twice", INPROC, TR + ["--train", "{D}/twice.tsv", "--out", "{OUT}"],
+     ["twice.tsv", "line 1", "'document'", "2 times"]),
     ("train-unknown-file-type", INPROC, TR + ["--train", "{D}/data.xlsx", "--out", "{OUT}"], ["data.xlsx", ".xlsx"]),
     # ---- train: the model
     ("train-model-not-a-model", INPROC, TR + ["--model", "{D}/notamodel", "--train", "{G}", "--out", "{OUT}"],
@@ -102,6 +106,8 @@ CASES = [
     ("eval-missing-test-file", INPROC, ["eval", "{T}", "--test", "{D}/nope.tsv"], ["nope.tsv", "not found"]),
     ("eval-labels-unknown-to-model", INPROC, ["eval", "{T}", "--test", "{D}/unseen.tsv"], ["unseen.tsv", "'2'"]),
     ("eval-no-data", INPROC, ["eval", "{T}"], ["--test"]),
+    ("eval-text-col-is-label-col", INPROC, ["eval", "{T}", "--test", "{G}", "--text-col", "label"],
+     ["good.tsv", "--text-col", "--label-col", "'label'"]),
     ("eval-batch-size-negative", INPROC, ["eval", "{T}", "--test", "{G}", "--batch-size", "-1"],
      ["--batch-size", "-1"]),
     ("eval-batch-size-0", INPROC, ["eval", "{T}", "--test", "{G}", "--batch-size", "0"], ["--batch-size", "0"]),
@@ -189,6 +195,8 @@ def bad(nsmc_slices, trained_tiny_dir, tmp_path_factory) -> Path:
     (d / "oneclass.tsv").write_text(header + "".join(r for r in rows[:400] if r.rstrip("\n").endswith("\t1")),
                                     encoding="utf-8")
     (d / "unseen.tsv").write_text(header + "1\t좋아요\t1\n2\t별로\t2\n", encoding="utf-8")
+    (d / "twice.tsv").write_text("id\tdocument\tlabel\tdocument\n1\t좋아요\t1\t별로\n2\t별로\t0\t좋아요\n",
+                                 encoding="utf-8")
     (d / "data.xlsx").write_bytes(b"PK\x03\x04")
     (d / "tinytest.tsv").write_text(header + "".join(rows[:40]), encoding="utf-8")
     (d / "tworows.tsv").write_text(header + "1\t좋아요\t1\n2\t별로\t0\n", encoding="utf-8")
