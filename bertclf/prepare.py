@@ -142,7 +142,7 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
     cfg.trim_vocab = trims_vocab(cfg)  # unset: on for the builtin models (recorded resolved, for --resume)
     run_args = asdict(cfg) | {"batch_size": batch_size, "lr": lr}
     if resuming:  # settings first: before the accelerator (its precision is set once) and any trimming
-        refuse_changed_settings(Path(cfg.out), run_args)
+        refuse_changed_settings(Path(cfg.out), run_args, derived={"lr": "--batch-size"} if cfg.lr is None else {})
     mixed = pick_precision(cfg.precision)
     if not torch.distributed.is_initialized():  # a second train() in one process (a notebook) may pick another
         AcceleratorState._reset_state()         # precision; Accelerate keeps the first one's state otherwise
@@ -280,8 +280,10 @@ def resume(run: Run) -> None:
     say(f"resumed from {found.name}: step {run.state.step}, epoch {run.state.epoch + 1}")
 
 
-def refuse_changed_settings(out: Path, run_args: dict) -> None:
-    """--resume with other settings (RESUME_KEYS) than the newest complete checkpoint's: one line naming them."""
+def refuse_changed_settings(out: Path, run_args: dict, derived: dict | None = None) -> None:
+    """--resume with other settings (RESUME_KEYS) than the newest complete checkpoint's: one line naming them.
+    derived: setting -> the flag its default follows (the default lr follows --batch-size), so a setting the user
+    never passed is named as what moved it."""
     found = ckpt.latest_checkpoint(out, log=lambda s: None)
     if found is None:
         return  # resume() says there is no checkpoint
@@ -291,7 +293,10 @@ def refuse_changed_settings(out: Path, run_args: dict) -> None:
     defaults = {f.name: f.default for f in fields(TrainConfig)}  # a checkpoint older than a key ran its default
     changed = [k for k in RESUME_KEYS if saved.get(k, defaults.get(k)) != run_args.get(k)]
     if changed:
-        raise UserError(f"--resume: {', '.join('--' + k.replace('_', '-') for k in changed)} differ from the "
+        derived = derived or {}
+        named = [f"--{k.replace('_', '-')}" + (f" (its default follows {derived[k]})" if k in derived else "")
+                 for k in changed]
+        raise UserError(f"--resume: {', '.join(named)} {'differs' if len(named) == 1 else 'differ'} from the "
                         f"run in {out}; repeat its settings (see {found / ckpt.TRAINER_STATE})")
 
 

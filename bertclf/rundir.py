@@ -152,9 +152,12 @@ def prepare(out, resume: bool, overwrite: bool) -> Path:
                                 f"first checkpoint); start it again with --overwrite instead of --resume")
             raise UserError(f"--resume: {out} holds no checkpoint to resume from; start without --resume")
     elif has_run and not overwrite:
-        what = "a finished model" if has_card(out) else "files of another run"
-        raise UserError(f"--out {out}: already holds {what}; choose a new directory, add --resume to "
-                        f"continue it, or --overwrite to replace it")
+        if has_card(out):  # finished: --resume has nothing to continue
+            raise UserError(f"--out {out}: already holds a finished model; choose a new directory, or --overwrite "
+                            f"to replace it")
+        resumable = step_checkpoints(out) or (checkpoints_dir(out) / "config.json").is_file()
+        raise UserError(f"--out {out}: already holds files of another run; choose a new directory"
+                        + (", add --resume to continue it," if resumable else "") + " or --overwrite to replace it")
     created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
     try:
         out.mkdir(parents=True, exist_ok=True)

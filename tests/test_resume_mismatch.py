@@ -67,3 +67,26 @@ def test_the_same_layout_still_loads(tmp_path):
     state = ckpt.load_checkpoint(found, again, opt2, torch.optim.lr_scheduler.LambdaLR(opt2, lambda s: 1.0))
     assert state == {"step": 10}
     assert all(torch.equal(a, b) for a, b in zip(model.state_dict().values(), again.state_dict().values()))
+
+
+def test_a_refused_default_lr_is_named_with_the_flag_that_moved_it(tmp_path):
+    """--resume with only --batch-size changed: the default lr follows the batch size, so it differs too; the line
+    says so instead of naming an --lr the user never passed."""
+    from bertclf.prepare import default_lr, refuse_changed_settings
+
+    model = _model()
+    optimizer = _adamw(model, 2)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
+    from dataclasses import asdict
+
+    from bertclf.config import TrainConfig
+
+    args = asdict(TrainConfig(out=str(tmp_path / "run"))) | {"batch_size": 32, "lr": default_lr(32)}
+    ckpt.save_checkpoint(tmp_path / "run", 10, model, optimizer, scheduler, {"step": 10, "args": args})
+    with pytest.raises(UserError) as e:
+        refuse_changed_settings(tmp_path / "run", args | {"batch_size": 16, "lr": default_lr(16)},
+                                {"lr": "--batch-size"})
+    assert str(e.value).startswith("--resume: --batch-size, --lr (its default follows --batch-size) differ from ")
+    with pytest.raises(UserError) as e:  # an --lr the user passed is named plainly
+        refuse_changed_settings(tmp_path / "run", args | {"lr": 1e-3}, {})
+    assert str(e.value).startswith("--resume: --lr differs from ")
