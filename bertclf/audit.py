@@ -69,13 +69,13 @@ class Audit:
                  "suggested_label": self.names[sugg[i]], "score": float(self.scores[i])} for i in idx]
 
 
-def data_rows(path, text_col: str, ds: D.Dataset) -> np.ndarray:
+def data_rows(path, text_col: str, ds: D.Dataset, encoding: str = "utf-8", columns=None) -> np.ndarray:
     """The 0-based data row of each of ds's texts (read_labelled drops rows with an empty text)."""
     if ds.dropped_empty == 0:
         return np.arange(len(ds))
     from bertclf.rows import iter_rows
 
-    rows = (r for _, r in iter_rows(path, [text_col]))  # Dataset does not keep row numbers
+    rows = (r for _, r in iter_rows(path, [text_col], encoding=encoding, columns=columns))  # Dataset keeps no row numbers
     kept = np.array([i for i, r in enumerate(rows) if not D.is_empty_text(r[text_col])])
     assert len(kept) == len(ds)
     return kept
@@ -194,7 +194,8 @@ def format_summary(s: dict) -> str:
 
 
 def run_audit(train: str, out: str, text_col: str | None = None, label_col: str | None = None, folds: int = 5,
-              seed: int = 42, log=print, model: str = "baseline") -> dict:
+              seed: int = 42, log=print, model: str = "baseline", encoding: str = "utf-8",
+              columns: list[str] | None = None) -> dict:
     """Audit the labels of `train`; write `out` (TSV) and its HTML page; return the summary (with the paths)."""
     if folds < 2:
         raise UserError(f"--folds: must be at least 2, got {folds}")
@@ -213,11 +214,11 @@ def run_audit(train: str, out: str, text_col: str | None = None, label_col: str 
 
         resolve(model, log=log)  # a missing or broken folder: one line now, not after reading the data
     t0 = time.time()
-    ds = D.read_labelled(train, text_col, label_col)
-    rows = data_rows(train, text_col, ds)
+    ds = D.read_labelled(train, text_col, label_col, encoding=encoding, columns=columns)
+    rows = data_rows(train, text_col, ds, encoding=encoding, columns=columns)
     audit = audit_dataset(ds, rows, folds, seed, log, model)
     info = {"train": str(train), "out": str(out_path), "html": str(html_path), "text_col": text_col,
-            "label_col": label_col, "folds": folds, "seed": seed,
+            "label_col": label_col, "columns": columns, "folds": folds, "seed": seed,
             "model": "tfidf-char-1-4gram + logistic-regression" if model == "baseline" else
             f"{model}, fine-tuned per fold (bertclf train defaults)",
             "dropped_empty": ds.dropped_empty, "seconds": round(time.time() - t0, 1)}

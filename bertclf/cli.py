@@ -169,6 +169,7 @@ def build_parser() -> Parser:
     au.add_argument("--model", default="baseline", metavar="baseline|NAME|DIR",
                     help="out-of-fold model: baseline (TF-IDF + LR, default, minutes on a CPU) or a transformer "
                          "(builtin name, directory or hub name) fine-tuned per fold with bertclf train's defaults")
+    _read_flags(au)
     return p
 
 
@@ -332,8 +333,10 @@ def cmd_report(a) -> int:
 def cmd_audit(a) -> int:
     from bertclf.audit import format_summary, run_audit
 
+    check_encoding(a.encoding)
     res = run_audit(a.train, a.out, text_col=a.text_col, label_col=a.label_col, folds=a.folds, seed=a.seed,
-                    log=lambda s: print(s, file=sys.stderr), model=a.model)
+                    log=lambda s: print(s, file=sys.stderr), model=a.model, encoding=a.encoding,
+                    columns=parse_columns(a.columns))
     print(format_summary(res))
     print(f"written: {res['out']} and {res['html']}")
     return 0

@@ -130,6 +130,23 @@ def test_bad_input_is_one_line_exit_2(tmp_path, case, want):
     assert not (tmp_path / "a.tsv").exists() and not (tmp_path / "a.html").exists()
 
 
+def test_a_header_less_cp949_file_with_columns_and_encoding(tmp_path):
+    """KOTE-style files have no header: --columns names them (the column error's advice says so), --encoding
+    reads a cp949 file; row numbers still count data rows, an empty text's row included."""
+    rows = [(str(i), f"영화 {i} {'좋다 최고' if i % 2 else '별로 지루'}", "ab"[i % 2]) for i in range(40)]
+    rows[7] = ("7", "최고 좋다", "a")  # a planted wrong label: the positive words of 'b' rows
+    rows.insert(3, ("x", "", "a"))    # an empty text: dropped, but it is data row 3
+    f = tmp_path / "noheader.tsv"
+    f.write_bytes("".join("\t".join(r) + "\n" for r in rows).encode("cp949"))
+    res = run_cli(["--train", str(f), "--columns", "id,text,label", "--encoding", "cp949", "--folds", "3",
+                   "--out", str(tmp_path / "a.tsv")], tmp_path)
+    assert res.returncode == 0, res.stderr
+    recs = read_tsv(tmp_path / "a.tsv")
+    assert recs and recs[0]["row"] == "8" and recs[0]["text"] == "최고 좋다" and recs[0]["given_label"] == "a"
+    for r in recs:
+        assert rows[int(r["row"])][1] == r["text"] and rows[int(r["row"])][2] == r["given_label"]
+
+
 def test_model_fine_tunes_per_fold_and_maps_its_labels(noisy_nsmc, tiny_model_dir, tmp_path, monkeypatch):
     """--model DIR: out-of-fold probabilities from `bertclf train` per fold (the tiny random-weight model: the
     mechanics, not the quality; benchmarks/audit_nsmc.py --model me5-small measures that)."""
