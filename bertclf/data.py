@@ -109,13 +109,16 @@ class Dataset:
         )
 
     def summary(self) -> dict:
+        counts = Counter(self.labels)
+        unlabelled = counts.pop(None, 0)  # distill --texts: rows trained on the teacher's soft labels alone
         return {
             "source": self.source,
             "sha256": self.sha256,
             "rows_read": self.rows_read,
             "dropped_empty": self.dropped_empty,
             "rows": len(self),
-            "label_counts": dict(sorted(Counter(self.labels).items(), key=lambda kv: str(kv[0]))),
+            **({"unlabelled_rows": unlabelled} if unlabelled else {}),
+            "label_counts": dict(sorted(counts.items(), key=lambda kv: str(kv[0]))),
         }
 
 

@@ -139,9 +139,12 @@ def check_same_settings(out: Path, settings: dict, resuming: bool) -> None:
 def check_same_rows(train_ds, teacher_card: dict, teacher_dir: Path) -> None:
     """The rebuilt training rows are the teacher's (same file, same count), else one line."""
     kept = (teacher_card.get("data") or {}).get("train") or {}
-    if (kept.get("sha256") and kept["sha256"] != train_ds.sha256) or kept.get("rows") != len(train_ds):
+    # a teacher that is itself a student of --texts also trained on unlabelled rows: only its labelled ones rebuild
+    unlabelled = kept.get("unlabelled_rows", (kept.get("label_counts") or {}).get("null", 0))
+    labelled = kept["rows"] - unlabelled if "rows" in kept else None
+    if (kept.get("sha256") and kept["sha256"] != train_ds.sha256) or labelled != len(train_ds):
         raise UserError(f"{teacher_dir}: its training rows cannot be rebuilt ({train_ds.source.split(' (')[0]} "
-                        f"changed since it was trained: {len(train_ds)} rows now, {kept.get('rows')} then, or another "
+                        f"changed since it was trained: {len(train_ds)} rows now, {labelled} then, or another "
                         f"sha256); distill needs the teacher's training data as it was")
 
 

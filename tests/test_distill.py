@@ -125,6 +125,7 @@ def test_distill_writes_a_normal_smaller_model(trained_tiny_dir, student_dir, un
     n_texts = sum(1 for line in unlabelled_file.read_text(encoding="utf-8").splitlines() if line.strip())
     assert info["unlabelled_rows"] == n_texts > 300  # --texts added its rows to the teacher's
     assert card["data"]["train"]["rows"] == teacher_card["data"]["train"]["rows"] + n_texts
+    assert card["data"]["train"]["unlabelled_rows"] == n_texts and None not in card["data"]["train"]["label_counts"]
     assert card["data"]["valid"] == teacher_card["data"]["valid"]  # the same validation rows, rebuildable
     assert card["metrics"]["test"]["n"] == teacher_card["metrics"]["test"]["n"]
     assert not (out / "checkpoints").exists()  # the work folder (student start, teacher logits) is gone
@@ -132,6 +133,24 @@ def test_distill_writes_a_normal_smaller_model(trained_tiny_dir, student_dir, un
 
     texts, y, where = check_rows(out, card, card["labels"])
     assert "rebuilt from bertclf.json" in where and len(texts) == card["data"]["valid"]["rows"]
+
+
+def test_a_student_of_texts_can_teach_its_labelled_rows_are_what_rebuilds(tmp_path):
+    """A student trained with --texts records its training rows plus the unlabelled ones; distilling it again
+    rebuilds only the labelled rows, which must not read as 'the training file changed' (it did: 850 vs 1,050)."""
+    from bertclf.data import Dataset
+    from bertclf.distill import check_same_rows, with_unlabelled
+    from bertclf.errors import UserError
+
+    labelled = Dataset(["좋다", "싫다", "최고"], ["1", "0", "1"], source="t.tsv", sha256="abc")
+    student = with_unlabelled(labelled, ["그냥", "별로"], "more.txt").summary()
+    assert student["rows"] == 5 and student["unlabelled_rows"] == 2 and student["label_counts"] == {"0": 1, "1": 2}
+    check_same_rows(labelled, {"data": {"train": student}}, tmp_path)
+    older = {k: v for k, v in student.items() if k != "unlabelled_rows"} | {"label_counts": {"0": 1, "1": 2, "null": 2}}
+    check_same_rows(labelled, {"data": {"train": older}}, tmp_path)  # a card written before unlabelled_rows
+    with pytest.raises(UserError, match="2 rows now, 3 then"):
+        check_same_rows(Dataset(["좋다", "싫다"], ["1", "0"], source="t.tsv", sha256="abc"),
+                        {"data": {"train": student}}, tmp_path)
 
 
 def test_eval_predict_export_work_on_the_student(student_dir, nsmc_slices, tmp_path):
