@@ -12,7 +12,8 @@ distribution of given and true labels).
 
 AUDIT.tsv: the flagged rows, most suspect first (lowest label-quality score, cleanlab.rank self-confidence:
 the out-of-fold probability of the given label), columns row (0-based data row of the file, header not
-counted), text, given_label, suggested_label (the out-of-fold argmax), score. AUDIT.html beside it: the summary
+counted), line (the 1-based file line the row starts on, for an editor), text, given_label, suggested_label (the
+out-of-fold argmax), score. AUDIT.html beside it: the summary
 and the most suspect rows, rendered from the report templates. Both are written atomically.
 """
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Audit:
     scores: np.ndarray        # label quality, 0..1, low = suspect
     ranked: np.ndarray        # indices of the flagged rows, most suspect first
     joint: np.ndarray         # cleanlab's estimate of P(given label = i, true label = j)
+    lines: np.ndarray | None = None  # the file line each row starts on (1-based; blank lines are no rows)
 
     @property
     def noise_rate(self) -> float:
@@ -65,20 +67,22 @@ class Audit:
         """The flagged rows, most suspect first, as the TSV writes them."""
         idx = self.ranked if limit is None else self.ranked[:limit]
         sugg = self.probs.argmax(1)
-        return [{"row": int(self.rows[i]), "text": self.texts[i], "given_label": self.names[self.labels[i]],
+        return [{"row": int(self.rows[i]), **({"line": int(self.lines[i])} if self.lines is not None else {}),
+                 "text": self.texts[i], "given_label": self.names[self.labels[i]],
                  "suggested_label": self.names[sugg[i]], "score": float(self.scores[i])} for i in idx]
 
 
-def data_rows(path, text_col: str, ds: D.Dataset, encoding: str = "utf-8", columns=None) -> np.ndarray:
-    """The 0-based data row of each of ds's texts (read_labelled drops rows with an empty text)."""
-    if ds.dropped_empty == 0:
-        return np.arange(len(ds))
+def data_rows(path, text_col: str, ds: D.Dataset, encoding: str = "utf-8",
+              columns=None) -> tuple[np.ndarray, np.ndarray]:
+    """(0-based data row, 1-based file line) of each of ds's texts: read_labelled drops rows with an empty text and
+    keeps no positions, and a blank line or a quoted multi-line cell parts rows from lines."""
     from bertclf.rows import iter_rows
 
-    rows = (r for _, r in iter_rows(path, [text_col], encoding=encoding, columns=columns))  # Dataset keeps no row numbers
-    kept = np.array([i for i, r in enumerate(rows) if not D.is_empty_text(r[text_col])])
+    kept = [(i, n) for i, (n, r) in enumerate(iter_rows(path, [text_col], encoding=encoding, columns=columns))
+            if not D.is_empty_text(r[text_col])]
     assert len(kept) == len(ds)
-    return kept
+    rows, lines = np.array(kept, dtype=np.int64).reshape(-1, 2).T
+    return rows, lines
 
 
 def out_of_fold_probs(texts: list[str], y: np.ndarray, n_classes: int, folds: int, seed: int) -> np.ndarray:
@@ -166,9 +170,10 @@ def html_path_for(out: Path) -> Path:
 def write_tsv(path: Path, audit: Audit) -> None:
     with atomic_file(path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        w.writerow(["row", "text", "given_label", "suggested_label", "score"])
+        w.writerow(["row", "line", "text", "given_label", "suggested_label", "score"])
         for r in audit.records():
-            w.writerow([r["row"], r["text"], r["given_label"], r["suggested_label"], f"{r['score']:.6f}"])
+            w.writerow([r["row"], r.get("line", ""), r["text"], r["given_label"], r["suggested_label"],
+                        f"{r['score']:.6f}"])
 
 
 def write_html(path: Path, audit: Audit, info: dict) -> None:
@@ -215,8 +220,9 @@ def run_audit(train: str, out: str, text_col: str | None = None, label_col: str 
         resolve(model, log=log)  # a missing or broken folder: one line now, not after reading the data
     t0 = time.time()
     ds = D.read_labelled(train, text_col, label_col, encoding=encoding, columns=columns)
-    rows = data_rows(train, text_col, ds, encoding=encoding, columns=columns)
+    rows, lines = data_rows(train, text_col, ds, encoding=encoding, columns=columns)
     audit = audit_dataset(ds, rows, folds, seed, log, model)
+    audit.lines = lines
     info = {"train": str(train), "out": str(out_path), "html": str(html_path), "text_col": text_col,
             "label_col": label_col, "columns": columns, "folds": folds, "seed": seed,
             "model": "tfidf-char-1-4gram + logistic-regression" if model == "baseline" else

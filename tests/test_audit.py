@@ -54,7 +54,8 @@ def test_flipped_labels_are_found_first(noisy_nsmc, tmp_path, capsys):
                  "--out", str(out)]) == 0
     printed = capsys.readouterr().out
     recs = read_tsv(out)
-    assert list(recs[0]) == ["row", "text", "given_label", "suggested_label", "score"]
+    assert list(recs[0]) == ["row", "line", "text", "given_label", "suggested_label", "score"]
+    assert all(int(r["line"]) == int(r["row"]) + 2 for r in recs)  # a header line, no blank lines
     k = len(flipped)
     top = [int(r["row"]) for r in recs[:k]]
     precision = len(set(top) & flipped) / k  # fewer flagged rows than k count as misses
@@ -137,14 +138,18 @@ def test_a_header_less_cp949_file_with_columns_and_encoding(tmp_path):
     rows[7] = ("7", "최고 좋다", "a")  # a planted wrong label: the positive words of 'b' rows
     rows.insert(3, ("x", "", "a"))    # an empty text: dropped, but it is data row 3
     f = tmp_path / "noheader.tsv"
-    f.write_bytes("".join("\t".join(r) + "\n" for r in rows).encode("cp949"))
+    lines = ["\t".join(r) + "\n" for r in rows]
+    lines.insert(6, "\n")  # a blank line is no row: rows after it sit one line further down
+    f.write_bytes("".join(lines).encode("cp949"))
     res = run_cli(["--train", str(f), "--columns", "id,text,label", "--encoding", "cp949", "--folds", "3",
                    "--out", str(tmp_path / "a.tsv")], tmp_path)
     assert res.returncode == 0, res.stderr
     recs = read_tsv(tmp_path / "a.tsv")
     assert recs and recs[0]["row"] == "8" and recs[0]["text"] == "최고 좋다" and recs[0]["given_label"] == "a"
+    assert recs[0]["line"] == "10"  # 8 rows before it, one blank line, 1-based
     for r in recs:
         assert rows[int(r["row"])][1] == r["text"] and rows[int(r["row"])][2] == r["given_label"]
+        assert lines[int(r["line"]) - 1].split("\t")[1] == r["text"]
 
 
 def test_model_fine_tunes_per_fold_and_maps_its_labels(noisy_nsmc, tiny_model_dir, tmp_path, monkeypatch):
