@@ -195,7 +195,9 @@ def _table_rows(lines, where: str, need: list[str], fmt: str, columns: list[str]
                         f"meant is unclear: rename the others")
     pos = [header.index(c) for c in need]
     for n, rec in records:
-        if not rec or (len(rec) == 1 and not rec[0].strip()):
+        # a blank line is no row; in a one-column file a line of spaces is a row with an empty text (said and
+        # skipped as such downstream), so that the rows after it keep their numbers
+        if not rec or (len(rec) == 1 and (rec[0] == "" or (len(header) > 1 and not rec[0].strip()))):
             continue
         if len(rec) != len(header):
             what = "--columns names" if columns else "the header has"

@@ -214,3 +214,17 @@ def test_training_data_reads_columns_and_encoding(tmp_path):
     cfg.test_sample = 0.1
     with pytest.raises(UserError, match="--test-sample 0.1: leaves none of the 2 rows"):
         D.load_training_data(cfg, log=lambda s: None)
+
+
+def test_a_line_of_spaces_in_a_one_column_file_is_an_empty_row_not_a_blank_line(tmp_path):
+    """predict's row numbers: in a one-column file a whitespace-only line is a row with an empty text (skipped and
+    said), so the rows after it keep their numbers; a truly blank line is no row; in a file of several columns a
+    line of spaces is still a blank line (not a one-field ragged row)."""
+    from bertclf.rows import iter_rows
+
+    one = tmp_path / "one.tsv"
+    one.write_text("text\n좋다\n   \n\n싫다\n", encoding="utf-8")
+    assert [(n, r["text"]) for n, r in iter_rows(one, ["text"])] == [(2, "좋다"), (3, "   "), (5, "싫다")]
+    two = tmp_path / "two.tsv"
+    two.write_text("id\ttext\n1\t좋다\n   \n2\t싫다\n", encoding="utf-8")
+    assert [(n, r["text"]) for n, r in iter_rows(two, ["text"])] == [(2, "좋다"), (4, "싫다")]
