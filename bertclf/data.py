@@ -122,6 +122,13 @@ class Dataset:
         }
 
 
+def texts_in(ds: "Dataset", train: "Dataset") -> int:
+    """How many of ds's rows have a text that is also a training text (exactly, after NFC): a score on them is
+    partly a score on the training rows (a split of one file with repeated short texts has some too)."""
+    seen = {unicodedata.normalize("NFC", t) for t in train.texts}
+    return sum(unicodedata.normalize("NFC", t) in seen for t in ds.texts)
+
+
 def read_labelled(path: str | os.PathLike, text_col: str = "text", label_col: str | None = "label",
                   label_names: dict[str, str] | None = None, encoding: str = "utf-8",
                   columns: list[str] | None = None, fmt: str | None = None) -> Dataset:

@@ -56,8 +56,9 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
     train_s = max(state.train_seconds, 1e-9)
     card = build_card(
         cfg, run.run_args, names,
-        data={"train": run.train_ds.summary(), "valid": run.valid_ds.summary(),
-              "test": run.test_ds.summary() if run.test_ds else None},
+        data={"train": run.train_ds.summary(),
+              "valid": run.valid_ds.summary() | {"texts_in_train": run.in_train.get("valid")},
+              "test": run.test_ds.summary() | {"texts_in_train": run.in_train.get("test")} if run.test_ds else None},
         metrics={"valid": valid_metrics, "test": test_rep},
         training={"steps": state.step, "best_step": state.best_step, "epochs": state.step / plan.steps_per_epoch,
                   "stop_reason": stop_reason or "finished", "wall_time_s": wall, "train_seconds": state.train_seconds,

@@ -92,6 +92,7 @@ class Run:
     state: TrainState
     events: Events = field(default_factory=Events)  # bertclf.callbacks: train() sets the run's callbacks
     card_extra: dict = field(default_factory=dict)  # more model-card fields (bertclf distill: distilled_from)
+    in_train: dict = field(default_factory=dict)  # validation / test rows whose text is also a training text
 
     @property
     def labels(self):
@@ -120,6 +121,16 @@ class Run:
     def data_sha256(self) -> dict:
         """The SHA-256 of the training (and --valid) file, which --resume requires unchanged."""
         return {"train": self.train_ds.sha256} | ({"valid": self.valid_ds.sha256} if self.cfg.valid else {})
+
+
+def count_cut(tokenizer, texts: list[str], kept_lengths: np.ndarray, max_length: int) -> int:
+    """How many texts were longer than max_length: of those kept at exactly max_length tokens, the ones whose
+    whole tokenization is longer (a text of exactly max_length tokens is not cut)."""
+    full = np.flatnonzero(kept_lengths >= max_length).tolist()
+    if not full:
+        return 0
+    ids = tokenizer([texts[i] for i in full], truncation=False, return_attention_mask=False, verbose=False)
+    return sum(len(x) > max_length for x in ids["input_ids"])
 
 
 def load_data(cfg: TrainConfig, log=print):
@@ -171,8 +182,15 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
     say(f"data: {len(train_ds)} train, {len(valid_ds)} validation"
         + (f", {len(test_ds)} test" if test_ds else "")
         + f" rows; labels {', '.join(labels.names)}"
-        + (f"; dropped {train_ds.dropped_empty} empty train / {test_ds.dropped_empty if test_ds else 0} empty test rows"
+        + (f"; dropped {train_ds.dropped_empty} empty train" + (f" / {test_ds.dropped_empty} empty test" if test_ds
+                                                                 else "") + " rows"
            if cfg.data == "nsmc" or train_ds.dropped_empty else ""))
+    in_train = {"valid": D.texts_in(valid_ds, train_ds), "test": D.texts_in(test_ds, train_ds) if test_ds else None}
+    if in_train["valid"] or in_train["test"]:
+        say("data: texts also in the training rows: " + ", ".join(
+            f"{n} of {len(ds)} {name}" for name, n, ds in (("validation", in_train["valid"], valid_ds),
+                                                            ("test", in_train["test"], test_ds)) if n)
+            + " (exact repeats; their scores are partly scores on training texts)")
     base = resolve(cfg.model, log=say)
     check_max_length(cfg.max_length, base)  # a hub model's positions are known only once it is resolved
     if cfg.trim_vocab:
@@ -187,7 +205,8 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
     valid_ids = encode(tokenizer, valid_ds.texts, cfg.max_length, long_text=cfg.long_text)
     train_len = lengths(train_ids)
     say(f"tokenized in {time.time() - t0:.1f}s: mean {train_len.mean():.1f} tokens per training text, "
-        f"{(train_len >= cfg.max_length).mean() * 100:.1f}% cut at --max-length {cfg.max_length}")
+        f"{count_cut(tokenizer, train_ds.texts, train_len, cfg.max_length) / len(train_len) * 100:.1f}% cut at "
+        f"--max-length {cfg.max_length}")
 
     plan = make_plan(cfg, batch_size, lr, train_len, world, rank)
     say(f"model {cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; device {device}"
@@ -202,7 +221,8 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
     run = Run(cfg, accelerator, mixed, out, say, Logger(out, main, echo=say), task, train_ds, valid_ds, test_ds,
               y_train, y_valid, y_test, tokenizer, pad_id, train_ids, valid_ids, train_len, plan, model, optimizer,
               scheduler, run_args | {"processes": world},
-              TrainState(n_micro=cfg.grad_accum), card_extra=objective.card_fields() if objective else {})
+              TrainState(n_micro=cfg.grad_accum), card_extra=objective.card_fields() if objective else {},
+              in_train=in_train)
     if resuming:
         resume(run)
     elif main:

@@ -224,3 +224,43 @@ def test_a_failure_scoring_the_test_rows_keeps_the_trained_model(tiny_model_dir,
     assert (tmp_path / "run" / "model.safetensors").is_file() and (tmp_path / "run" / "bertclf.json").is_file()
     assert any("scoring the test rows failed (RuntimeError: injected fault)" in ln and "bertclf eval" in ln
                for ln in lines), lines
+
+
+def test_validation_and_test_texts_also_in_training_are_counted_and_said(tiny_model_dir, nsmc_slices, tmp_path):
+    """A --valid or --test file that repeats training texts is accepted (short reviews repeat), but said and
+    recorded: its scores are partly scores on training texts."""
+    from bertclf.data import read_labelled
+    from bertclf.loop import TrainConfig, train
+
+    ds = read_labelled(nsmc_slices["train"], "document", "label")
+    head = "document\tlabel\n"
+    rows = [f"{t}\t{y}\n" for t, y in zip(ds.texts, ds.labels)]
+    (tmp_path / "tr.tsv").write_text(head + "".join(rows[:300]), encoding="utf-8")
+    (tmp_path / "va.tsv").write_text(head + "".join(rows[:20] + rows[2000:2100]), encoding="utf-8")
+    (tmp_path / "te.tsv").write_text(head + "".join(rows[20:30] + rows[2500:2550]), encoding="utf-8")
+    train_texts = set(ds.texts[:300])
+    want_valid = sum(t in train_texts for t in ds.texts[:20] + ds.texts[2000:2100])
+    want_test = sum(t in train_texts for t in ds.texts[20:30] + ds.texts[2500:2550])
+    assert want_valid >= 20 and want_test >= 10
+    said = []
+    card = train(TrainConfig(out=str(tmp_path / "run"), train=str(tmp_path / "tr.tsv"), valid=str(tmp_path / "va.tsv"),
+                             test=str(tmp_path / "te.tsv"), text_col="document", model=str(tiny_model_dir),
+                             max_steps=2, batch_size=8, seed=0), echo=said.append)
+    assert card["data"]["valid"]["texts_in_train"] == want_valid and card["data"]["test"]["texts_in_train"] == want_test
+    assert (f"data: texts also in the training rows: {want_valid} of 120 validation, {want_test} of 60 test (exact "
+            f"repeats; their scores are partly scores on training texts)") in said
+
+
+def test_the_cut_share_counts_only_texts_longer_than_max_length(tiny_model_dir, nsmc_slices):
+    """A text of exactly --max-length tokens is not cut (the printed share counted it)."""
+    from bertclf.data import read_labelled
+    from bertclf.models import load_tokenizer
+    from bertclf.prepare import count_cut
+    from bertclf.tokens import encode, lengths
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    texts = read_labelled(nsmc_slices["train"], "document", "label").texts[:300]
+    full = np.array([len(x) for x in tok(texts)["input_ids"]])
+    m = int(np.median(full))
+    kept = lengths(encode(tok, texts, m))
+    assert (full == m).any() and count_cut(tok, texts, kept, m) == (full > m).sum() < (kept >= m).sum()
