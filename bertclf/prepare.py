@@ -187,7 +187,7 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
            if cfg.data == "nsmc" or train_ds.dropped_empty else ""))
     in_train = {"valid": D.texts_in(valid_ds, train_ds), "test": D.texts_in(test_ds, train_ds) if test_ds else None}
     if in_train["valid"] or in_train["test"]:
-        say("data: texts also in the training rows: " + ", ".join(
+        say("repeated texts: also in the training rows: " + ", ".join(
             f"{n} of {len(ds)} {name}" for name, n, ds in (("validation", in_train["valid"], valid_ds),
                                                             ("test", in_train["test"], test_ds)) if n)
             + " (exact repeats; their scores are partly scores on training texts)")

@@ -247,7 +247,7 @@ def test_validation_and_test_texts_also_in_training_are_counted_and_said(tiny_mo
                              test=str(tmp_path / "te.tsv"), text_col="document", model=str(tiny_model_dir),
                              max_steps=2, batch_size=8, seed=0), echo=said.append)
     assert card["data"]["valid"]["texts_in_train"] == want_valid and card["data"]["test"]["texts_in_train"] == want_test
-    assert (f"data: texts also in the training rows: {want_valid} of 120 validation, {want_test} of 60 test (exact "
+    assert (f"repeated texts: also in the training rows: {want_valid} of 120 validation, {want_test} of 60 test (exact "
             f"repeats; their scores are partly scores on training texts)") in said
 
 
