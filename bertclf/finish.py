@@ -2,6 +2,7 @@
 standard Hugging Face directory with its model card and predictions; the checkpoints go."""
 from __future__ import annotations
 
+import contextlib
 import shutil
 import time
 
@@ -13,19 +14,21 @@ from bertclf.calibration import MIN_ROWS, calibrate, test_calibration
 from bertclf.card import build_card, device_name
 from bertclf.disk_space import writing
 from bertclf.evaluate import score_ids
+from bertclf.preemption import StopSignal
 from bertclf.tokens import encode, lengths
 
 
-def finish(run, stop_reason: str | None, t_start: float) -> dict:
-    """Write the final model (main process); returns its card ({} on other processes)."""
+def finish(run, stop_reason: str | None, t_start: float, preemption=None) -> dict:
+    """Write the final model (main process); returns its card ({} on other processes). preemption: the run's
+    bertclf.preemption.Preemption; a stop signal then cuts the test scoring short, not the model."""
     card = {}
     if run.main:
-        card = _write_final_model(run, stop_reason, t_start)
+        card = _write_final_model(run, stop_reason, t_start, preemption)
     run.accelerator.wait_for_everyone()
     return card
 
 
-def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
+def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=None) -> dict:
     cfg, state, plan, out, say = run.cfg, run.state, run.plan, run.out, run.say
     model = run.unwrapped()
     best = ckpt.load_best(out, model)
@@ -41,11 +44,15 @@ def _write_final_model(run, stop_reason: str | None, t_start: float) -> dict:
     test_rep = None
     if run.test_ds is not None:
         try:
-            test_rep, test_preds = _score_test(run, model, score)
+            with preemption.interrupting() if preemption else contextlib.nullcontext():
+                test_rep, test_preds = _score_test(run, model, score)
             preds |= test_preds
             if calibration:
                 calibration["test"] = test_calibration(run.y_test, test_preds["test_probs"],
                                                        calibration["temperature"])
+        except StopSignal as e:
+            say(f"{e.name} while scoring the test rows: scoring skipped so that the model is saved now; score it "
+                f"with 'bertclf eval {out} --test FILE'")
         except Exception as e:  # noqa: BLE001 (a failure after training must never cost the trained model)
             say(f"scoring the test rows failed ({type(e).__name__}: {e}); the model is saved without a test score: "
                 f"score it with 'bertclf eval {out} --test FILE'")

@@ -94,7 +94,7 @@ def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
     check_finite(run, meter)  # the final model is never a diverged one either
     if stop_reason:
         run.say(stop_reason)
-    return finish(run, stop_reason, t_start)
+    return finish(run, stop_reason, t_start, preemption)
 
 
 def check_finite(run: Run, meter: Meter) -> None:

@@ -3,6 +3,7 @@ finishes the current optimizer step, writes a checkpoint on every rank's behalf 
 exit code 75 (EX_TEMPFAIL: try again), so that the same command with `--resume auto` continues the run."""
 from __future__ import annotations
 
+import contextlib
 import signal
 import threading
 
@@ -18,6 +19,14 @@ class Preempted(UserError):
     exit_code = PREEMPTED_EXIT
 
 
+class StopSignal(Exception):
+    """A stop signal during work that gives way to it (Preemption.interrupting)."""
+
+    def __init__(self, name: str):
+        super().__init__(name)
+        self.name = name
+
+
 class Preemption:
     """Notes a stop signal (a second one changes nothing: the checkpoint being written stays whole); the loop
     asks after every step. Installed only in the main thread (Python delivers signals there)."""
@@ -25,6 +34,7 @@ class Preemption:
     def __init__(self):
         self.received: str | None = None
         self._previous = {}
+        self._interrupt = False
 
     def __enter__(self):
         if threading.current_thread() is threading.main_thread():
@@ -41,6 +51,22 @@ class Preemption:
 
     def _note(self, signum, frame):
         self.received = self.received or signal.Signals(signum).name
+        if self._interrupt:
+            self._interrupt = False  # once: the handler that catches it must not be interrupted in turn
+            raise StopSignal(self.received)
+
+    @contextlib.contextmanager
+    def interrupting(self):
+        """Inside, a stop signal (or one received before) raises StopSignal at once: for work after the last
+        step that can be skipped (scoring the test rows), so that a preempted run's model is saved in seconds,
+        not after minutes of scoring. Main process only: nothing collective may run inside."""
+        if self.received:
+            raise StopSignal(self.received)
+        self._interrupt = True
+        try:
+            yield
+        finally:
+            self._interrupt = False
 
     def requested(self, accelerator) -> bool:
         """True on every process if any process received a stop signal (with several, a collective per step:

@@ -264,3 +264,35 @@ def test_the_cut_share_counts_only_texts_longer_than_max_length(tiny_model_dir, 
     m = int(np.median(full))
     kept = lengths(encode(tok, texts, m))
     assert (full == m).any() and count_cut(tok, texts, kept, m) == (full > m).sum() < (kept >= m).sum()
+
+
+def test_a_stop_signal_while_scoring_the_test_rows_saves_the_model_now(tiny_model_dir, nsmc_slices, tmp_path,
+                                                                       monkeypatch):
+    """SIGTERM after the last step used to be noted and ignored while the test rows were scored (minutes on all of
+    NSMC test; a preempted job then met its hard kill). The scoring now gives way: the model is saved at once,
+    without a test score, and the run says how to score it. The slow scoring is this test's own stand-in."""
+    import os
+    import signal
+    import time
+
+    from bertclf import finish
+    from bertclf.loop import TrainConfig, train
+
+    def slow_scoring(run, model, score):
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(60)  # the signal's handler ends this at once
+        raise AssertionError("the stop signal did not interrupt the test scoring")
+
+    monkeypatch.setattr(finish, "_score_test", slow_scoring)
+    said = []
+    out = tmp_path / "run"
+    handler = signal.getsignal(signal.SIGTERM)
+    t0 = time.time()
+    card = train(TrainConfig(out=str(out), train=str(nsmc_slices["train"]), test=str(nsmc_slices["test"]),
+                             text_col="document", model=str(tiny_model_dir), sample=0.2, max_steps=2, batch_size=8,
+                             seed=0), echo=said.append)
+    assert time.time() - t0 < 50
+    assert card["metrics"]["test"] is None and (out / "model.safetensors").is_file()
+    assert f"SIGTERM while scoring the test rows: scoring skipped so that the model is saved now; score it with " \
+           f"'bertclf eval {out} --test FILE'" in said
+    assert signal.getsignal(signal.SIGTERM) == handler  # the run's handler is gone again
