@@ -59,7 +59,8 @@ class Audit:
             row_mass = self.joint[i].sum()
             per_class.append({"label": name, "rows": int(given[i]), "suspected": int(flagged.get(i, 0)),
                               "noise_rate": float(1 - self.joint[i, i] / row_mass) if row_mass > 0 else 0.0})
-        return {"rows": n, "oof_accuracy": float((self.probs.argmax(1) == self.labels).mean()),
+        accuracy = float((self.probs.argmax(1) == self.labels).mean())
+        return {"rows": n, "oof_accuracy": accuracy, "oof_name": "out-of-fold accuracy", "oof_score": accuracy,
                 "suspected": int(len(self.ranked)), "suspected_share": len(self.ranked) / n if n else 0.0,
                 "noise_rate": self.noise_rate, "per_class": per_class}
 
@@ -189,7 +190,7 @@ def write_html(path: Path, audit: Audit, info: dict) -> None:
 
 def format_summary(s: dict) -> str:
     w = max(10, *(len(c["label"]) for c in s["per_class"]))
-    lines = [f"{s['rows']:,} rows; out-of-fold accuracy {s['oof_accuracy']:.4f}",
+    lines = [f"{s['rows']:,} rows; {s['oof_name']} {s['oof_score']:.4f}",
              f"suspected label issues (cleanlab): {s['suspected']:,} ({s['suspected_share']:.1%}); "
              f"estimated noise rate {s['noise_rate']:.1%}",
              f"{'label':<{w}}  {'rows':>9}  {'suspected':>9}  est. noise"]
@@ -200,7 +201,8 @@ def format_summary(s: dict) -> str:
 
 def run_audit(train: str, out: str, text_col: str | None = None, label_col: str | None = None, folds: int = 5,
               seed: int = 42, log=print, model: str = "baseline", encoding: str = "utf-8",
-              columns: list[str] | None = None) -> dict:
+              columns: list[str] | None = None, multi_label: bool = False, label_sep: str = ",",
+              label_names: str | None = None) -> dict:
     """Audit the labels of `train`; write `out` (TSV) and its HTML page; return the summary (with the paths)."""
     if folds < 2:
         raise UserError(f"--folds: must be at least 2, got {folds}")
@@ -214,6 +216,12 @@ def run_audit(train: str, out: str, text_col: str | None = None, label_col: str 
         raise UserError(f"--out {out}: give the TSV file (the HTML page is written beside it)")
     html_path = html_path_for(out_path)
     check_writable(out_path)  # now, not after minutes of cross-validation
+    if (multi_label or label_names) and model != "baseline":
+        raise UserError(f"--model {model}: a --multi-label or --label-names audit has the baseline out-of-fold model "
+                        f"only; leave --model out")
+    if label_names and not multi_label:
+        raise UserError("--label-names: an audit reads label ids through it with --multi-label only; add "
+                        "--multi-label, or give the labels by name")
     if model != "baseline":
         from bertclf.models import resolve
 
@@ -221,11 +229,18 @@ def run_audit(train: str, out: str, text_col: str | None = None, label_col: str 
     t0 = time.time()
     ds = D.read_labelled(train, text_col, label_col, encoding=encoding, columns=columns)
     rows, lines = data_rows(train, text_col, ds, encoding=encoding, columns=columns)
-    audit = audit_dataset(ds, rows, folds, seed, log, model)
+    if multi_label:
+        from bertclf.audit_multilabel import audit_multilabel
+
+        audit = audit_multilabel(ds, rows, folds, seed, log, label_col, label_sep, label_names)
+    else:
+        audit = audit_dataset(ds, rows, folds, seed, log, model)
     audit.lines = lines
     info = {"train": str(train), "out": str(out_path), "html": str(html_path), "text_col": text_col,
             "label_col": label_col, "columns": columns, "folds": folds, "seed": seed,
-            "model": "tfidf-char-1-4gram + logistic-regression" if model == "baseline" else
+            "multi_label": multi_label, "label_sep": label_sep if multi_label else None,
+            "model": "tfidf-char-1-4gram + one-vs-rest logistic-regression" if multi_label else
+            "tfidf-char-1-4gram + logistic-regression" if model == "baseline" else
             f"{model}, fine-tuned per fold (bertclf train defaults)",
             "dropped_empty": ds.dropped_empty, "seconds": round(time.time() - t0, 1)}
     write_tsv(out_path, audit)

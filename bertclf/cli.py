@@ -169,6 +169,10 @@ def build_parser() -> Parser:
     au.add_argument("--model", default="baseline", metavar="baseline|NAME|DIR",
                     help="out-of-fold model: baseline (TF-IDF + LR, default, minutes on a CPU) or a transformer "
                          "(builtin name, directory or hub name) fine-tuned per fold with bertclf train's defaults")
+    au.add_argument("--multi-label", action="store_true", help="a label cell holds several labels (split by "
+                    "--label-sep): one-vs-rest out-of-fold probabilities, cleanlab's multi-label issues")
+    au.add_argument("--label-sep", default=",", help="separator of the labels in a multi-label cell (default ,)")
+    au.add_argument("--label-names", metavar="FILE", help="line i names label id i (the label cells hold ids)")
     _read_flags(au)
     return p
 
@@ -336,7 +340,8 @@ def cmd_audit(a) -> int:
     check_encoding(a.encoding)
     res = run_audit(a.train, a.out, text_col=a.text_col, label_col=a.label_col, folds=a.folds, seed=a.seed,
                     log=lambda s: print(s, file=sys.stderr), model=a.model, encoding=a.encoding,
-                    columns=parse_columns(a.columns))
+                    columns=parse_columns(a.columns), multi_label=a.multi_label, label_sep=a.label_sep,
+                    label_names=a.label_names)
     print(format_summary(res))
     print(f"written: {res['out']} and {res['html']}")
     return 0

@@ -185,3 +185,45 @@ def test_model_that_is_not_there_is_one_line_before_any_work(noisy_nsmc, tmp_pat
                  "--model", str(tmp_path / "no-such-model")], cwd=tmp_path)
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and "model directory not found" in r.stderr, r.stderr
     assert not (tmp_path / "a.tsv").exists()
+
+
+KOTE = REPO.parent / "shared" / "data" / "kote"
+
+
+def test_multi_label_audit_of_a_header_less_kote_slice(tmp_path):
+    """--multi-label (issue 17 item 1 after issue 14): KOTE's own header-less format, label ids named by
+    labels.txt; one-vs-rest out-of-fold probabilities, cleanlab's multi-label issues; rows, lines and label sets
+    read back from the file, most suspect first, and the page says what it measured."""
+    if not (KOTE / "val.tsv").is_file():
+        pytest.skip("KOTE not in ../shared/data/kote")
+    names = (KOTE / "labels.txt").read_text(encoding="utf-8").split("\n")
+    lines = (KOTE / "val.tsv").read_text(encoding="utf-8").splitlines(keepends=True)[:600]
+    f = tmp_path / "kote.tsv"
+    f.write_text("".join(lines), encoding="utf-8")
+    res = run_cli(["--train", str(f), "--columns", "id,text,labels", "--text-col", "text", "--label-col", "labels",
+                   "--multi-label", "--label-names", str(KOTE / "labels.txt"), "--folds", "3",
+                   "--out", str(tmp_path / "a.tsv")], tmp_path)
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.startswith("600 rows; out-of-fold micro-F1 0.")
+    recs = read_tsv(tmp_path / "a.tsv")
+    assert recs and list(recs[0]) == ["row", "line", "text", "given_label", "suggested_label", "score"]
+    scores = [float(r["score"]) for r in recs]
+    assert scores == sorted(scores)  # most suspect first
+    for r in recs:
+        _, text, ids = next(csv.reader([lines[int(r["line"]) - 1].rstrip("\n")], delimiter="\t"))  # quoted cells
+        assert int(r["line"]) == int(r["row"]) + 1 and text == r["text"]
+        assert r["given_label"].split(",") == [names[int(i)] for i in sorted(set(ids.split(",")), key=int)]
+        assert set(r["suggested_label"].split(",")) - {""} <= set(names)
+    html = (tmp_path / "a.html").read_text(encoding="utf-8")
+    assert "out-of-fold micro-F1" in html and "multi-label label quality" in html
+
+
+@pytest.mark.parametrize("flags, want", [
+    (["--label-names", "x.txt"], "--label-names: an audit reads label ids through it with --multi-label only"),
+    (["--multi-label", "--model", "me5-small"], "--model me5-small: a --multi-label or --label-names audit"),
+])
+def test_multi_label_flag_mistakes_are_one_line(tmp_path, flags, want):
+    f = tmp_path / "t.tsv"
+    f.write_text("text\tlabel\n" + "".join(f"text {i}\ta,b\n" for i in range(20)))
+    res = run_cli(["--train", str(f), "--out", str(tmp_path / "a.tsv"), *flags], tmp_path)
+    assert res.returncode == 2 and len(res.stderr.splitlines()) == 1 and want in res.stderr, res.stderr
