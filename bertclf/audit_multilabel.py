@@ -65,26 +65,16 @@ class MultiLabelAudit:
 
 
 def out_of_fold_probs(texts: list[str], y: np.ndarray, folds: int, seed: int) -> np.ndarray:
-    """Per label, the probability from one-vs-rest TF-IDF + LR fitted on the other folds; a label constant in a
-    fold's training rows predicts that constant."""
-    from sklearn.linear_model import LogisticRegression
+    """Per label, the probability from the multi-label baseline (bertclf.baseline.fit_multilabel: one-vs-rest
+    TF-IDF + LR; a label constant in a fold's training rows predicts that constant) fitted on the other folds."""
     from sklearn.model_selection import KFold
 
-    from bertclf.baseline import _vectorizer
+    from bertclf.baseline import fit_multilabel
 
     texts = np.asarray(texts, dtype=object)
     probs = np.zeros(y.shape, dtype=np.float64)
     for fit, held in KFold(n_splits=folds, shuffle=True, random_state=seed).split(texts):
-        vec = _vectorizer()
-        x_fit, x_held = vec.fit_transform(texts[fit]), None
-        for k in range(y.shape[1]):
-            yk = y[fit, k]
-            if yk.min() == yk.max():
-                probs[held, k] = yk[0]
-                continue
-            x_held = vec.transform(texts[held]) if x_held is None else x_held
-            clf = LogisticRegression(C=4.0, max_iter=2000, solver="liblinear", random_state=seed).fit(x_fit, yk)
-            probs[held, k] = clf.predict_proba(x_held)[:, 1]
+        probs[held] = fit_multilabel(texts[fit], y[fit], seed)(texts[held])
     return probs
 
 

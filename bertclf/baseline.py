@@ -47,33 +47,36 @@ def fit_predict(train_texts, train_y, test_texts, n_classes: int, seed: int = 42
     return probs
 
 
-def fit_predict_multilabel(train_texts, train_y: np.ndarray, test_texts, seed: int = 42):
-    """Multi-label: one-vs-rest logistic regression; per-label thresholds tuned on a seeded 20% of the training
-    rows (model fitted on the rest), then the model refitted on every training row. (test probs, thresholds)"""
+def fit_multilabel(texts, y: np.ndarray, seed: int = 42):
+    """The multi-label baseline model: TF-IDF + one-vs-rest logistic regression fitted on texts with label sets y
+    (n, k); returns texts -> probabilities (n, k) (also what `bertclf audit --multi-label` cross-validates)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
+    vec = _vectorizer()
+    x = vec.fit_transform(texts)
+    keep = (y.sum(0) > 0) & (y.sum(0) < len(y))  # a label always on or always off has a constant score
+    clf = OneVsRestClassifier(LogisticRegression(C=4.0, max_iter=2000, solver="liblinear", random_state=seed))
+    clf.fit(x, y[:, keep])
+
+    def proba(t):
+        p = np.tile(y.mean(0), (len(t), 1)).astype(np.float32)
+        p[:, keep] = clf.predict_proba(vec.transform(t))
+        return p
+    return proba
+
+
+def fit_predict_multilabel(train_texts, train_y: np.ndarray, test_texts, seed: int = 42):
+    """Multi-label: one-vs-rest logistic regression; per-label thresholds tuned on a seeded 20% of the training
+    rows (model fitted on the rest), then the model refitted on every training row. (test probs, thresholds)"""
     from bertclf.metrics import tune_thresholds
-
-    def fit(texts, y):
-        vec = _vectorizer()
-        x = vec.fit_transform(texts)
-        keep = (y.sum(0) > 0) & (y.sum(0) < len(y))  # a label always on or always off has a constant score
-        clf = OneVsRestClassifier(LogisticRegression(C=4.0, max_iter=2000, solver="liblinear", random_state=seed))
-        clf.fit(x, y[:, keep])
-
-        def proba(t):
-            p = np.tile(y.mean(0), (len(t), 1)).astype(np.float32)
-            p[:, keep] = clf.predict_proba(vec.transform(t))
-            return p
-        return proba
 
     idx = np.random.default_rng(seed).permutation(len(train_texts))
     cut = len(idx) // 5
     tune, rest = idx[:cut], idx[cut:]
-    proba = fit([train_texts[i] for i in rest], train_y[rest])
+    proba = fit_multilabel([train_texts[i] for i in rest], train_y[rest], seed)
     thresholds = tune_thresholds(train_y[tune], proba([train_texts[i] for i in tune]))
-    return fit(list(train_texts), train_y)(list(test_texts)), thresholds
+    return fit_multilabel(list(train_texts), train_y, seed)(list(test_texts)), thresholds
 
 
 def run_baseline(data=None, train=None, test=None, text_col=None, label_col=None, data_dir=None, sample=1.0,
