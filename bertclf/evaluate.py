@@ -3,6 +3,7 @@ directory on a labelled test set (NSMC or a file), optionally dumping its errors
 from __future__ import annotations
 
 import csv
+import dataclasses
 import math
 import time
 from pathlib import Path
@@ -70,7 +71,8 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
         ds = D.read_nsmc("test", data_dir, log=log)
         if any(clf.task.labels.resolve(name) is None for name in set(ds.labels)):
             # a model trained on the NSMC file itself (--train ratings_train.txt) knows the cells 0/1, not their names
-            ds = D.read_labelled(D.nsmc_path("test", data_dir, log=lambda s: None), D.NSMC_TEXT_COL, D.NSMC_LABEL_COL)
+            cell = {name: c for c, name in D.NSMC_LABELS.items()}
+            ds = dataclasses.replace(ds, labels=[cell[name] for name in ds.labels])
     else:
         ds = D.read_labelled(test, text_col or card_data.get("text_col") or "text",
                              label_col or card_data.get("label_col") or "label", encoding=encoding, columns=columns)
