@@ -1,5 +1,6 @@
 """How a trained model reads its data: the training's column spec, kept in its card, as the default of every
-command that reads files for a model (eval, predict, export --check, distill's --texts, ...); flags override.
+command that reads files for a model (eval, predict, export --check, ...); flags override. (The label separator
+and thresholds are the task's: bertclf/task.py reads them from the card.)
 
 READ_KEYS is the one list of card keys that inference reads back; tests/test_card_defaults.py holds a case for
 each, so adding a key without a case fails there.
@@ -14,12 +15,10 @@ READ_KEYS = {
     "label_col": ("data", "label_col"),
     "columns": ("args", "columns"),
     "encoding": ("args", "encoding"),
-    "label_sep": ("args", "label_sep"),
     "long_text": ("args", "long_text"),
 }
 
-FALLBACK = {"text_col": "text", "label_col": "label", "columns": None, "encoding": "utf-8", "label_sep": ",",
-            "long_text": "truncate"}
+FALLBACK = {"text_col": "text", "label_col": "label", "columns": None, "encoding": "utf-8", "long_text": "truncate"}
 
 
 @dataclass
@@ -28,7 +27,6 @@ class DataSpec:
     label_col: str
     columns: list[str] | None
     encoding: str
-    label_sep: str
     long_text: str
 
     def read_kwargs(self) -> dict:

@@ -11,10 +11,12 @@ from pathlib import Path
 import numpy as np
 
 from bertclf import data as D
-from bertclf.config import check_batch_size
+from bertclf.config import INFERENCE_BATCH, check_batch_size
+from bertclf.data_spec import data_spec
 from bertclf.errors import UserError
 from bertclf.files import atomic_file, check_writable
 from bertclf.inference import predict_logits
+from bertclf.rows import row_positions
 
 
 def gathered_logits(model, ids: list, pad_id: int, batch_size: int, accelerator=None,
@@ -52,7 +54,7 @@ def score_ids(model, ids: list, y: np.ndarray, report, pad_id: int, batch_size: 
 
 def evaluate(model_dir: str, data: str | None = None, test: str | None = None, text_col: str | None = None,
              label_col: str | None = None, data_dir: str | None = None, errors: str | None = None,
-             batch_size: int = 128, log=print, precision: str = "auto", encoding: str = "utf-8",
+             batch_size: int = INFERENCE_BATCH, log=print, precision: str = "auto", encoding: str = "utf-8",
              columns: list[str] | None = None, long_text: str | None = None, stride: int | None = None) -> dict:
     """The classification report of `model_dir` on NSMC test or a labelled file (empty texts dropped, and said;
     texts over the model's max_length counted and said; long_text / stride: bertclf/long_text.py)."""
@@ -66,7 +68,7 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
     from bertclf.predict import Classifier
 
     clf = Classifier.load(model_dir, precision=precision, long_text=long_text, stride=stride)
-    card_data = clf.card.get("data") or {}
+    spec = data_spec(clf.card, text_col=text_col, label_col=label_col, columns=columns, encoding=encoding)
     if data == "nsmc":
         ds = D.read_nsmc("test", data_dir, log=log)
         if any(clf.task.labels.resolve(name) is None for name in set(ds.labels)):
@@ -74,8 +76,7 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
             cell = {name: c for c, name in D.NSMC_LABELS.items()}
             ds = dataclasses.replace(ds, labels=[cell[name] for name in ds.labels])
     else:
-        ds = D.read_labelled(test, text_col or card_data.get("text_col") or "text",
-                             label_col or card_data.get("label_col") or "label", encoding=encoding, columns=columns)
+        ds = D.read_labelled(test, spec.text_col, spec.label_col, **spec.read_kwargs())
     if ds.dropped_empty:
         log(f"{ds.source}: {ds.dropped_empty} row(s) with an empty text dropped; scoring {len(ds)} rows")
     # A cell may hold the label's name, the raw value the model was trained from, or its id (bertclf/labels.py).
@@ -96,13 +97,19 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
     if clf.long_text == "window":
         rep["long_text"]["stride"] = clf.stride
     if errors:
-        write_errors(errors, ds, y, probs, clf.labels, clf.task)
+        path, col, read = (test, spec.text_col, spec.read_kwargs()) if test else (ds.source, D.NSMC_TEXT_COL, {})
+        positions = row_positions(path, col, lambda t: not D.is_empty_text(t), **read)
+        write_errors(errors, ds, y, probs, clf.labels, clf.task, positions)
     return rep
 
 
-def write_errors(path: str, ds: D.Dataset, y: np.ndarray, probs: np.ndarray, labels: list[str], task=None) -> int:
+def write_errors(path: str, ds: D.Dataset, y: np.ndarray, probs: np.ndarray, labels: list[str], task=None,
+                 positions: tuple[list[int], list[int]] | None = None) -> int:
     """The misclassified rows with their probabilities, as TSV (or CSV by extension), written atomically
-    (multi-label: the rows whose label set is not exactly right, the sets joined by the label separator)."""
+    (multi-label: the rows whose label set is not exactly right, the sets joined by the label separator).
+    `positions`: each row's 0-based data row and 1-based file line (bertclf.rows.row_positions), so an error can
+    be found in the file even when texts repeat; without it the row is the index among the scored rows."""
+    rows, lines = positions if positions is not None else (range(len(ds)), None)
     if task is not None and task.kind == "multi_label":
         decided = task.decide(probs)
         wrong = np.flatnonzero((decided != (y > 0.5)).any(1))
@@ -114,7 +121,8 @@ def write_errors(path: str, ds: D.Dataset, y: np.ndarray, probs: np.ndarray, lab
     delim = "," if Path(path).suffix.lower() == ".csv" else "\t"
     with atomic_file(path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, delimiter=delim)
-        w.writerow(["text", "label", "predicted", "score"] + [f"p_{lab}" for lab in labels])
+        w.writerow(["row", "line", "text", "label", "predicted", "score"] + [f"p_{lab}" for lab in labels])
         for i, (true, predicted) in zip(wrong, cells):
-            w.writerow([ds.texts[i], true, predicted, f"{probs[i].max():.6f}"] + [f"{p:.6f}" for p in probs[i]])
+            w.writerow([rows[i], lines[i] if lines is not None else "", ds.texts[i], true, predicted,
+                        f"{probs[i].max():.6f}"] + [f"{p:.6f}" for p in probs[i]])
     return len(wrong)
