@@ -165,6 +165,9 @@ def check_max_length(max_length: int, model: str) -> None:
                         f"use --max-length {limit} or less")
 
 
+INFERENCE_BATCH = 64  # eval, predict and serve's default texts per forward pass: one default, the same batches
+
+
 def check_batch_size(batch_size, flag: str = "--batch-size") -> None:
     """Rows per batch must be a whole number >= 1 (with -1 no batch would run and every score would be 0.5)."""
     if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:

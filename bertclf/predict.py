@@ -27,6 +27,8 @@ from bertclf.models import check_model_dir, load_tokenizer
 from bertclf.rundir import read_card
 from bertclf.task import task_from_card
 
+BLOCK_ROWS = 4096  # texts scored as one block; predict streams files in chunks of this size
+
 
 class Classifier:
     """A trained text classifier: tokenizer + model + label names."""
@@ -99,14 +101,20 @@ class Classifier:
         scores every chunk and averages each text's chunk logits."""
         check_batch_size(batch_size, "batch_size")
         texts = [t if isinstance(t, str) else str(t) for t in texts]
-        if not texts:
-            return np.zeros((0, len(self.labels)), dtype=np.float32), 0
-        enc = encode_long(self.tokenizer, texts, self.max_length, self.long_text, self.stride)
-        if self.backend == "onnx":
-            logits = self.model.predict_logits(enc.ids, self.pad_id, batch_size)
-        else:
-            logits = predict_logits(self.model, enc.ids, self.pad_id, batch_size, autocast_dtype=self.autocast_dtype)
-        return per_text(logits, enc), enc.cut
+        out, cut = [np.zeros((0, len(self.labels)), dtype=np.float32)], 0
+        # Length-sorted batches are formed within fixed blocks of the stream, so a text meets the same batch
+        # neighbours (and the same bf16 rounding) whether eval scores a whole file or predict streams it.
+        for start in range(0, len(texts), BLOCK_ROWS):
+            enc = encode_long(self.tokenizer, texts[start:start + BLOCK_ROWS], self.max_length, self.long_text,
+                              self.stride)
+            if self.backend == "onnx":
+                logits = self.model.predict_logits(enc.ids, self.pad_id, batch_size)
+            else:
+                logits = predict_logits(self.model, enc.ids, self.pad_id, batch_size,
+                                        autocast_dtype=self.autocast_dtype)
+            out.append(per_text(logits, enc))
+            cut += enc.cut
+        return np.concatenate(out), cut
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self.task.probs(self.logits(texts, batch_size))

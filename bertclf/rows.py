@@ -236,3 +236,16 @@ def _csv_records(lines, where: str):
             start = reader.line_num + 1
     except csv.Error as e:
         raise UserError(f"{where}, line {start}: {e} (a quote that does not close?); fix the quoting") from None
+
+
+def row_positions(path, text_col: str, keep: Callable[[str], bool], encoding: str = "utf-8",
+                  columns: list[str] | None = None, fmt: str | None = None) -> tuple[list[int], list[int]]:
+    """(0-based data rows, 1-based file lines) of the rows whose text `keep` accepts, in order: the readers of
+    labelled data drop empty texts and keep no positions, and a blank line or a quoted multi-line cell parts
+    rows from lines. Rereads the file (a second pass costs less than carrying positions through every reader)."""
+    rows, lines = [], []
+    for i, (n, r) in enumerate(iter_rows(path, [text_col], fmt=fmt, encoding=encoding, columns=columns)):
+        if keep(r[text_col]):
+            rows.append(i)
+            lines.append(n)
+    return rows, lines

@@ -91,13 +91,16 @@ def test_eval_table_json_and_errors_file(trained_tiny_dir, nsmc_slices, tmp_path
 
     with open(errors, encoding="utf-8", newline="") as f:
         rows = list(csv.reader(f, delimiter="\t"))
-    assert rows[0] == ["text", "label", "predicted", "score"] + [f"p_{lab}" for lab in clf.labels]
+    assert rows[0] == ["row", "line", "text", "label", "predicted", "score"] + [f"p_{lab}" for lab in clf.labels]
     wrong = np.flatnonzero(pred != y)
     assert len(rows) - 1 == len(wrong) == cm.sum() - np.trace(cm)
+    file_lines = Path(nsmc_slices["test"]).read_text(encoding="utf-8").splitlines()
     for row, i in zip(rows[1:], wrong):
-        assert row[:3] == [ds.texts[i], ds.labels[i], clf.labels[pred[i]]]
-        np.testing.assert_allclose([float(v) for v in row[4:]], probs[i], atol=1e-6)
-        assert float(row[3]) == pytest.approx(probs[i].max(), abs=1e-6)
+        assert row[2:5] == [ds.texts[i], ds.labels[i], clf.labels[pred[i]]]
+        # the row and line find the text in the file (the slice has a header and no blank line or empty text)
+        assert int(row[0]) == i and file_lines[int(row[1]) - 1].split("\t")[1] == ds.texts[i]
+        np.testing.assert_allclose([float(v) for v in row[6:]], probs[i], atol=1e-6)
+        assert float(row[5]) == pytest.approx(probs[i].max(), abs=1e-6)
 
     r = bertclf("eval", trained_tiny_dir, "--test", nsmc_slices["test"], "--text-col", "document", "--json",
                 "--precision", "fp32")
