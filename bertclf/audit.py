@@ -75,15 +75,12 @@ class Audit:
 
 def data_rows(path, text_col: str, ds: D.Dataset, encoding: str = "utf-8",
               columns=None) -> tuple[np.ndarray, np.ndarray]:
-    """(0-based data row, 1-based file line) of each of ds's texts: read_labelled drops rows with an empty text and
-    keeps no positions, and a blank line or a quoted multi-line cell parts rows from lines."""
-    from bertclf.rows import iter_rows
+    """(0-based data row, 1-based file line) of each of ds's texts (bertclf.rows.row_positions)."""
+    from bertclf.rows import row_positions
 
-    kept = [(i, n) for i, (n, r) in enumerate(iter_rows(path, [text_col], encoding=encoding, columns=columns))
-            if not D.is_empty_text(r[text_col])]
-    assert len(kept) == len(ds)
-    rows, lines = np.array(kept, dtype=np.int64).reshape(-1, 2).T
-    return rows, lines
+    rows, lines = row_positions(path, text_col, lambda t: not D.is_empty_text(t), encoding=encoding, columns=columns)
+    assert len(rows) == len(ds)
+    return np.array(rows, dtype=np.int64), np.array(lines, dtype=np.int64)
 
 
 def out_of_fold_probs(texts: list[str], y: np.ndarray, n_classes: int, folds: int, seed: int) -> np.ndarray:
@@ -228,6 +225,8 @@ def run_audit(train: str, out: str, text_col: str | None = None, label_col: str 
         resolve(model, log=log)  # a missing or broken folder: one line now, not after reading the data
     t0 = time.time()
     ds = D.read_labelled(train, text_col, label_col, encoding=encoding, columns=columns)
+    if ds.dropped_empty:
+        log(f"{ds.source}: {ds.dropped_empty} row(s) with an empty text dropped; auditing {len(ds)} rows")
     rows, lines = data_rows(train, text_col, ds, encoding=encoding, columns=columns)
     if multi_label:
         from bertclf.audit_multilabel import audit_multilabel

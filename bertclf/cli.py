@@ -6,7 +6,7 @@ import json
 import os
 import sys
 
-from bertclf.config import add_train_flags, number
+from bertclf.config import INFERENCE_BATCH, add_train_flags, number
 from bertclf.errors import UserError
 from bertclf.rows import FORMATS, check_encoding, parse_columns
 
@@ -21,9 +21,14 @@ def _read_flags(p) -> None:
     """The flags of the shared row reader (bertclf.rows) for commands that read files."""
     p.add_argument("--columns", metavar="A,B,...", help="names of the columns of a file without a header line, "
                    "e.g. id,text,label (the first line is then a row)")
-    p.add_argument("--encoding", default="utf-8", help="text encoding of the input, e.g. cp949 or euc-kr")
+    p.add_argument("--encoding", help="text encoding of the input, e.g. cp949 or euc-kr (default utf-8; for a "
+                   "model's data: the encoding it was trained with)")
 
 
+# eval and predict score in the same batches by default, so they give the same probabilities (bf16 rounding
+# depends on the batch a text is padded into); bertclf/predict.py sorts by length within fixed blocks of rows
+BATCH_HELP = (f"texts per forward pass (default {INFERENCE_BATCH}; eval and predict agree exactly at the same "
+              f"batch size)")
 PRECISION_HELP = "auto | fp32 | bf16 (auto: bf16 on AMX / AVX-512 BF16 CPUs and bf16 GPUs, else fp32)"
 
 
@@ -53,7 +58,7 @@ def build_parser() -> Parser:
     e.add_argument("--data-dir")
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--errors", metavar="FILE", help="write misclassified rows with probabilities (TSV/CSV)")
-    e.add_argument("--batch-size", type=int, default=128)
+    e.add_argument("--batch-size", type=int, default=INFERENCE_BATCH, help=BATCH_HELP)
     e.add_argument("--precision", default="auto", help=PRECISION_HELP)
     _long_text_flags(e)
     _read_flags(e)
@@ -66,7 +71,7 @@ def build_parser() -> Parser:
     pr.add_argument("--input", metavar="FILE", help="file to classify ('-' for stdin)")
     pr.add_argument("--output", metavar="FILE", help="where to write (default stdout)")
     pr.add_argument("--text-col", help="text column of --input (default: the training text column, else text)")
-    pr.add_argument("--batch-size", type=int, default=64)
+    pr.add_argument("--batch-size", type=int, default=INFERENCE_BATCH, help=BATCH_HELP)
     pr.add_argument("--shard", metavar="I/N", help="only rows whose index modulo N is I (split work over N workers)")
     pr.add_argument("--precision", default="auto", help=PRECISION_HELP)
     pr.add_argument("--format", choices=FORMATS, help="format of --input (default: by extension; stdin: lines)")
@@ -231,9 +236,14 @@ def cmd_predict(a) -> int:
         raise UserError("predict: no texts; give them as arguments, with --input FILE, or on stdin")
     shard, columns = parse_shard(a.shard), parse_columns(a.columns)  # every flag checked before the model loads
     check_batch_size(a.batch_size)
-    check_encoding(a.encoding)
+    if a.encoding:
+        check_encoding(a.encoding)
     check_output(a.output, a.input)
+    _warn_texts_naming_files(a.texts)
     if a.engine == "ray":
+        if a.explain:
+            raise UserError("predict: --explain runs on the local engine only (Captum needs the torch model in this "
+                            "process); drop --engine ray, or --explain for plain predictions on Ray")
         return _predict_on_ray(a)
     clf = Classifier.load(a.model_dir, precision=a.precision, long_text=a.long_text, stride=a.stride)
     if a.explain:
@@ -247,6 +257,20 @@ def cmd_predict(a) -> int:
                output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, shard=shard, fmt=a.format,
                encoding=a.encoding, columns=columns)
     return 0
+
+
+def _warn_texts_naming_files(texts: list[str]) -> None:
+    """`predict DIR p.tsv` classifies the string "p.tsv": say so when a file of that name exists."""
+    from pathlib import Path
+
+    for t in texts:
+        try:
+            named = len(t) < 4096 and "\n" not in t and Path(t).is_file()
+        except (OSError, ValueError):
+            named = False
+        if named:
+            print(f"bertclf: note: '{t}' is classified as a text; a file of that name exists: --input {t} reads "
+                  f"its rows", file=sys.stderr)
 
 
 def _predict_on_ray(a) -> int:
@@ -279,7 +303,7 @@ def cmd_trim_vocab(a) -> int:
     from bertclf.vocab_trim import trim_vocab_from_file
 
     src = resolve(a.src, log=lambda s: print(s, file=sys.stderr))
-    stats = trim_vocab_from_file(src, a.corpus, a.text_col, a.out, encoding=a.encoding,
+    stats = trim_vocab_from_file(src, a.corpus, a.text_col, a.out, encoding=a.encoding or "utf-8",
                                  columns=parse_columns(a.columns))
     print(json.dumps(stats))
     return 0
@@ -289,7 +313,7 @@ def cmd_baseline(a) -> int:
     from bertclf.baseline import format_baseline, run_baseline
 
     res = run_baseline(data=a.data, train=a.train, test=a.test, text_col=a.text_col, label_col=a.label_col,
-                       data_dir=a.data_dir, sample=a.sample, seed=a.seed, out=a.out, encoding=a.encoding,
+                       data_dir=a.data_dir, sample=a.sample, seed=a.seed, out=a.out, encoding=a.encoding or "utf-8",
                        columns=parse_columns(a.columns), multi_label=a.multi_label, label_sep=a.label_sep,
                        label_names=a.label_names)
     print(json.dumps(res, indent=2, ensure_ascii=False) if a.json else format_baseline(res))
@@ -319,8 +343,8 @@ def cmd_export(a) -> int:
 def cmd_distill(a) -> int:
     from bertclf.distill import distill
 
-    distill(a.teacher_dir, a.layers, a.out, texts=a.texts, text_col=a.text_col, fmt=a.format, encoding=a.encoding,
-            columns=parse_columns(a.columns), epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
+    distill(a.teacher_dir, a.layers, a.out, texts=a.texts, text_col=a.text_col, fmt=a.format,
+            encoding=a.encoding or "utf-8", columns=parse_columns(a.columns), epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
             temperature=a.temperature, alpha=a.alpha, precision=a.precision, max_steps=a.max_steps,
             checkpoint_every=a.checkpoint_every, resume=a.resume, overwrite=a.overwrite)
     _write_report(a.out)
@@ -337,7 +361,7 @@ def cmd_report(a) -> int:
 def cmd_audit(a) -> int:
     from bertclf.audit import format_summary, run_audit
 
-    check_encoding(a.encoding)
+    a.encoding = check_encoding(a.encoding or "utf-8")
     res = run_audit(a.train, a.out, text_col=a.text_col, label_col=a.label_col, folds=a.folds, seed=a.seed,
                     log=lambda s: print(s, file=sys.stderr), model=a.model, encoding=a.encoding,
                     columns=parse_columns(a.columns), multi_label=a.multi_label, label_sep=a.label_sep,
@@ -373,7 +397,7 @@ def main(argv=None) -> int:
             return 2
         return COMMANDS[args.command](args)
     except UserError as e:
-        print(f"bertclf: error: {e}", file=sys.stderr)
+        print(f"bertclf: {e.prefix}{e}", file=sys.stderr)
         return e.exit_code
     except KeyboardInterrupt:
         print("bertclf: interrupted", file=sys.stderr)

@@ -5,6 +5,7 @@ class UserError(Exception):
     """Something the user can fix. The message is one line: what is wrong (file, line, field) and what to do."""
 
     exit_code = 2
+    prefix = "error: "  # the CLI's line is "bertclf: error: ..."
 
     def __init__(self, message: str):
         super().__init__(" ".join(str(message).split()))  # always one line

@@ -17,6 +17,7 @@ SIGNALS = ("SIGTERM", "SIGUSR1")
 
 class Preempted(UserError):
     exit_code = PREEMPTED_EXIT
+    prefix = ""  # a stop on request is no error: "bertclf: stopped by SIGTERM after step ..."
 
 
 class StopSignal(Exception):

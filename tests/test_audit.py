@@ -144,6 +144,7 @@ def test_a_header_less_cp949_file_with_columns_and_encoding(tmp_path):
     res = run_cli(["--train", str(f), "--columns", "id,text,label", "--encoding", "cp949", "--folds", "3",
                    "--out", str(tmp_path / "a.tsv")], tmp_path)
     assert res.returncode == 0, res.stderr
+    assert f"{f}: 1 row(s) with an empty text dropped; auditing 40 rows" in res.stderr.splitlines()
     recs = read_tsv(tmp_path / "a.tsv")
     assert recs and recs[0]["row"] == "8" and recs[0]["text"] == "최고 좋다" and recs[0]["given_label"] == "a"
     assert recs[0]["line"] == "10"  # 8 rows before it, one blank line, 1-based

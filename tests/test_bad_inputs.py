@@ -140,6 +140,8 @@ CASES = [
     ("predict-unknown-encoding", INPROC, ["predict", "{T}", "hello", "--encoding", "klingon"],
      ["--encoding", "klingon"]),
     ("predict-bad-shard", INPROC, ["predict", "{T}", "hello", "--shard", "5/2"], ["--shard", "5/2"]),
+    ("predict-ray-explain", INPROC, ["predict", "{T}", "hello", "--engine", "ray", "--explain"],
+     ["--explain", "local engine", "--engine ray"]),
     # ---- serve (always a subprocess: if it started, it would serve)
     ("serve-not-a-model", SUB, ["serve", "{D}/notamodel", "--port", "0"], ["notamodel"]),
     ("serve-broken-config", SUB, ["serve", "{D}/brokencfg", "--port", "0"], ["brokencfg/config.json"]),
@@ -274,3 +276,17 @@ def test_bad_input(case, bad, tiny_model_dir, trained_tiny_dir, tmp_path, capsys
             assert w in line, f"{w!r} not in: {line}"
     assert not out.exists(), f"{name} left {out} behind"
     assert _snapshot(bad, trained_tiny_dir, tiny_model_dir, tmp_path) == before, f"{name} changed files"
+
+
+def test_a_text_naming_a_file_is_classified_and_said(trained_tiny_dir, tmp_path, capsys, monkeypatch):
+    """`predict DIR p.tsv` classifies the string "p.tsv" (texts are arguments); when such a file exists, one line
+    says so and names --input."""
+    from bertclf.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "p.tsv").write_text("text\n좋아요\n", encoding="utf-8")
+    assert main(["predict", str(trained_tiny_dir), "p.tsv", "정말 좋다"]) == 0
+    cap = capsys.readouterr()
+    assert cap.out.count("\n") == 2 and '"text": "p.tsv"' in cap.out
+    assert cap.err.strip().splitlines() == ["bertclf: note: 'p.tsv' is classified as a text; a file of that name "
+                                            "exists: --input p.tsv reads its rows"]

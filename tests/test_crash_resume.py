@@ -497,3 +497,16 @@ def test_overwrite_trims_the_vocabulary_again(tiny_model_dir, nsmc_slices, tmp_p
     full = AutoTokenizer.from_pretrained(tiny_model_dir)
     texts = [ln.split("\t")[1] for ln in lines[2001:2201]]
     assert [base.tokenize(t) for t in texts] == [full.tokenize(t) for t in texts]
+
+
+def test_a_preempted_run_says_stopped_not_error(tiny_model_dir, nsmc_slices, tmp_path):
+    """A stop signal is a normal stop: one line 'bertclf: stopped by SIGTERM after step N: ...', exit 75, no
+    'error:' prefix and no traceback."""
+    from train_hooks import SIGNAL_ENV
+
+    out = tmp_path / "run"
+    r = subprocess.run(HOOKED + _args(nsmc_slices, tiny_model_dir, out, "--max-steps", "6"), cwd=REPO,
+                       env=_env(**{SIGNAL_ENV: "0:3:SIGTERM"}), capture_output=True, text=True, timeout=300)
+    last = r.stderr.strip().splitlines()[-1]
+    assert r.returncode == 75 and last.startswith("bertclf: stopped by SIGTERM after step 3: "), r.stderr[-2000:]
+    assert "error" not in last and "Traceback" not in r.stderr
