@@ -1,6 +1,7 @@
 """GPU smoke test: a tiny bf16 run on CUDA is killed, resumed and used for prediction. It executes what a CPU
 never does: bf16 autocast, fused AdamW, the CUDA RNG state in checkpoints, the CUDA predict path.
-Run with `pytest -m gpu`; skipped, with the reason, where there is no CUDA device."""
+Run with `pytest -m gpu`; skipped, with the reason, where there is no CUDA device. BERTCLF_TEST_GPU_DRY_RUN=1 runs it
+on the CPU (bf16 autocast there), to check the test itself before device time is spent."""
 from __future__ import annotations
 
 import json
@@ -15,18 +16,24 @@ import numpy as np
 import pytest
 import torch
 
-from bertclf import checkpoint as ckpt
+from bertclf import rundir
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from train_hooks import PAUSE_ENV, PAUSE_MARK  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
+HOOKED = [sys.executable, str(REPO / "tests" / "hooked_train.py")]  # the CLI plus the test callbacks (pause)
+DRY_RUN = os.environ.get("BERTCLF_TEST_GPU_DRY_RUN") == "1"
 
 pytestmark = [pytest.mark.gpu,
-              pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device: the gpu tests need one")]
+              pytest.mark.skipif(not torch.cuda.is_available() and not DRY_RUN,
+                                 reason="no CUDA device: the gpu tests need one (BERTCLF_TEST_GPU_DRY_RUN=1: on the CPU)")]
 
 
 def _env(**extra) -> dict:
     env = dict(os.environ, BERTCLF_NO_PROGRESS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    env.pop(ckpt.PAUSE_ENV, None)
+    env.pop(PAUSE_ENV, None)
     return env | extra
 
 
@@ -34,10 +41,10 @@ def _kill_at(argv, point: str, log_dir: Path, timeout: float = 600) -> None:
     """Run until the BERTCLF_TEST_PAUSE_AT hook pauses at `point`, then SIGKILL."""
     err = log_dir / "killed.err"
     with open(log_dir / "killed.out", "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen(argv, cwd=REPO, env=_env(**{ckpt.PAUSE_ENV: point}), stdout=o, stderr=e)
+        proc = subprocess.Popen(argv, cwd=REPO, env=_env(**{PAUSE_ENV: point}), stdout=o, stderr=e)
     deadline = time.monotonic() + timeout
     try:
-        while f"{ckpt.PAUSE_MARK} {point}" not in err.read_text():
+        while f"{PAUSE_MARK} {point}" not in err.read_text():
             assert proc.poll() is None, f"the run exited ({proc.returncode}) before {point}: {err.read_text()[-2000:]}"
             assert time.monotonic() < deadline, f"the run did not reach {point} in {timeout:.0f} s"
             time.sleep(0.05)
@@ -47,7 +54,7 @@ def _kill_at(argv, point: str, log_dir: Path, timeout: float = 600) -> None:
 
 
 def _train(slices, model, out, *extra):
-    return [sys.executable, "-m", "bertclf", "train", "--train", str(slices["train"]), "--text-col", "document",
+    return HOOKED + ["train", "--train", str(slices["train"]), "--text-col", "document",
             "--model", str(model), "--sample", "0.25", "--epochs", "1", "--max-steps", "30", "--batch-size", "16",
             "--lr", "2e-3", "--seed", "0", "--precision", "bf16", "--checkpoint-every", "10", "--eval-every", "10",
             "--log-every", "5", "--out", str(out), *extra]
@@ -56,7 +63,7 @@ def _train(slices, model, out, *extra):
 def test_bf16_train_kill_resume_predict_on_cuda(tiny_model_dir, nsmc_slices, tmp_path):
     out = tmp_path / "run"
     _kill_at(_train(nsmc_slices, tiny_model_dir, out), "step:15", tmp_path)  # SIGKILL after step 15
-    assert [p.name for p in ckpt.step_checkpoints(out)] == ["step-00000010"]
+    assert [p.name for p in rundir.step_checkpoints(out)] == ["step-00000010"]
     r = subprocess.run(_train(nsmc_slices, tiny_model_dir, out, "--resume"), cwd=REPO, env=_env(),
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
@@ -80,6 +87,6 @@ def test_bf16_train_kill_resume_predict_on_cuda(tiny_model_dir, nsmc_slices, tmp
     from bertclf.predict import Classifier
 
     clf = Classifier.load(str(out))
-    assert next(clf.model.parameters()).is_cuda
+    assert next(clf.model.parameters()).is_cuda == torch.cuda.is_available()
     probs = clf.predict_proba(texts)
     assert np.isfinite(probs).all() and np.allclose(probs.sum(1), 1, atol=1e-5)
