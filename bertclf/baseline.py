@@ -47,9 +47,9 @@ def fit_predict(train_texts, train_y, test_texts, n_classes: int, seed: int = 42
     return probs
 
 
-def fit_multilabel(texts, y: np.ndarray, seed: int = 42):
-    """The multi-label baseline model: TF-IDF + one-vs-rest logistic regression fitted on texts with label sets y
-    (n, k); returns texts -> probabilities (n, k) (also what `bertclf audit --multi-label` cross-validates)."""
+def fit_multilabel_model(texts, y: np.ndarray, seed: int = 42):
+    """The multi-label baseline's fitted parts: (vectorizer, one-vs-rest LR over the labels in `keep`, keep (k,)
+    bool, the training prior (k,): the constant score of the labels always on or always off)."""
     from sklearn.linear_model import LogisticRegression
     from sklearn.multiclass import OneVsRestClassifier
 
@@ -58,9 +58,16 @@ def fit_multilabel(texts, y: np.ndarray, seed: int = 42):
     keep = (y.sum(0) > 0) & (y.sum(0) < len(y))  # a label always on or always off has a constant score
     clf = OneVsRestClassifier(LogisticRegression(C=4.0, max_iter=2000, solver="liblinear", random_state=seed))
     clf.fit(x, y[:, keep])
+    return vec, clf, keep, y.mean(0)
+
+
+def fit_multilabel(texts, y: np.ndarray, seed: int = 42):
+    """The multi-label baseline model: TF-IDF + one-vs-rest logistic regression fitted on texts with label sets y
+    (n, k); returns texts -> probabilities (n, k) (also what `bertclf audit --multi-label` cross-validates)."""
+    vec, clf, keep, prior = fit_multilabel_model(texts, y, seed)
 
     def proba(t):
-        p = np.tile(y.mean(0), (len(t), 1)).astype(np.float32)
+        p = np.tile(prior, (len(t), 1)).astype(np.float32)
         p[:, keep] = clf.predict_proba(vec.transform(t))
         return p
     return proba
