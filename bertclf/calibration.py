@@ -1,10 +1,11 @@
 """Temperature scaling (Guo et al., 2017): one number T > 0, fitted after training on the validation rows' logits
 by minimising their negative log-likelihood, so that softmax(logits / T) says how often the model is right.
 
-T is folded into the classification head: the last Linear layer's weight and bias are divided by T, so the saved
-model's logits ARE logits / T. Every consumer (transformers.pipeline, bertclf predict / serve / eval, the ONNX
-export) then returns calibrated probabilities with no code of its own; argmax is unchanged (T > 0 scales every
-logit of a row alike). The raw logits come back as logits * T (T is in bertclf.json under "calibration").
+T is folded into the classification head (with an n-gram partner it is not: see `calibrate`): the last Linear
+layer's weight and bias are divided by T, so the saved model's logits ARE logits / T. Every consumer
+(transformers.pipeline, bertclf predict / serve / eval, the ONNX export) then returns calibrated probabilities with
+no code of its own; argmax is unchanged (T > 0 scales every logit of a row alike). The raw logits come back as
+logits * T (T is in bertclf.json under "calibration").
 
 Single-label (softmax) only: a multi-label model's sigmoid scores are compared with thresholds tuned on the same
 validation rows, which already place its decisions; a temperature would move them.
@@ -64,13 +65,21 @@ def fold_temperature(model, temperature: float) -> None:
 
 
 def calibrate(model, valid_logits: np.ndarray, y_valid: np.ndarray) -> dict:
-    """Fit T on the validation rows, fold it into `model`, and return the record for bertclf.json."""
+    """Fit T on the validation rows, fold it into `model`, and return the record for bertclf.json.
+
+    model None: nothing is folded. A model with an n-gram partner (bertclf/ngram.py) is calibrated after the blend:
+    `valid_logits` are the blend's log-probabilities, and T divides them at inference (bertclf/predict.py), so the
+    encoder's head stays raw (transformers.pipeline and the ONNX export give the encoder alone, uncalibrated)."""
     from scipy.special import softmax
 
     t = fit_temperature(valid_logits, y_valid)
-    fold_temperature(model, t)
+    if model is not None:
+        fold_temperature(model, t)
+    where = ({"folded_into": "classifier weights (logits = raw logits / temperature)"} if model is not None else
+             {"folded_into": None, "applied_to": "blend",
+              "note": "the encoder + n-gram blend: logits = log(blended probabilities) / temperature"})
     return {"method": "temperature", "temperature": t, "fitted_on": "validation", "rows": int(len(y_valid)),
-            "folded_into": "classifier weights (logits = raw logits / temperature)",
+            **where,
             "valid": {"nll_before": nll(valid_logits, y_valid), "nll_after": nll(valid_logits, y_valid, t),
                       "ece_before": expected_calibration_error(y_valid, softmax(valid_logits, axis=1)),
                       "ece_after": expected_calibration_error(y_valid, softmax(valid_logits / t, axis=1))}}

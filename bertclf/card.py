@@ -9,12 +9,14 @@ from bertclf import __version__
 
 
 def build_card(cfg, run_args: dict, labels: list[str], data: dict, metrics: dict, training: dict,
-               classification: dict | None = None, calibration: dict | None = None) -> dict:
+               classification: dict | None = None, calibration: dict | None = None, ngram: dict | None = None) -> dict:
     """data: {"train", "valid", "test"} dataset summaries; metrics: {"valid", "test"} reports;
     training: steps, timings, device and batch facts (see loop.finish); classification: the task's card
     (bertclf/task.py: single/multi-label, label values, class weights, thresholds), read back by inference;
     calibration: the temperature folded into the classifier and ECE before/after (bertclf/calibration.py), or
-    None when not calibrated (raw logits = the model's logits * temperature)."""
+    None when not calibrated (raw logits = the model's logits * temperature); ngram: the n-gram partner's record
+    (bertclf/ngram.py: mode, kept, weight, validation scores of encoder, n-gram and blend, the rule), None with
+    --ngram off."""
     return {
         "bertclf_version": __version__,
         "task": "text-classification",
@@ -22,6 +24,7 @@ def build_card(cfg, run_args: dict, labels: list[str], data: dict, metrics: dict
         "labels": labels,
         "classification": classification,
         "calibration": calibration,
+        "ngram": ngram,
         "max_length": cfg.max_length,
         "args": run_args,
         "data": data | {"text_col": cfg.text_col, "label_col": cfg.label_col},

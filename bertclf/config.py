@@ -84,6 +84,11 @@ class TrainConfig:
     calibrate: bool = opt(True, "fit a temperature on the validation rows and fold it into the classifier, so "
                           "every probability the model gives is calibrated (single-label; --no-calibrate: off)",
                           LABELS, negatable=True)
+    # not a resume key either: it acts only when the run finishes (bertclf/finish.py, bertclf/ngram.py)
+    ngram: str = opt("auto", "blend the encoder with `bertclf baseline`'s TF-IDF n-gram model fitted on the same "
+                     "training rows, at a weight chosen on the validation rows (saved in the model directory; "
+                     "predict, eval and serve use the blend): auto keeps it when the blend scores no lower than the "
+                     "encoder on validation, on always, off never", LABELS, choices=("auto", "on", "off"))
     long_text: str = opt("truncate", "texts longer than --max-length: truncate (keep the start) or head-tail (the "
                          "first and last tokens); predict, eval and serve also have window", RECIPE,
                          choices=("truncate", "head-tail"))
@@ -144,6 +149,8 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("metric", f"must be accuracy, macro_f1, weighted_f1 or micro_f1, got {cfg.metric}")
     if cfg.metric == "micro_f1" and not cfg.multi_label:
         bad("metric", "micro_f1 is for --multi-label (single-label micro-F1 equals accuracy); use accuracy")
+    if cfg.ngram not in ("auto", "on", "off"):
+        bad("ngram", f"must be auto, on or off, got {cfg.ngram!r}")
     if cfg.long_text not in ("truncate", "head-tail"):
         bad("long-text", f"training takes truncate or head-tail (window is for predict, eval and serve), got "
                          f"{cfg.long_text!r}")

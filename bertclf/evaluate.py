@@ -82,7 +82,8 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
     # A cell may hold the label's name, the raw value the model was trained from, or its id (bertclf/labels.py).
     y = clf.task.encode(ds.labels, ds.source)
     t0 = time.time()
-    logits, cut = clf.logits_and_cut(ds.texts, batch_size)
+    parts: dict = {}  # a model with an n-gram partner: each side's logits alone (bertclf/ngram.py)
+    logits, cut = clf.logits_and_cut(ds.texts, batch_size, parts=parts)
     log(f"{cut} of {len(ds)} rows longer than {clf.max_length} tokens: " + {
         "truncate": "cut to their first tokens", "head-tail": "cut to their first and last tokens",
         "window": f"scored in overlapping chunks (stride {clf.stride}), logits averaged"}[clf.long_text]
@@ -96,6 +97,9 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
     rep["long_text"] = {"mode": clf.long_text, "max_length": clf.max_length, "rows_longer": cut}
     if clf.long_text == "window":
         rep["long_text"]["stride"] = clf.stride
+    if parts:  # the report above is the blend's; beside it each side alone, and the weight on the encoder
+        rep["components"] = clf.component_reports(y, parts)
+        rep["ngram_weight"] = clf.ngram_weight
     if errors:
         path, col, read = (test, spec.text_col, spec.read_kwargs()) if test else (ds.source, D.NSMC_TEXT_COL, {})
         positions = row_positions(path, col, lambda t: not D.is_empty_text(t), **read)

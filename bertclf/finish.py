@@ -1,5 +1,6 @@
 """The end of a run: the best checkpoint's weights become the model, scored on validation and test, saved as a
-standard Hugging Face directory with its model card and predictions; the checkpoints go."""
+standard Hugging Face directory with its model card and predictions; the checkpoints go. With --ngram auto|on
+the n-gram partner is fitted here and, when kept, the model is the blend (bertclf/ngram.py)."""
 from __future__ import annotations
 
 import contextlib
@@ -9,11 +10,12 @@ import time
 import numpy as np
 
 from bertclf import checkpoint as ckpt
+from bertclf import ngram
 from bertclf import rundir
 from bertclf.calibration import MIN_ROWS, calibrate, test_calibration
 from bertclf.card import build_card, device_name
 from bertclf.disk_space import writing
-from bertclf.evaluate import score_ids
+from bertclf.evaluate import gathered_logits, score_ids
 from bertclf.preemption import StopSignal
 from bertclf.tokens import encode, lengths
 
@@ -36,16 +38,22 @@ def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=
     names, task = run.labels.names, run.task
     # the best model's validation report: for multi-label it tunes the thresholds stored with the model
     _, valid_logits = score_ids(model, run.valid_ids, run.y_valid, task.validation_report, **score)
-    calibration, valid_metrics = _calibrate(run, model, valid_logits, best["valid"] if best else None)
+    valid_metrics = best["valid"] if best else None
+    partner, ngram_record, blend_valid = _ngram_partner(run, valid_logits)
+    if partner is not None:  # the blend is the model: calibrated, scored and saved as such; the head stays raw
+        valid_logits, valid_metrics = blend_valid
+    calibration, valid_metrics = _calibrate(run, model if partner is None else None, valid_logits, valid_metrics)
     if calibration:
-        valid_logits = valid_logits / calibration["temperature"]  # what the folded model gives
+        valid_logits = valid_logits / calibration["temperature"]  # what the folded model (or the blend) gives
+    blend = None if partner is None else (partner, ngram_record["weight"],
+                                          calibration["temperature"] if calibration else None)
     preds = {"labels": np.array(names), "valid_y": run.y_valid, "valid_probs": task.probs(valid_logits),
              "valid_tokens": lengths(run.valid_ids), "valid_chars": np.array([len(t) for t in run.valid_ds.texts])}
     test_rep = None
     if run.test_ds is not None:
         try:
             with preemption.interrupting() if preemption else contextlib.nullcontext():
-                test_rep, test_preds = _score_test(run, model, score)
+                test_rep, test_preds = _score_test(run, model, score, blend, ngram_record)
             preds |= test_preds
             if calibration:
                 calibration["test"] = test_calibration(run.y_test, test_preds["test_probs"],
@@ -72,8 +80,15 @@ def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=
                   "samples_per_s": state.samples_seen / train_s, "tokens_per_s": state.tokens_seen / train_s,
                   "device": device_name(run.accelerator.device), "processes": run.world,
                   "precision": "fp32" if run.mixed == "no" else run.mixed, "global_batch": plan.eff_batch * run.world},
-        classification=task.card(), calibration=calibration) | run.card_extra
+        classification=task.card(), calibration=calibration, ngram=ngram_record) | run.card_extra
     task.configure(model.config)  # id2label, label2id, problem_type (transformers.pipeline scores as we do)
+    with writing("the n-gram partner", out, lambda: partner.nbytes() if partner else 0, "its arrays and vocabulary",
+                 lambda: ckpt.after_disk_full(out)):
+        if partner is not None:
+            rundir.remove_card(out)  # the card marks a complete model; save_model_dir writes it last
+            partner.save(out)
+        else:
+            ngram.remove(out)  # an earlier run's partner in this folder must not pass for this model's
     ckpt.save_model_dir(out, model, run.tokenizer, card, on_write=run.events.on_checkpoint_write)
     shutil.rmtree(rundir.checkpoints_dir(out), ignore_errors=True)  # finished: the final model is the best one
     if test_rep:
@@ -86,7 +101,8 @@ def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=
 
 def _calibrate(run, model, valid_logits, valid_metrics: dict | None) -> tuple[dict | None, dict | None]:
     """--calibrate (single-label): fold a temperature fitted on the validation rows into the model
-    (bertclf/calibration.py); (its record for the card or None, the validation metrics with the calibrated ECE)."""
+    (bertclf/calibration.py; model None: a blend's logits, nothing folded); (its record for the card or None, the
+    validation metrics with the calibrated ECE)."""
     if not run.cfg.calibrate or run.task.kind != "single_label" or not len(run.y_valid):
         return None, valid_metrics
     if len(run.y_valid) < MIN_ROWS:
@@ -102,11 +118,49 @@ def _calibrate(run, model, valid_logits, valid_metrics: dict | None) -> tuple[di
     return calibration, (valid_metrics | {"ece": v["ece_after"]} if valid_metrics else valid_metrics)
 
 
-def _score_test(run, model, score: dict) -> tuple[dict, dict]:
-    """(test report, test arrays for eval_predictions.npz)."""
+def _ngram_partner(run, valid_logits: np.ndarray):
+    """--ngram auto|on: fit the n-gram partner on the training rows, choose its weight on the validation rows and
+    say so in one line (bertclf/ngram.py). (partner or None when not kept, the card's record or None, and for a
+    kept partner (the blend's validation logits, its validation report))."""
+    cfg, say, task = run.cfg, run.say, run.task
+    if cfg.ngram == "off":
+        return None, None, None
+    if "distilled_from" in run.card_extra:  # a student's rows include unlabelled texts: no partner (not yet)
+        return None, {"mode": cfg.ngram, "kept": False, "reason": "not fitted for a distilled student"}, None
+    if not len(run.y_valid):
+        say("n-gram partner: not fitted: no validation rows to choose its weight on")
+        return None, {"mode": cfg.ngram, "kept": False, "reason": "no validation rows"}, None
+    t0 = time.time()
+    try:
+        partner = ngram.fit(run.train_ds.texts, run.y_train, len(run.labels.names), task.kind == "multi_label",
+                            cfg.seed)
+        valid_probs = partner.probs(run.valid_ds.texts)
+    except ValueError as e:  # scikit-learn: one class only, no n-gram in two texts, ...
+        say(f"n-gram partner: not fitted ({e})")
+        return None, {"mode": cfg.ngram, "kept": False, "reason": str(e)}, None
+    kept, record, blend_logits, blend_report = ngram.judge(task, run.y_valid, valid_logits, valid_probs, cfg.ngram)
+    record |= {"features": partner.n_features, "fit_seconds": round(time.time() - t0, 2)}
+    say(ngram.describe(record))
+    return (partner, record, (blend_logits, blend_report)) if kept else (None, record, None)
+
+
+def _score_test(run, model, score: dict, blend=None, ngram_record: dict | None = None) -> tuple[dict, dict]:
+    """(test report, test arrays for eval_predictions.npz). blend: (partner, weight, temperature or None): the
+    test rows are scored by the blend, and each side's test score goes into ngram_record["test"]."""
     t0 = time.time()
     test_ids = encode(run.tokenizer, run.test_ds.texts, run.cfg.max_length, long_text=run.cfg.long_text)
-    test_rep, test_logits = score_ids(model, test_ids, run.y_test, run.task.report, **score)
+    if blend is None:
+        test_rep, test_logits = score_ids(model, test_ids, run.y_test, run.task.report, **score)
+    else:
+        partner, weight, temperature = blend
+        encoder_logits = gathered_logits(model, test_ids, score["pad_id"], score["batch_size"],
+                                         autocast_dtype=score["autocast_dtype"])
+        ngram_probs = partner.probs(run.test_ds.texts)
+        test_logits = ngram.blended_logits(run.task, encoder_logits, ngram_probs, weight, temperature)
+        test_rep = run.task.report(run.y_test, test_logits)
+        sides = {"encoder": encoder_logits, "ngram": ngram.link(ngram_probs, run.task.kind == "multi_label")}
+        ngram_record["test"] = {name: run.task.score(ngram.component_task(run.task, name, ngram_record)
+                                                     .report(run.y_test, z)) for name, z in sides.items()}
     test_rep["seconds"] = time.time() - t0
     return test_rep, {"test_y": run.y_test, "test_probs": run.task.probs(test_logits), "test_tokens": lengths(test_ids),
                       "test_chars": np.array([len(t) for t in run.test_ds.texts])}

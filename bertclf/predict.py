@@ -9,6 +9,11 @@ A multi-label model (trained with --multi-label) also returns 'labels': every la
 passes its threshold tuned on validation, best first.
 
 A directory exported to ONNX (bertclf export) loads the same way and runs on onnxruntime.
+
+A model trained with an n-gram partner (bertclf/ngram.py; `bertclf train --ngram auto`, the default, when it was
+kept) scores texts by the blend: logits() are the blend's, in the task's link space, so everything built on them
+(probabilities, eval, predict, serve) uses it. `Classifier.load(DIR, ngram=False)` gives the encoder alone.
+
 precision="auto" (the default) runs torch in bf16 autocast where the device multiplies bf16 natively (AMX /
 AVX-512 BF16 CPUs, bf16 GPUs), fp32 elsewhere; "fp32" or "bf16" force it (bertclf/precision.py).
 """
@@ -19,6 +24,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bertclf import ngram as NG
 from bertclf.config import check_batch_size
 from bertclf.errors import UserError
 from bertclf.inference import predict_logits
@@ -35,7 +41,7 @@ class Classifier:
 
     def __init__(self, tokenizer, model, labels: list[str], max_length: int = 128, card: dict | None = None,
                  path: str | None = None, backend: str = "torch", autocast_dtype=None, long_text: str | None = None,
-                 stride: int | None = None):
+                 stride: int | None = None, partner=None):
         self.tokenizer, self.model, self.labels = tokenizer, model, labels
         self.max_length, self.card, self.path, self.backend = max_length, card or {}, path, backend
         # texts over max_length (bertclf/long_text.py); default: as the model was trained (truncate or head-tail)
@@ -45,10 +51,20 @@ class Classifier:
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.task = task_from_card(self.card, labels)  # single/multi-label, label values, thresholds
         self.multi_label = self.task.kind == "multi_label"
+        # the n-gram partner (bertclf.ngram.NgramPartner) blended at the card's weight, or None: the encoder alone
+        self.partner, self.ngram = partner, self.card.get("ngram") or None
+        self.ngram_weight = float(self.ngram["weight"]) if partner is not None else None
+        calibration = self.card.get("calibration") or {}
+        self.blend_temperature = (calibration.get("temperature") if partner is not None
+                                  and calibration.get("applied_to") == "blend" else None)
+        if partner is None and self.ngram and self.ngram.get("kept"):  # the encoder alone: its own thresholds
+            self.task = NG.component_task(self.task, "encoder", self.ngram)
 
     @classmethod
     def load(cls, path: str, device: str | None = None, max_length: int | None = None,
-             precision: str = "auto", long_text: str | None = None, stride: int | None = None) -> "Classifier":
+             precision: str = "auto", long_text: str | None = None, stride: int | None = None,
+             ngram: bool = True) -> "Classifier":
+        """ngram=False: the encoder alone, also when the model was trained with an n-gram partner."""
         if long_text is not None or stride is not None:  # a bad flag fails before the model loads
             check_long_text(long_text or "truncate", stride, max_length or 512)
         p = check_model_dir(Path(path))
@@ -82,7 +98,9 @@ class Classifier:
             if dtype is not None and device.type == "cpu":
                 cast_for_cpu_inference(model, dtype)  # and every forward pass runs under autocast(dtype)
             backend = "torch"
-        return cls(tokenizer, model, labels, max_length, card, str(p), backend, dtype, long_text, stride)
+        # an ONNX export holds the encoder alone (bertclf export does not carry the partner): no files, no blend
+        partner = NG.load_for(p, card, required=backend == "torch") if ngram else None
+        return cls(tokenizer, model, labels, max_length, card, str(p), backend, dtype, long_text, stride, partner)
 
     @property
     def precision(self) -> str:
@@ -96,12 +114,16 @@ class Classifier:
     def logits(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self.logits_and_cut(texts, batch_size)[0]
 
-    def logits_and_cut(self, texts: list[str], batch_size: int = 64) -> tuple[np.ndarray, int]:
+    def logits_and_cut(self, texts: list[str], batch_size: int = 64, parts: dict | None = None
+                       ) -> tuple[np.ndarray, int]:
         """(logits per text, how many texts were longer than max_length tokens), by self.long_text: window
-        scores every chunk and averages each text's chunk logits."""
+        scores every chunk and averages each text's chunk logits (the n-gram partner reads the whole text).
+        With a partner the logits are the blend's; `parts`, a dict, then receives each side's logits alone:
+        "encoder" (its raw logits) and "ngram" (its probabilities in the task's link space)."""
         check_batch_size(batch_size, "batch_size")
         texts = [t if isinstance(t, str) else str(t) for t in texts]
         out, cut = [np.zeros((0, len(self.labels)), dtype=np.float32)], 0
+        sides: dict[str, list] = {"encoder": [], "ngram": []}
         # Length-sorted batches are formed within fixed blocks of the stream, so a text meets the same batch
         # neighbours (and the same bf16 rounding) whether eval scores a whole file or predict streams it.
         for start in range(0, len(texts), BLOCK_ROWS):
@@ -112,9 +134,22 @@ class Classifier:
             else:
                 logits = predict_logits(self.model, enc.ids, self.pad_id, batch_size,
                                         autocast_dtype=self.autocast_dtype)
-            out.append(per_text(logits, enc))
+            logits = per_text(logits, enc)
+            if self.partner is not None:
+                ngram_probs = self.partner.probs(texts[start:start + BLOCK_ROWS])
+                sides["encoder"].append(logits)
+                sides["ngram"].append(NG.link(ngram_probs, self.multi_label).astype(np.float32))
+                logits = NG.blended_logits(self.task, logits, ngram_probs, self.ngram_weight, self.blend_temperature)
+            out.append(logits)
             cut += enc.cut
+        if parts is not None and self.partner is not None:
+            parts.update({name: np.concatenate([out[0]] + arrays) for name, arrays in sides.items()})
         return np.concatenate(out), cut
+
+    def component_reports(self, y: np.ndarray, parts: dict) -> dict:
+        """The task's report of each side of the blend alone (from logits_and_cut's `parts`; multi-label each at
+        its own validation thresholds)."""
+        return {name: NG.component_task(self.task, name, self.ngram).report(y, z) for name, z in parts.items()}
 
     def predict_proba(self, texts: list[str], batch_size: int = 64) -> np.ndarray:
         return self.task.probs(self.logits(texts, batch_size))
