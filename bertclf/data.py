@@ -131,10 +131,13 @@ def texts_in(ds: "Dataset", train: "Dataset") -> int:
 
 def read_labelled(path: str | os.PathLike, text_col: str = "text", label_col: str | None = "label",
                   label_names: dict[str, str] | None = None, encoding: str = "utf-8",
-                  columns: list[str] | None = None, fmt: str | None = None) -> Dataset:
+                  columns: list[str] | None = None, fmt: str | None = None,
+                  allow_empty_label: bool = False) -> Dataset:
     """Read a labelled (or, with label_col=None, unlabelled) file; drop and count empty texts.
 
     Labels are the cells' raw strings, stripped and NFC-normalised (an NFD and an NFC 긍정 are one class).
+    An empty label cell is an error, unless allow_empty_label (a multi-label file: a row with no labels, read
+    as the label "", as a cell of separators only is).
     """
     path = Path(path)
     if label_col and label_col == text_col:
@@ -151,9 +154,9 @@ def read_labelled(path: str | os.PathLike, text_col: str = "text", label_col: st
         lab = None
         if label_col:
             lab = unicodedata.normalize("NFC", row[label_col].strip())
-            if lab == "":
+            if lab == "" and not allow_empty_label:
                 raise UserError(f"{path}, line {n}: empty label in column '{label_col}'; fill it in or remove the row")
-            if label_names:
+            if label_names and lab != "":
                 if lab not in label_names:
                     raise UserError(f"{path}, line {n}: label '{lab}' is not one of {', '.join(label_names)}")
                 lab = label_names[lab]
@@ -233,7 +236,10 @@ def load_training_data(cfg, log=print) -> tuple[Dataset, Dataset, Dataset | None
 
     Every check that needs the data (a sample or test sample that leaves no row) fails here, before training.
     """
-    read = dict(encoding=getattr(cfg, "encoding", "utf-8"), columns=getattr(cfg, "columns", None))
+    multi = bool(getattr(cfg, "multi_label", False))
+    # a multi-label row may have no labels (an empty cell); a single-label row must have its class
+    read = dict(encoding=getattr(cfg, "encoding", "utf-8"), columns=getattr(cfg, "columns", None),
+                allow_empty_label=multi)
     default_columns(cfg)
     if cfg.data == "nsmc":
         train = read_nsmc("train", cfg.data_dir, log=log)
@@ -241,7 +247,6 @@ def load_training_data(cfg, log=print) -> tuple[Dataset, Dataset, Dataset | None
     else:
         train = read_labelled(cfg.train, cfg.text_col, cfg.label_col, **read)
         test = read_labelled(cfg.test, cfg.text_col, cfg.label_col, **read) if cfg.test else None
-    multi = bool(getattr(cfg, "multi_label", False))
     train = sample(train, cfg.sample, cfg.seed, "--sample", multi)
     if test is not None:  # a quick look at the test score: torch on a CPU scores ~75 reviews/s
         test = sample(test, cfg.test_sample, cfg.seed, "--test-sample", multi)

@@ -228,3 +228,37 @@ def test_a_line_of_spaces_in_a_one_column_file_is_an_empty_row_not_a_blank_line(
     two = tmp_path / "two.tsv"
     two.write_text("id\ttext\n1\t좋다\n   \n2\t싫다\n", encoding="utf-8")
     assert [(n, r["text"]) for n, r in iter_rows(two, ["text"])] == [(2, "좋다"), (4, "싫다")]
+
+
+def test_empty_label_cells_are_no_labels_for_multi_label_files_only(tmp_path):
+    """A multi-label row may have no labels: an empty cell reads as "" (as a cell of separators only, ","
+    does), with allow_empty_label; a single-label file (the default) still refuses it, naming the line."""
+    p = tmp_path / "ml.tsv"
+    p.write_text("text\tlabels\n좋다\t0,2\n그냥 그래\t\n음\t  \n별로\t,\n", encoding="utf-8")
+    ds = D.read_labelled(p, "text", "labels", allow_empty_label=True)
+    assert ds.labels == ["0,2", "", "", ","] and len(ds) == 4
+    assert ds.summary()["label_counts"] == {"": 2, ",": 1, "0,2": 1}
+    with pytest.raises(UserError, match=r"ml.tsv, line 3: empty label in column 'labels'; fill it in"):
+        D.read_labelled(p, "text", "labels")
+    nsmc_like = tmp_path / "n.tsv"  # label_names (NSMC's 0/1 -> names) leaves an empty cell empty
+    nsmc_like.write_text("document\tlabel\n좋다\t1\n음\t\n", encoding="utf-8")
+    assert D.read_labelled(nsmc_like, "document", "label", D.NSMC_LABELS, allow_empty_label=True).labels == [
+        "positive", ""]
+
+
+def test_training_data_keeps_multi_label_rows_without_labels(tmp_path):
+    """load_training_data reads the train, --valid and --test files of a --multi-label run with empty cells
+    allowed; a single-label run still refuses them."""
+    from bertclf.config import TrainConfig
+
+    body = "text\tlabels\n" + "".join(f"리뷰 {i}\t{'' if i % 3 == 0 else 'a,b' if i % 3 == 1 else 'b'}\n"
+                                      for i in range(60))
+    for name in ("train.tsv", "valid.tsv", "test.tsv"):
+        (tmp_path / name).write_text(body, encoding="utf-8")
+    cfg = TrainConfig(out=str(tmp_path / "o"), train=str(tmp_path / "train.tsv"), valid=str(tmp_path / "valid.tsv"),
+                      test=str(tmp_path / "test.tsv"), label_col="labels", multi_label=True)
+    train, valid, test = D.load_training_data(cfg, log=lambda s: None)
+    assert train.labels.count("") == valid.labels.count("") == test.labels.count("") == 20
+    cfg.multi_label = False
+    with pytest.raises(UserError, match=r"train.tsv, line 2: empty label in column 'labels'"):
+        D.load_training_data(cfg, log=lambda s: None)

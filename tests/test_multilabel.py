@@ -72,7 +72,9 @@ def test_pipeline_applies_sigmoid_like_predict(ml_dir):
 
     texts = ["정말 감동적이에요 최고", "이게 말이 되냐 진짜 화난다"]
     pipe = pipeline("text-classification", model=str(ml_dir), device="cpu", top_k=None)
-    clf = Classifier.load(str(ml_dir), precision="fp32")  # what transformers.pipeline computes in
+    # fp32: what transformers.pipeline computes in; ngram=False: the pipeline runs the encoder alone, without the
+    # n-gram partner `train --ngram auto` may have kept
+    clf = Classifier.load(str(ml_dir), precision="fp32", ngram=False)
     ours = clf.predict(texts)
     for got, mine in zip(pipe(texts), ours):
         scores = {d["label"]: d["score"] for d in got}
@@ -181,3 +183,43 @@ def test_report_shows_per_label_scores(ml_dir):
     assert 'id="per-label"' in html and "없음" in html and "subset accuracy" in html
     data = json.loads((ml_dir / "report" / "data.json").read_text(encoding="utf-8"))
     assert data["errors"] == {}  # no single-label section tripped over multi-hot labels
+
+
+def test_rows_without_labels_train_and_score_as_all_zero_rows(kote_files, tiny_model_dir, tmp_path):
+    """A multi-label row may have no labels: an empty cell (as well as a cell of separators only, ",") reads as
+    none. A tiny run on KOTE rows, every 5th train row and every 4th test row emptied: the run trains, its card
+    counts the empty rows, the class weights and the test metrics count them as rows with every label negative."""
+    from bertclf.task import task_from_card
+
+    def emptied(rows, every, cell):
+        return [[i, t, cell if n % every == 0 else labs] for n, (i, t, labs) in enumerate(rows)]
+
+    tr = write_kote(tmp_path / "train.tsv", emptied(kote_rows(0, 200), 5, ""))
+    te_rows = emptied(kote_rows(400, 40), 4, "")
+    te_rows[1][2] = ","  # separators only: no labels either
+    te = write_kote(tmp_path / "test.tsv", te_rows)
+    out = tmp_path / "run"
+    card = train(TrainConfig(out=str(out), train=str(tr), test=str(te), text_col="text", label_col="labels",
+                             multi_label=True, label_names=str(kote_files["names"]), model=str(tiny_model_dir),
+                             epochs=1, batch_size=16, max_steps=2, seed=0, class_weights="auto"),
+                 echo=lambda s: None)
+    data = card["data"]
+    assert data["train"]["label_counts"][""] + data["valid"]["label_counts"].get("", 0) == 40
+    assert data["test"]["label_counts"] == {**data["test"]["label_counts"], "": 10, ",": 1}
+    names = kote_files["names"].read_text(encoding="utf-8").splitlines()
+    task = task_from_card(card, names)
+    y = task.encode([r[2] for r in te_rows], "test.tsv")
+    assert y.shape == (40, 44) and (y.sum(1) == 0).sum() == 11  # 10 empty cells and the ","
+    truth = [len(set(r[2].split(","))) if r[2] not in ("", ",") else 0 for r in te_rows]
+    assert card["metrics"]["test"]["n"] == 40
+    assert card["metrics"]["test"]["labels_per_row"]["true"] == pytest.approx(np.mean(truth))
+    # pos_weight sqrt(negatives / positives) over all training rows, the empty ones negatives for every label
+    counts = data["train"]["label_counts"]
+    rows = sum(counts.values())
+    pos = np.zeros(44)
+    for cell, n in counts.items():
+        for lab in {x for x in cell.split(",") if x}:
+            pos[int(lab)] += n
+    want = np.maximum(np.sqrt((rows - np.maximum(pos, 1)) / np.maximum(pos, 1)), 1.0)
+    got = [card["classification"]["class_weights"][name] for name in names]
+    np.testing.assert_allclose(got, want, rtol=1e-5)
