@@ -6,10 +6,12 @@ What inference needs again (kind, label values, thresholds, weights) is `card()`
 """
 from __future__ import annotations
 
+from collections import Counter
+
 import numpy as np
 
 from bertclf.errors import UserError
-from bertclf.labels import LabelMap, split_cell
+from bertclf.labels import LabelMap, better_id_order, split_cell
 from bertclf.metrics import classification_report, expected_calibration_error, multilabel_report, tune_thresholds
 
 METRICS = ("accuracy", "macro_f1", "weighted_f1", "micro_f1")
@@ -42,8 +44,70 @@ class SingleLabel:
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
         self._weights_t = None
 
-    def encode(self, cells, where: str) -> np.ndarray:
-        return np.array(self.labels.encode(cells, where), dtype=np.int64)
+    def encode(self, cells, where: str, log=None, train_counts: dict | None = None) -> np.ndarray:
+        """The cells as targets (class ids). log / train_counts: see `check_ids` (a file scored by a trained model)."""
+        y = np.array(self.labels.encode(cells, where), dtype=np.int64)
+        self.check_ids(cells, where, log, train_counts)
+        return y
+
+    def cell_labels(self, cell: str) -> list[str]:
+        """The labels one cell holds (multi-label: split on the separator)."""
+        return [cell]
+
+    def check_ids(self, cells, where: str, log=None, train_counts: dict | None = None) -> dict[int, str]:
+        """The label ids among `cells` (read as ids: neither a name nor a raw training value) -> the names read.
+
+        log: when some cell was read as an id, one line saying how ("labels read as ids: 0=hate, 1=none"), since a
+        file numbering its classes in another order would be scored wrong in silence. train_counts: the model's
+        training label counts (bertclf.json data.train.label_counts, keyed by training cells); when every label of
+        the file is an id and another numbering fits those counts much better (labels.better_id_order), a
+        one-line UserError naming it."""
+        if log is None and not train_counts:
+            return {}
+        per_id: Counter = Counter()
+        other = 0
+        for cell in cells:
+            ids = set()
+            for lab in self.cell_labels(cell):
+                k = self.labels.as_id(lab)
+                if k is None:
+                    other += 1
+                else:
+                    ids.add(k)
+            per_id.update(ids)
+        if not per_id:
+            return {}
+        if log is not None:
+            log(f"{where}: labels read as ids: {self.labels.ids_note(per_id)} (the model's id order; write the "
+                f"label names if the file numbers its classes otherwise)")
+        counts = self.training_counts(train_counts) if train_counts and not other else None
+        found = counts and better_id_order(per_id, counts[0], counts[1], self.kind == "multi_label")
+        if found:
+            best, tv_best, tv_own = found
+            names = self.labels.names
+            other_note = ", ".join(f"{k}={names[j]}" for k, j in sorted(best.items())[:12])
+            raise UserError(
+                f"{where}: the labels are read as ids ({self.labels.ids_note(per_id)}) but their counts contradict "
+                f"the model's training labels: so read, the label shares are {tv_own:.0%} off the training shares "
+                f"(total variation), while read as {other_note}{', ...' if len(best) > 12 else ''} they are "
+                f"{tv_best:.0%} off; the file likely numbers its classes in another order: write the label names "
+                f"instead of ids")
+        return {k: self.labels.names[k] for k in sorted(per_id)}
+
+    def training_counts(self, label_counts: dict) -> tuple[np.ndarray, int] | None:
+        """(rows per label in id order, rows) from a card's label_counts, keyed by training cells (names or raw
+        values; multi-label: whole cells); None when a key is neither, so the training shares are unknown."""
+        counts, rows = np.zeros(len(self.labels.names)), 0
+        for key, n in label_counts.items():
+            names = [self.labels.resolve(lab, ids=False) for lab in self.cell_labels(str(key))]
+            if None in names:
+                if key == "null":  # distill's unlabelled rows, in cards written before data.train.unlabelled_rows
+                    continue
+                return None
+            for name in names:
+                counts[self.labels.index[name]] += n
+            rows += n
+        return counts, rows
 
     def set_class_weights(self, y: np.ndarray) -> None:
         self.weights = smoothed_inverse_frequency(np.bincount(y, minlength=len(self.labels.names)))
@@ -128,11 +192,16 @@ class MultiLabel(SingleLabel):
         k = len(labels.names)
         self.thresholds = np.full(k, 0.5, np.float32) if thresholds is None else np.asarray(thresholds, np.float32)
 
-    def encode(self, cells, where: str) -> np.ndarray:
+    def encode(self, cells, where: str, log=None, train_counts: dict | None = None) -> np.ndarray:
+        """Multi-hot rows; an empty cell (or one of separators only) is a row with no labels: all zeros."""
         y = np.zeros((len(cells), len(self.labels.names)), dtype=np.float32)
         for r, cell in enumerate(cells):
             y[r, self.labels.encode(split_cell(cell, self.sep), where)] = 1.0
+        self.check_ids(cells, where, log, train_counts)
         return y
+
+    def cell_labels(self, cell: str) -> list[str]:
+        return split_cell(cell, self.sep)
 
     def set_class_weights(self, y: np.ndarray) -> None:
         self.weights = positive_weights(y.sum(0), len(y))

@@ -134,3 +134,146 @@ def test_eval_data_nsmc_scores_a_model_trained_on_the_nsmc_file(trained_tiny_dir
     same = evaluate(str(trained_tiny_dir), test=str(nsmc_dir / "ratings_test.txt"), text_col="document", **quiet)
     assert rep["labels"] == ["0", "1"] and rep["n"] == same["n"] == 49_997
     assert rep["accuracy"] == same["accuracy"] and rep["confusion_matrix"] == same["confusion_matrix"]
+
+
+# ---- label ids: said in one line, refused when another numbering fits the training counts much better --------
+
+HATE_NAMES = ["hate", "none", "offensive"]  # a string-label model: ids in alphabetical order
+HATE_TRAIN = {"hate": 1911, "none": 3486, "offensive": 2499}  # card data.train.label_counts of the hate data
+
+
+def id_file(counts: dict[str, int]) -> list[str]:
+    """Label cells, interleaved: counts["0"] cells "0", ... (the order does not matter to the check)."""
+    cells = [c for c, n in counts.items() for _ in range(n)]
+    return cells[::2] + cells[1::2]
+
+
+def test_ids_read_are_said_in_one_line():
+    task = SingleLabel(LabelMap(HATE_NAMES))
+    said = []
+    y = task.encode(["0", "1", "2", "none"], "eval.tsv", log=said.append)
+    assert y.tolist() == [0, 1, 2, 1]
+    assert said == ["eval.tsv: labels read as ids: 0=hate, 1=none, 2=offensive (the model's id order; write the "
+                    "label names if the file numbers its classes otherwise)"]
+    said.clear()
+    task.encode(["none", "hate"], "eval.tsv", log=said.append)  # names: nothing to say
+    nsmc = SingleLabel(LabelMap(["negative", "positive"], {"0": "negative", "1": "positive"}))
+    nsmc.encode(["0", "1"], "eval.tsv", log=said.append)  # the raw training values, not ids
+    assert said == []
+    assert task.check_ids(["2", "2", "0"], "f") == {}  # nothing asked: no work
+    assert task.check_ids(["2", "0"], "f", log=said.append) == {0: "hate", 2: "offensive"}
+    assert said == ["f: labels read as ids: 0=hate, 2=offensive (the model's id order; write the label names if "
+                    "the file numbers its classes otherwise)"]
+    ml = MultiLabel(LabelMap(["anger", "joy", "sadness"]))
+    said.clear()
+    ml.encode(["0,2", "", "joy"], "kote.tsv", log=said.append)
+    assert said == ["kote.tsv: labels read as ids: 0=anger, 2=sadness (the model's id order; write the label "
+                    "names if the file numbers its classes otherwise)"]
+
+
+def test_ids_numbered_in_another_order_are_refused():
+    """The issue's case: a hate-speech file numbered by frequency (0=none, 1=offensive, 2=hate), read by the
+    model's ids as 0=hate, 1=none, 2=offensive: its skewed counts fit only the other numbering."""
+    task = SingleLabel(LabelMap(HATE_NAMES))
+    cells = id_file({"0": 440, "1": 320, "2": 240})
+    with pytest.raises(UserError) as e:
+        task.encode(cells, "eval.tsv", log=lambda s: None, train_counts=HATE_TRAIN)
+    msg = str(e.value)
+    assert msg.startswith("eval.tsv: the labels are read as ids (0=hate, 1=none, 2=offensive)")
+    assert "read as 0=none, 1=offensive, 2=hate they are" in msg and "write the label names" in msg
+    assert "\n" not in msg
+    named = [{"0": "none", "1": "offensive", "2": "hate"}[c] for c in cells]  # what the message asks for
+    y = task.encode(named, "eval.tsv", log=lambda s: None, train_counts=HATE_TRAIN)
+    assert np.bincount(y).tolist() == [240, 440, 320]
+    # multi-label: label shares over rows, each label a Bernoulli; ids 0 and 1 swapped
+    ml = MultiLabel(LabelMap(["anger", "joy", "sadness", "surprise"]))
+    train = {"joy": 500, "anger": 100, "joy,surprise": 200, "sadness": 150, "": 50}
+    rows = ["0"] * 70 + ["1"] * 10 + ["0,3"] * 28 + ["2"] * 22 + [""] * 10
+    with pytest.raises(UserError, match=r"f: the labels are read as ids .* read as 0=joy, 1=anger, 2=sadness, "
+                                        r"3=surprise they are"):
+        ml.encode(rows, "f", train_counts=train)
+
+
+def test_ids_in_the_model_order_small_or_shifted_files_are_accepted():
+    task = SingleLabel(LabelMap(HATE_NAMES))
+    ok = dict(log=lambda s: None, train_counts=HATE_TRAIN)
+    cases = {
+        "the model's order": {"0": 240, "1": 440, "2": 320},
+        "another order, but 12 rows: chance could give that": {"0": 6, "1": 4, "2": 2},
+        "balanced: genuinely shifted, no numbering fits better": {"0": 300, "1": 300, "2": 300},
+        "hate-heavy: shifted further than any numbering explains": {"0": 600, "1": 250, "2": 150},
+        "one class only (a file of hate examples)": {"0": 500},
+        "two classes only, in order": {"0": 200, "2": 250},
+    }
+    for why, counts in cases.items():
+        y = task.encode(id_file(counts), "eval.tsv", **ok)
+        assert len(y) == sum(counts.values()), why
+    # a file mixing names and ids: its ids are no numbering of the whole file; said, not refused
+    mixed = id_file({"0": 440, "1": 320, "2": 240}) + ["none"]
+    said = []
+    task.encode(mixed, "eval.tsv", log=said.append, train_counts=HATE_TRAIN)
+    assert len(said) == 1
+    # training counts keyed by something the model cannot read (a card from a renamed model): not checked
+    task.encode(id_file({"0": 440, "1": 320, "2": 240}), "eval.tsv", train_counts={"0": 1911, "1": 3486, "2": 2499})
+    # integer names are never read as ids, so there is nothing to check
+    ints = SingleLabel(LabelMap.from_labels(["0", "1", "2"], "f"))
+    ints.encode(id_file({"0": 440, "1": 320, "2": 240}), "f", train_counts={"0": 1911, "1": 3486, "2": 2499})
+
+
+def test_training_counts_read_names_raw_values_and_multi_label_cells():
+    single = SingleLabel(LabelMap(["negative", "positive"], {"0": "negative", "1": "positive"}))
+    counts, rows = single.training_counts({"negative": 30, "1": 70})
+    assert counts.tolist() == [30, 70] and rows == 100
+    assert single.training_counts({"negative": 30, "2": 70}) is None  # "2" is no training cell of this model
+    ml = MultiLabel(LabelMap(["a", "b", "c"], {"0": "a", "1": "b", "2": "c"}))
+    counts, rows = ml.training_counts({"0,1": 5, "2": 3, "": 2, "null": 4})
+    assert counts.tolist() == [5, 5, 3] and rows == 10  # "" is a row with no labels; "null": unlabelled rows
+
+
+def test_a_trained_models_card_counts_refuse_a_renumbered_file(tiny_model_dir, tmp_path):
+    """End to end with the counts a training run records (bertclf.json data.train.label_counts, keyed by the
+    training cells): a tiny model trained on korean-hate-speech rows (names hate/none/offensive) and a file of
+    other rows whose labels are ids, once numbered by frequency (refused) and once in the model's order."""
+    import csv
+    from pathlib import Path
+
+    from bertclf.loop import TrainConfig, train
+    from bertclf.predict import Classifier
+
+    hate = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "korean-hate-speech" / "train.tsv"
+    if not hate.is_file():
+        pytest.skip("korean-hate-speech not in ../shared/data")
+    rows = list(csv.reader(open(hate, encoding="utf-8"), delimiter="\t"))[1:]
+
+    def write(name, part, label):
+        p = tmp_path / name
+        with open(p, "w", encoding="utf-8", newline="") as f:
+            w = csv.writer(f, delimiter="\t", lineterminator="\n")
+            w.writerow(["comments", "hate"])
+            w.writerows([r[0], label(r[3])] for r in part)
+        return p
+
+    tr = write("train.tsv", rows[::8], lambda lab: lab)  # 987 rows: hate 23%, none 43%, offensive 34%
+    out = tmp_path / "run"
+    card = train(TrainConfig(out=str(out), train=str(tr), text_col="comments", label_col="hate",
+                             model=str(tiny_model_dir), epochs=1, batch_size=16, max_steps=1, seed=0),
+                 echo=lambda s: None)
+    assert card["labels"] == HATE_NAMES
+    counts = card["data"]["train"]["label_counts"]
+    assert set(counts) == set(HATE_NAMES)  # keyed by the training cells, here the names
+    task = Classifier.load(str(out)).task  # what `bertclf eval` scores with
+    by_freq = write("by_freq.tsv", rows[3::8], {"none": "0", "offensive": "1", "hate": "2"}.get)
+    cells = hate_cells(by_freq)
+    with pytest.raises(UserError, match=r"by_freq.tsv: the labels are read as ids \(0=hate, 1=none, 2=offensive\)"
+                                        r".*read as 0=none, 1=offensive, 2=hate they are"):
+        task.encode(cells, str(by_freq), log=lambda s: None, train_counts=counts)
+    in_order = write("in_order.tsv", rows[3::8], {n: str(i) for i, n in enumerate(HATE_NAMES)}.get)
+    said = []
+    y = task.encode(hate_cells(in_order), str(in_order), log=said.append, train_counts=counts)
+    assert len(y) == 987 and len(said) == 1 and "labels read as ids: 0=hate, 1=none, 2=offensive" in said[0]
+
+
+def hate_cells(path) -> list[str]:
+    from bertclf.data import read_labelled
+
+    return read_labelled(path, "comments", "hate").labels
