@@ -224,7 +224,8 @@ def run_audit(train: str, out: str, text_col: str | None = None, label_col: str 
 
         resolve(model, log=log)  # a missing or broken folder: one line now, not after reading the data
     t0 = time.time()
-    ds = D.read_labelled(train, text_col, label_col, encoding=encoding, columns=columns)
+    ds = D.read_labelled(train, text_col, label_col, encoding=encoding, columns=columns,
+                         allow_empty_label=multi_label)
     if ds.dropped_empty:
         log(f"{ds.source}: {ds.dropped_empty} row(s) with an empty text dropped; auditing {len(ds)} rows")
     rows, lines = data_rows(train, text_col, ds, encoding=encoding, columns=columns)

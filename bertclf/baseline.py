@@ -101,7 +101,7 @@ def run_baseline(data=None, train=None, test=None, text_col=None, label_col=None
         train_ds, test_ds = D.read_nsmc("train", data_dir, log=log), D.read_nsmc("test", data_dir, log=log)
     else:
         text_col, label_col = text_col or "text", label_col or "label"
-        read = dict(encoding=encoding, columns=columns)
+        read = dict(encoding=encoding, columns=columns, allow_empty_label=multi_label)
         train_ds = D.read_labelled(train, text_col, label_col, **read)
         if not test:
             train_ds, test_ds = D.split_valid(train_ds, 0.2, seed, other="pass --test FILE", multi_label=multi_label)

@@ -76,11 +76,14 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
             cell = {name: c for c, name in D.NSMC_LABELS.items()}
             ds = dataclasses.replace(ds, labels=[cell[name] for name in ds.labels])
     else:
-        ds = D.read_labelled(test, spec.text_col, spec.label_col, **spec.read_kwargs())
+        ds = D.read_labelled(test, spec.text_col, spec.label_col, **spec.read_kwargs(),
+                             allow_empty_label=clf.multi_label)  # a multi-label row may have no label
     if ds.dropped_empty:
         log(f"{ds.source}: {ds.dropped_empty} row(s) with an empty text dropped; scoring {len(ds)} rows")
     # A cell may hold the label's name, the raw value the model was trained from, or its id (bertclf/labels.py).
-    y = clf.task.encode(ds.labels, ds.source)
+    # integer cells read as label ids are said in one line, and refused when the training counts show another order
+    y = clf.task.encode(ds.labels, ds.source, log=log,
+                        train_counts=((clf.card.get("data") or {}).get("train") or {}).get("label_counts"))
     t0 = time.time()
     parts: dict = {}  # a model with an n-gram partner: each side's logits alone (bertclf/ngram.py)
     logits, cut = clf.logits_and_cut(ds.texts, batch_size, parts=parts)

@@ -77,9 +77,6 @@ class SingleLabel:
             per_id.update(ids)
         if not per_id:
             return {}
-        if log is not None:
-            log(f"{where}: labels read as ids: {self.labels.ids_note(per_id)} (the model's id order; write the "
-                f"label names if the file numbers its classes otherwise)")
         counts = self.training_counts(train_counts) if train_counts and not other else None
         found = counts and better_id_order(per_id, counts[0], counts[1], self.kind == "multi_label")
         if found:
@@ -92,6 +89,9 @@ class SingleLabel:
                 f"(total variation), while read as {other_note}{', ...' if len(best) > 12 else ''} they are "
                 f"{tv_best:.0%} off; the file likely numbers its classes in another order: write the label names "
                 f"instead of ids")
+        if log is not None:  # after the check: a refused file gets its one error line only
+            log(f"{where}: labels read as ids: {self.labels.ids_note(per_id)} (the model's id order; write the "
+                f"label names if the file numbers its classes otherwise)")
         return {k: self.labels.names[k] for k in sorted(per_id)}
 
     def training_counts(self, label_counts: dict) -> tuple[np.ndarray, int] | None:

@@ -56,3 +56,40 @@ def test_eval_and_predict_score_alike_in_bf16(trained_tiny_dir, nsmc_slices, tmp
     y = np.array([labels.index(ln.split("\t")[2]) for ln in lines])
     assert len(recs) == rep["n"] == len(y)
     assert rep["ece"] == pytest.approx(expected_calibration_error(y, probs), abs=1e-12)
+
+
+@pytest.fixture(scope="module")
+def skewed_named_run(tiny_model_dir, nsmc_slices, tmp_path_factory):
+    """A tiny model whose labels are names (neg 80% / pos 20% of its training rows), and the rows it was not
+    trained on."""
+    from bertclf.loop import TrainConfig, train
+
+    d = tmp_path_factory.mktemp("named")
+    rows = [ln.split("\t") for ln in nsmc_slices["train"].read_text(encoding="utf-8").splitlines()[1:]]
+    neg = [r for r in rows if r[2] == "0"]
+    pos = [r for r in rows if r[2] == "1"]
+    train_rows = neg[:240] + pos[:60]
+    held = neg[240:480] + pos[60:120]  # the same 80/20 shares
+    f = d / "train.tsv"
+    f.write_text("text\tlabel\n" + "".join(f"{t}\t{'neg' if y == '0' else 'pos'}\n" for _, t, y in train_rows),
+                 encoding="utf-8")
+    run = d / "run"
+    train(TrainConfig(out=str(run), train=str(f), model=str(tiny_model_dir), max_steps=4, batch_size=16, seed=0,
+                      precision="fp32"), echo=lambda s: None)
+    return run, held
+
+
+def test_integer_labels_read_as_ids_are_said_and_a_contradicting_order_refused(skewed_named_run, tmp_path, capsys):
+    from bertclf.cli import main as cli
+
+    run, held = skewed_named_run
+    right, swapped = tmp_path / "ids.tsv", tmp_path / "swapped.tsv"
+    right.write_text("text\tlabel\n" + "".join(f"{t}\t{y}\n" for _, t, y in held), encoding="utf-8")  # 0=neg
+    swapped.write_text("text\tlabel\n" + "".join(f"{t}\t{1 - int(y)}\n" for _, t, y in held), encoding="utf-8")
+    _run(capsys, "eval", run, "--test", right, "--json")
+    capsys.readouterr()
+    assert cli(["eval", str(run), "--test", str(right), "--json"]) == 0
+    assert f"{right}: labels read as ids: 0=neg, 1=pos" in capsys.readouterr().err
+    assert cli(["eval", str(run), "--test", str(swapped), "--json"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"bertclf: error: {swapped}") and "names" in err[0], err
