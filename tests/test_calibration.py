@@ -191,3 +191,70 @@ def test_report_shows_ece_before_and_after_calibration(trained_tiny_dir, card, t
     assert data["ece_raw"]["valid"] == pytest.approx(c["valid"]["ece_before"], abs=1e-5)
     page = html.read_text(encoding="utf-8")
     assert f"before calibration {c['test']['ece_before']:.4f}" in page
+
+
+# ---------------------------------------------------------------- an independent reference: an uncalibrated twin
+
+@pytest.fixture
+def one_thread():
+    """Both twins on one thread (the same float reductions, so the same weights; on a busy 2-core machine two
+    threads per process are several times slower)."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_calibrated_logits_times_t_are_the_uncalibrated_twins_and_held_out_ece_falls(tiny_model_dir, nsmc_slices,
+                                                                                      tmp_path, one_thread):
+    """The same seeded training twice, once with --no-calibrate: the twin's logits are the raw model's, from a
+    model that was never scaled (the tests above rebuild "raw" from the saved model and T, so a temperature folded
+    in twice passed them: its card said ECE rose). The calibrated model's logits x T must be the twin's, and on
+    rows neither run trained or validated on its ECE must fall, as the card says.
+
+    The recipe overfits 1,200 rows for 5 epochs, so the raw model is clearly overconfident (measured, seeds 0-3:
+    T 3.2-3.5, held-out ECE 0.21-0.23 raw, 0.015-0.06 calibrated; a double fold gives 0.14-0.16)."""
+    from dataclasses import fields
+
+    import torch
+
+    from bertclf.data import read_labelled
+    from bertclf.loop import TrainConfig, train
+    from bertclf.models import load_classifier, load_tokenizer
+
+    lines = nsmc_slices["train"].read_text(encoding="utf-8").splitlines(keepends=True)
+    train_file, held_file = tmp_path / "train.tsv", tmp_path / "held.tsv"
+    train_file.write_text("".join(lines[:1501]), encoding="utf-8")  # the header and 1,500 rows: train + valid
+    held_file.write_text(lines[0] + "".join(lines[1501:]), encoding="utf-8")  # the other 1,499: held out
+    held = read_labelled(held_file, "document", "label")
+    y_held = np.array([int(x) for x in held.labels])
+    # with an n-gram partner T divides the blend, not the head: this test is about the head (no partner)
+    extra = {"ngram": "off"} if "ngram" in {f.name for f in fields(TrainConfig)} else {}
+
+    def run(name, calibrate):
+        out = tmp_path / name
+        card = train(TrainConfig(out=str(out), train=str(train_file), test=str(held_file), text_col="document",
+                                 model=str(tiny_model_dir), valid_frac=0.2, epochs=5, batch_size=32, lr=3e-3, seed=0,
+                                 precision="fp32", calibrate=calibrate, **extra), echo=lambda s: None)
+        model, tok = load_classifier(str(out)).eval(), load_tokenizer(str(out))
+        enc = tok(held.texts, truncation=True, max_length=128, padding=True, return_tensors="pt")
+        with torch.no_grad():
+            return card, model(**enc).logits.float().numpy()
+
+    card, calibrated = run("calibrated", True)
+    twin_card, raw = run("twin", False)
+    assert twin_card["calibration"] is None and card["data"]["valid"]["rows"] >= MIN_ROWS
+    assert card["training"]["best_step"] == twin_card["training"]["best_step"]  # the same training
+    t = card["calibration"]["temperature"]
+    assert abs(np.log(t)) > np.log(1.5), f"T {t:.3f}: too near 1 for this test to tell a scaling apart"
+    np.testing.assert_allclose(calibrated * t, raw, rtol=1e-4, atol=1e-4,
+                               err_msg=f"saved logits x T (T {t:.4f}) differ from the uncalibrated twin's")
+    ece_raw = expected_calibration_error(y_held, softmax(raw, axis=1))
+    ece_cal = expected_calibration_error(y_held, softmax(calibrated, axis=1))
+    assert ece_cal < 0.6 * ece_raw, f"held-out ECE {ece_raw:.4f} raw -> {ece_cal:.4f} calibrated (T {t:.3f})"
+    # the card's test ECE before and after are these two, and the twin's own test ECE is the raw one
+    assert card["calibration"]["test"]["ece_before"] == pytest.approx(ece_raw, abs=1e-4)
+    assert card["calibration"]["test"]["ece_after"] == pytest.approx(ece_cal, abs=1e-4)
+    assert twin_card["metrics"]["test"]["ece"] == pytest.approx(ece_raw, abs=1e-4)
