@@ -228,3 +228,56 @@ def test_multi_label_flag_mistakes_are_one_line(tmp_path, flags, want):
     f.write_text("text\tlabel\n" + "".join(f"text {i}\ta,b\n" for i in range(20)))
     res = run_cli(["--train", str(f), "--out", str(tmp_path / "a.tsv"), *flags], tmp_path)
     assert res.returncode == 2 and len(res.stderr.splitlines()) == 1 and want in res.stderr, res.stderr
+
+
+@pytest.fixture(scope="module")
+def noisy_multilabel(nsmc_dir, tmp_path_factory) -> tuple[Path, set[int]]:
+    """1,500 NSMC reviews as a multi-label file: each row's set is its sentiment (pos or neg) plus labels that
+    follow words (laugh: the text has ㅋ or ㅎ; movie: it has 영화); the sentiment of 5% of the rows flipped
+    (seeded). (file, data rows flipped.) Not KOTE: on KOTE's own texts the TF-IDF audit is at chance (measured:
+    label sets swapped on 5% of 1,000 rows, 0.06 of the top 50 planted, chance 0.05; and 44 labels take 70 s)."""
+    lines = (nsmc_dir / "ratings_train.txt").read_text(encoding="utf-8").splitlines()[1:]
+    body = [ln.split("\t") for ln in lines if ln.split("\t")[1].strip()][:1500]
+    rng = np.random.default_rng(17)
+    flipped = set(rng.choice(len(body), size=len(body) // 20, replace=False).tolist())
+    rows = []
+    for i, (_, doc, label) in enumerate(body):
+        positive = (label == "1") != (i in flipped)
+        laughs, movie = "ㅋ" in doc or "ㅎ" in doc, "영화" in doc
+        labels = ["pos" if positive else "neg"] + ["laugh"] * laughs + ["movie"] * movie
+        rows.append([doc, ",".join(labels)])
+    path = tmp_path_factory.mktemp("audit-ml") / "noisy.tsv"
+    with open(path, "w", encoding="utf-8", newline="") as f:
+        w = csv.writer(f, delimiter="\t", lineterminator="\n")
+        w.writerow(["text", "labels"])
+        w.writerows(rows)
+    return path, flipped
+
+
+def test_multi_label_audit_finds_planted_flips_out_of_fold(noisy_multilabel, tmp_path):
+    """The audit must score each row with a model that never saw it: scored in-sample, TF-IDF + LR memorises the
+    flipped rows and finds none (measured: 0-2 rows flagged of 1,500, 0.01 of the top 75 planted). Out of fold,
+    planting seeds 1-5 and 17 and another 1,500 rows: 0.21-0.36 of the top 75 planted (chance 0.05), 0.56-0.72
+    of the planted rows flagged among ~300 (chance ~0.2)."""
+    from bertclf.audit import run_audit
+
+    path, flipped = noisy_multilabel
+    out = tmp_path / "audit.tsv"
+    res = run_audit(str(path), str(out), text_col="text", label_col="labels", folds=3, multi_label=True,
+                    log=lambda s: None)
+    recs = read_tsv(out)
+    assert res["rows"] == 1500 and [c["label"] for c in res["per_class"]] == ["laugh", "movie", "neg", "pos"]
+    k = len(flipped)
+    top = {int(r["row"]) for r in recs[:k]}
+    flagged = {int(r["row"]) for r in recs}
+    precision, recall = len(top & flipped) / k, len(flagged & flipped) / k
+    assert precision >= 0.15 and recall >= 0.45, (
+        f"planted flips: {precision:.3f} of the top {k} suspects (floor 0.15, chance 0.05), {recall:.3f} of them "
+        f"among the {len(recs)} flagged rows (floor 0.45)")
+    # the flagged planted rows dispute the flipped label: the suggestion is the review's real sentiment
+    file_rows = read_tsv(path)
+    found = [r for r in recs if int(r["row"]) in flipped]
+    real = {"pos": "neg", "neg": "pos"}
+    agree = [real[next(s for s in ("pos", "neg") if s in file_rows[int(r["row"])]["labels"].split(","))]
+             in r["suggested_label"].split(",") for r in found]
+    assert sum(agree) >= 0.7 * len(found), f"{sum(agree)} of {len(found)} suggest the review's real sentiment"
