@@ -176,3 +176,67 @@ def test_serve_window_answers_as_the_library(trained_tiny_dir, long_texts, tmp_p
     labels = classifier(trained_tiny_dir).labels
     got = np.array([[{d["label"]: d["score"] for d in row}[lab] for lab in labels] for row in r.json()])
     np.testing.assert_allclose(got, want, atol=1e-5)
+
+
+@pytest.fixture
+def one_thread():
+    """On a busy 2-core machine two torch threads per process are several times slower than one."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def test_training_feeds_the_model_the_head_tail_ids_of_long_texts(tiny_model_dir, nsmc_slices, tmp_path, monkeypatch,
+                                                                  one_thread):
+    """--long-text head-tail in training: the token ids the model is actually given (a forward pre-hook on the
+    model the loop trains) are the inference encoder's head-tail ids (encode_long), not the start of the text. The
+    card test above passed with a prepare() that dropped the argument and trained on truncated texts."""
+    from collections import Counter
+
+    import bertclf.loop
+    from bertclf.data import read_labelled
+    from bertclf.loop import TrainConfig, train
+    from bertclf.models import load_tokenizer
+
+    max_length = 24
+    fed = {True: [], False: []}  # model.training -> the unpadded id sequences it was given
+
+    def record(module, args, kwargs):
+        ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
+        fed[module.training] += [tuple(row[m.bool()].tolist()) for row, m in zip(ids.cpu(), mask.cpu())]
+
+    real_prepare = bertclf.loop.prepare
+
+    def prepare_and_hook(*args, **kwargs):
+        run = real_prepare(*args, **kwargs)
+        run.unwrapped().register_forward_pre_hook(record, with_kwargs=True)
+        return run
+
+    monkeypatch.setattr(bertclf.loop, "prepare", prepare_and_hook)
+    rows = nsmc_slices["train"].read_text(encoding="utf-8").splitlines(keepends=True)[:601]
+    f = tmp_path / "train.tsv"
+    f.write_text("".join(rows), encoding="utf-8")
+    train(TrainConfig(out=str(tmp_path / "ht"), train=str(f), text_col="document", model=str(tiny_model_dir),
+                      epochs=1, batch_size=32, lr=2e-3, seed=0, max_length=max_length, precision="fp32",
+                      long_text="head-tail"), echo=lambda s: None)
+
+    texts = read_labelled(f, "document", "label").texts
+    tok = load_tokenizer(str(tiny_model_dir))
+    head_tail = encode_long(tok, texts, max_length, "head-tail")
+    expected = Counter(tuple(x.tolist()) for x in head_tail.ids)
+    truncated = {tuple(x.tolist()) for x in encode(tok, texts, max_length)}
+    long_ht = {tuple(x.tolist()) for x, full in zip(head_tail.ids, tok(texts)["input_ids"]) if len(full) > max_length}
+    assert head_tail.cut > 100 and long_ht.isdisjoint(truncated)  # many texts are cut, and the two ways differ
+
+    trained = Counter(fed[True])
+    assert sum(trained.values()) >= 540, "every training row once (one epoch of ~570 rows)"
+    not_head_tail = [s for s in trained if trained[s] > expected[s]]
+    plain = sum(s in truncated for s in not_head_tail)
+    assert not not_head_tail, (f"{len(not_head_tail)} of {len(trained)} training inputs are not the head-tail ids of "
+                               f"a training text, e.g. {not_head_tail[0]} ({plain} of them are plain truncations)")
+    assert sum(s in long_ht for s in fed[True]) > 100, "long texts were trained on, as head + tail"
+    validated = set(fed[False])  # scored at each validation and again at the end
+    assert validated and validated <= set(expected), "validation inputs: head-tail too"
