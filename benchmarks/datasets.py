@@ -12,6 +12,10 @@ Tasks (held-out splits are seeded and made here from the shared files, written u
 
 Each side trains on exactly the same rows (bertclf carves its own 5% validation split out of them; the baseline
 tunes nothing for single-label and its multi-label thresholds on a 20% split of the same training rows).
+bertclf's defaults include the n-gram partner (`--ngram auto`, bertclf/ngram.py): the table shows its model (the
+blend when kept) beside each side alone: the encoder and the partner (the baseline's model fitted on bertclf's
+training split, i.e. without the validation rows), from `eval --json`'s components, or refitted here when the
+partner was not kept.
 Training time is the whole `bertclf train` process (tokenizer, model load, training, validation, saving).
 Each finished task leaves WORK/NAME.json, so a long run can be done one task at a time.
 """
@@ -122,10 +126,18 @@ def run_task(name: str, train: Path, test: Path, work: Path, extra: list[str]) -
     ev = json.loads(ev_out)
     card = json.loads((run_dir / "bertclf.json").read_text(encoding="utf-8"))
     metric = TASKS[name]["metric"]
+    keys = ("accuracy", "macro_f1", "weighted_f1", "micro_f1")
+    ng = card.get("ngram") or {}
+    if "components" in ev:  # the partner was kept: each side alone, scored by the same eval
+        sides = {side: {k: rep.get(k) for k in keys} for side, rep in ev["components"].items()}
+    else:  # not kept (or --ngram off): the encoder is the model; the partner refitted as training fitted it
+        sides = {"encoder": {k: ev.get(k) for k in keys}, "ngram": ngram_alone(card, test) if ng else None}
     res = {"task": name, "metric": metric, "n_train": base["n_train"], "n_test": ev["n"],
            "baseline": {k: base["report"].get(k) for k in ("accuracy", "macro_f1", "weighted_f1", "micro_f1")},
            "baseline_seconds": base["seconds"],
-           "bertclf": {k: ev.get(k) for k in ("accuracy", "macro_f1", "weighted_f1", "micro_f1")},
+           "bertclf": {k: ev.get(k) for k in keys},
+           "encoder": sides["encoder"], "ngram": sides["ngram"],
+           "ngram_partner": ng and {k: ng.get(k) for k in ("kept", "weight", "valid", "lowest_loss_weight")},
            "bertclf_train_seconds": train_s, "extra_flags": extra, "args": card["args"],
            "valid": card["metrics"]["valid"] and {k: card["metrics"]["valid"].get(k)
                                                   for k in ("accuracy", "macro_f1", "weighted_f1", "micro_f1")},
@@ -136,23 +148,58 @@ def run_task(name: str, train: Path, test: Path, work: Path, extra: list[str]) -
     return res
 
 
+def ngram_alone(card: dict, test: Path) -> dict:
+    """The n-gram partner of a run whose partner was not kept (so not saved): fitted again as training fitted it
+    (bertclf.ngram.fit on the run's training split, rebuilt from its card), scored on the test file."""
+    from bertclf import data as D
+    from bertclf import ngram
+    from bertclf.config import config_from_dict
+    from bertclf.metrics import classification_report, multilabel_report
+    from bertclf.task import task_from_card
+
+    cfg = config_from_dict(card["args"])
+    train_ds, _, _ = D.load_training_data(cfg, log=lambda s: None)
+    task = task_from_card(card, card["labels"])
+    multi = task.kind == "multi_label"
+    partner = ngram.fit(train_ds.texts, task.encode(train_ds.labels, train_ds.source), len(card["labels"]), multi,
+                        cfg.seed)
+    test_ds = D.read_labelled(test, cfg.text_col, cfg.label_col, allow_empty_label=multi)
+    y, probs = task.encode(test_ds.labels, test_ds.source), partner.probs(test_ds.texts)
+    if multi:
+        task = ngram.component_task(task, "ngram", card["ngram"])
+        rep = multilabel_report(y, task.decide(probs), task.labels.names, task.thresholds)
+    else:
+        rep = classification_report(y, probs.argmax(1), task.labels.names)
+    return {k: rep.get(k) for k in ("accuracy", "macro_f1", "weighted_f1", "micro_f1")}
+
+
+def _cell(side: dict | None, metric: str) -> str:
+    return f"{side[metric]:.4f}" if side and side.get(metric) is not None else ""
+
+
 def table(work: Path) -> str:
-    lines = ["| task | metric | train rows | test rows | TF-IDF + LR | bertclf defaults | gain | target | "
+    lines = ["| task | metric | train rows | test rows | TF-IDF + LR | n-gram partner alone | encoder alone | "
+             "bertclf defaults (blend when kept) | weight on the encoder | gain | target | "
              "bertclf train time (whole process) | commit |",
-             "|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for name, t in TASKS.items():
         f, fb = work / f"{name}.json", work / f"{name}.baseline.json"
         if not f.is_file():
             b = json.loads(fb.read_text(encoding="utf-8")) if fb.is_file() else None
             lines.append(f"| {name} | {t['metric']} | {b['n_train']:,} | {b['n_test']:,} | {b['report'][t['metric']]:.4f} | "
                          if b else f"| {name} | {t['metric']} | | | not run | ")
-            lines[-1] += f"not run | | +{t['target'] * 100:.0f} pt | | |"
+            lines[-1] += f" | | not run | | | +{t['target'] * 100:.0f} pt | | |"
             continue
         r = json.loads(f.read_text(encoding="utf-8"))
         b, m = r["baseline"][r["metric"]], r["bertclf"][r["metric"]]
         ok = "met" if m - b >= t["target"] else "short"
         flags = f" ({' '.join(r['extra_flags'])})" if r["extra_flags"] else ""
-        lines.append(f"| {name} | {r['metric']} | {r['n_train']:,} | {r['n_test']:,} | {b:.4f} | {m:.4f}{flags} | "
+        ng = r.get("ngram_partner") or {}
+        weight = (f"{ng['weight']:.2f} ({'kept' if ng['kept'] else 'not kept'})" if ng.get("weight") is not None
+                  else "(no partner)")
+        lines.append(f"| {name} | {r['metric']} | {r['n_train']:,} | {r['n_test']:,} | {b:.4f} | "
+                     f"{_cell(r.get('ngram'), r['metric'])} | {_cell(r.get('encoder'), r['metric'])} | "
+                     f"{m:.4f}{flags} | {weight} | "
                      f"{(m - b) * 100:+.1f} pt | +{t['target'] * 100:.0f} pt ({ok}) | "
                      f"{r['bertclf_train_seconds'] / 60:.1f} min | {r['commit']} |")
     return "\n".join(lines)

@@ -39,14 +39,15 @@ def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=
     # the best model's validation report: for multi-label it tunes the thresholds stored with the model
     _, valid_logits = score_ids(model, run.valid_ids, run.y_valid, task.validation_report, **score)
     valid_metrics = best["valid"] if best else None
-    partner, ngram_record, blend_valid = _ngram_partner(run, valid_logits)
+    fitted, ngram_record, blend_valid = _ngram_partner(run, valid_logits)
+    partner = fitted if ngram_record and ngram_record["kept"] else None
     if partner is not None:  # the blend is the model: calibrated, scored and saved as such; the head stays raw
         valid_logits, valid_metrics = blend_valid
     calibration, valid_metrics = _calibrate(run, model if partner is None else None, valid_logits, valid_metrics)
     if calibration:
         valid_logits = valid_logits / calibration["temperature"]  # what the folded model (or the blend) gives
-    blend = None if partner is None else (partner, ngram_record["weight"],
-                                          calibration["temperature"] if calibration else None)
+    blend = None if fitted is None else (fitted, partner is not None, ngram_record["weight"],
+                                         calibration["temperature"] if calibration else None)
     preds = {"labels": np.array(names), "valid_y": run.y_valid, "valid_probs": task.probs(valid_logits),
              "valid_tokens": lengths(run.valid_ids), "valid_chars": np.array([len(t) for t in run.valid_ds.texts])}
     test_rep = None
@@ -112,7 +113,8 @@ def _calibrate(run, model, valid_logits, valid_metrics: dict | None) -> tuple[di
         return None, valid_metrics
     calibration = calibrate(model, valid_logits, run.y_valid)
     v = calibration["valid"]
-    run.say(f"calibration: temperature {calibration['temperature']:.3f} fitted on {len(run.y_valid)} validation "
+    of = "" if model is not None else " of the blend"
+    run.say(f"calibration: temperature {calibration['temperature']:.3f}{of} fitted on {len(run.y_valid)} validation "
             f"rows; validation ECE {v['ece_before']:.4f} -> {v['ece_after']:.4f}, NLL {v['nll_before']:.4f} -> "
             f"{v['nll_after']:.4f}")
     return calibration, (valid_metrics | {"ece": v["ece_after"]} if valid_metrics else valid_metrics)
@@ -120,8 +122,8 @@ def _calibrate(run, model, valid_logits, valid_metrics: dict | None) -> tuple[di
 
 def _ngram_partner(run, valid_logits: np.ndarray):
     """--ngram auto|on: fit the n-gram partner on the training rows, choose its weight on the validation rows and
-    say so in one line (bertclf/ngram.py). (partner or None when not kept, the card's record or None, and for a
-    kept partner (the blend's validation logits, its validation report))."""
+    say so in one line (bertclf/ngram.py). (the fitted partner or None, the card's record (its "kept") or None,
+    and for a kept partner (the blend's validation logits, its validation report))."""
     cfg, say, task = run.cfg, run.say, run.task
     if cfg.ngram == "off":
         return None, None, None
@@ -141,22 +143,23 @@ def _ngram_partner(run, valid_logits: np.ndarray):
     kept, record, blend_logits, blend_report = ngram.judge(task, run.y_valid, valid_logits, valid_probs, cfg.ngram)
     record |= {"features": partner.n_features, "fit_seconds": round(time.time() - t0, 2)}
     say(ngram.describe(record))
-    return (partner, record, (blend_logits, blend_report)) if kept else (None, record, None)
+    return partner, record, (blend_logits, blend_report) if kept else None
 
 
 def _score_test(run, model, score: dict, blend=None, ngram_record: dict | None = None) -> tuple[dict, dict]:
-    """(test report, test arrays for eval_predictions.npz). blend: (partner, weight, temperature or None): the
-    test rows are scored by the blend, and each side's test score goes into ngram_record["test"]."""
+    """(test report, test arrays for eval_predictions.npz). blend: (fitted partner, kept, weight, temperature or
+    None): each side's test score goes into ngram_record["test"], and a kept partner's blend scores the rows."""
     t0 = time.time()
     test_ids = encode(run.tokenizer, run.test_ds.texts, run.cfg.max_length, long_text=run.cfg.long_text)
     if blend is None:
         test_rep, test_logits = score_ids(model, test_ids, run.y_test, run.task.report, **score)
     else:
-        partner, weight, temperature = blend
+        partner, kept, weight, temperature = blend
         encoder_logits = gathered_logits(model, test_ids, score["pad_id"], score["batch_size"],
                                          autocast_dtype=score["autocast_dtype"])
         ngram_probs = partner.probs(run.test_ds.texts)
-        test_logits = ngram.blended_logits(run.task, encoder_logits, ngram_probs, weight, temperature)
+        test_logits = (ngram.blended_logits(run.task, encoder_logits, ngram_probs, weight, temperature) if kept
+                       else encoder_logits)
         test_rep = run.task.report(run.y_test, test_logits)
         sides = {"encoder": encoder_logits, "ngram": ngram.link(ngram_probs, run.task.kind == "multi_label")}
         ngram_record["test"] = {name: run.task.score(ngram.component_task(run.task, name, ngram_record)

@@ -181,8 +181,9 @@ def load_for(folder, card: dict, required: bool = True) -> NgramPartner | None:
     if not find(folder):
         if not required:
             return None
-        raise UserError(f"{Path(folder) / JSON_FILE}: missing, but bertclf.json says the model has an n-gram partner; "
-                        f"copy the whole model directory, or load the encoder alone (Classifier.load(DIR, ngram=False))")
+        raise UserError(f"{Path(folder) / JSON_FILE}: missing, but bertclf.json says the model has an n-gram "
+                        f"partner; copy the whole model directory, or load the encoder alone "
+                        f"(Classifier.load(DIR, ngram=False))")
     return NgramPartner.load(folder)
 
 

@@ -286,6 +286,30 @@ def test_off_is_the_model_without_a_partner(on_run, off_run):
     assert abs(off_card["metrics"]["test"]["accuracy"] - on_card["ngram"]["test"]["encoder"]) <= 1 / 500
 
 
+def test_auto_not_kept_is_the_model_without_a_partner(off_run, nsmc_slices, tiny_model_dir, tmp_path, monkeypatch):
+    """--ngram auto that drops the partner (forced here: weight 1) saves exactly --ngram off's model and metrics,
+    and records what the partner scored."""
+    from safetensors.numpy import load_file
+
+    real = ngram.choose_weight
+    monkeypatch.setattr(ngram, "choose_weight", lambda *a, **kw: real(*a, **kw) | {"weight": 1.0})
+    out = tmp_path / "run"
+    card, lines = train_tiny(out, nsmc_slices, tiny_model_dir)  # the default: auto
+    rec = card["ngram"]
+    assert rec["mode"] == "auto" and not rec["kept"] and rec["files"] == [] and not ngram.find(out)
+    assert [ln for ln in lines if ln.startswith("n-gram partner")][0].endswith("(not kept)")
+    assert set(rec["test"]) == {"encoder", "ngram"} and rec["test"]["encoder"] == card["metrics"]["test"]["accuracy"]
+    off_dir, off_card, _ = off_run
+    a, b = load_file(out / "model.safetensors"), load_file(off_dir / "model.safetensors")
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    for split in ("valid", "test"):
+        got, want = card["metrics"][split], off_card["metrics"][split]
+        assert got.keys() == want.keys()
+        assert all(got[k] == want[k] for k in ("n", "accuracy", "macro_f1", "weighted_f1"))
+        assert got["ece"] == pytest.approx(want["ece"], abs=1e-6)  # probabilities: bf16 inference, to rounding
+    assert card["calibration"] == off_card["calibration"]
+
+
 def test_a_retrained_folder_drops_the_old_partner(on_run, nsmc_slices, tiny_model_dir, tmp_path):
     import shutil
 
