@@ -18,7 +18,6 @@ tokens, run `STEPS_PER_PASS` interpolation steps at a time.
 from __future__ import annotations
 
 import bisect
-import json
 import re
 from pathlib import Path
 
@@ -150,32 +149,26 @@ def format_explanation(text: str, explanation: dict, k: int = 5) -> str:
 def explain_to(clf, texts: list[str] | None = None, input_path: str | None = None, output_path: str | None = None,
                text_col: str | None = None, shard: tuple[int, int] | None = None, steps: int = DEFAULT_STEPS,
                max_tokens: int = DEFAULT_MAX_TOKENS, k: int = 5, echo=print, fmt: str | None = None,
-               encoding: str = "utf-8", columns: list[str] | None = None) -> int:
+               encoding: str | None = None, columns: list[str] | None = None, log=None) -> int:
     """`bertclf predict DIR --explain`: top words per text on the terminal, or every word's score as JSONL
-    records ({"row", "text", "label", "score", "tokens", ...}) in --output. Returns the rows done."""
-    from bertclf.files import atomic_file
-    from bertclf.predict_io import iter_texts
+    records ({"row", "text", "label", "score", "tokens", ...}) in --output. The rows are plain predict's
+    (predict_io.select_rows: same row numbers, empty texts skipped and reported through `log`). Returns the
+    rows done."""
+    from bertclf.predict_io import check_output, select_rows, write_records
 
     require_torch(clf)
     if output_path and Path(output_path).suffix.lower() == ".csv":
         raise UserError(f"--output {output_path}: --explain writes JSONL (a list of words per text); "
                         "give a .jsonl file")
-    if output_path:  # like predict: the output's folder is made
-        Path(output_path).parent.mkdir(parents=True, exist_ok=True)
-    card_col = (clf.card.get("data") or {}).get("text_col")
-    source = iter(texts) if texts is not None else iter_texts(input_path, text_col or card_col, fmt=fmt,
-                                                              encoding=encoding, columns=columns)
-    rows = ((i, t) for i, t in enumerate(source) if not shard or i % shard[1] == shard[0])
-    done = 0
+    check_output(output_path, input_path)
+    rows = select_rows(clf.card, texts, input_path, text_col, shard, fmt, encoding, columns)
+    explained = ((i, text, explain(clf, text, steps=steps, max_tokens=max_tokens)) for i, text in rows)
     if output_path:
-        with atomic_file(output_path, "w", encoding="utf-8") as f:
-            for i, text in rows:
-                e = explain(clf, text, steps=steps, max_tokens=max_tokens)
-                f.write(json.dumps({"row": i, "text": text, **e}, ensure_ascii=False) + "\n")
-                done += 1
-        return done
-    for i, text in rows:
-        e = explain(clf, text, steps=steps, max_tokens=max_tokens)
-        echo(("\n" if done else "") + format_explanation(text, e, k))
-        done += 1
+        done = write_records(clf, explained, output_path)
+    else:
+        done = 0
+        for _, text, e in explained:
+            echo(("\n" if done else "") + format_explanation(text, e, k))
+            done += 1
+    rows.report(log)
     return done

@@ -2,14 +2,14 @@
 
 The driver reads the input with bertclf's own reader (same rows, same errors as the local predict) into
 blocks in Ray's object store; `map_batches` runs N actors, each holding one Classifier (one GPU each when the
-cluster has GPUs, else one CPU); the results come back in input order and are written by the local predict's
-writer (predict_io.predict_to), so the records, the CSV columns and the atomic write are the same.
+cluster has GPUs, else one CPU). The rows are the local predict's (predict_io.select_rows: the same row
+numbers, the same empty texts skipped and reported), and the results, back in input order, go through its
+writer (predict_io.write_records), so the records, the CSV columns and the atomic write are the same.
 
 Joins the cluster named by RAY_ADDRESS, else starts a local one on 127.0.0.1 and stops it at the end.
 """
 from __future__ import annotations
 
-import collections
 import itertools
 import json
 import logging
@@ -17,10 +17,10 @@ import os
 import sys
 from typing import Iterable, Iterator
 
+from bertclf.config import check_batch_size
 from bertclf.errors import UserError
-from bertclf.files import check_writable
 from bertclf.predict import Classifier
-from bertclf.predict_io import iter_texts, predict_to
+from bertclf.predict_io import check_output, select_rows, write_records
 
 INSTALL_HINT = "--engine ray needs Ray; install it with: pip install 'bertclf[ray]'"
 BLOCK_ROWS = 256  # rows per Ray block and per actor call: a few thousand rows still spread over every worker
@@ -51,45 +51,31 @@ class ClassifyBatch:
                 "pred": [json.dumps(p, ensure_ascii=False) for p in preds]}
 
 
-class _OrderedPredictions:
-    """Stands in for a Classifier inside predict_to: predict() hands back the next predictions of the Ray stream,
-    which predict_to asks for right after drawing the same texts from `texts()`."""
-
-    def __init__(self, clf: Classifier, batches: Iterable[dict]):
-        self.labels, self.card = clf.labels, clf.card
-        self._batches, self._pending = batches, collections.deque()
-
-    def texts(self) -> Iterator[str]:
-        expected = 0
-        for batch in self._batches:
-            for row, text, pred in zip(batch["row"], batch["text"], batch["pred"]):
-                if int(row) != expected:  # preserve_order is what keeps rows in order; never write them shuffled
-                    raise RuntimeError(f"Ray returned row {int(row)} where row {expected} was due")
-                expected += 1
-                self._pending.append(json.loads(pred))
-                yield str(text)
-
-    def predict(self, texts: list[str], batch_size: int = 64) -> list[dict]:
-        return [self._pending.popleft() for _ in texts]
-
-
-def _input_blocks(ray, texts: Iterable[str]) -> list:
-    """The texts as Arrow tables of BLOCK_ROWS rows put in the object store: the driver holds only references."""
+def _input_blocks(ray, rows: Iterable[tuple[int, str]]) -> tuple[list, int]:
+    """(references, rows put): the (row, text) pairs as Arrow tables of BLOCK_ROWS rows in the object store, so
+    the driver holds only references. Each text keeps its input row number, which comes back with its
+    prediction."""
     import pyarrow as pa
 
-    def put(start: int, chunk: list[str]):
-        return ray.put(pa.table({"row": pa.array(range(start, start + len(chunk)), pa.int64()),
-                                 "text": pa.array(chunk, pa.string())}))
+    rows, refs, n = iter(rows), [], 0
+    while chunk := list(itertools.islice(rows, BLOCK_ROWS)):
+        refs.append(ray.put(pa.table({"row": pa.array([row for row, _ in chunk], pa.int64()),
+                                      "text": pa.array([text for _, text in chunk], pa.string())})))
+        n += len(chunk)
+    return refs, n
 
-    refs, chunk = [], []
-    for t in texts:
-        chunk.append(t)
-        if len(chunk) == BLOCK_ROWS:
-            refs.append(put(len(refs) * BLOCK_ROWS, chunk))
-            chunk = []
-    if chunk:
-        refs.append(put(len(refs) * BLOCK_ROWS, chunk))
-    return refs
+
+def _in_order(batches: Iterable[dict], sent: int) -> Iterator[tuple[int, str, dict]]:
+    """(row, text, prediction) from the actors' batches, checked to be every row sent, in input order."""
+    last, n = -1, 0
+    for batch in batches:
+        for row, text, pred in zip(batch["row"], batch["text"], batch["pred"]):
+            if int(row) <= last:  # preserve_order is what keeps rows in order; never write them shuffled
+                raise RuntimeError(f"Ray returned row {int(row)} after row {last}")
+            last, n = int(row), n + 1
+            yield last, str(text), json.loads(pred)
+    if n != sent:  # raised inside the writer, so the output file is not written
+        raise RuntimeError(f"Ray returned {n} of the {sent} rows sent")
 
 
 def connect(ray, workers: int) -> bool:
@@ -114,24 +100,25 @@ def connect(ray, workers: int) -> bool:
 
 def predict_ray_to(model_dir: str, texts: list[str] | None = None, input_path: str | None = None,
                    output_path: str | None = None, text_col: str | None = None, batch_size: int = 64,
-                   workers: int = 2, fmt: str | None = None, encoding: str = "utf-8",
+                   workers: int = 2, fmt: str | None = None, encoding: str | None = None,
                    columns: list[str] | None = None, precision: str = "auto", long_text: str | None = None,
-                   stride: int | None = None) -> int:
-    """Like predict_io.predict_to with a loaded Classifier, but classified by `workers` Ray actors; returns the
-    number of rows written."""
+                   stride: int | None = None, log=None) -> int:
+    """predict_io.predict_to's records (the same rows, skipped texts and writer), classified by `workers` Ray
+    actors; returns the number of rows written."""
     if workers < 1:
         raise UserError(f"--workers {workers}: need at least 1")
     ray = import_ray()
-    if output_path:
-        check_writable(output_path)
-    clf = Classifier.load(model_dir, device="cpu", long_text=long_text, stride=stride)  # checks the directory, gives labels and card; no GPU taken
-    card_col = (clf.card.get("data") or {}).get("text_col")
-    source = iter(texts if texts is not None else iter_texts(input_path, text_col or card_col, fmt=fmt,
-                                                                         encoding=encoding, columns=columns))
+    check_batch_size(batch_size)
+    check_output(output_path, input_path)
+    # checks the directory, gives labels, card and the CSV columns; no GPU taken
+    clf = Classifier.load(model_dir, device="cpu", long_text=long_text, stride=stride)
+    rows = select_rows(clf.card, texts, input_path, text_col, None, fmt, encoding, columns)
+    source = iter(rows)
     first = list(itertools.islice(source, 1))  # a missing or bad file fails here, before Ray starts
-    if not first:  # nothing to classify: the local writer makes the same empty output, no cluster needed
-        return predict_to(clf, texts=[], output_path=output_path, batch_size=batch_size, progress=False)
-    source = itertools.chain(first, source)
+    if not first:  # nothing to classify: the same (empty) output, no cluster needed
+        written = write_records(clf, [], output_path)
+        rows.report(log)
+        return written
     started = connect(ray, workers)
     ctx = ray.data.DataContext.get_current()
     saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start
@@ -142,14 +129,17 @@ def predict_ray_to(model_dir: str, texts: list[str] | None = None, input_path: s
         ctx.enable_progress_bars, ctx.print_on_execution_start = sys.stderr.isatty(), False
         data_log.setLevel(logging.ERROR)  # its INFO/WARNING lines would bury bertclf's
         gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
-        ds = ray.data.from_arrow_refs(_input_blocks(ray, source)).map_batches(
-            ClassifyBatch, fn_constructor_args=(str(clf.path), batch_size, precision, long_text, stride), batch_size=BLOCK_ROWS,
-            batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers), num_gpus=gpus, num_cpus=1)
-        results = _OrderedPredictions(clf, ds.iter_batches(batch_size=None, batch_format="numpy"))
-        return predict_to(results, texts=results.texts(), output_path=output_path, batch_size=batch_size,
-                          progress=False)
+        blocks, sent = _input_blocks(ray, itertools.chain(first, source))
+        ds = ray.data.from_arrow_refs(blocks).map_batches(
+            ClassifyBatch, fn_constructor_args=(str(clf.path), batch_size, precision, long_text, stride),
+            batch_size=BLOCK_ROWS, batch_format="numpy", compute=ray.data.ActorPoolStrategy(size=workers),
+            num_gpus=gpus, num_cpus=1)
+        written = write_records(clf, _in_order(ds.iter_batches(batch_size=None, batch_format="numpy"), sent),
+                                output_path)
     finally:
         ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start = saved
         data_log.setLevel(saved_level)
         if started:
             ray.shutdown()
+    rows.report(log)
+    return written

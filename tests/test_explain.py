@@ -107,6 +107,29 @@ def test_predict_explain_prints_top_words(trained_tiny_dir, tmp_path):
     assert r.returncode == 2 and r.stderr.count("\n") == 1 and ".jsonl" in r.stderr, r.stderr
 
 
+def test_explain_skips_the_rows_predict_skips(clf, tmp_path):
+    """Empty and blank texts get no explanation, as they get no prediction: the same rows, numbers and message."""
+    from bertclf.explain import explain_to
+    from bertclf.predict_io import predict_to
+
+    inp = tmp_path / "in.tsv"
+    inp.write_text("id\tdocument\n0\t\n1\t정말 재밌어요\n2\t   \n3\t시간 아깝다\n", encoding="utf-8")
+    said, predict_said = [], []
+    assert explain_to(clf, input_path=str(inp), output_path=str(tmp_path / "why.jsonl"), steps=4,
+                      log=said.append) == 2
+    assert predict_to(clf, input_path=str(inp), output_path=str(tmp_path / "p.jsonl"), progress=False,
+                      log=predict_said.append) == 2
+    rows = [[(r["row"], r["text"]) for r in map(json.loads, (tmp_path / f).read_text(encoding="utf-8").splitlines())]
+            for f in ("why.jsonl", "p.jsonl")]
+    assert rows[0] == rows[1] == [(1, "정말 재밌어요"), (3, "시간 아깝다")]
+    assert said == predict_said and len(said) == 1 and said[0].startswith("bertclf: 2 empty text(s) skipped")
+
+    shown = []  # texts given as arguments, explained on the terminal
+    assert explain_to(clf, texts=["", "정말 재밌어요", " "], steps=4, echo=shown.append, log=said.append) == 1
+    assert len(shown) == 1 and shown[0].splitlines()[0].endswith("정말 재밌어요")
+    assert said[-1].startswith("bertclf: 2 empty text(s) skipped")
+
+
 @pytest.fixture(scope="module")
 def onnx_dir(trained_tiny_dir, tmp_path_factory):
     pytest.importorskip("onnxruntime")
