@@ -173,6 +173,9 @@ def check_max_length(max_length: int, model: str) -> None:
 
 
 INFERENCE_BATCH = 64  # eval, predict and serve's default texts per forward pass: one default, the same batches
+# Classifier scores texts in blocks of this many (length-sorted batches within a block) and predict streams files
+# in chunks of it: a text meets the same batch neighbours, and the same bf16 rounding, in eval and predict
+SCORING_BLOCK = 4096
 
 
 def check_batch_size(batch_size, flag: str = "--batch-size") -> None:

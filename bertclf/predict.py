@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from bertclf import ngram as NG
-from bertclf.config import check_batch_size
+from bertclf.config import SCORING_BLOCK, check_batch_size
 from bertclf.errors import UserError
 from bertclf.inference import predict_logits
 from bertclf.long_text import check_long_text, encode_long, per_text
@@ -33,7 +33,7 @@ from bertclf.models import check_model_dir, load_tokenizer
 from bertclf.rundir import read_card
 from bertclf.task import task_from_card
 
-BLOCK_ROWS = 4096  # texts scored as one block; predict streams files in chunks of this size
+BLOCK_ROWS = SCORING_BLOCK  # texts scored as one block (config.SCORING_BLOCK)
 
 
 class Classifier:

@@ -20,14 +20,14 @@ import sys
 from pathlib import Path
 from typing import Iterable, Iterator
 
-from bertclf.config import check_batch_size
+from bertclf.config import SCORING_BLOCK, check_batch_size
 from bertclf.data import is_empty_text
 from bertclf.data_spec import data_spec
 from bertclf.errors import UserError
 from bertclf.files import atomic_file, check_writable
 from bertclf.rows import check_encoding, iter_rows
 
-CHUNK_ROWS = 4096
+CHUNK_ROWS = SCORING_BLOCK  # Classifier's scoring blocks: eval and predict batch each text alike
 
 
 def iter_texts(path: str, text_col: str | None, fmt: str | None = None, encoding: str = "utf-8",

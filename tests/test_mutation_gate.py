@@ -31,6 +31,22 @@ MUTANTS = [
     Mutant("eval ignores the training's column spec", "bertclf/evaluate.py",
            "spec = data_spec(clf.card, text_col=", "spec = data_spec({}, text_col=",
            ("tests/test_card_defaults.py::test_no_flags_at_all",)),
+    Mutant("the temperature folded in twice", "bertclf/calibration.py",
+           "    if model is not None:\n        fold_temperature(model, t)\n",
+           "    if model is not None:\n        fold_temperature(model, t)\n        fold_temperature(model, t)\n",
+           ("tests/test_calibration.py::test_calibrated_logits_times_t_are_the_uncalibrated_twins_and_held_out_ece_falls",)),
+    Mutant("training ignores --long-text head-tail", "bertclf/prepare.py",
+           "train_ids = encode(tokenizer, train_ds.texts, cfg.max_length, long_text=cfg.long_text)",
+           "train_ids = encode(tokenizer, train_ds.texts, cfg.max_length)",
+           ("tests/test_long_text.py::test_training_feeds_the_model_the_head_tail_ids_of_long_texts",)),
+    Mutant("the multi-label audit scores the rows it was fitted on", "bertclf/audit_multilabel.py",
+           "probs[held] = fit_multilabel(texts[fit], y[fit], seed)(texts[held])",
+           "probs[held] = fit_multilabel(texts, y, seed)(texts[held])",
+           ("tests/test_audit.py::test_multi_label_audit_finds_planted_flips_out_of_fold",)),
+    Mutant("Ray predictions land one row off", "bertclf/predict_ray.py",
+           '"pred": [json.dumps(p, ensure_ascii=False) for p in preds]}',
+           '"pred": [json.dumps(p, ensure_ascii=False) for p in preds[1:] + preds[:1]]}',
+           ("tests/test_ray_predict.py::test_ray_writes_the_local_records_around_empty_rows",)),
 ]
 
 
