@@ -5,8 +5,10 @@ training loop (bertclf/loop.py) with another objective: the teacher's own traini
 provenance in the teacher's bertclf.json by the same data.py calls `bertclf train` made (so its validation rows,
 which the int8 export checks itself on, are rebuilt the same way from the student's card), plus unlabelled texts
 from --texts; targets are the true labels and the teacher's logits, computed once up front and cached in
-DIR/checkpoints/distill/ (a resumed or repeated run reuses them); the loss is bertclf/distill_task.py's.
-The result is a normal model directory whose card has a `distilled_from` block.
+DIR/checkpoints/distill/ (a resumed run reuses them); the loss is bertclf/distill_task.py's.
+The result is a normal model directory whose card has a `distilled_from` block. A run that fails before the
+student is saved takes back what it wrote in DIR (all of DIR if it made it), unless it wrote a checkpoint that
+--resume continues from: the same command, mended, then runs without --overwrite.
 """
 from __future__ import annotations
 
@@ -201,11 +203,32 @@ def distill(teacher_dir: str, layers: int, out: str, texts: str | None = None, t
             epochs: float | None = None, lr: float | None = None, batch_size: int | None = None,
             temperature: float = DEFAULT_TEMPERATURE, alpha: float = DEFAULT_ALPHA, precision: str = "auto",
             max_steps: int | None = None, checkpoint_every: int | None = None, resume: bool | str = False,
-            overwrite: bool = False, echo=print) -> dict:
+            overwrite: bool = False, echo=print, callbacks=()) -> dict:
     """Train a `layers`-layer student of `teacher_dir` into `out`; returns its model card. Unset recipe flags
-    (epochs, lr, batch size) are the teacher's, as its card records them; --max-steps is never inherited."""
-    from bertclf.config import config_from_dict
+    (epochs, lr, batch size) are the teacher's, as its card records them; --max-steps is never inherited.
+    callbacks: bertclf.callbacks.TrainCallback instances, as for train(). A run that fails before the student is
+    saved and before any checkpoint of its own takes back what it added to `out` (see undo_partial_run)."""
     from bertclf.loop import train
+
+    cfg, objective = distill_setup(teacher_dir, layers, out, texts=texts, text_col=text_col, fmt=fmt,
+                                   encoding=encoding, columns=columns, epochs=epochs, lr=lr, batch_size=batch_size,
+                                   temperature=temperature, alpha=alpha, precision=precision, max_steps=max_steps,
+                                   checkpoint_every=checkpoint_every, resume=resume, overwrite=overwrite)
+    before = snapshot(Path(out))
+    try:
+        return train(cfg, echo=echo, objective=objective, callbacks=callbacks)
+    except BaseException:  # a bad --texts, a crash, Ctrl-C: the same command must work again without --overwrite
+        undo_partial_run(Path(out), before)
+        raise
+
+
+def distill_setup(teacher_dir: str, layers: int, out: str, texts=None, text_col=None, fmt=None, encoding="utf-8",
+                  columns=None, epochs=None, lr=None, batch_size=None, temperature=DEFAULT_TEMPERATURE,
+                  alpha=DEFAULT_ALPHA, precision="auto", max_steps=None, checkpoint_every=None, resume=False,
+                  overwrite=False):
+    """(training config, DistillObjective) of a distill() call, after every check that needs no training:
+    what bertclf.loop.train (and bertclf.prepare.prepare, which tests call to see the targets) are given."""
+    from bertclf.config import config_from_dict
 
     teacher, card = check_flags(teacher_dir, layers, temperature, alpha, texts)
     args = dict(card["args"])
@@ -217,6 +240,48 @@ def distill(teacher_dir: str, layers: int, out: str, texts: str | None = None, t
     data = card.get("data") or {}
     read = {"text_col": text_col or data.get("text_col") or "text", "fmt": fmt, "encoding": encoding,
             "columns": columns}
-    objective = DistillObjective(teacher, card, layers, temperature, alpha, texts, read, precision,
+    return cfg, DistillObjective(teacher, card, layers, temperature, alpha, texts, read, precision,
                                  cfg.eval_batch_size)
-    return train(cfg, echo=echo, objective=objective)
+
+
+def snapshot(out: Path) -> dict:
+    """What `out` holds before the run: its entries and those of its checkpoints folder, the card's inode and
+    mtime (a card written by the run is a new file: the writes are atomic renames), and the folders the run
+    would create."""
+    entries = {p for folder in (out, rundir.checkpoints_dir(out)) if folder.is_dir() for p in folder.iterdir()}
+    card = out / rundir.CARD_FILE
+    return {"existed": out.is_dir(), "entries": entries,
+            "card": (card.stat().st_ino, card.stat().st_mtime_ns) if card.is_file() else None,
+            "created": [p for p in (out, *out.parents) if not p.exists()]}  # deepest first
+
+
+def undo_partial_run(out: Path, before: dict) -> None:
+    """After a failed run: remove what it added to `out` (all of `out` if it made it), unless the run got far
+    enough to keep: its student saved (a new card) or a checkpoint of its own written (a preempted or crashed
+    run continues from it with --resume, which needs the work folder too). Entries that were there before
+    stay; only the main process cleans, holding the folder's lock (it is not touched while another run holds it)."""
+    import contextlib
+    import os
+    import shutil
+
+    if os.environ.get("RANK", "0") != "0" or not out.is_dir():
+        return
+    now = snapshot(out)
+    if now["card"] is not None and now["card"] != before["card"]:
+        return  # the student is saved
+    new = [p for p in now["entries"] - before["entries"] if p.name != rundir.LOCK_FILE]
+    if any(p.parent == rundir.checkpoints_dir(out) and p.name.startswith("step-") for p in new):
+        return  # resumable
+    try:
+        with rundir.lock(out):
+            for p in sorted(new, key=lambda p: len(p.parts), reverse=True):  # checkpoints/x before checkpoints
+                if p.is_dir() and not p.is_symlink():
+                    shutil.rmtree(p, ignore_errors=True)
+                else:
+                    p.unlink(missing_ok=True)
+    except Exception:  # noqa: BLE001 (another run took the folder, or it cannot be written: leave it)
+        return
+    if not before["existed"]:
+        for p in before["created"]:  # deepest first; a folder someone else filled meanwhile stays
+            with contextlib.suppress(OSError):
+                p.rmdir()

@@ -32,6 +32,11 @@ class Distillation:
         packed[:, self.width:] = teacher_logits
         return packed
 
+    def init_head(self, model, packed) -> None:
+        """Nothing: the student's head is the teacher's trained one (bertclf/student.py). The wrapped task's
+        init_head would reset a multi-label head's biases to the label priors, and it read `packed` (labels and
+        teacher logits side by side) as labels: 88 columns for KOTE's 44 labels crashed it."""
+
     def _split(self, packed):
         y, teacher = packed[:, :self.width], packed[:, self.width:]
         labelled = ~y[:, 0].isnan()
