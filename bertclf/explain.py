@@ -77,7 +77,9 @@ def merge_into_words(text: str, offsets: list[tuple[int, int]], piece_scores: np
 
 def explain(clf, text: str, target: str | None = None, steps: int = DEFAULT_STEPS,
             max_tokens: int = DEFAULT_MAX_TOKENS) -> dict:
-    """Word attributions for one text toward `target` (default: the predicted label)."""
+    """Word attributions for one text toward `target` (default: the encoder's predicted label). They explain the
+    encoder: a model with an n-gram partner (bertclf/ngram.py) predicts the blend, whose n-gram side has no
+    gradients to attribute, so label and score here are the encoder's own ("component": "encoder")."""
     require_torch(clf)
     import torch
 
@@ -126,7 +128,9 @@ def explain(clf, text: str, target: str | None = None, steps: int = DEFAULT_STEP
     tokens = merge_into_words(text, enc["offset_mapping"], piece_scores, truncated)
     return {"label": clf.labels[t], "score": float(probs[t]), "baseline_score": float(base_probs[t]),
             "tokens": tokens, "truncated": truncated, "steps": steps, "max_tokens": limit,
-            "convergence_delta": float(delta.abs().max()), "method": "captum.attr.IntegratedGradients"}
+            "convergence_delta": float(delta.abs().max()), "method": "captum.attr.IntegratedGradients",
+            "component": "encoder" + (" (the n-gram partner's share of the blend is not attributed)"
+                                      if getattr(clf, "partner", None) is not None else "")}
 
 
 def top_words(explanation: dict, k: int = 5) -> list[dict]:
