@@ -47,6 +47,10 @@ MUTANTS = [
            '"pred": [json.dumps(p, ensure_ascii=False) for p in preds]}',
            '"pred": [json.dumps(p, ensure_ascii=False) for p in preds[1:] + preds[:1]]}',
            ("tests/test_ray_predict.py::test_ray_writes_the_local_records_around_empty_rows",)),
+    Mutant("distill targets shifted by one row", "bertclf/distill.py",
+           "return train_ds, distill_task.targets(y_train, logits), distill_task",
+           "return train_ds, distill_task.targets(y_train, np.roll(logits, 1, axis=0)), distill_task",
+           ("tests/test_distill.py::test_targets_are_the_teachers_logits_of_the_same_row",)),
 ]
 
 
