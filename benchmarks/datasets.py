@@ -120,8 +120,10 @@ def run_task(name: str, train: Path, test: Path, work: Path, extra: list[str]) -
     log = work / f"{name}.log"
     base = run_baseline(name, train, test, work)
     run_dir = work / "runs" / name
-    _, train_s = bertclf("train", "--train", str(train), *task_flags(name), "--out", str(run_dir), "--overwrite",
-                         *extra, log=log)
+    train_out, train_s = bertclf("train", "--train", str(train), *task_flags(name), "--out", str(run_dir),
+                                 "--overwrite", *extra, log=log)
+    with open(log, "a", encoding="utf-8") as f:  # its lines (the n-gram partner's weight...) beside its stderr
+        f.write(train_out)
     ev_out, _ = bertclf("eval", str(run_dir), "--test", str(test), "--json", log=log)
     ev = json.loads(ev_out)
     card = json.loads((run_dir / "bertclf.json").read_text(encoding="utf-8"))
