@@ -3,7 +3,8 @@
     bertclf export runs/nsmc --onnx --out runs/nsmc-onnx            # fp32
     bertclf export runs/nsmc --onnx --int8 --out runs/nsmc-int8     # int8, checked on the validation rows
 
-The output directory is self-contained: model.onnx, config.json (labels), the tokenizer files and bertclf.json
+The output directory is self-contained: model.onnx, config.json (labels), the tokenizer files, the n-gram
+partner's files when the model has one (bertclf/ngram.py: numpy, run beside onnxruntime) and bertclf.json
 (the training card plus an "export" section). `Classifier.load`, `bertclf predict/eval/serve` use it as they use
 the trained directory, on onnxruntime instead of torch.
 
@@ -18,15 +19,19 @@ How:
      uint8 activations quantized on the fly, after SmoothQuant (alpha 0.75, calibrated on built-in sample
      texts), which moves the few outlier activation channels of BERT-like encoders into the weights, exactly.
      Then it checks itself: the fp32 and int8 graphs score the model's validation rows (rebuilt from
-     bertclf.json; or --check FILE), and below --min-agreement (default 0.99) label agreement the next, more
-     faithful variant is tried: 7-bit weights first on CPUs without VNNI (their u8s8 AVX2 kernels saturate on
+     bertclf.json; or --check FILE, read in the training's format: its columns, --columns of a header-less
+     file, encoding), and below --min-agreement agreement the next, more faithful variant is tried. The
+     agreement is the share of texts whose label int8 keeps (default 0.99); for a multi-label model the share
+     of (text, label) decisions it keeps over the stored thresholds (default quantize.MIN_AGREEMENT_MULTI_LABEL),
+     with the share of texts whose whole label set it keeps reported beside it (and micro-F1 instead of
+     accuracy). The variants: 7-bit weights first on CPUs without VNNI (their u8s8 AVX2 kernels saturate on
      8 bits), full 8-bit weights first where VNNI/AMX is present, then fp32 embeddings, then fp32 FFN output
      products. The first variant that passes is kept and named in bertclf.json ("int8_check"); if none does,
      nothing is written (UserError). Measured on a me5-small fine-tuned on 5,000 NSMC reviews, labels
      agreeing with torch on 2,000 test reviews: no smoothing 96.7%, alpha 0.5 97.3%, alpha 0.75 98.3%.
   4. Checked before the directory appears: the fp32 graph must give torch's logits on sample texts
-     (max |diff| <= 1e-3 + 1e-3 * max |logit|); for int8 the label agreement and the largest probability
-     difference against torch on the same texts are recorded in bertclf.json.
+     (max |diff| <= 1e-3 + 1e-3 * max |logit|); for int8 the agreement (the same measures as above) and the
+     largest probability difference against torch on the same texts are recorded in bertclf.json.
 The directory is written atomically: it appears complete or not at all.
 """
 from __future__ import annotations
@@ -42,10 +47,13 @@ import numpy as np
 
 from bertclf.errors import UserError
 from bertclf.files import atomic_dir, check_writable
-from bertclf.quantize import SMOOTH_ALPHA, Variant, choose, quiet_logging, smooth
+from bertclf.ngram import ARRAYS_FILE, JSON_FILE
+from bertclf.quantize import (SMOOTH_ALPHA, Variant, agreement, choose, default_min_agreement, describe,
+                              quiet_logging, smooth, summary)
 from bertclf.rundir import CARD_FILE, write_card
 
 OPSET = 17
+PARTNER_FILES = (JSON_FILE, ARRAYS_FILE)
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "added_tokens.json",
                    "vocab.txt", "vocab.json", "merges.txt", "sentencepiece.bpe.model", "spiece.model",
                    "tokenizer.model", "chat_template.jinja")
@@ -67,11 +75,13 @@ SAMPLE_TEXTS = [
 
 def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, opset: int = OPSET,
                 optimize: bool = True, smooth_alpha: float | None = SMOOTH_ALPHA, check: str | None = None,
-                min_agreement: float = 0.99, variants: list[Variant] | None = None) -> dict:
+                min_agreement: float | None = None, variants: list[Variant] | None = None) -> dict:
     """Write an ONNX export of `model_dir` to `out_dir`; return what was done (also stored in bertclf.json).
-    int8: the first of `variants` (default: quantize.variants() for this CPU) whose labels agree with the fp32
-    graph on >= min_agreement of the check rows (`check` FILE, else the model's validation rows)."""
-    if not 0.0 <= min_agreement <= 1.0:
+    int8: the first of `variants` (default: quantize.variants() for this CPU) whose decisions agree with the fp32
+    graph's on >= min_agreement of the check rows (`check` FILE, else the model's validation rows): the share of
+    texts whose label agrees, for a multi-label model the share of (text, label) decisions that agree.
+    min_agreement None: quantize.default_min_agreement for the model's task."""
+    if min_agreement is not None and not 0.0 <= min_agreement <= 1.0:
         raise UserError(f"--min-agreement must be between 0 and 1, got {min_agreement}")
     t0 = time.time()
     onnx, ort = _import_onnx()
@@ -86,6 +96,17 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
     from bertclf.rundir import read_card
 
     card = read_card(src)
+    from bertclf.task import task_from_card
+
+    labels = [config["id2label"].get(str(i)) for i in range(len(config["id2label"]))]
+    task = task_from_card(card, labels)  # multi-label: label sets over the stored thresholds
+    ngram = card.get("ngram") or {}
+    if ngram.get("kept"):  # the export holds the encoder alone: decided over its own thresholds, as predict does
+        from bertclf.ngram import component_task
+
+        task = component_task(task, "encoder", ngram)
+    if min_agreement is None:
+        min_agreement = default_min_agreement(task.kind == "multi_label")
     max_length = card.get("max_length") or 128
     tokenizer = load_tokenizer(str(src))
     model = load_classifier(str(src)).eval()
@@ -106,10 +127,8 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
                   "requested": {"optimize": optimize, "smooth": smooth_alpha, "check": check,
                                 "min_agreement": min_agreement if int8 else None}}
     if int8:  # the rows the int8 graph is checked on; read before anything is exported, so bad input fails fast
-        from bertclf.task import task_from_card
         from bertclf.validation_rows import check_rows
 
-        labels = [config["id2label"].get(str(i)) for i in range(len(config["id2label"]))]
         check_texts, check_y, check_from = check_rows(src, card, labels, check)
         check_ids = encode(tokenizer, check_texts, max_length)
         info["cpu"] = cpu_summary()
@@ -151,7 +170,6 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
                         smoothed = 0
                 log(f"int8 dynamic quantization{f' after SmoothQuant ({smoothed} MatMuls)' if smoothed else ''}, "
                     f"checked on {check_from} ...")
-                task = task_from_card(card, labels)  # multi-label: label sets over the stored thresholds
                 chosen, report = choose(fp32, work, check_ids, check_y, pad_id, ref.shape[1], min_agreement, large,
                                         log, variants, decide=lambda z: task.decide(task.probs(z)))
                 _save_as(chosen, target, large)
@@ -161,7 +179,9 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
             else:
                 _save_as(fp32, target, large)
 
-            for name in ("config.json",) + TOKENIZER_FILES:
+            # the n-gram partner (bertclf/ngram.py) travels with the encoder: it runs in numpy beside onnxruntime,
+            # so predict, eval and serve on the export give the trained model's blend
+            for name in ("config.json",) + TOKENIZER_FILES + PARTNER_FILES:
                 if (src / name).is_file():
                     shutil.copy2(src / name, tmp / name)
             new_card = dict(card)
@@ -173,12 +193,13 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
             # The end-to-end check: load the new directory the way users will, and compare with torch.
             from bertclf.predict import Classifier
 
-            clf = Classifier.load(str(tmp))
+            clf = Classifier.load(str(tmp), ngram=False)  # the encoder, against torch's encoder
             got = clf.logits(SAMPLE_TEXTS, batch_size=8)
             p_ref, p_got = clf.task.probs(ref), clf.task.probs(got)  # softmax, or sigmoid for multi-label
+            agree = agreement(clf.task.decide(p_got), clf.task.decide(p_ref))  # multi-label: per (text, label)
             info["check"] = {"texts": len(SAMPLE_TEXTS), "max_abs_logit_diff": _max_diff(got, ref),
                              "max_prob_diff": float(np.abs(p_got - p_ref).max()),
-                             "label_agreement": float((got.argmax(1) == ref.argmax(1)).mean())}
+                             "label_agreement": agree.pop("agreement"), **agree}
             if not int8 and not _close(info["check"]["max_abs_logit_diff"], ref):
                 raise UserError(f"the exported directory does not reproduce torch (max |logit difference| "
                                 f"{info['check']['max_abs_logit_diff']:.3g}); please report this")
@@ -191,13 +212,14 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
         raise UserError(f"{out}: cannot write the export ({e.strerror or e}); choose a writable --out directory") from None
 
     if int8:
-        k = info["int8_check"]
-        log(f"int8 ({k['variant']}) vs fp32 on {k['rows']} rows: labels agree {k['agreement']:.2%}, accuracy "
-            f"{k['accuracy_fp32']:.2%} -> {k['accuracy_int8']:.2%} ({k['accuracy_change'] * 100:+.2f} pt)")
+        log(summary(info["int8_check"]))
     c = info["check"]
     log(f"wrote {out}: model.onnx {info['size_bytes'] / 1e6:.1f} MB ({'int8' if int8 else 'fp32'}; torch weights "
-        f"{info['source_size_bytes'] / 1e6:.1f} MB); vs torch on {c['texts']} texts: labels agree "
-        f"{c['label_agreement']:.1%}, max |prob diff| {c['max_prob_diff']:.2g}")
+        f"{info['source_size_bytes'] / 1e6:.1f} MB); vs torch on {c['texts']} texts: "
+        f"{describe({'agreement': c['label_agreement']} | c, digits=1)}, max |prob diff| {c['max_prob_diff']:.2g}")
+    if ngram.get("kept"):
+        log(f"the n-gram partner ({', '.join(PARTNER_FILES)}, weight {ngram.get('weight')}) is copied beside "
+            f"model.onnx: predict, eval and serve on {out} blend it as the trained model does")
     return {"out": str(out), **info}
 
 

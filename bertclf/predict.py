@@ -98,7 +98,7 @@ class Classifier:
             if dtype is not None and device.type == "cpu":
                 cast_for_cpu_inference(model, dtype)  # and every forward pass runs under autocast(dtype)
             backend = "torch"
-        # an ONNX export holds the encoder alone (bertclf export does not carry the partner): no files, no blend
+        # bertclf export copies the partner's files beside model.onnx; an export made before that has none
         partner = NG.load_for(p, card, required=backend == "torch") if ngram else None
         return cls(tokenizer, model, labels, max_length, card, str(p), backend, dtype, long_text, stride, partner)
 
