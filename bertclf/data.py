@@ -93,6 +93,7 @@ class Dataset:
     sha256: str = ""
     dropped_empty: int = 0
     rows_read: int = 0
+    is_part: bool = False  # a sample or split of the file (rows_read / dropped_empty are the whole file's)
 
     def __len__(self) -> int:
         return len(self.texts)
@@ -106,16 +107,20 @@ class Dataset:
             sha256=self.sha256,
             dropped_empty=self.dropped_empty,
             rows_read=self.rows_read,
+            is_part=True,
         )
 
     def summary(self) -> dict:
         counts = Counter(self.labels)
         unlabelled = counts.pop(None, 0)  # distill --texts: rows trained on the teacher's soft labels alone
+        # a sample or split of a file: its own rows (none dropped in it); the file's counts under file_*
+        read = {"rows_read": len(self), "dropped_empty": 0, "file_rows_read": self.rows_read,
+                "file_dropped_empty": self.dropped_empty} if self.is_part else {
+                "rows_read": self.rows_read, "dropped_empty": self.dropped_empty}
         return {
             "source": self.source,
             "sha256": self.sha256,
-            "rows_read": self.rows_read,
-            "dropped_empty": self.dropped_empty,
+            **read,
             "rows": len(self),
             **({"unlabelled_rows": unlabelled} if unlabelled else {}),
             "label_counts": dict(sorted(counts.items(), key=lambda kv: str(kv[0]))),

@@ -262,3 +262,21 @@ def test_training_data_keeps_multi_label_rows_without_labels(tmp_path):
     cfg.multi_label = False
     with pytest.raises(UserError, match=r"train.tsv, line 2: empty label in column 'labels'"):
         D.load_training_data(cfg, log=lambda s: None)
+
+
+def test_a_split_of_one_file_counts_its_own_rows(tmp_path):
+    """data.valid.rows_read / dropped_empty of a split are the split's; the file's go under file_*."""
+    from bertclf.data import read_labelled, split_valid
+
+    f = tmp_path / "t.tsv"
+    f.write_text("text\tlabel\n" + "".join(f"text {i}\t{i % 2}\n" for i in range(40)) + " \t0\n\t1\n",
+                 encoding="utf-8")
+    ds = read_labelled(f, "text", "label")
+    train, valid = split_valid(ds, 0.25, seed=0)
+    whole = ds.summary()
+    assert (whole["rows_read"], whole["dropped_empty"], whole["rows"]) == (42, 2, 40)
+    for part in (train, valid):
+        s = part.summary()
+        assert (s["rows_read"], s["dropped_empty"], s["rows"]) == (len(part), 0, len(part))
+        assert (s["file_rows_read"], s["file_dropped_empty"]) == (42, 2)
+    assert len(train) + len(valid) == 40 and train.dropped_empty == 2  # the attribute stays the file's

@@ -206,7 +206,8 @@ def summary(run: Run, ece: dict, ece_raw: dict | None = None) -> list[dict]:
         counts = s.get("label_counts") or {}
         add("data", f"{split} rows", f"{fmt_int(s.get('rows'))}"
             + (f" ({', '.join(f'{k}: {fmt_int(v)}' for k, v in counts.items())})" if counts else "")
-            + (f"; {fmt_int(s['dropped_empty'])} empty dropped" if s.get("dropped_empty") else ""))
+            + (f"; {fmt_int(s.get('file_dropped_empty', s.get('dropped_empty')))} empty dropped from the file"
+               if s.get("file_dropped_empty", s.get("dropped_empty")) else ""))
         add("data", f"{split} source", s.get("source"))
         add("data", f"{split} sha256", s.get("sha256"), mono=True)
     add("data", "text / label column", " / ".join(str(x) for x in (data.get("text_col"), data.get("label_col")) if x))
