@@ -101,7 +101,7 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
     labels = [config["id2label"].get(str(i)) for i in range(len(config["id2label"]))]
     task = task_from_card(card, labels)  # multi-label: label sets over the stored thresholds
     ngram = card.get("ngram") or {}
-    if ngram.get("kept"):  # the export holds the encoder alone: decided over its own thresholds, as predict does
+    if ngram.get("kept"):  # the int8 check compares encoder with encoder: over the encoder's own thresholds
         from bertclf.ngram import component_task
 
         task = component_task(task, "encoder", ngram)

@@ -47,7 +47,7 @@ def onnx_int8(trained_tiny_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("export") / "int8"
     r = run_cli("export", trained_tiny_dir, "--onnx", "--int8", "--out", out)
     assert r.returncode == 0, r.stderr
-    return out, json.loads(r.stdout)
+    return out, json.loads(r.stdout), r.stderr
 
 
 def test_fp32_export_is_self_contained_and_matches_torch(onnx_fp32, trained_tiny_dir, test_rows, torch_logits):
@@ -93,7 +93,7 @@ def test_int8_export_agrees_with_torch(onnx_int8, onnx_fp32, test_rows, torch_lo
     from bertclf.predict import Classifier
     from bertclf.quantize import variants
 
-    out, info = onnx_int8
+    out, info, stderr = onnx_int8
     assert info["out"] == str(out) and info["int8"] is True
     exp = json.loads((out / "bertclf.json").read_text())["export"]
     q, k = exp["quantization"], exp["int8_check"]
@@ -108,6 +108,14 @@ def test_int8_export_agrees_with_torch(onnx_int8, onnx_fp32, test_rows, torch_lo
     assert k["agreement"] >= 0.99 and [t["variant"] for t in k["tried"]] == names[:len(k["tried"])]
     assert all(t["agreement"] < 0.99 for t in k["tried"][:-1]) and k["tried"][-1]["variant"] == k["variant"]
     assert abs(k["accuracy_change"] - (k["accuracy_int8"] - k["accuracy_fp32"])) < 1e-12
+    # single-label: one label per text, the measures and lines as they always were (multi-label's are its own)
+    assert k["agreement_of"] == "texts' labels" and not {"labels", "set_agreement", "micro_f1_int8"} & set(k)
+    assert "set_agreement" not in exp["check"] and exp["check"]["label_agreement"] == info["check"]["label_agreement"]
+    assert (f"int8 ({k['variant']}) vs fp32 on 150 rows: labels agree {k['agreement']:.2%}, accuracy "
+            f"{k['accuracy_fp32']:.2%} -> {k['accuracy_int8']:.2%} ({k['accuracy_change'] * 100:+.2f} pt)") in stderr
+    assert f"int8 {k['variant']}: labels agree with fp32 on {k['agreement']:.2%} of 150 rows, accuracy" in stderr
+    wrote = next(line for line in stderr.splitlines() if line.startswith("wrote "))
+    assert f"labels agree {exp['check']['label_agreement']:.1%}, max |prob diff|" in wrote
     assert (out / "model.onnx").stat().st_size < 0.5 * (onnx_fp32[0] / "model.onnx").stat().st_size
 
     clf = Classifier.load(str(out))
@@ -278,3 +286,162 @@ def test_damaged_onnx_file_is_a_user_error(onnx_fp32, tmp_path):
     (bad / "model.onnx").write_bytes(b"not a graph")
     with pytest.raises(UserError, match="cannot load the ONNX model"):
         Classifier.load(str(bad))
+
+
+# --- multi-label, and a model trained on a header-less file -----------------------------------------------------
+
+KOTE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kote"
+
+
+@pytest.fixture(scope="module")
+def kote_cp949(tmp_path_factory):
+    """KOTE as its val.tsv comes (no header line: id, text, label ids) re-encoded in cp949: 800 training rows and
+    400 other rows to check on, in the same format, plus one row with no label (a multi-label row may have none)."""
+    if not (KOTE / "val.tsv").is_file():
+        pytest.skip("KOTE not in ../shared/data/kote")
+    d = tmp_path_factory.mktemp("kote")
+    lines = (KOTE / "val.tsv").read_text(encoding="utf-8").splitlines(keepends=True)
+    out = {"names": KOTE / "labels.txt"}
+    for name, part in (("train", lines[:800]), ("check", lines[800:1200] + ["99999\t그냥 그래요\t\n"])):
+        out[name] = d / f"{name}.tsv"
+        out[name].write_bytes("".join(part).encode("cp949", errors="replace"))
+    return out
+
+
+@pytest.fixture(scope="module")
+def ml_headerless_dir(kote_cp949, tiny_model_dir, tmp_path_factory):
+    """The tiny model trained multi-label (44 labels) on the header-less cp949 file: --columns, --encoding."""
+    from bertclf.cli import main
+
+    out = tmp_path_factory.mktemp("ml") / "run"
+    assert main(["train", "--train", str(kote_cp949["train"]), "--columns", "id,text,label", "--encoding", "cp949",
+                 "--multi-label", "--label-names", str(kote_cp949["names"]), "--model", str(tiny_model_dir),
+                 "--epochs", "3", "--batch-size", "16", "--lr", "3e-3", "--seed", "0", "--ngram", "on",
+                 "--out", str(out)]) == 0
+    card = json.loads((out / "bertclf.json").read_text())
+    assert card["args"]["columns"] == ["id", "text", "label"] and card["args"]["encoding"] == "cp949"
+    assert card["ngram"]["kept"]  # with an n-gram partner, whose blend has thresholds of its own
+    return out
+
+
+@pytest.fixture(scope="module")
+def ml_int8(ml_headerless_dir, kote_cp949, tmp_path_factory):
+    """export --int8 --check FILE (header-less, cp949, as trained) at the default --min-agreement."""
+    from bertclf.export import export_onnx
+
+    logs = []
+    out = tmp_path_factory.mktemp("export") / "ml-int8"
+    info = export_onnx(str(ml_headerless_dir), str(out), int8=True, check=str(kote_cp949["check"]), log=logs.append)
+    return out, info, logs
+
+
+def test_int8_check_reads_a_headerless_file_in_the_trainings_format(ml_int8, kote_cp949):
+    """The card's --columns and --encoding read the --check file: all 401 rows, labels as trained."""
+    _, info, _ = ml_int8
+    k = info["int8_check"]
+    assert k["rows"] == 401 and k["rows_from"] == f"{kote_cp949['check']} (401 rows)"
+    assert k["micro_f1_fp32"] > 0.1  # the label ids were read as the model's labels, not as noise
+
+
+def test_multilabel_int8_check_gates_on_label_decisions(ml_int8, ml_headerless_dir, kote_cp949):
+    """Multi-label: the gated agreement is the share of (text, label) decisions int8 keeps (default
+    --min-agreement for multi-label); whole label sets are reported beside it; the same two measures in the check
+    line, the closing line, the returned info and the card's export block; no top-1 figure."""
+    from bertclf.export import SAMPLE_TEXTS
+    from bertclf.predict import Classifier
+    from sklearn.metrics import f1_score
+
+    from bertclf.quantize import MIN_AGREEMENT_MULTI_LABEL
+
+    out, info, logs = ml_int8
+    k = info["int8_check"]
+    assert k["min_agreement"] == MIN_AGREEMENT_MULTI_LABEL == info["requested"]["min_agreement"]
+    assert k["labels"] == 44 and k["agreement_of"] == "(text, label) decisions"
+    assert MIN_AGREEMENT_MULTI_LABEL <= k["agreement"] <= 1 and 0 <= k["set_agreement"] <= k["agreement"]
+    assert not any(key.startswith("accuracy") for key in k)  # subset accuracy says nothing with 44 labels
+    assert abs(k["micro_f1_change"] - (k["micro_f1_int8"] - k["micro_f1_fp32"])) < 1e-12
+    assert all({"agreement", "set_agreement", "micro_f1"} <= set(t) for t in k["tried"])
+    card = json.loads((out / "bertclf.json").read_text())["export"]
+    assert card["int8_check"] == k and card["check"] == info["check"]
+
+    # the measures mean what they say: recomputed from the int8 directory against torch on the check rows, encoder
+    # with encoder (the check's; the n-gram partner is the same numpy model on both sides), over the encoder's own
+    # thresholds, not the blend's
+    clf = Classifier.load(str(out), ngram=False)
+    ref = Classifier.load(str(ml_headerless_dir), precision="fp32", ngram=False)
+    rows = [line.split("\t") for line in kote_cp949["check"].read_text(encoding="cp949").splitlines()]
+    assert len(rows) == 401 and rows[-1][2] == ""
+    texts, truth = [r[1] for r in rows], ref.task.encode([r[2] for r in rows], "check") > 0.5
+    got, want = clf.task.decide(clf.predict_proba(texts)), ref.task.decide(ref.predict_proba(texts))
+    assert abs((got == want).mean() - k["agreement"]) < 0.01
+    assert abs((got == want).all(1).mean() - k["set_agreement"]) < 0.05
+    assert k["micro_f1_fp32"] == pytest.approx(f1_score(truth, want, average="micro"), abs=0.005)
+    assert k["micro_f1_int8"] == pytest.approx(f1_score(truth, got, average="micro"), abs=0.02)
+    c = info["check"]  # the export's own check against torch on its sample texts (in its batches of 8)
+    got = clf.task.decide(clf.predict_proba(SAMPLE_TEXTS, 8))
+    want = ref.task.decide(ref.predict_proba(SAMPLE_TEXTS, 8))
+    assert c["label_agreement"] == pytest.approx((got == want).mean(), abs=1 / got.size + 1e-9)
+    assert c["set_agreement"] == pytest.approx((got == want).all(1).mean(), abs=1 / len(got) + 1e-9)
+
+    check_line = next(line for line in logs if line.startswith(f"int8 {k['variant']} vs fp32"))
+    closing = next(line for line in logs if line.startswith(f"int8 ({k['variant']}) vs fp32"))
+    wrote = next(line for line in logs if line.startswith("wrote "))
+    for line in (check_line, closing):
+        assert "401 rows x 44 labels" in line and "micro-F1" in line, line
+        assert f"label decisions agree {k['agreement']:.2%}, label sets equal {k['set_agreement']:.2%}" in line, line
+    assert wrote.startswith("wrote ") and (f"label decisions agree {c['label_agreement']:.1%}, label sets equal "
+                                           f"{c['set_agreement']:.1%}") in wrote, wrote
+    assert not any("labels agree" in line or "accuracy" in line for line in logs), logs
+
+
+@pytest.mark.hardware
+def test_multilabel_int8_below_min_agreement_names_the_decisions(ml_int8, ml_headerless_dir, kote_cp949, tmp_path):
+    """Refused, the multi-label check says what it counted: (text, label) decisions; nothing is written."""
+    from bertclf.errors import UserError
+    from bertclf.export import export_onnx
+    from bertclf.quantize import variants
+
+    k = ml_int8[1]["int8_check"]
+    if k["agreement"] == 1.0:
+        pytest.skip("int8 kept every decision of the tiny model on this CPU; no threshold can fail")
+    v = next(v for v in variants() if v.name == k["variant"])  # the same variant on the same rows: same agreement
+    with pytest.raises(UserError) as e:
+        export_onnx(str(ml_headerless_dir), str(tmp_path / "out"), int8=True, check=str(kote_cp949["check"]),
+                    min_agreement=(k["agreement"] + 1) / 2, variants=[v], log=lambda s: None)
+    assert str(e.value).startswith("no int8 variant agrees with fp32 on --min-agreement ")
+    assert f"of the {401 * 44} (text, label) decisions of 401 rows (best: {v.name} {k['agreement']:.2%})" in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_int8_check_errors_name_the_trainings_format_and_only_export_flags(ml_headerless_dir, trained_tiny_dir,
+                                                                           tmp_path, capsys):
+    """A --check file not in the training's format: one line saying what is wrong and which format the file needs;
+    its advice names no flag that export does not have (--columns, --encoding, --text-col, --label-col)."""
+    import re
+
+    from bertclf.cli import main
+
+    export_flags = {"--onnx", "--int8", "--check", "--min-agreement", "--out"}
+    with_header = tmp_path / "with-header.tsv"  # the model was trained header-less: the header is read as a row
+    with_header.write_bytes("id\ttext\tlabel\n1\t좋아요\t3\n".encode("cp949"))
+    two_fields = tmp_path / "two-fields.tsv"
+    two_fields.write_bytes("좋아요\t3\n".encode("cp949"))
+    utf8 = tmp_path / "utf8.tsv"
+    utf8.write_text("1\t정말 좋아요 👍\t3\n", encoding="utf-8")
+    wrong_header = tmp_path / "wrong-header.tsv"  # trained_tiny_dir has a header with columns document, label
+    wrong_header.write_text("text\tlabel\n좋아요\t1\n", encoding="utf-8")
+    cases = [(ml_headerless_dir, with_header, "unknown to the model"), (ml_headerless_dir, two_fields, "2 fields"),
+             (ml_headerless_dir, utf8, "not cp949 text"), (trained_tiny_dir, wrong_header, "column 'document'")]
+    for model, check, what in cases:
+        assert main(["export", str(model), "--onnx", "--int8", "--check", str(check),
+                     "--out", str(tmp_path / "out")]) == 2, check
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"bertclf: error: --check {check}") and "\n" not in err and what in err, err
+        assert set(re.findall(r"(?<![\w-])--[a-z][a-z0-9-]*", err)) <= export_flags, err
+        assert "write the file in the training's format" in err, err
+        if model == ml_headerless_dir:
+            assert "no header line, columns id,text,label" in err and "encoding cp949" in err, err
+            assert "several separated by ','" in err, err
+        else:
+            assert "a header line; text in column 'document', labels in 'label'" in err, err
+    assert not (tmp_path / "out").exists()
