@@ -128,8 +128,9 @@ def build_parser() -> Parser:
     x.add_argument("--onnx", action="store_true", required=True, help="export format (ONNX is the only one)")
     x.add_argument("--int8", action="store_true", help="int8 dynamic quantization, checked against fp32")
     x.add_argument("--check", metavar="FILE", help="labelled file to check int8 on (default: the model's validation rows)")
-    x.add_argument("--min-agreement", type=number, default=0.99,
-                   help="int8 must agree with fp32 on this share of labels, else a more faithful variant is tried")
+    x.add_argument("--min-agreement", type=number, default=None,
+                   help="share of labels int8 must keep (default 0.99; multi-label: share of (text, label) "
+                        "decisions, default 0.95), else a more faithful variant is tried")
     x.add_argument("--out", required=True, metavar="DIR2")
 
     d = sub.add_parser("distill", help="train a smaller, faster student of a trained model on its soft labels",

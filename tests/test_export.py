@@ -326,13 +326,12 @@ def ml_headerless_dir(kote_cp949, tiny_model_dir, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def ml_int8(ml_headerless_dir, kote_cp949, tmp_path_factory):
-    """export --int8 --check FILE (header-less, cp949, as trained) at the default --min-agreement."""
-    from bertclf.export import export_onnx
-
-    logs = []
+    """`bertclf export --onnx --int8 --check FILE` (header-less, cp949, as trained) without --min-agreement: the
+    command line's default is the task's (multi-label: (text, label) decisions)."""
     out = tmp_path_factory.mktemp("export") / "ml-int8"
-    info = export_onnx(str(ml_headerless_dir), str(out), int8=True, check=str(kote_cp949["check"]), log=logs.append)
-    return out, info, logs
+    r = run_cli("export", ml_headerless_dir, "--onnx", "--int8", "--check", kote_cp949["check"], "--out", out)
+    assert r.returncode == 0, r.stderr[-3000:]
+    return out, json.loads(r.stdout), r.stderr.strip().splitlines()
 
 
 def test_int8_check_reads_a_headerless_file_in_the_trainings_format(ml_int8, kote_cp949):
