@@ -202,6 +202,8 @@ def explain_models(labels: list[str], *, max_chars: int, explain_steps: int) -> 
         max_tokens: int
         convergence_delta: float
         method: str
+        component: str = Field(description="what the words explain: the encoder (with an n-gram partner, its "
+                                           "share of the blend is not attributed)")
 
     class ErrorBody(BaseModel):
         error: str
