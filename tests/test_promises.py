@@ -99,7 +99,8 @@ def test_eval_table_json_and_errors_file(trained_tiny_dir, nsmc_slices, tmp_path
     for row, i in zip(rows[1:], wrong):
         assert row[2:5] == [ds.texts[i], ds.labels[i], clf.labels[pred[i]]]
         # the row and line find the text in the file (the slice has a header and no blank line or empty text)
-        assert int(row[0]) == i and file_lines[int(row[1]) - 1].split("\t")[1] == ds.texts[i]
+        cells = next(csv.reader([file_lines[int(row[1]) - 1]], delimiter="\t"))  # a wholly quoted cell unquoted
+        assert int(row[0]) == i and cells[1] == ds.texts[i]
         np.testing.assert_allclose([float(v) for v in row[6:]], probs[i], atol=1e-6)
         assert float(row[5]) == pytest.approx(probs[i].max(), abs=1e-6)
 
