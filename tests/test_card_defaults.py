@@ -26,12 +26,12 @@ def _headerless_cp949(src, out, start: int, n: int):
     lines = src.read_text(encoding="utf-8").splitlines()[1 + start:1 + start + n]
     rows = [ln.split("\t") for ln in lines]
     # keep cp949-encodable texts only (the slice is Korean; a few emoji would not encode)
-    body = [f"{i}\t{t}\t{'good' if lab == '1' else 'bad'}" for i, t, lab in rows if _cp949(t)]
+    body = [f"{i}\t{t}\t{'good' if lab == '1' else 'bad'}" for i, t, lab in rows if encodes_in_cp949(t)]
     out.write_bytes(("\n".join(body) + "\n").encode("cp949"))
     return out
 
 
-def _cp949(text: str) -> bool:
+def encodes_in_cp949(text: str) -> bool:
     try:
         text.encode("cp949")
         return True

@@ -19,6 +19,7 @@ from bertclf.cli import main
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _server_process import ServerProcess  # noqa: E402
+from test_card_defaults import encodes_in_cp949  # noqa: E402
 
 KOTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kote"
 TRAIN_ROWS, TEST_ROWS = 400, 40
@@ -26,14 +27,6 @@ TRAIN_ROWS, TEST_ROWS = 400, 40
 
 def _nsmc_rows(path: Path, start: int, n: int) -> list[list[str]]:
     return [ln.split("\t") for ln in path.read_text(encoding="utf-8").splitlines()[1 + start:1 + start + n]]
-
-
-def _cp949_ok(text: str) -> bool:
-    try:
-        text.encode("cp949")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 def _write(path: Path, lines: list[str], encoding: str = "utf-8") -> Path:
@@ -57,7 +50,7 @@ def _head_tail(d: Path, slices) -> dict:
 
 def _headerless_cp949(d: Path, slices) -> dict:
     def rows(src, start, n):
-        return [f"{i}\t{t}\t{'good' if y == '1' else 'bad'}" for i, t, y in _nsmc_rows(src, start, n) if _cp949_ok(t)]
+        return [f"{i}\t{t}\t{'good' if y == '1' else 'bad'}" for i, t, y in _nsmc_rows(src, start, n) if encodes_in_cp949(t)]
     train, test = rows(slices["train"], 0, TRAIN_ROWS), rows(slices["test"], 0, TEST_ROWS)
     tr, te = _write(d / "train.tsv", train, "cp949"), _write(d / "test.tsv", test, "cp949")
     flags = {"columns": "id,review,stars", "text_col": "review", "label_col": "stars", "encoding": "cp949"}
