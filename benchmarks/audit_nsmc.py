@@ -33,8 +33,8 @@ import numpy as np
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from bertclf import data as D  # noqa: E402
-from bertclf.audit import audit_dataset  # noqa: E402
+from bertclf.data import dataset as D  # noqa: E402
+from bertclf.audit.label_issues import audit_dataset  # noqa: E402
 from bertclf.cpu import describe  # noqa: E402
 
 BEGIN, END = "<!-- audit_nsmc: begin -->", "<!-- audit_nsmc: end -->"
@@ -70,7 +70,7 @@ def planted_noise(train: D.Dataset, seed: int, n: int = 4000, share: float = 0.0
 def ceiling(train: D.Dataset, planted: list[dict], seed: int = 42) -> dict:
     """Part 3: rank each seed's sample by out-of-fold probabilities of all of NSMC train (TF-IDF + LR, 5 folds of
     120k reviews, the original labels); and how much of part 1's top k is a flip or a row that audit suspects."""
-    from bertclf.audit import find_issues, out_of_fold_probs
+    from bertclf.audit.label_issues import find_issues, out_of_fold_probs
 
     names = sorted(set(train.labels))
     y = np.array([names.index(label) for label in train.labels])

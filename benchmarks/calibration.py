@@ -1,7 +1,7 @@
 """Temperature scaling on a trained model (issue 17 item 2): what `bertclf train` does when it finishes, measured.
 
 From a model directory trained without calibration (or before it existed): rebuild its validation and test rows
-from bertclf.json, fit the temperature on the validation logits (bertclf/calibration.py), and print validation
+from bertclf.json, fit the temperature on the validation logits (bertclf/train/calibration.py), and print validation
 NLL and ECE and test accuracy and ECE before and after, with the CPU. `--out DIR2` also writes the calibrated copy
 (T folded into the classifier, as `bertclf train` saves it).
 
@@ -21,12 +21,12 @@ from pathlib import Path
 import numpy as np
 from scipy.special import softmax
 
-from bertclf import data as D
-from bertclf.calibration import fit_temperature, fold_temperature, nll, uncalibrated_probs
-from bertclf.config import config_from_dict
+from bertclf.data import dataset as D
+from bertclf.train.calibration import fit_temperature, fold_temperature, nll, uncalibrated_probs
+from bertclf.train.config import config_from_dict
 from bertclf.cpu import describe
-from bertclf.metrics import expected_calibration_error
-from bertclf.predict import Classifier
+from bertclf.data.metrics import expected_calibration_error
+from bertclf.inference.classifier import Classifier
 from bertclf.report.numbers import reliability
 
 

@@ -1,10 +1,10 @@
-"""How many validation rows a temperature needs (bertclf/calibration.py MIN_ROWS), by simulation.
+"""How many validation rows a temperature needs (bertclf/train/calibration.py MIN_ROWS), by simulation.
 
     python benchmarks/calibration_rows.py [--repeats 300] [--seed 0]
 
 A binary model whose logits are `true T` times too large (T 1: calibrated; 1.4: over-confident, as the `make nsmc`
 model's 1.41; 0.7: under-confident). For each number of validation rows, fit T on that many rows drawn from the
-model (bertclf.calibration.fit_temperature, the function training uses) and score it on 50,000 fresh rows: how
+model (bertclf.train.calibration.fit_temperature, the function training uses) and score it on 50,000 fresh rows: how
 often the fitted T leaves the test NLL worse than no scaling, and the mean change of test NLL (positive: better).
 Seconds on any CPU.
 """
@@ -19,7 +19,7 @@ from scipy.special import softmax
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bertclf.calibration import MIN_ROWS, fit_temperature, nll  # noqa: E402
+from bertclf.train.calibration import MIN_ROWS, fit_temperature, nll  # noqa: E402
 
 
 def draw(rng, n: int, true_t: float) -> tuple[np.ndarray, np.ndarray]:

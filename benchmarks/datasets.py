@@ -12,7 +12,7 @@ Tasks (held-out splits are seeded and made here from the shared files, written u
 
 Each side trains on exactly the same rows (bertclf carves its own 5% validation split out of them; the baseline
 tunes nothing for single-label and its multi-label thresholds on a 20% split of the same training rows).
-bertclf's defaults include the n-gram partner (`--ngram auto`, bertclf/ngram.py): the table shows its model (the
+bertclf's defaults include the n-gram partner (`--ngram auto`, bertclf/models/ngram.py): the table shows its model (the
 blend when kept) beside each side alone: the encoder and the partner (the baseline's model fitted on bertclf's
 training split, i.e. without the validation rows), from `eval --json`'s components, or refitted here when the
 partner was not kept.
@@ -44,7 +44,7 @@ MARK_BEGIN, MARK_END = "<!-- datasets.py table begin -->", "<!-- datasets.py tab
 
 
 def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
-    from bertclf.files import atomic_file
+    from bertclf.io.files import atomic_file
 
     with atomic_file(path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
@@ -54,12 +54,12 @@ def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
 
 def make_splits(work: Path, nsmc_test_frac: float, seed: int = 42) -> dict[str, tuple[Path, Path]]:
     """Seeded held-out splits of the shared files, as TSV files with a header, under `work`."""
-    from bertclf import data as D
+    from bertclf.data import dataset as D
 
     work.mkdir(parents=True, exist_ok=True)
     out = {}
     # hate speech: one split for both the `hate` and the `bias` task
-    from bertclf.rows import iter_rows
+    from bertclf.io.rows import iter_rows
 
     rows = [r for _, r in iter_rows(SHARED / "korean-hate-speech" / "train.tsv", ["comments", "bias", "hate"])]
     test_idx, train_idx = D.stratified_indices([r["hate"] for r in rows], 0.2, seed)
@@ -152,12 +152,12 @@ def run_task(name: str, train: Path, test: Path, work: Path, extra: list[str]) -
 
 def ngram_alone(card: dict, test: Path) -> dict:
     """The n-gram partner of a run whose partner was not kept (so not saved): fitted again as training fitted it
-    (bertclf.ngram.fit on the run's training split, rebuilt from its card), scored on the test file."""
-    from bertclf import data as D
-    from bertclf import ngram
-    from bertclf.config import config_from_dict
-    from bertclf.metrics import classification_report, multilabel_report
-    from bertclf.task import task_from_card
+    (bertclf.models.ngram.fit on the run's training split, rebuilt from its card), scored on the test file."""
+    from bertclf.data import dataset as D
+    from bertclf.models import ngram
+    from bertclf.train.config import config_from_dict
+    from bertclf.data.metrics import classification_report, multilabel_report
+    from bertclf.data.task import task_from_card
 
     cfg = config_from_dict(card["args"])
     train_ds, _, _ = D.load_training_data(cfg, log=lambda s: None)

@@ -32,15 +32,15 @@ from bertclf.errors import UserError  # noqa: E402
 
 
 def teacher_config(teacher: Path):
-    from bertclf.config import config_from_dict
-    from bertclf.rundir import read_card
+    from bertclf.train.config import config_from_dict
+    from bertclf.rundir.layout import read_card
 
     return config_from_dict(dict(read_card(teacher)["args"]) | {"test": None})
 
 
 def write_texts(teacher: Path, n: int, out: Path, seed: int = 0) -> int:
     """n NSMC training reviews outside the teacher's training and validation rows, one per line."""
-    from bertclf import data as D
+    from bertclf.data import dataset as D
 
     cfg = teacher_config(teacher)
     train, valid, _ = D.load_training_data(cfg, log=lambda s: None)
@@ -56,8 +56,8 @@ def write_texts(teacher: Path, n: int, out: Path, seed: int = 0) -> int:
 
 def test_rows(teacher: Path, n: int, labels: list[str]) -> tuple[list[str], np.ndarray, str]:
     """The first n rows of the teacher's test sample (its card's --test-sample and --seed) with label ids."""
-    from bertclf import data as D
-    from bertclf.rundir import read_card
+    from bertclf.data import dataset as D
+    from bertclf.rundir.layout import read_card
 
     args = read_card(teacher)["args"]
     ds = D.sample(D.read_nsmc("test", args.get("data_dir"), log=lambda s: None), args.get("test_sample", 1.0),
@@ -71,8 +71,8 @@ def compare(args) -> int:
     from inference import Engine
 
     from bertclf import cpu
-    from bertclf.onnx_model import physical_cores
-    from bertclf.tokens import encode
+    from bertclf.inference.onnx_model import physical_cores
+    from bertclf.data.tokens import encode
 
     threads = args.threads or physical_cores()
     named = [("teacher torch", "torch", Path(args.teacher)), ("student torch", "torch", Path(args.student)),
@@ -116,7 +116,7 @@ def compare(args) -> int:
 
 def report(engines, y, where: str, threads: int, args) -> int:
     from bertclf import cpu
-    from bertclf.rundir import read_card
+    from bertclf.rundir.layout import read_card
 
     ref = engines[0]
     rows = []

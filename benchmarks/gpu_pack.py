@@ -30,10 +30,10 @@ def pack(data_dir: str | None) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from bertclf import data as D
-    from bertclf.builtin import builtin_model_path
-    from bertclf.files import atomic_dir
-    from bertclf.vocab_trim import trim_vocab
+    from bertclf.data import dataset as D
+    from bertclf.models.builtin import builtin_model_path
+    from bertclf.io.files import atomic_dir
+    from bertclf.models.vocab_trim import trim_vocab
 
     with atomic_dir(PACK) as tmp:
         (tmp / "nsmc").mkdir()
@@ -59,8 +59,8 @@ def unpack(to: str) -> None:
     import torch
     from safetensors.torch import load_file, save_file
 
-    from bertclf.data import NSMC_FILES
-    from bertclf.files import sha256_file
+    from bertclf.data.dataset import NSMC_FILES
+    from bertclf.io.files import sha256_file
 
     out = Path(to)
     (out / "nsmc").mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 """Where a bertclf training step spends its time on a GPU: torch.profiler over ~50 of the loop's own steps.
 
-Sets a run up exactly as `bertclf train --data nsmc` does (bertclf.prepare), then times the loop's step body
+Sets a run up exactly as `bertclf train --data nsmc` does (bertclf.train.prepare), then times the loop's step body
 (Stepper.gradients, clip, optimizer.step, scheduler.step, zero_grad) three ways, on the same batches:
   - plain: steps/s and samples/s, no profiler, at several batch sizes (fewer, larger steps = fewer launches)
   - profiled: top ops by device time, the GPU's idle share (1 - union of kernel intervals / wall), and the
@@ -58,11 +58,11 @@ def main():
     p.add_argument("--json")
     args = p.parse_args()
 
-    from bertclf.batches import epoch_batches
-    from bertclf.callbacks import Events
-    from bertclf.loop import TrainConfig
-    from bertclf.prepare import prepare
-    from bertclf.stepper import Stepper
+    from bertclf.data.batches import epoch_batches
+    from bertclf.train.callbacks import Events
+    from bertclf.train.loop import TrainConfig
+    from bertclf.train.prepare import prepare
+    from bertclf.train.stepper import Stepper
 
     out = Path(tempfile.mkdtemp()) / "run"
     cfg = TrainConfig(out=str(out), data="nsmc", data_dir=args.data_dir, model=args.model, epochs=1,
@@ -75,7 +75,7 @@ def main():
                           cfg.grad_accum, Events(()), run.task)
         model.train()
 
-        def step(rows):  # the loop's step body (bertclf/loop.py), nothing else
+        def step(rows):  # the loop's step body (bertclf/train/loop.py), nothing else
             stepper.gradients(rows, state)
             run.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
             opt.step()

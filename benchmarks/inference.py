@@ -7,7 +7,7 @@ DIR is a trained model directory (config.json with labels, model.safetensors, to
     bertclf train --data nsmc --model me5-small --trim-vocab --sample 0.1 --epochs 1 --out runs/x
 
 (any fine-tune works: speed does not depend on how well it is trained; the accuracy columns do). The script
-exports DIR with `bertclf.export.export_onnx` (fp32 and int8) into WORKDIR (default: a temporary directory;
+exports DIR with `bertclf.export.onnx_export.export_onnx` (fp32 and int8) into WORKDIR (default: a temporary directory;
 an existing export there from the same DIR is reused with --reuse), then measures on the first N reviews of
 NSMC's ratings_test.txt, every engine on the same pre-tokenized ids (tokenization is timed once, apart):
 
@@ -19,7 +19,7 @@ NSMC's ratings_test.txt, every engine on the same pre-tokenized ids (tokenizatio
   * engines: torch (fp32, the reference), torch-bf16 (bf16 autocast, what `bertclf predict` runs by default
     on CPUs with AMX / AVX-512 BF16; emulated and slow elsewhere), onnx-fp32, onnx-int8 (the variant the
     export picks on this CPU by its agreement check) and onnx-int8-VARIANT (one variant forced, e.g.
-    onnx-int8-s8-7bit: see bertclf/quantize.py);
+    onnx-int8-s8-7bit: see bertclf/export/quantize.py);
   * the CPU's model name and matrix features (bertclf/cpu.py), printed and stored in --json;
   * model size on disk, accuracy on the gold labels, label agreement with torch, max |probability difference|
     and max |logit difference| against torch;
@@ -72,12 +72,12 @@ def parse_args(argv=None):
 
 
 def nsmc_dir(data_dir: str | None) -> str | None:
-    """--data-dir; bertclf.data.nsmc_search_dirs looks everywhere else (environment, cache, ../shared)."""
+    """--data-dir; bertclf.data.dataset.nsmc_search_dirs looks everywhere else (environment, cache, ../shared)."""
     return data_dir
 
 
 def nsmc_test(n: int, data_dir: str | None, labels: list[str]) -> tuple[list[str], np.ndarray]:
-    from bertclf.data import NSMC_LABELS, nsmc_path, read_labelled
+    from bertclf.data.dataset import NSMC_LABELS, nsmc_path, read_labelled
 
     ds = read_labelled(nsmc_path("test", nsmc_dir(data_dir), log=lambda s: print(s, file=sys.stderr)),
                        "document", "label")
@@ -91,8 +91,8 @@ def nsmc_test(n: int, data_dir: str | None, labels: list[str]) -> tuple[list[str
 
 def export(src: Path, work: Path, name: str, args) -> Path:
     """onnx-fp32, onnx-int8 (the export's own choice) or onnx-int8-VARIANT, into work/name."""
-    from bertclf.export import export_onnx
-    from bertclf.quantize import variants
+    from bertclf.export.onnx_export import export_onnx
+    from bertclf.export.quantize import variants
 
     out = work / name
     int8 = name.startswith("onnx-int8")
@@ -123,7 +123,7 @@ def export(src: Path, work: Path, name: str, args) -> Path:
 
 class Engine:
     def __init__(self, name: str, path: Path, threads: int):
-        from bertclf.predict import Classifier
+        from bertclf.inference.classifier import Classifier
 
         self.name, self.path = name, path
         if name.startswith("torch"):
@@ -133,7 +133,7 @@ class Engine:
             self.clf = Classifier.load(str(path), device="cpu", precision="bf16" if name == "torch-bf16" else "fp32")
             self.size = sum(f.stat().st_size for f in path.iterdir() if f.name.startswith("model.safetensors"))
         else:
-            from bertclf.onnx_model import OnnxClassifierModel
+            from bertclf.inference.onnx_model import OnnxClassifierModel
 
             self.clf = Classifier.load(str(path))
             # Idle onnxruntime threads must not spin: the engines take turns in one process, and spinning
@@ -149,7 +149,7 @@ class Engine:
 
     def run(self, ids: list[np.ndarray], batch_size: int) -> np.ndarray:
         if self.name.startswith("torch"):
-            from bertclf.inference import predict_logits
+            from bertclf.models.forward import predict_logits
 
             return predict_logits(self.clf.model, ids, self.pad_id, batch_size, autocast_dtype=self.clf.autocast_dtype)
         return self.clf.model.predict_logits(ids, self.pad_id, batch_size)
@@ -162,7 +162,7 @@ def gemm_ceiling(m: int, k: int, n: int, threads: int, seconds: float = 1.5) -> 
     import torch
     from onnx import TensorProto, helper, numpy_helper
 
-    from bertclf.onnx_model import session_options
+    from bertclf.inference.onnx_model import session_options
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((m, k)).astype(np.float32)
@@ -208,10 +208,10 @@ def gemm_ceiling(m: int, k: int, n: int, threads: int, seconds: float = 1.5) -> 
 def main(argv=None) -> int:
     args = parse_args(argv)
     from bertclf import cpu
-    from bertclf.inference import softmax
-    from bertclf.models import check_model_dir
-    from bertclf.onnx_model import physical_cores
-    from bertclf.tokens import encode
+    from bertclf.models.forward import softmax
+    from bertclf.models.resolve import check_model_dir
+    from bertclf.inference.onnx_model import physical_cores
+    from bertclf.data.tokens import encode
 
     src = check_model_dir(Path(args.model_dir))
     if (src / "model.onnx").is_file():

@@ -6,7 +6,7 @@
 
 SRC INT8: on NSMC's test reviews, label agreement, each one's accuracy and the change (issue 13's step 4: target
 >= 99.5% agreement, accuracy drop <= 0.3 pt). The source runs in torch fp32 (the reference the export's own check
-uses), the export in onnxruntime; both through bertclf.predict.Classifier, as `bertclf predict` would. Rows whose
+uses), the export in onnxruntime; both through bertclf.inference.classifier.Classifier, as `bertclf predict` would. Rows whose
 labels differ are listed with both probabilities of the source's label.
 
 --kote: the measurement behind the multi-label default of `export --min-agreement` (quantize.py,
@@ -14,7 +14,7 @@ MIN_AGREEMENT_MULTI_LABEL). For each --steps value it fine-tunes me5-small multi
 many optimizer steps at batch --train-batch-size on the first --train-rows rows of KOTE's header-less val.tsv
 (--columns id,text,label; the multi-label defaults otherwise: 1/5 of the rows held out for validation and the
 thresholds, the n-gram partner by --ngram auto), then runs `bertclf export --int8 --check FILE`
-(bertclf.export.export_onnx) on the next --check-rows rows, written in the training's header-less format, once per
+(bertclf.export.onnx_export.export_onnx) on the next --check-rows rows, written in the training's header-less format, once per
 int8 variant of this CPU (--variants first: only the one the export tries first). It prints the export's own
 check (the encoder's int8 graph against its fp32 graph, over the encoder's thresholds): the share of (text,
 label) decisions int8 keeps (the gated measure), the share of texts whose whole label set it keeps, micro-F1
@@ -64,8 +64,8 @@ def main(argv=None) -> int:
         p.error("give SRC INT8 (a trained model directory and its int8 export), or --kote")
 
     from bertclf import cpu
-    from bertclf import data as D
-    from bertclf.predict import Classifier
+    from bertclf.data import dataset as D
+    from bertclf.inference.classifier import Classifier
 
     test = D.read_nsmc("test", a.data_dir, log=lambda s: None)
     texts, raw = test.texts[:a.n], test.labels[:a.n]
@@ -97,10 +97,10 @@ def main(argv=None) -> int:
 
 def kote(a) -> int:
     from bertclf import cpu
-    from bertclf.export import export_onnx
-    from bertclf.loop import TrainConfig, train
-    from bertclf.predict import Classifier
-    from bertclf.quantize import variants
+    from bertclf.export.onnx_export import export_onnx
+    from bertclf.train.loop import TrainConfig, train
+    from bertclf.inference.classifier import Classifier
+    from bertclf.export.quantize import variants
 
     src = Path(a.kote_dir)
     lines = (src / "val.tsv").read_text(encoding="utf-8").splitlines(keepends=True)

@@ -3,7 +3,7 @@
     python benchmarks/int8_variants.py DIR [--n 2000] [--calib-n 256] [--sensitivity]
 
 DIR is a trained model directory (e.g. runs/nsmc-cpu from `make nsmc`). The script exports DIR once to the
-fused fp32 ONNX graph (bertclf.export, as `bertclf export --onnx` does), builds every variant from that graph,
+fused fp32 ONNX graph (bertclf.export.onnx_export, as `bertclf export --onnx` does), builds every variant from that graph,
 and scores the first N NSMC test reviews with each: label agreement with torch, mean and max |logit
 difference|, accuracy, and texts/s at batch 64 (engines in turn, block by block, so machine noise hits all
 alike; the ratio "x torch" is against torch eager fp32 in the same run; torch-bf16 is bf16 autocast). The output
@@ -86,14 +86,14 @@ def main(argv=None) -> int:
     from bertclf import cpu
 
     print(f"device: {cpu.describe()}", file=sys.stderr)
-    from bertclf.data import nsmc_path, read_labelled
-    from bertclf.export import SAMPLE_TEXTS, export_onnx
-    from bertclf.quantize import smooth as _smooth
-    from bertclf.inference import predict_logits
-    from bertclf.models import check_model_dir
-    from bertclf.onnx_model import OnnxClassifierModel
-    from bertclf.predict import Classifier
-    from bertclf.tokens import encode
+    from bertclf.data.dataset import nsmc_path, read_labelled
+    from bertclf.export.onnx_export import SAMPLE_TEXTS, export_onnx
+    from bertclf.export.quantize import smooth as _smooth
+    from bertclf.models.forward import predict_logits
+    from bertclf.models.resolve import check_model_dir
+    from bertclf.inference.onnx_model import OnnxClassifierModel
+    from bertclf.inference.classifier import Classifier
+    from bertclf.data.tokens import encode
 
     src = check_model_dir(Path(args.model_dir))
     if (src / "model.onnx").is_file():

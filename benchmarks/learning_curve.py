@@ -24,7 +24,7 @@ sys.path.insert(0, str(REPO / "benchmarks"))
 
 import datasets as DS  # noqa: E402
 
-from bertclf import data as D  # noqa: E402
+from bertclf.data import dataset as D  # noqa: E402
 from bertclf.cpu import describe  # noqa: E402
 
 
@@ -37,7 +37,7 @@ def training_rows(task: str, n: int, work: Path, train_split: Path, seed: int = 
         inv = {v: k for k, v in D.NSMC_LABELS.items()}
         DS.write_tsv(out, ["document", "label"], [[train.texts[i], inv[train.labels[i]]] for i in take])
         return out
-    from bertclf.rows import iter_rows
+    from bertclf.io.rows import iter_rows
 
     header = ["comments", "bias", "hate"]
     rows = [r for _, r in iter_rows(train_split, header)]

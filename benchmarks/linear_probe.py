@@ -47,9 +47,9 @@ def main() -> None:
     from sklearn.metrics import accuracy_score, f1_score
     from transformers import AutoModel, AutoTokenizer
 
-    from bertclf import data as D
+    from bertclf.data import dataset as D
     from bertclf.cpu import describe
-    from bertclf.models import resolve
+    from bertclf.models.resolve import resolve
 
     t = DS.TASKS[a.task]
     train_file, test_file = DS.make_splits(a.work, 0.1)[a.task]

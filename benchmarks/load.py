@@ -29,9 +29,9 @@ REPO = Path(__file__).resolve().parents[1]
 def nsmc_texts(data_dir: str | None, limit: int = 50000) -> list[str]:
     """The first `limit` non-empty reviews of ratings_test.txt, found and read as bertclf finds and reads it."""
     sys.path.insert(0, str(REPO))
-    from bertclf.data import NSMC_TEXT_COL, nsmc_path
+    from bertclf.data.dataset import NSMC_TEXT_COL, nsmc_path
     from bertclf.errors import UserError
-    from bertclf.rows import iter_rows
+    from bertclf.io.rows import iter_rows
 
     try:
         path = nsmc_path("test", data_dir, download=False)

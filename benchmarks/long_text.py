@@ -16,9 +16,9 @@ import time
 import numpy as np
 
 from bertclf.cpu import describe
-from bertclf.data import read_nsmc
-from bertclf.long_text import encode_long
-from bertclf.predict import Classifier
+from bertclf.data.dataset import read_nsmc
+from bertclf.data.long_text import encode_long
+from bertclf.inference.classifier import Classifier
 
 
 def build_documents(data_dir: str | None, n_docs: int, per_doc: int, seed: int) -> tuple[list[str], list[str]]:

@@ -27,7 +27,7 @@ def model_params(vocab: int):
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification
 
-    from bertclf.models import resolve
+    from bertclf.models.resolve import resolve
 
     config = AutoConfig.from_pretrained(resolve("me5-small"), num_labels=2)
     config.vocab_size = vocab

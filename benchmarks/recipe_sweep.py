@@ -4,7 +4,7 @@
 
 The held-out test rows of benchmarks/datasets.py are never read: the training file it writes (WORK/NAME_train.tsv)
 is shuffled (seed 42) and split into a dev share (the first --dev rows) and training rows (the next --rows).
-The recipe knobs are bertclf.prepare's default-recipe constants, set here before training, so a point measures
+The recipe knobs are bertclf.train.prepare's default-recipe constants, set here before training, so a point measures
 exactly the code path a default run takes. Each point appends one JSON line to --log (results in recipe_sweep.md).
 """
 from __future__ import annotations
@@ -53,8 +53,9 @@ def main() -> None:
     ap.add_argument("--log", type=Path, default=REPO / "benchmarks" / "recipe_sweep.jsonl")
     a = ap.parse_args()
 
-    from bertclf import prepare, task as T
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train import prepare
+    from bertclf.data import task as T
+    from bertclf.train.loop import TrainConfig, train
 
     for knob, value in (("BASE_LR", a.base_lr), ("HEAD_LR", a.head_lr), ("MIN_STEPS", a.min_steps)):
         if value is not None:

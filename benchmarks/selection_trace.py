@@ -6,7 +6,7 @@ them (--ema decays). Prints one JSON line per (step, variant); research, not a d
     python benchmarks/selection_trace.py nsmc --work /tmp/ds --set epochs=3 --set lr=2e-4 --ema 0.99
     python benchmarks/selection_trace.py nsmc --work /tmp/ds --ema "" --set lr=2e-4 --llrd 0.9   # layer-wise lr decay
 
-It wraps two functions of bertclf.loop (prepare, to reach the run; validate, to score the test rows after each
+It wraps two functions of bertclf.train.loop (prepare, to reach the run; validate, to score the test rows after each
 validation): the loop's public callbacks do not hand out the model. Training itself is untouched (but for --llrd).
 """
 import sys, json, time, argparse
@@ -14,21 +14,21 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO)); sys.path.insert(0, str(REPO / 'benchmarks'))
 import torch
-import bertclf.loop as L
-from bertclf import data as D
-from bertclf.tokens import encode
-from bertclf.evaluate import gathered_logits
-from bertclf.metrics import expected_calibration_error
+import bertclf.train.loop as L
+from bertclf.data import dataset as D
+from bertclf.data.tokens import encode
+from bertclf.train.scoring import gathered_logits
+from bertclf.data.metrics import expected_calibration_error
 from sklearn.metrics import accuracy_score, f1_score
 ap = argparse.ArgumentParser(); ap.add_argument('task', choices=['nsmc', 'hate', 'bias']); ap.add_argument('--ema', default='0.99,0.995,0.998')
 ap.add_argument('--set', action='append', default=[], help='a TrainConfig field, e.g. epochs=3')
-ap.add_argument('--const', action='append', default=[], help='a bertclf.prepare recipe constant, e.g. HEAD_LR=1e-3')
+ap.add_argument('--const', action='append', default=[], help='a bertclf.train.prepare recipe constant, e.g. HEAD_LR=1e-3')
 ap.add_argument('--evals-per-epoch', type=int, default=1)
 ap.add_argument('--llrd', type=float, help='layer-wise lr decay: layer i of L trains at lr x DECAY^(L-i), embeddings at DECAY^(L+1)')
 ap.add_argument('--work', type=Path, required=True, help="datasets.py's --work folder (its splits are made there if missing)")
 a = ap.parse_args()
 import datasets as DS
-from bertclf import prepare as P
+from bertclf.train import prepare as P
 
 
 def make_optimizer_llrd(cfg, model, plan):
@@ -76,7 +76,7 @@ def prepare(*args, **kw):
     S['y'] = run.task.encode(test.labels, 'test')
     return run
 L.prepare = prepare
-from bertclf.callbacks import TrainCallback
+from bertclf.train.callbacks import TrainCallback
 class CB(TrainCallback):
     def on_step_end(self, step):
         m = S['run'].unwrapped(); S['n'] += 1

@@ -54,7 +54,7 @@ def peak_mem_mb() -> float:
 
 
 def load_split(args):
-    from bertclf import data as D
+    from bertclf.data import dataset as D
 
     train = D.read_nsmc("train", args.data_dir)
     test = D.read_nsmc("test", args.data_dir)
@@ -74,8 +74,8 @@ def encode_labels(ds):
 
 @torch.no_grad()
 def accuracy(model, tok, ds, device, max_length=128, bs=128):
-    from bertclf.inference import predict_logits
-    from bertclf.tokens import encode
+    from bertclf.models.forward import predict_logits
+    from bertclf.data.tokens import encode
 
     ids = encode(tok, ds.texts, max_length)
     logits = predict_logits(model, ids, tok.pad_token_id, bs, device)
@@ -127,7 +127,7 @@ def run_tutorial(args, model_dir, train, valid, test, device):
 def run_bertclf(args, model_dir, train, valid, test, device, files):
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from bertclf.loop import TrainConfig, train as bertclf_train
+    from bertclf.train.loop import TrainConfig, train as bertclf_train
 
     out = Path(tempfile.mkdtemp()) / "run"
     precision = {"bertclf-fp32": "fp32", "bertclf-bf16": "bf16"}.get(args.variant, "auto")
@@ -144,7 +144,7 @@ def run_bertclf(args, model_dir, train, valid, test, device, files):
 
 def child(args):
     """Run one variant; print one JSON line."""
-    from bertclf.tokens import encode, lengths
+    from bertclf.data.tokens import encode, lengths
 
     t_process = time.time()
     torch.manual_seed(42)
@@ -175,8 +175,8 @@ def precision_rounds(args) -> dict:
     """fp32 vs bf16 autocast training steps, alternating in this process; medians of per-round samples/s."""
     from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
-    from bertclf.batches import collate, epoch_batches
-    from bertclf.tokens import encode, lengths
+    from bertclf.data.batches import collate, epoch_batches
+    from bertclf.data.tokens import encode, lengths
 
     train, _, _ = load_split(args)
     tok = AutoTokenizer.from_pretrained(args.model_dir)
@@ -245,9 +245,9 @@ def main():
     device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu.describe()
     print(f"device: {device}", flush=True)
     if not args.model_dir:
-        from bertclf.builtin import builtin_model_path
-        from bertclf.data import read_nsmc
-        from bertclf.vocab_trim import trim_vocab
+        from bertclf.models.builtin import builtin_model_path
+        from bertclf.data.dataset import read_nsmc
+        from bertclf.models.vocab_trim import trim_vocab
 
         args.model_dir = str(Path(tempfile.gettempdir()) / "bertclf-bench-me5-nsmc")
         if not (Path(args.model_dir) / "config.json").is_file():

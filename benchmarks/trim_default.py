@@ -24,12 +24,12 @@ HATE = REPO.parent / "shared" / "data" / "korean-hate-speech" / "train.tsv"
 
 
 def main() -> None:
-    from bertclf.batches import collate
-    from bertclf.builtin import builtin_model_path
-    from bertclf.data import read_labelled
-    from bertclf.models import load_classifier, load_tokenizer
-    from bertclf.tokens import encode
-    from bertclf.vocab_trim import trim_vocab
+    from bertclf.data.batches import collate
+    from bertclf.models.builtin import builtin_model_path
+    from bertclf.data.dataset import read_labelled
+    from bertclf.models.resolve import load_classifier, load_tokenizer
+    from bertclf.data.tokens import encode
+    from bertclf.models.vocab_trim import trim_vocab
 
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--steps", type=int, default=6)

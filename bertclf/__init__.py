@@ -8,11 +8,11 @@ __all__ = ["Classifier", "TrainConfig", "train", "__version__"]
 
 def __getattr__(name):  # lazy: `import bertclf` stays fast and torch-free until needed
     if name == "Classifier":
-        from bertclf.predict import Classifier
+        from bertclf.inference.classifier import Classifier
 
         return Classifier
     if name in ("TrainConfig", "train"):
-        from bertclf import loop as _train
+        from bertclf.train import loop as _train
 
         return getattr(_train, name)
     raise AttributeError(name)

@@ -6,9 +6,10 @@ import json
 import os
 import sys
 
-from bertclf.config import INFERENCE_BATCH, add_train_flags, number
+from bertclf.data.batches import INFERENCE_BATCH
+from bertclf.train.config import add_train_flags, number
 from bertclf.errors import UserError
-from bertclf.rows import FORMATS, check_encoding, parse_columns
+from bertclf.io.rows import FORMATS, check_encoding, parse_columns
 
 
 class Parser(argparse.ArgumentParser):
@@ -18,7 +19,7 @@ class Parser(argparse.ArgumentParser):
 
 
 def _read_flags(p) -> None:
-    """The flags of the shared row reader (bertclf.rows) for commands that read files."""
+    """The flags of the shared row reader (bertclf.io.rows) for commands that read files."""
     p.add_argument("--columns", metavar="A,B,...", help="names of the columns of a file without a header line, "
                    "e.g. id,text,label (the first line is then a row)")
     p.add_argument("--encoding", help="text encoding of the input, e.g. cp949 or euc-kr (default utf-8; for a "
@@ -26,15 +27,15 @@ def _read_flags(p) -> None:
 
 
 # eval and predict score in the same batches by default, so they give the same probabilities (bf16 rounding
-# depends on the batch a text is padded into); bertclf/predict.py sorts by length within fixed blocks of rows
+# depends on the batch a text is padded into); bertclf/inference/classifier.py sorts by length within fixed blocks of rows
 BATCH_HELP = (f"texts per forward pass (default {INFERENCE_BATCH}; eval and predict agree exactly at the same "
               f"batch size)")
 PRECISION_HELP = "auto | fp32 | bf16 (auto: bf16 on AMX / AVX-512 BF16 CPUs and bf16 GPUs, else fp32)"
 
 
 def _long_text_flags(p) -> None:
-    """--long-text and --stride for the commands that score texts (bertclf/long_text.py)."""
-    from bertclf.long_text import HELP, MODES
+    """--long-text and --stride for the commands that score texts (bertclf/data/long_text.py)."""
+    from bertclf.data.long_text import HELP, MODES
 
     p.add_argument("--long-text", choices=MODES, help=HELP + " (default: as the model was trained, else truncate)")
     p.add_argument("--stride", type=int, metavar="N", help="--long-text window: tokens each chunk shares with the "
@@ -47,7 +48,7 @@ def build_parser() -> Parser:
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
 
     t = sub.add_parser("train", help="fine-tune a model", description="Fine-tune a pretrained encoder on labelled text.")
-    add_train_flags(t)  # one flag per TrainConfig field (bertclf/config.py)
+    add_train_flags(t)  # one flag per TrainConfig field (bertclf/train/config.py)
 
     e = sub.add_parser("eval", help="score a trained model on labelled data")
     e.add_argument("model_dir", metavar="DIR")
@@ -192,7 +193,7 @@ def _version() -> str:
 def cmd_train(a) -> int:
     from dataclasses import fields
 
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     card = train(TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)}))
     if card:  # the main process (the others return {}) writes the report
@@ -210,8 +211,8 @@ def _write_report(out) -> None:
 
 
 def cmd_eval(a) -> int:
-    from bertclf.evaluate import evaluate
-    from bertclf.metrics import format_report
+    from bertclf.inference.evaluate import evaluate
+    from bertclf.data.metrics import format_report
 
     rep = evaluate(a.model_dir, data=a.data, test=a.test, text_col=a.text_col, label_col=a.label_col,
                    data_dir=a.data_dir, errors=a.errors, batch_size=a.batch_size, encoding=a.encoding,
@@ -227,9 +228,9 @@ def cmd_eval(a) -> int:
 
 
 def cmd_predict(a) -> int:
-    from bertclf.config import check_batch_size
-    from bertclf.predict import Classifier
-    from bertclf.predict_io import check_output, parse_shard, predict_to
+    from bertclf.data.batches import check_batch_size
+    from bertclf.inference.classifier import Classifier
+    from bertclf.inference.records import check_output, parse_shard, predict_to
 
     if a.texts and a.input:
         raise UserError("predict: give texts as arguments or --input FILE, not both")
@@ -248,7 +249,7 @@ def cmd_predict(a) -> int:
         return _predict_on_ray(a)
     clf = Classifier.load(a.model_dir, precision=a.precision, long_text=a.long_text, stride=a.stride)
     if a.explain:
-        from bertclf.explain import explain_to
+        from bertclf.inference.explain import explain_to
 
         explain_to(clf, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
                    output_path=a.output, text_col=a.text_col, shard=shard, fmt=a.format, encoding=a.encoding,
@@ -275,7 +276,7 @@ def _warn_texts_naming_files(texts: list[str]) -> None:
 
 
 def _predict_on_ray(a) -> int:
-    from bertclf.predict_ray import predict_ray_to
+    from bertclf.inference.ray_engine import predict_ray_to
 
     if a.shard:
         raise UserError("predict: --shard is for the local engine; --engine ray splits the rows over --workers")
@@ -287,7 +288,7 @@ def _predict_on_ray(a) -> int:
 
 
 def cmd_models(a) -> int:
-    from bertclf.builtin import BUILTIN_MODELS, builtin_model_path
+    from bertclf.models.builtin import BUILTIN_MODELS, builtin_model_path
 
     if a.models_command == "list":
         for name, desc in BUILTIN_MODELS.items():
@@ -300,8 +301,8 @@ def cmd_models(a) -> int:
 
 
 def cmd_trim_vocab(a) -> int:
-    from bertclf.models import resolve
-    from bertclf.vocab_trim import trim_vocab_from_file
+    from bertclf.models.resolve import resolve
+    from bertclf.models.vocab_trim import trim_vocab_from_file
 
     src = resolve(a.src, log=lambda s: print(s, file=sys.stderr))
     stats = trim_vocab_from_file(src, a.corpus, a.text_col, a.out, encoding=a.encoding or "utf-8",
@@ -311,7 +312,7 @@ def cmd_trim_vocab(a) -> int:
 
 
 def cmd_baseline(a) -> int:
-    from bertclf.baseline import format_baseline, run_baseline
+    from bertclf.models.baseline import format_baseline, run_baseline
 
     res = run_baseline(data=a.data, train=a.train, test=a.test, text_col=a.text_col, label_col=a.label_col,
                        data_dir=a.data_dir, sample=a.sample, seed=a.seed, out=a.out, encoding=a.encoding or "utf-8",
@@ -322,7 +323,7 @@ def cmd_baseline(a) -> int:
 
 
 def cmd_serve(a) -> int:
-    from bertclf.serve import serve
+    from bertclf.serve.app import serve
 
     serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
           max_texts=a.max_texts, max_chars=a.max_chars, max_body_bytes=a.max_body_bytes, precision=a.precision,
@@ -331,7 +332,7 @@ def cmd_serve(a) -> int:
 
 
 def cmd_export(a) -> int:
-    from bertclf.export import export_onnx
+    from bertclf.export.onnx_export import export_onnx
 
     if a.check and not a.int8:
         raise UserError("export: --check is for --int8 (the fp32 graph is checked against torch anyway)")
@@ -342,7 +343,7 @@ def cmd_export(a) -> int:
 
 
 def cmd_distill(a) -> int:
-    from bertclf.distill import distill
+    from bertclf.distill.run import distill
 
     distill(a.teacher_dir, a.layers, a.out, texts=a.texts, text_col=a.text_col, fmt=a.format,
             encoding=a.encoding or "utf-8", columns=parse_columns(a.columns), epochs=a.epochs, lr=a.lr, batch_size=a.batch_size,
@@ -360,7 +361,7 @@ def cmd_report(a) -> int:
 
 
 def cmd_audit(a) -> int:
-    from bertclf.audit import format_summary, run_audit
+    from bertclf.audit.label_issues import format_summary, run_audit
 
     a.encoding = check_encoding(a.encoding or "utf-8")
     res = run_audit(a.train, a.out, text_col=a.text_col, label_col=a.label_col, folds=a.folds, seed=a.seed,

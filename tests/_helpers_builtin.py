@@ -50,7 +50,7 @@ def nsmc_texts(split: str, start: int = 0, stop: int | None = None, step: int = 
 
 @functools.lru_cache(maxsize=None)
 def builtin_dir() -> Path:
-    from bertclf.builtin import builtin_model_path
+    from bertclf.models.builtin import builtin_model_path
     return builtin_model_path()
 
 

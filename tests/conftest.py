@@ -76,7 +76,7 @@ def nsmc_slices(nsmc_dir, tmp_path_factory) -> dict[str, Path]:
 
 @pytest.fixture(scope="session")
 def me5_dir() -> Path:
-    from bertclf.builtin import builtin_model_path
+    from bertclf.models.builtin import builtin_model_path
 
     return builtin_model_path("me5-small", log=lambda s: None)
 
@@ -88,8 +88,8 @@ def tiny_model_dir(me5_dir, nsmc_slices, tmp_path_factory) -> Path:
     import torch
     from transformers import AutoTokenizer, BertConfig, BertModel
 
-    from bertclf.data import read_labelled
-    from bertclf.vocab_trim import trim_vocab
+    from bertclf.data.dataset import read_labelled
+    from bertclf.models.vocab_trim import trim_vocab
 
     d = tmp_path_factory.mktemp("tiny")
     texts = read_labelled(nsmc_slices["train"], "document", "label").texts
@@ -109,7 +109,7 @@ def tiny_model_dir(me5_dir, nsmc_slices, tmp_path_factory) -> Path:
 def trained_tiny_dir(tiny_model_dir, nsmc_slices, tmp_path_factory) -> Path:
     """The tiny model fine-tuned for a few seconds on the NSMC slice by `bertclf train` (labels negative/positive
     are '0'/'1' here since the slice is a plain file)."""
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     out = tmp_path_factory.mktemp("trained") / "run"
     train(TrainConfig(out=str(out), train=str(nsmc_slices["train"]), test=str(nsmc_slices["test"]),
@@ -129,7 +129,7 @@ ME5_NSMC_TRAIN = dict(epochs=1, batch_size=32, lr=1e-4, seed=0, trim_vocab=True,
 @pytest.fixture(scope="session")
 def me5_nsmc_run(me5_dir, nsmc_dir, tmp_path_factory) -> tuple[Path, dict]:
     """(run directory, card) of that fine-tune: minutes on 2 cores, once per session."""
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     d = tmp_path_factory.mktemp("me5")
     tr = write_nsmc_slice(nsmc_dir, "train", d / "train.tsv", 10_000, 5000)

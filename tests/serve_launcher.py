@@ -2,7 +2,7 @@
 
     python tests/serve_launcher.py [--leak-bytes N] [--trim-route] [--gate FILE] [--kill-worker-on TEXT] -- serve DIR ...
 
-It wraps `bertclf.serve.create_app` (called after the model is loaded and warmed up) so that:
+It wraps `bertclf.serve.app.create_app` (called after the model is loaded and warmed up) so that:
   --leak-bytes N      every HTTP request keeps N bytes alive forever (a planted memory leak, for the test
                       that must catch one);
   --trim-route        GET /_trim runs gc.collect() and glibc's malloc_trim(0), so the RSS read right after it
@@ -78,7 +78,7 @@ def main() -> int:
     p.add_argument("--kill-worker-on")
     a = p.parse_args(argv[:cut])
 
-    import bertclf.serve as serve_module
+    import bertclf.serve.app as serve_module
     from bertclf.cli import main as cli_main
 
     create_app = serve_module.create_app

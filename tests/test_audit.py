@@ -88,7 +88,7 @@ def test_flipped_labels_are_found_first(noisy_nsmc, tmp_path, capsys):
 
 @pytest.mark.skipif(not HATE.is_file(), reason=f"{HATE} not found")
 def test_three_classes(tmp_path):
-    from bertclf.audit import run_audit
+    from bertclf.audit.label_issues import run_audit
 
     out = tmp_path / "hate.tsv"
     res = run_audit(str(HATE), str(out), text_col="comments", label_col="hate", folds=3, log=lambda s: None)
@@ -156,7 +156,7 @@ def test_a_header_less_cp949_file_with_columns_and_encoding(tmp_path):
 def test_model_fine_tunes_per_fold_and_maps_its_labels(noisy_nsmc, tiny_model_dir, tmp_path, monkeypatch):
     """--model DIR: out-of-fold probabilities from `bertclf train` per fold (the tiny random-weight model: the
     mechanics, not the quality; benchmarks/audit_nsmc.py --model me5-small measures that)."""
-    from bertclf.audit import run_audit
+    from bertclf.audit.label_issues import run_audit
 
     import tempfile
 
@@ -259,7 +259,7 @@ def test_multi_label_audit_finds_planted_flips_out_of_fold(noisy_multilabel, tmp
     flipped rows and finds none (measured: 0-2 rows flagged of 1,500, 0.01 of the top 75 planted). Out of fold,
     planting seeds 1-5 and 17 and another 1,500 rows: 0.21-0.36 of the top 75 planted (chance 0.05), 0.56-0.72
     of the planted rows flagged among ~300 (chance ~0.2)."""
-    from bertclf.audit import run_audit
+    from bertclf.audit.label_issues import run_audit
 
     path, flipped = noisy_multilabel
     out = tmp_path / "audit.tsv"

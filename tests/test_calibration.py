@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from bertclf.calibration import MIN_ROWS, fit_temperature, fold_temperature, nll, uncalibrated_probs
-from bertclf.metrics import expected_calibration_error
+from bertclf.train.calibration import MIN_ROWS, fit_temperature, fold_temperature, nll, uncalibrated_probs
+from bertclf.data.metrics import expected_calibration_error
 
 from _cli import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def test_rows(nsmc_slices):
-    from bertclf.data import read_labelled
+    from bertclf.data.dataset import read_labelled
 
     ds = read_labelled(nsmc_slices["test"], "document", "label")
     return ds.texts, np.array([int(x) for x in ds.labels])
@@ -32,7 +32,7 @@ def card(trained_tiny_dir):
 @pytest.fixture(scope="module")
 def raw_model(trained_tiny_dir, card):
     """The trained model as it was before calibration: the output layer multiplied back by T."""
-    from bertclf.models import load_classifier
+    from bertclf.models.resolve import load_classifier
 
     model = load_classifier(str(trained_tiny_dir)).eval()
     fold_temperature(model, 1.0 / card["calibration"]["temperature"])
@@ -98,7 +98,7 @@ def test_card_records_the_temperature_and_ece_before_and_after(card):
 
 
 def test_folding_leaves_every_label_unchanged_and_scales_the_logits(trained_tiny_dir, raw_model, card, test_rows):
-    from bertclf.models import load_classifier, load_tokenizer
+    from bertclf.models.resolve import load_classifier, load_tokenizer
 
     tok = load_tokenizer(str(trained_tiny_dir))
     calibrated = torch_logits(load_classifier(str(trained_tiny_dir)).eval(), tok, test_rows[0])
@@ -112,8 +112,8 @@ def test_pipeline_returns_the_calibrated_probabilities_bertclf_predict_gives(tra
                                                                              test_rows):
     from transformers import pipeline
 
-    from bertclf.models import load_tokenizer
-    from bertclf.predict import Classifier
+    from bertclf.models.resolve import load_tokenizer
+    from bertclf.inference.classifier import Classifier
 
     texts = test_rows[0][:40]
     pipe = pipeline("text-classification", model=str(trained_tiny_dir), top_k=None, device="cpu")
@@ -125,7 +125,7 @@ def test_pipeline_returns_the_calibrated_probabilities_bertclf_predict_gives(tra
     if (card.get("ngram") or {}).get("kept"):
         # the temperature is the blend's, applied at inference: the encoder's head stays raw
         assert card["calibration"]["folded_into"] is None
-        from bertclf.models import load_classifier
+        from bertclf.models.resolve import load_classifier
 
         saved = load_classifier(str(trained_tiny_dir)).eval()
         np.testing.assert_allclose(ours, softmax(torch_logits(saved, load_tokenizer(str(trained_tiny_dir)), texts),
@@ -138,8 +138,8 @@ def test_pipeline_returns_the_calibrated_probabilities_bertclf_predict_gives(tra
 
 
 def test_onnx_export_gives_the_calibrated_probabilities(trained_tiny_dir, tmp_path, test_rows):
-    from bertclf.export import export_onnx
-    from bertclf.predict import Classifier
+    from bertclf.export.onnx_export import export_onnx
+    from bertclf.inference.classifier import Classifier
 
     export_onnx(str(trained_tiny_dir), str(tmp_path / "onnx"), int8=False, log=lambda s: None)
     onnx = Classifier.load(str(tmp_path / "onnx"))
@@ -149,7 +149,7 @@ def test_onnx_export_gives_the_calibrated_probabilities(trained_tiny_dir, tmp_pa
 
 
 def test_eval_json_reports_ece(trained_tiny_dir, nsmc_slices, test_rows):
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     r = run_cli("eval", trained_tiny_dir, "--test", nsmc_slices["test"], "--text-col", "document", "--json",
                 "--precision", "fp32")
@@ -161,7 +161,7 @@ def test_eval_json_reports_ece(trained_tiny_dir, nsmc_slices, test_rows):
 
 
 def test_no_calibrate_leaves_the_model_raw(tiny_model_dir, nsmc_slices, tmp_path):
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     out = tmp_path / "raw"
     card = train(TrainConfig(out=str(out), train=str(nsmc_slices["train"]), text_col="document",
@@ -175,7 +175,7 @@ def test_no_calibrate_leaves_the_model_raw(tiny_model_dir, nsmc_slices, tmp_path
 def test_too_few_validation_rows_skip_the_temperature_and_say_so(tiny_model_dir, nsmc_slices, tmp_path):
     """A temperature fitted on a handful of rows is noise (one new user's 20 rows gave T 0.377: every probability
     pushed towards 0 or 1): below MIN_ROWS the model stays raw and the run says why and what to do."""
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     said = []
     card = train(TrainConfig(out=str(tmp_path / "few"), train=str(nsmc_slices["train"]), text_col="document",
@@ -230,9 +230,9 @@ def test_calibrated_logits_times_t_are_the_uncalibrated_twins_and_held_out_ece_f
 
     import torch
 
-    from bertclf.data import read_labelled
-    from bertclf.loop import TrainConfig, train
-    from bertclf.models import load_classifier, load_tokenizer
+    from bertclf.data.dataset import read_labelled
+    from bertclf.train.loop import TrainConfig, train
+    from bertclf.models.resolve import load_classifier, load_tokenizer
 
     lines = nsmc_slices["train"].read_text(encoding="utf-8").splitlines(keepends=True)
     train_file, held_file = tmp_path / "train.tsv", tmp_path / "held.tsv"

@@ -1,4 +1,4 @@
-"""Commands that read a model's data default to the training's reading spec (bertclf/data_spec.py READ_KEYS):
+"""Commands that read a model's data default to the training's reading spec (bertclf/io/data_spec.py READ_KEYS):
 for every key, a run without its flag equals a run with it. A key added to READ_KEYS without a case here fails
 test_every_read_key_has_a_case.
 
@@ -11,7 +11,7 @@ import json
 import pytest
 
 from bertclf.cli import main
-from bertclf.data_spec import READ_KEYS
+from bertclf.io.data_spec import READ_KEYS
 
 COLUMNS = "id,review,stars"
 FLAGS = {"text_col": ["--text-col", "review"], "label_col": ["--label-col", "stars"],
@@ -41,7 +41,7 @@ def encodes_in_cp949(text: str) -> bool:
 
 @pytest.fixture(scope="module")
 def headerless_run(tiny_model_dir, nsmc_slices, tmp_path_factory):
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     d = tmp_path_factory.mktemp("headerless")
     tr = _headerless_cp949(nsmc_slices["train"], d / "train.tsv", 0, 600)

@@ -9,10 +9,10 @@ import pytest
 import torch
 
 from bertclf.errors import UserError
-from bertclf.labels import LabelMap
-from bertclf.loop import TrainConfig, train
-from bertclf.metrics import classification_report, multilabel_report, tune_thresholds
-from bertclf.task import MultiLabel, SingleLabel, positive_weights, smoothed_inverse_frequency
+from bertclf.data.labels import LabelMap
+from bertclf.train.loop import TrainConfig, train
+from bertclf.data.metrics import classification_report, multilabel_report, tune_thresholds
+from bertclf.data.task import MultiLabel, SingleLabel, positive_weights, smoothed_inverse_frequency
 
 HATE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "korean-hate-speech" / "train.tsv"
 

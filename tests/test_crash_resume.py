@@ -20,8 +20,8 @@ from pathlib import Path
 
 import pytest
 
-from bertclf import checkpoint as ckpt
-from bertclf import rundir
+from bertclf.rundir import checkpoint as ckpt
+from bertclf.rundir import layout as rundir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_hooks import PAUSE_ENV, PAUSE_MARK  # noqa: E402
@@ -300,13 +300,13 @@ def test_atomic_dir_killed_between_its_renames_keeps_the_old_folder(tmp_path):
     process killed from its `between` callback): the folder is missing, its old version in `.NAME.*.old/d`.
     The next atomic_dir puts it back before writing, so a write that then fails leaves the old folder whole; a
     reader (restore_replaced) puts it back too."""
-    from bertclf.files import atomic_dir, restore_replaced
+    from bertclf.io.files import atomic_dir, restore_replaced
 
     target = tmp_path / "best"
     child = textwrap.dedent(f"""
         import os, signal
         from pathlib import Path
-        from bertclf.files import atomic_dir
+        from bertclf.io.files import atomic_dir
         target = Path({str(target)!r})
         with atomic_dir(target) as tmp:
             (tmp / "w").write_text("old")
@@ -390,10 +390,10 @@ def _first_step_with_token(cfg, model_dir: Path, after: int) -> tuple[int, int]:
     computed with the loop's own data split, tokenization and batch plan."""
     import numpy as np
 
-    from bertclf.batches import epoch_batches
-    from bertclf.loop import load_data
-    from bertclf.models import load_tokenizer
-    from bertclf.tokens import encode, lengths
+    from bertclf.data.batches import epoch_batches
+    from bertclf.train.loop import load_data
+    from bertclf.models.resolve import load_tokenizer
+    from bertclf.data.tokens import encode, lengths
 
     train_ds, _, _ = load_data(cfg, log=lambda s: None)
     tok = load_tokenizer(str(model_dir))
@@ -413,7 +413,7 @@ def test_nan_loss_stops_with_one_line_and_the_last_checkpoint_intact(tiny_model_
     stops there with exit 2 and one line, writes no checkpoint of the diverged model, and the checkpoints
     before it pass their manifests. Then an --overwrite run whose LayerNorm weight is inf fails at its first
     check, and must not leave the first run's checkpoints behind as if they were its own."""
-    from bertclf.loop import TrainConfig
+    from bertclf.train.loop import TrainConfig
 
     run = tmp_path / "run"
     cfg = TrainConfig(out=str(run), train=str(nsmc_slices["train"]), text_col="document",
@@ -455,7 +455,7 @@ def test_divergence_right_before_a_validation_writes_no_diverged_tensor(tiny_mod
     """The loss turns NaN at step N, a validation step, with no log line due: the run exits 2 with one line
     before validating, so neither checkpoints/best nor any other file under the run folder holds a NaN/inf
     tensor (earlier, validation and the best-checkpoint save ran before the NaN check)."""
-    from bertclf.loop import TrainConfig
+    from bertclf.train.loop import TrainConfig
 
     run = tmp_path / "run"
     cfg = TrainConfig(out=str(run), train=str(nsmc_slices["train"]), text_col="document",

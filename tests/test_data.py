@@ -3,9 +3,9 @@ import json
 
 import pytest
 
-from bertclf import data as D
+from bertclf.data import dataset as D
 from bertclf.errors import UserError
-from bertclf.rows import iter_rows, parse_columns
+from bertclf.io.rows import iter_rows, parse_columns
 
 
 def test_nsmc_counts_and_checksums(nsmc_dir):
@@ -89,7 +89,7 @@ def test_sample_and_split_are_stratified_and_seeded():
     assert not set(tr.texts) & set(va.texts) and len(tr) + len(va) == 1000
 
 
-# ---- the shared row reader (bertclf/rows.py) ---------------------------------------------------------------
+# ---- the shared row reader (bertclf/io/rows.py) ---------------------------------------------------------------
 
 
 @pytest.mark.parametrize("split", ["train", "test"])
@@ -145,8 +145,8 @@ def test_jsonl_splits_on_newline_only(tmp_path):
 
 
 def test_header_names_are_stripped_everywhere(tmp_path):
-    from bertclf.predict_io import iter_texts
-    from bertclf.vocab_trim import read_texts
+    from bertclf.inference.records import iter_texts
+    from bertclf.models.vocab_trim import read_texts
 
     p = tmp_path / "spaces.csv"
     p.write_text("label, text\npos,좋아요\nneg,별로\n", encoding="utf-8")
@@ -201,7 +201,7 @@ def test_a_sample_that_leaves_no_rows_is_an_error(tmp_path):
 
 
 def test_training_data_reads_columns_and_encoding(tmp_path):
-    from bertclf.config import TrainConfig
+    from bertclf.train.config import TrainConfig
 
     p = tmp_path / "train.tsv"
     p.write_bytes("".join(f"{i}\t리뷰 {i}\t{'pos' if i % 2 else 'neg'}\n" for i in range(60)).encode("euc-kr"))
@@ -220,7 +220,7 @@ def test_a_line_of_spaces_in_a_one_column_file_is_an_empty_row_not_a_blank_line(
     """predict's row numbers: in a one-column file a whitespace-only line is a row with an empty text (skipped and
     said), so the rows after it keep their numbers; a truly blank line is no row; in a file of several columns a
     line of spaces is still a blank line (not a one-field ragged row)."""
-    from bertclf.rows import iter_rows
+    from bertclf.io.rows import iter_rows
 
     one = tmp_path / "one.tsv"
     one.write_text("text\n좋다\n   \n\n싫다\n", encoding="utf-8")
@@ -249,7 +249,7 @@ def test_empty_label_cells_are_no_labels_for_multi_label_files_only(tmp_path):
 def test_training_data_keeps_multi_label_rows_without_labels(tmp_path):
     """load_training_data reads the train, --valid and --test files of a --multi-label run with empty cells
     allowed; a single-label run still refuses them."""
-    from bertclf.config import TrainConfig
+    from bertclf.train.config import TrainConfig
 
     body = "text\tlabels\n" + "".join(f"리뷰 {i}\t{'' if i % 3 == 0 else 'a,b' if i % 3 == 1 else 'b'}\n"
                                       for i in range(60))
@@ -266,7 +266,7 @@ def test_training_data_keeps_multi_label_rows_without_labels(tmp_path):
 
 def test_a_split_of_one_file_counts_its_own_rows(tmp_path):
     """data.valid.rows_read / dropped_empty of a split are the split's; the file's go under file_*."""
-    from bertclf.data import read_labelled, split_valid
+    from bertclf.data.dataset import read_labelled, split_valid
 
     f = tmp_path / "t.tsv"
     f.write_text("text\tlabel\n" + "".join(f"text {i}\t{i % 2}\n" for i in range(40)) + " \t0\n\t1\n",

@@ -1,6 +1,6 @@
 """Defaults that are decided per run: the vocabulary is trimmed for the builtin models unless told otherwise."""
 from bertclf.cli import build_parser
-from bertclf.config import TrainConfig, trims_vocab
+from bertclf.train.config import TrainConfig, trims_vocab
 
 
 def test_trim_vocab_default_is_on_for_builtin_models_only(tiny_model_dir):
@@ -20,8 +20,8 @@ def test_trim_vocab_flags():
 def test_recipe_defaults_by_batch_and_data_size():
     """The default recipe's rules (benchmarks/recipe_sweep.md): lr by batch, epochs by steps per epoch,
     validation share by task type and rows."""
-    from bertclf.data import default_valid_frac
-    from bertclf.prepare import default_epochs, default_lr
+    from bertclf.data.dataset import default_valid_frac
+    from bertclf.train.prepare import default_epochs, default_lr
 
     assert default_lr(32) == 1e-4 and abs(default_lr(8) - 5e-5) < 1e-12
     assert default_lr(128) == default_lr(256) == 2e-4  # capped: the GPU default batch keeps its 2e-4
@@ -43,10 +43,10 @@ def test_head_learns_faster_and_multi_label_bias_starts_at_the_priors(tiny_model
     import numpy as np
     import torch
 
-    from bertclf.labels import LabelMap
-    from bertclf.models import load_classifier
-    from bertclf.prepare import HEAD_LR, Plan, make_optimizer
-    from bertclf.task import MultiLabel, output_layer
+    from bertclf.data.labels import LabelMap
+    from bertclf.models.resolve import load_classifier
+    from bertclf.train.prepare import HEAD_LR, Plan, make_optimizer
+    from bertclf.data.task import MultiLabel, output_layer
 
     model = load_classifier(str(tiny_model_dir), {0: "a", 1: "b", 2: "c"})
     plan = Plan(batch_size=8, lr=1e-4, eff_batch=8, steps_per_epoch=10, total_steps=10, n_epochs=1, log_every=1,

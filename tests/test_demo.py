@@ -67,8 +67,8 @@ def test_page_is_self_contained_and_shows_the_card(server, card):
 
 
 def test_card_text_is_escaped(trained_tiny_dir, tmp_path):
-    from bertclf.demo import render_page
-    from bertclf.predict import Classifier
+    from bertclf.serve.demo import render_page
+    from bertclf.inference.classifier import Classifier
 
     model = tmp_path / "model"
     shutil.copytree(trained_tiny_dir, model)
@@ -84,7 +84,7 @@ def test_card_text_is_escaped(trained_tiny_dir, tmp_path):
 
 
 def test_explain_over_http(server, trained_tiny_dir):
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     pred = server.client.post("/predict", json={"inputs": REVIEW}).json()[0]
     r = server.client.post("/explain", json={"inputs": REVIEW})
@@ -174,7 +174,7 @@ def test_fuzz_explain_from_the_published_spec(server, mode):
 
 def test_onnx_server_says_explain_needs_the_torch_model(trained_tiny_dir, tmp_path_factory):
     pytest.importorskip("onnxruntime")
-    from bertclf.export import export_onnx
+    from bertclf.export.onnx_export import export_onnx
 
     onnx_dir = tmp_path_factory.mktemp("demo-onnx") / "model"
     export_onnx(str(trained_tiny_dir), str(onnx_dir), log=lambda s: None)

@@ -19,9 +19,9 @@ from pathlib import Path
 
 import pytest
 
-from bertclf import checkpoint as ckpt
-from bertclf import rundir
-from bertclf.disk_space import DISK_FULL_EXIT, DiskFull, is_disk_full
+from bertclf.rundir import checkpoint as ckpt
+from bertclf.rundir import layout as rundir
+from bertclf.io.disk_space import DISK_FULL_EXIT, DiskFull, is_disk_full
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from test_crash_resume import CLI, HOOKED, REPO, STEPS, Reference, _args, _env, _steps  # noqa: E402
@@ -175,7 +175,7 @@ def _writers(folder: Path) -> dict:
     import torch
     from safetensors.torch import save_file
 
-    from bertclf.files import atomic_file, write_json
+    from bertclf.io.files import atomic_file, write_json
 
     def savez():
         with atomic_file(folder / "p.npz", "wb") as f:

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import torch
 
-from bertclf.callbacks import TrainCallback
-from bertclf.distill_task import Distillation
-from bertclf.labels import LabelMap
-from bertclf.student import evenly_spaced, make_student
-from bertclf.task import MultiLabel, SingleLabel, output_layer
+from bertclf.train.callbacks import TrainCallback
+from bertclf.distill.objective import Distillation
+from bertclf.data.labels import LabelMap
+from bertclf.distill.student import evenly_spaced, make_student
+from bertclf.data.task import MultiLabel, SingleLabel, output_layer
 
 import _cli  # noqa: E402
 
@@ -126,8 +126,8 @@ MIN_AGREEMENT = 0.85
 
 def test_student_agrees_with_its_teacher(trained_tiny_dir, student_dir, nsmc_slices):
     """The end-to-end check that the student learnt its teacher: same decision on held-out reviews neither saw."""
-    from bertclf.data import read_labelled
-    from bertclf.predict import Classifier
+    from bertclf.data.dataset import read_labelled
+    from bertclf.inference.classifier import Classifier
 
     out, _ = student_dir
     texts = read_labelled(nsmc_slices["test"], "document", "label").texts
@@ -155,7 +155,7 @@ def test_distill_writes_a_normal_smaller_model(trained_tiny_dir, student_dir, un
     assert card["data"]["valid"] == teacher_card["data"]["valid"]  # the same validation rows, rebuildable
     assert card["metrics"]["test"]["n"] == teacher_card["metrics"]["test"]["n"]
     assert not (out / "checkpoints").exists()  # the work folder (student start, teacher logits) is gone
-    from bertclf.validation_rows import check_rows
+    from bertclf.export.validation_rows import check_rows
 
     texts, y, where = check_rows(out, card, card["labels"])
     assert "rebuilt from bertclf.json" in where and len(texts) == card["data"]["valid"]["rows"]
@@ -164,8 +164,8 @@ def test_distill_writes_a_normal_smaller_model(trained_tiny_dir, student_dir, un
 def test_a_student_of_texts_can_teach_its_labelled_rows_are_what_rebuilds(tmp_path):
     """A student trained with --texts records its training rows plus the unlabelled ones; distilling it again
     rebuilds only the labelled rows, which must not read as 'the training file changed' (it did: 850 vs 1,050)."""
-    from bertclf.data import Dataset
-    from bertclf.distill import check_same_rows, with_unlabelled
+    from bertclf.data.dataset import Dataset
+    from bertclf.distill.run import check_same_rows, with_unlabelled
     from bertclf.errors import UserError
 
     labelled = Dataset(["좋다", "싫다", "최고"], ["1", "0", "1"], source="t.tsv", sha256="abc")
@@ -209,7 +209,7 @@ class Crash(TrainCallback):
 
 
 def test_a_crash_before_any_checkpoint_leaves_no_out(trained_tiny_dir, tmp_path):
-    from bertclf.distill import distill
+    from bertclf.distill.run import distill
 
     out = tmp_path / "new" / "s"
     with pytest.raises(RuntimeError, match="crash at on_step_end"):
@@ -221,7 +221,7 @@ def test_a_crash_before_any_checkpoint_leaves_no_out(trained_tiny_dir, tmp_path)
 def test_teacher_logits_are_kept_for_a_resumed_run(trained_tiny_dir, tmp_path):
     """A run that crashes after its first checkpoint keeps its folder (--resume continues it), and the resumed run
     reuses the teacher's logits instead of scoring the texts again."""
-    from bertclf.distill import distill
+    from bertclf.distill.run import distill
 
     lines: list[str] = []
     with pytest.raises(RuntimeError, match="crash at on_checkpoint_saved"):
@@ -288,7 +288,7 @@ KOTE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kote"
 def kote_teacher(tiny_model_dir, tmp_path_factory) -> tuple[Path, Path]:
     """(a tiny multi-label teacher, a file of unlabelled texts): trained by `bertclf train` on 400 rows of KOTE's
     header-less file as it is (columns id,text,labels; label ids named by labels.txt), the texts 200 other rows."""
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     if not (KOTE / "val.tsv").is_file():
         pytest.skip("KOTE not in ../shared/data/kote")
@@ -308,7 +308,7 @@ def test_a_multilabel_teacher_distills_to_a_multilabel_student(kote_teacher, tmp
     """It crashed: the packed targets (44 label columns + 44 teacher logits) reached the head's prior init.
     The command's own entry point, in this process (its report included)."""
     from bertclf.cli import main
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     teacher, more = kote_teacher
     out = tmp_path / "student"
@@ -338,11 +338,11 @@ def test_targets_are_the_teachers_logits_of_the_same_row(which, request, tmp_pat
     at chance. Rows from the start, middle and end of the labelled rows and of the --texts rows after them."""
     from contextlib import ExitStack
 
-    from bertclf.data import is_empty_text
-    from bertclf.distill import distill_setup
-    from bertclf.predict import Classifier
-    from bertclf.prepare import prepare
-    from bertclf.tokens import encode
+    from bertclf.data.dataset import is_empty_text
+    from bertclf.distill.run import distill_setup
+    from bertclf.inference.classifier import Classifier
+    from bertclf.train.prepare import prepare
+    from bertclf.data.tokens import encode
 
     if which == "single_label":
         teacher, more = request.getfixturevalue("trained_tiny_dir"), request.getfixturevalue("unlabelled_file")

@@ -259,7 +259,7 @@ class _ResumeAccepted(Exception):
 def test_resume_refuses_another_number_of_processes(crashed, monkeypatch):
     """A checkpoint written by 2 processes (global batch 32) resumed by 1 process would silently continue with
     global batch 16: another batch plan, another step count and learning-rate schedule."""
-    import bertclf.loop as loop
+    import bertclf.train.loop as loop
 
     def accepted(*a, **k):
         raise _ResumeAccepted

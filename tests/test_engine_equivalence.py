@@ -65,7 +65,7 @@ def write_forms(d: Path, texts: list[str], text_col: str, label_col: str, label:
 
 
 def _kote_model(tiny_model_dir, tmp: Path) -> Path:
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     tmp.mkdir(parents=True, exist_ok=True)
     src = tmp / "kote.tsv"
@@ -80,7 +80,7 @@ def _kote_model(tiny_model_dir, tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def tasks(trained_tiny_dir, tiny_model_dir, nsmc_slices, tmp_path_factory) -> dict:
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     reviews = [ln.split("\t")[1] for ln in nsmc_slices["test"].read_text(encoding="utf-8").splitlines()[1:40]]
     reviews = [r for r in reviews if r.strip() and '"' not in r][:12]

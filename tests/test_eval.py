@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from bertclf.cli import main
-from bertclf.metrics import expected_calibration_error
+from bertclf.data.metrics import expected_calibration_error
 
 
 def _run(capsys, *args) -> str:
@@ -62,7 +62,7 @@ def test_eval_and_predict_score_alike_in_bf16(trained_tiny_dir, nsmc_slices, tmp
 def skewed_named_run(tiny_model_dir, nsmc_slices, tmp_path_factory):
     """A tiny model whose labels are names (neg 80% / pos 20% of its training rows), and the rows it was not
     trained on."""
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     d = tmp_path_factory.mktemp("named")
     rows = [ln.split("\t") for ln in nsmc_slices["train"].read_text(encoding="utf-8").splitlines()[1:]]

@@ -11,9 +11,9 @@ from pathlib import Path, PurePosixPath
 import yaml
 
 from bertclf.cli import parse
-from bertclf.config import TrainConfig, validate_config
-from bertclf.disk_space import DISK_FULL_EXIT
-from bertclf.preemption import PREEMPTED_EXIT
+from bertclf.train.config import TrainConfig, validate_config
+from bertclf.io.disk_space import DISK_FULL_EXIT
+from bertclf.train.preemption import PREEMPTED_EXIT
 
 EXAMPLES = Path(__file__).resolve().parents[1] / "examples"
 K8S, SLURM = EXAMPLES / "k8s_train_job.yaml", EXAMPLES / "slurm_train_preemptible.sh"

@@ -1,4 +1,4 @@
-"""Word attributions (bertclf.explain): Captum Integrated Gradients on real trained models, merged into words.
+"""Word attributions (bertclf.inference.explain): Captum Integrated Gradients on real trained models, merged into words.
 
 The faithfulness check: on NSMC test reviews the model gets right, deleting the word with the highest score
 must lower the predicted label's probability more often, and by more, than deleting a random word.
@@ -17,7 +17,7 @@ import pytest
 pytest.importorskip("captum")
 
 from bertclf.errors import UserError  # noqa: E402
-from bertclf.explain import explain, merge_into_words  # noqa: E402
+from bertclf.inference.explain import explain, merge_into_words  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
 TEXT = "배우들 연기가 정말 최고였다!!  스토리는 좀 지루했지만 또 보고 싶다"
@@ -26,7 +26,7 @@ FAITHFUL_REVIEWS = 40  # reviews the model gets right; the tiny model passes wit
 
 @pytest.fixture(scope="module")
 def clf(trained_tiny_dir):
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     return Classifier.load(str(trained_tiny_dir))
 
@@ -42,7 +42,7 @@ def test_words_are_the_texts_words_and_scores_add_up(clf):
     ex = explain(clf, TEXT)
     assert [w["token"] for w in ex["tokens"]] == TEXT.split()
     assert all(TEXT[w["start"]:w["end"]] == w["token"] for w in ex["tokens"])
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     # the attributions explain the encoder (a partner's blend has no gradients): its own label and probability
     pred = Classifier.load(clf.path, ngram=False).predict(TEXT)
@@ -113,8 +113,8 @@ def test_predict_explain_prints_top_words(trained_tiny_dir, tmp_path):
 
 def test_explain_skips_the_rows_predict_skips(clf, tmp_path):
     """Empty and blank texts get no explanation, as they get no prediction: the same rows, numbers and message."""
-    from bertclf.explain import explain_to
-    from bertclf.predict_io import predict_to
+    from bertclf.inference.explain import explain_to
+    from bertclf.inference.records import predict_to
 
     inp = tmp_path / "in.tsv"
     inp.write_text("id\tdocument\n0\t\n1\t정말 재밌어요\n2\t   \n3\t시간 아깝다\n", encoding="utf-8")
@@ -137,7 +137,7 @@ def test_explain_skips_the_rows_predict_skips(clf, tmp_path):
 @pytest.fixture(scope="module")
 def onnx_dir(trained_tiny_dir, tmp_path_factory):
     pytest.importorskip("onnxruntime")
-    from bertclf.export import export_onnx
+    from bertclf.export.onnx_export import export_onnx
 
     out = tmp_path_factory.mktemp("onnx") / "model"
     export_onnx(str(trained_tiny_dir), str(out), log=lambda s: None)
@@ -205,7 +205,7 @@ def test_deleting_the_top_word_hurts_more_than_a_random_word(clf, nsmc_dir, reco
 def me5_trained(me5_nsmc_run):
     """tests/conftest.py's real me5-small fine-tune (5,000 NSMC rows, one epoch, ~82% test accuracy), shared with
     tests/test_me5_finetune.py."""
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     return Classifier.load(str(me5_nsmc_run[0]))
 

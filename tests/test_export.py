@@ -17,7 +17,7 @@ pytest.importorskip("onnxruntime")
 
 @pytest.fixture(scope="module")
 def test_rows(nsmc_slices):
-    from bertclf.data import read_labelled
+    from bertclf.data.dataset import read_labelled
 
     ds = read_labelled(nsmc_slices["test"], "document", "label")
     return ds.texts, ds.labels
@@ -25,7 +25,7 @@ def test_rows(nsmc_slices):
 
 @pytest.fixture(scope="module")
 def torch_logits(trained_tiny_dir, test_rows):
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     clf = Classifier.load(str(trained_tiny_dir), device="cpu", precision="fp32")  # what the export reproduces
     assert clf.backend == "torch"
@@ -34,7 +34,7 @@ def torch_logits(trained_tiny_dir, test_rows):
 
 @pytest.fixture(scope="module")
 def onnx_fp32(trained_tiny_dir, tmp_path_factory):
-    from bertclf.export import export_onnx
+    from bertclf.export.onnx_export import export_onnx
 
     out = tmp_path_factory.mktemp("export") / "fp32"
     info = export_onnx(str(trained_tiny_dir), str(out), int8=False, log=lambda s: None)
@@ -51,7 +51,7 @@ def onnx_int8(trained_tiny_dir, tmp_path_factory):
 
 
 def test_fp32_export_is_self_contained_and_matches_torch(onnx_fp32, trained_tiny_dir, test_rows, torch_logits):
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     out, info = onnx_fp32
     assert {"model.onnx", "config.json", "tokenizer.json", "bertclf.json"} <= {p.name for p in out.iterdir()}
@@ -75,8 +75,8 @@ def test_fp32_export_is_self_contained_and_matches_torch(onnx_fp32, trained_tiny
 
 
 def test_onnx_model_keeps_input_order_for_any_batch_size(onnx_fp32, test_rows):
-    from bertclf.predict import Classifier
-    from bertclf.tokens import encode
+    from bertclf.inference.classifier import Classifier
+    from bertclf.data.tokens import encode
 
     clf = Classifier.load(str(onnx_fp32[0]))
     texts = test_rows[0][:40]
@@ -90,8 +90,8 @@ def test_onnx_model_keeps_input_order_for_any_batch_size(onnx_fp32, test_rows):
 
 def test_int8_export_agrees_with_torch(onnx_int8, onnx_fp32, test_rows, torch_logits):
     from bertclf import cpu
-    from bertclf.predict import Classifier
-    from bertclf.quantize import variants
+    from bertclf.inference.classifier import Classifier
+    from bertclf.export.quantize import variants
 
     out, info, stderr = onnx_int8
     assert info["out"] == str(out) and info["int8"] is True
@@ -140,8 +140,8 @@ def check_file(nsmc_slices, tmp_path_factory):
 @pytest.fixture(scope="module")
 def agreements(trained_tiny_dir, check_file):
     """Each variant's label agreement with fp32 on check_file, measured through export_onnx one at a time."""
-    from bertclf.export import export_onnx
-    from bertclf.quantize import variants
+    from bertclf.export.onnx_export import export_onnx
+    from bertclf.export.quantize import variants
 
     out = {}
     for v in variants():
@@ -155,7 +155,7 @@ def agreements(trained_tiny_dir, check_file):
 @pytest.mark.hardware
 def test_int8_falls_through_to_the_first_variant_that_passes(trained_tiny_dir, check_file, agreements, tmp_path):
     """Below --min-agreement the next variant is tried; the first that passes is kept and named."""
-    from bertclf.export import export_onnx
+    from bertclf.export.onnx_export import export_onnx
 
     names = list(agreements)
     first = agreements[names[0]]
@@ -219,7 +219,7 @@ def test_predict_cli_on_export(onnx_int8):
 
 
 def test_reexport_replaces_an_earlier_export(trained_tiny_dir, onnx_fp32, tmp_path):
-    from bertclf.export import export_onnx
+    from bertclf.export.onnx_export import export_onnx
 
     out = tmp_path / "again"
     shutil.copytree(onnx_fp32[0], out)
@@ -229,7 +229,7 @@ def test_reexport_replaces_an_earlier_export(trained_tiny_dir, onnx_fp32, tmp_pa
 
 
 def test_failed_export_leaves_nothing(trained_tiny_dir, tmp_path, monkeypatch):
-    from bertclf import export
+    from bertclf.export import onnx_export as export
 
     def boom(*a, **k):
         raise RuntimeError("quantizer crashed")
@@ -270,7 +270,7 @@ def test_bad_inputs_exit_2_with_one_line(trained_tiny_dir, onnx_fp32, tmp_path, 
 
 def test_bf16_on_an_onnx_export_is_a_user_error(onnx_fp32):
     from bertclf.errors import UserError
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     with pytest.raises(UserError, match="ONNX export"):
         Classifier.load(str(onnx_fp32[0]), precision="bf16")
@@ -279,7 +279,7 @@ def test_bf16_on_an_onnx_export_is_a_user_error(onnx_fp32):
 
 def test_damaged_onnx_file_is_a_user_error(onnx_fp32, tmp_path):
     from bertclf.errors import UserError
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     bad = tmp_path / "bad"
     shutil.copytree(onnx_fp32[0], bad)
@@ -346,11 +346,11 @@ def test_multilabel_int8_check_gates_on_label_decisions(ml_int8, ml_headerless_d
     """Multi-label: the gated agreement is the share of (text, label) decisions int8 keeps (default
     --min-agreement for multi-label); whole label sets are reported beside it; the same two measures in the check
     line, the closing line, the returned info and the card's export block; no top-1 figure."""
-    from bertclf.export import SAMPLE_TEXTS
-    from bertclf.predict import Classifier
+    from bertclf.export.onnx_export import SAMPLE_TEXTS
+    from bertclf.inference.classifier import Classifier
     from sklearn.metrics import f1_score
 
-    from bertclf.quantize import MIN_AGREEMENT_MULTI_LABEL
+    from bertclf.export.quantize import MIN_AGREEMENT_MULTI_LABEL
 
     out, info, logs = ml_int8
     k = info["int8_check"]
@@ -397,8 +397,8 @@ def test_multilabel_int8_check_gates_on_label_decisions(ml_int8, ml_headerless_d
 def test_multilabel_int8_below_min_agreement_names_the_decisions(ml_int8, ml_headerless_dir, kote_cp949, tmp_path):
     """Refused, the multi-label check says what it counted: (text, label) decisions; nothing is written."""
     from bertclf.errors import UserError
-    from bertclf.export import export_onnx
-    from bertclf.quantize import variants
+    from bertclf.export.onnx_export import export_onnx
+    from bertclf.export.quantize import variants
 
     k = ml_int8[1]["int8_check"]
     if k["agreement"] == 1.0:

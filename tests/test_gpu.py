@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from bertclf import rundir
+from bertclf.rundir import layout as rundir
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_hooks import PAUSE_ENV, PAUSE_MARK  # noqa: E402
@@ -84,7 +84,7 @@ def test_bf16_train_kill_resume_predict_on_cuda(tiny_model_dir, nsmc_slices, tmp
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [json.loads(x) for x in p.stdout.splitlines()]
     assert len(rows) == 2
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     clf = Classifier.load(str(out))
     assert next(clf.model.parameters()).is_cuda == torch.cuda.is_available()

@@ -1,4 +1,4 @@
-"""Labels: names, raw training values and ids all read back (bertclf/labels.py), --label-names files, multi-label
+"""Labels: names, raw training values and ids all read back (bertclf/data/labels.py), --label-names files, multi-label
 cells, NFC; eval of a model trained on named labels with a file holding its label ids (issue 14, item 1)."""
 import json
 import shutil
@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 
 from bertclf.errors import UserError
-from bertclf.labels import LabelMap, read_label_names, split_cell
-from bertclf.task import MultiLabel, SingleLabel, task_from_card
+from bertclf.data.labels import LabelMap, read_label_names, split_cell
+from bertclf.data.task import MultiLabel, SingleLabel, task_from_card
 
 
 def test_resolve_names_raw_values_and_ids():
@@ -104,8 +104,8 @@ def test_eval_reads_label_ids_of_a_model_with_named_labels(trained_tiny_dir, nsm
 def test_baseline_with_a_named_label_no_training_row_has(nsmc_slices, tmp_path):
     """--label-names with a label the training rows never use: scikit-learn's probability columns are only the
     classes it saw, and reading them as label ids shifted every prediction by one (accuracy 0.62 -> 0.16)."""
-    from bertclf.baseline import run_baseline
-    from bertclf.data import read_labelled
+    from bertclf.models.baseline import run_baseline
+    from bertclf.data.dataset import read_labelled
 
     ids = {}
     for part in ("train", "test"):
@@ -127,7 +127,7 @@ def test_baseline_with_a_named_label_no_training_row_has(nsmc_slices, tmp_path):
 def test_eval_data_nsmc_scores_a_model_trained_on_the_nsmc_file(trained_tiny_dir, nsmc_dir, nsmc_slices):
     """A model trained with --train on NSMC's own file knows the cells 0/1, not the names --data nsmc gives them
     (negative/positive): eval --data nsmc reads the cells then, and scores what --test on the file scores."""
-    from bertclf.evaluate import evaluate
+    from bertclf.inference.evaluate import evaluate
 
     quiet = dict(log=lambda s: None, precision="fp32")
     rep = evaluate(str(trained_tiny_dir), data="nsmc", data_dir=str(nsmc_dir), **quiet)
@@ -237,8 +237,8 @@ def test_a_trained_models_card_counts_refuse_a_renumbered_file(tiny_model_dir, t
     import csv
     from pathlib import Path
 
-    from bertclf.loop import TrainConfig, train
-    from bertclf.predict import Classifier
+    from bertclf.train.loop import TrainConfig, train
+    from bertclf.inference.classifier import Classifier
 
     hate = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "korean-hate-speech" / "train.tsv"
     if not hate.is_file():
@@ -274,6 +274,6 @@ def test_a_trained_models_card_counts_refuse_a_renumbered_file(tiny_model_dir, t
 
 
 def hate_cells(path) -> list[str]:
-    from bertclf.data import read_labelled
+    from bertclf.data.dataset import read_labelled
 
     return read_labelled(path, "comments", "hate").labels

@@ -7,15 +7,15 @@ import json
 import numpy as np
 import pytest
 
-from bertclf.long_text import HEAD_SHARE, encode_long
-from bertclf.tokens import encode
+from bertclf.data.long_text import HEAD_SHARE, encode_long
+from bertclf.data.tokens import encode
 
 from _cli import run_cli  # noqa: E402
 
 
 @pytest.fixture(scope="module")
 def reviews(nsmc_slices):
-    from bertclf.data import read_labelled
+    from bertclf.data.dataset import read_labelled
 
     ds = read_labelled(nsmc_slices["test"], "document", "label")
     return ds.texts, ds.labels
@@ -30,13 +30,13 @@ def long_texts(reviews):
 
 @pytest.fixture(scope="module")
 def tokenizer(trained_tiny_dir):
-    from bertclf.models import load_tokenizer
+    from bertclf.models.resolve import load_tokenizer
 
     return load_tokenizer(str(trained_tiny_dir))
 
 
 def classifier(model_dir, **kw):
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     return Classifier.load(str(model_dir), device="cpu", precision="fp32", **kw)
 
@@ -151,7 +151,7 @@ def test_bad_long_text_flags_exit_2_with_one_line(trained_tiny_dir, flags, needl
 
 
 def test_training_with_head_tail_is_recorded_and_inference_follows_it(tiny_model_dir, nsmc_slices, tmp_path):
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     out = tmp_path / "ht"
     train(TrainConfig(out=str(out), train=str(nsmc_slices["train"]), text_col="document", model=str(tiny_model_dir),
@@ -197,10 +197,10 @@ def test_training_feeds_the_model_the_head_tail_ids_of_long_texts(tiny_model_dir
     card test above passed with a prepare() that dropped the argument and trained on truncated texts."""
     from collections import Counter
 
-    import bertclf.loop
-    from bertclf.data import read_labelled
-    from bertclf.loop import TrainConfig, train
-    from bertclf.models import load_tokenizer
+    import bertclf.train.loop
+    from bertclf.data.dataset import read_labelled
+    from bertclf.train.loop import TrainConfig, train
+    from bertclf.models.resolve import load_tokenizer
 
     max_length = 24
     fed = {True: [], False: []}  # model.training -> the unpadded id sequences it was given
@@ -209,14 +209,14 @@ def test_training_feeds_the_model_the_head_tail_ids_of_long_texts(tiny_model_dir
         ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
         fed[module.training] += [tuple(row[m.bool()].tolist()) for row, m in zip(ids.cpu(), mask.cpu())]
 
-    real_prepare = bertclf.loop.prepare
+    real_prepare = bertclf.train.loop.prepare
 
     def prepare_and_hook(*args, **kwargs):
         run = real_prepare(*args, **kwargs)
         run.unwrapped().register_forward_pre_hook(record, with_kwargs=True)
         return run
 
-    monkeypatch.setattr(bertclf.loop, "prepare", prepare_and_hook)
+    monkeypatch.setattr(bertclf.train.loop, "prepare", prepare_and_hook)
     rows = nsmc_slices["train"].read_text(encoding="utf-8").splitlines(keepends=True)[:601]
     f = tmp_path / "train.tsv"
     f.write_text("".join(rows), encoding="utf-8")

@@ -5,12 +5,12 @@ import json
 import numpy as np
 import pytest
 
-from bertclf.predict import Classifier
+from bertclf.inference.classifier import Classifier
 
 pytestmark = pytest.mark.slow
 
 # Not the requirement, and why: issue 14's target is "TF-IDF + LR trained on the same rows + 2 pt"; on these
-# 5,000/1,000 rows the baseline scores 0.824 (bertclf.baseline.fit_predict, seed 0) and this one-epoch CPU recipe
+# 5,000/1,000 rows the baseline scores 0.824 (bertclf.models.baseline.fit_predict, seed 0) and this one-epoch CPU recipe
 # 0.820, so the target is not met by this recipe (a recipe question, reported, not a test to bend). What this
 # test holds is "fine-tuning works": a broken loop (no learning, wrong labels) stays near the 0.50 of chance and
 # far below 0.80.
@@ -36,9 +36,9 @@ def test_int8_onnx_export_agrees_with_torch_on_5000_reviews(me5_nsmc_run, nsmc_d
     where int8's rounding flips labels: measured 97.8-98.3% (benchmarks/RESULTS.md: no int8 variant that is
     faster than torch reaches 99.5% on such a model). So these floors only catch a broken export (a wrong scale
     or input order agrees ~50%); the 99.5% requirement is measured on the GPU-trained model (GPU issue)."""
-    from bertclf.data import read_labelled
-    from bertclf.export import export_onnx
-    from bertclf.inference import softmax
+    from bertclf.data.dataset import read_labelled
+    from bertclf.export.onnx_export import export_onnx
+    from bertclf.models.forward import softmax
 
     out, _ = me5_nsmc_run
     info = export_onnx(str(out), str(tmp_path / "int8"), int8=True, log=print, min_agreement=0.97)  # the floor below

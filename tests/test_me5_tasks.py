@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from bertclf.loop import TrainConfig, train
+from bertclf.train.loop import TrainConfig, train
 
 pytestmark = pytest.mark.slow
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"

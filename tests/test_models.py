@@ -4,7 +4,7 @@ import shutil
 import pytest
 
 from bertclf.errors import UserError
-from bertclf.models import load_classifier, load_tokenizer, resolve
+from bertclf.models.resolve import load_classifier, load_tokenizer, resolve
 
 
 def make_hub_cache(cache, repo_id, src):

@@ -10,7 +10,7 @@ import pytest
 from _cli import run_cli  # tests/_cli.py
 
 from bertclf.errors import UserError
-from bertclf.loop import TrainConfig, train
+from bertclf.train.loop import TrainConfig, train
 
 KOTE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kote"
 
@@ -68,7 +68,7 @@ def test_multilabel_run_records_task_and_problem_type(ml_dir, kote_files):
 def test_pipeline_applies_sigmoid_like_predict(ml_dir):
     from transformers import pipeline
 
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     texts = ["정말 감동적이에요 최고", "이게 말이 되냐 진짜 화난다"]
     pipe = pipeline("text-classification", model=str(ml_dir), device="cpu", top_k=None)
@@ -84,7 +84,7 @@ def test_pipeline_applies_sigmoid_like_predict(ml_dir):
 
 
 def test_predict_returns_labels_over_their_thresholds(ml_dir):
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     clf = Classifier.load(str(ml_dir))
     th = clf.card["classification"]["thresholds"]
@@ -134,7 +134,7 @@ def test_predict_cli_shard_and_csv(ml_dir, kote_files, tmp_path):
 def test_serve_scores_with_sigmoid(ml_dir, tmp_path):
     from test_serve import Server
 
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     server = Server(ml_dir, tmp_path)  # a real `bertclf serve` on localhost
     try:
@@ -146,8 +146,8 @@ def test_serve_scores_with_sigmoid(ml_dir, tmp_path):
 
 
 def test_onnx_export_keeps_multilabel(ml_dir, tmp_path):
-    from bertclf.export import export_onnx
-    from bertclf.predict import Classifier
+    from bertclf.export.onnx_export import export_onnx
+    from bertclf.inference.classifier import Classifier
 
     export_onnx(str(ml_dir), str(tmp_path / "onnx"), log=lambda s: None)
     onnx_clf, torch_clf = Classifier.load(str(tmp_path / "onnx")), Classifier.load(str(ml_dir), precision="fp32")
@@ -189,7 +189,7 @@ def test_rows_without_labels_train_and_score_as_all_zero_rows(kote_files, tiny_m
     """A multi-label row may have no labels: an empty cell (as well as a cell of separators only, ",") reads as
     none. A tiny run on KOTE rows, every 5th train row and every 4th test row emptied: the run trains, its card
     counts the empty rows, the class weights and the test metrics count them as rows with every label negative."""
-    from bertclf.task import task_from_card
+    from bertclf.data.task import task_from_card
 
     def emptied(rows, every, cell):
         return [[i, t, cell if n % every == 0 else labs] for n, (i, t, labs) in enumerate(rows)]

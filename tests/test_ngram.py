@@ -1,4 +1,4 @@
-"""The n-gram partner (bertclf/ngram.py): the weight rule on synthetic probabilities, the pickle-free save/load
+"""The n-gram partner (bertclf/models/ngram.py): the weight rule on synthetic probabilities, the pickle-free save/load
 round trip against `bertclf baseline`'s own model, and tiny-model runs with the partner (single- and multi-label):
 the card, eval's components, predict / Classifier / eval agreeing, the encoder alone, and --ngram off."""
 from __future__ import annotations
@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertclf import ngram
-from bertclf.data import read_labelled
+from bertclf.models import ngram
+from bertclf.data.dataset import read_labelled
 from bertclf.errors import UserError
-from bertclf.task import task_from_card
+from bertclf.data.task import task_from_card
 
 KOTE = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kote"
 
@@ -114,7 +114,7 @@ def assert_safe_files(folder: Path):
 
 
 def test_round_trip_single_label_equals_the_baseline(nsmc_rows, tmp_path):
-    from bertclf.baseline import fit_predict
+    from bertclf.models.baseline import fit_predict
 
     texts, y, test = nsmc_rows
     fitted = ngram.fit(texts, y, 2, multi_label=False)
@@ -133,7 +133,7 @@ def test_round_trip_single_label_equals_the_baseline(nsmc_rows, tmp_path):
 
 
 def test_round_trip_multi_label_equals_the_baseline(nsmc_rows, tmp_path):
-    from bertclf.baseline import fit_multilabel
+    from bertclf.models.baseline import fit_multilabel
 
     texts, y, test = nsmc_rows
     rng = np.random.default_rng(0)
@@ -162,7 +162,7 @@ RUN = dict(text_col="document", epochs=1, batch_size=32, lr=2e-3, seed=0, sample
 
 
 def train_tiny(out: Path, nsmc_slices, tiny_model_dir, **kw) -> tuple[dict, list[str]]:
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     lines: list[str] = []
     card = train(TrainConfig(out=str(out), train=str(nsmc_slices["train"]), test=str(nsmc_slices["test"]),
@@ -200,7 +200,7 @@ def test_card_records_the_blend(on_run):
 
 
 def test_eval_reports_the_blend_and_its_components(on_run, nsmc_slices):
-    from bertclf.evaluate import evaluate
+    from bertclf.inference.evaluate import evaluate
 
     out, card, _ = on_run
     rep = evaluate(str(out), test=str(nsmc_slices["test"]), log=lambda s: None)
@@ -215,8 +215,8 @@ def test_eval_reports_the_blend_and_its_components(on_run, nsmc_slices):
 
 def test_predict_classifier_and_eval_agree(on_run, nsmc_slices, tmp_path):
     from bertclf.cli import main
-    from bertclf.evaluate import evaluate
-    from bertclf.predict import Classifier
+    from bertclf.inference.evaluate import evaluate
+    from bertclf.inference.classifier import Classifier
 
     out, _, _ = on_run
     test = read_labelled(nsmc_slices["test"], "document", "label")
@@ -238,7 +238,7 @@ def test_predict_classifier_and_eval_agree(on_run, nsmc_slices, tmp_path):
 def test_blend_logits_are_the_blend_of_the_two_sides(on_run, nsmc_slices):
     from scipy.special import softmax
 
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     out, card, _ = on_run
     texts = read_labelled(nsmc_slices["test"], "document", "label").texts[:64]
@@ -255,7 +255,7 @@ def test_blend_logits_are_the_blend_of_the_two_sides(on_run, nsmc_slices):
 def test_pipeline_loads_the_encoder_alone(on_run):
     from transformers import pipeline
 
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     out, _, _ = on_run
     texts = ["정말 재밌어요", "시간 아깝다"]
@@ -320,7 +320,7 @@ def test_a_retrained_folder_drops_the_old_partner(on_run, nsmc_slices, tiny_mode
 
 
 def test_ngram_flag_is_checked():
-    from bertclf.config import TrainConfig, validate_config
+    from bertclf.train.config import TrainConfig, validate_config
 
     with pytest.raises(UserError, match="--ngram: must be auto, on or off"):
         validate_config(TrainConfig(out="x", data="nsmc", ngram="yes"))
@@ -335,7 +335,7 @@ def ml_run(tiny_model_dir, tmp_path_factory):
 
     if not (KOTE / "val.tsv").is_file():
         pytest.skip("KOTE not in ../shared/data/kote")
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     d = tmp_path_factory.mktemp("ngram-ml")
     lines = (KOTE / "val.tsv").read_text(encoding="utf-8").splitlines()
@@ -355,8 +355,8 @@ def ml_run(tiny_model_dir, tmp_path_factory):
 
 
 def test_multilabel_blend(ml_run):
-    from bertclf.evaluate import evaluate
-    from bertclf.predict import Classifier
+    from bertclf.inference.evaluate import evaluate
+    from bertclf.inference.classifier import Classifier
 
     out, card, files = ml_run
     rec = card["ngram"]

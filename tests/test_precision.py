@@ -1,4 +1,4 @@
-"""CPU matrix features (bertclf/cpu.py) and the precision choice (bertclf/precision.py) for train and predict.
+"""CPU matrix features (bertclf/cpu.py) and the precision choice (bertclf/models/precision.py) for train and predict.
 
 Runs on any CPU: bf16 is forced with precision="bf16" where the CPU has no native bf16 (emulated, slow, but
 it must run and agree with fp32); what `auto` picks is checked against the CPU's own flags.
@@ -16,7 +16,7 @@ import torch
 import _cli  # tests/_cli.py
 from bertclf import cpu
 from bertclf.errors import UserError
-from bertclf.precision import inference_dtype, pick_precision
+from bertclf.models.precision import inference_dtype, pick_precision
 
 on_gpu = torch.cuda.is_available()
 
@@ -78,13 +78,13 @@ def test_auto_follows_the_cpu_feature(monkeypatch):
 
 @pytest.fixture(scope="module")
 def texts(nsmc_slices):
-    from bertclf.data import read_labelled
+    from bertclf.data.dataset import read_labelled
 
     return read_labelled(nsmc_slices["test"], "document", "label").texts[:200]
 
 
 def test_classifier_bf16_agrees_with_fp32(trained_tiny_dir, texts):
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     fp32 = Classifier.load(str(trained_tiny_dir), device="cpu", precision="fp32")
     bf16 = Classifier.load(str(trained_tiny_dir), device="cpu", precision="bf16")
@@ -102,10 +102,10 @@ def test_bf16_classifier_is_stored_in_bf16_once_and_matches_the_model_cast_whole
     bit-identical to the fp32 model cast to bf16 whole and run under autocast; fp32 stays fp32."""
     import torch
 
-    from bertclf.inference import predict_logits
-    from bertclf.models import load_classifier
-    from bertclf.predict import Classifier
-    from bertclf.tokens import encode
+    from bertclf.models.forward import predict_logits
+    from bertclf.models.resolve import load_classifier
+    from bertclf.inference.classifier import Classifier
+    from bertclf.data.tokens import encode
 
     # the encoder alone, against the model cast by hand (an n-gram partner would blend its logits)
     bf16 = Classifier.load(str(trained_tiny_dir), device="cpu", precision="bf16", ngram=False)
@@ -120,8 +120,8 @@ def test_bf16_classifier_is_stored_in_bf16_once_and_matches_the_model_cast_whole
 
 
 def test_explain_runs_on_a_bf16_classifier(trained_tiny_dir):
-    from bertclf.explain import explain
-    from bertclf.predict import Classifier
+    from bertclf.inference.explain import explain
+    from bertclf.inference.classifier import Classifier
 
     out = explain(Classifier.load(str(trained_tiny_dir), device="cpu", precision="bf16"), "정말 재밌어요 최고", steps=8)
     assert out["tokens"] and all(np.isfinite(t["score"]) for t in out["tokens"])
@@ -143,7 +143,7 @@ def test_cli_precision_flags(trained_tiny_dir, nsmc_slices, tmp_path):
 def test_train_in_bf16_on_any_cpu(tiny_model_dir, nsmc_slices, tmp_path):
     """--precision bf16 trains (autocast through Accelerate) and records itself; on CPUs without native bf16
     it is emulated, so only a few steps."""
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     out = tmp_path / "bf16"
     card = train(TrainConfig(out=str(out), train=str(nsmc_slices["train"]), text_col="document",

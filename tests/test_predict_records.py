@@ -26,7 +26,7 @@ def kote_lines(start: int, n: int) -> list[str]:
 
 
 def train_headerless_kote(tiny_model_dir: Path, out: Path) -> Path:
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     data = out.parent / "kote_train.tsv"
     data.write_text("\n".join(kote_lines(0, 200)) + "\n", encoding="utf-8")
@@ -66,8 +66,8 @@ def test_predict_reads_a_headerless_file_with_the_models_columns(headerless_ml, 
 
 def test_explain_reads_a_headerless_file_with_the_models_columns(headerless_ml, headerless_input, tmp_path):
     pytest.importorskip("captum")
-    from bertclf.explain import explain_to
-    from bertclf.predict import Classifier
+    from bertclf.inference.explain import explain_to
+    from bertclf.inference.classifier import Classifier
 
     path, texts = headerless_input
     clf = Classifier.load(str(headerless_ml), precision="fp32")  # fp32: 4x faster than bf16 on a CPU here

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from bertclf import predict_io
+from bertclf.inference import records as predict_io
 from bertclf.cli import main
 
 REPO = Path(__file__).resolve().parents[1]
@@ -114,7 +114,7 @@ def test_memory_stays_bounded_on_a_big_file(big_run):
 
 
 def test_texts_are_read_as_training_reads_them(big_run, nsmc_slices):
-    from bertclf.data import read_labelled
+    from bertclf.data.dataset import read_labelled
 
     rows = read_jsonl(big_run["out"])
     texts = read_labelled(nsmc_slices["test"], "document", "label").texts  # NSMC quotes some reviews CSV-style
@@ -213,7 +213,7 @@ def test_texts_may_follow_options(trained_tiny_dir, capsys):
 
 def test_batch_size_is_checked_by_the_api(trained_tiny_dir):
     from bertclf.errors import UserError
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     clf = Classifier.load(str(trained_tiny_dir))
     for bad in (-1, 0):

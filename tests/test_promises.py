@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bertclf import checkpoint as ckpt
-from bertclf.config import RESUME_KEYS
-from bertclf.metrics import expected_calibration_error
+from bertclf.rundir import checkpoint as ckpt
+from bertclf.train.config import RESUME_KEYS
+from bertclf.data.metrics import expected_calibration_error
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_hooks import PAUSE_ENV, PAUSE_MARK  # noqa: E402
@@ -63,8 +63,8 @@ def kill_at(args, point: str, log_dir: Path, timeout: float = 600) -> None:
 def test_eval_table_json_and_errors_file(trained_tiny_dir, nsmc_slices, tmp_path):
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
 
-    from bertclf.data import read_labelled
-    from bertclf.predict import Classifier
+    from bertclf.data.dataset import read_labelled
+    from bertclf.inference.classifier import Classifier
 
     ds = read_labelled(nsmc_slices["test"], "document", "label")
     # fp32 on both sides: bf16 autocast (the default on AMX CPUs) gives scores that depend on the batch's padding
@@ -114,7 +114,7 @@ def test_eval_table_json_and_errors_file(trained_tiny_dir, nsmc_slices, tmp_path
 
 
 def test_baseline_learns_and_stores_its_result(nsmc_slices, tmp_path):
-    from bertclf.data import read_labelled
+    from bertclf.data.dataset import read_labelled
 
     test_labels = read_labelled(nsmc_slices["test"], "document", "label").labels
     majority = max(test_labels.count(lab) for lab in set(test_labels)) / len(test_labels)
@@ -137,7 +137,7 @@ def test_baseline_learns_and_stores_its_result(nsmc_slices, tmp_path):
 
 
 def test_models_list_and_path(me5_dir):
-    from bertclf.builtin import BUILTIN_MODELS
+    from bertclf.models.builtin import BUILTIN_MODELS
 
     r = bertclf("models", "list")
     assert r.returncode == 0, r.stderr
@@ -289,7 +289,7 @@ def test_final_weights_are_the_best_checkpoints_not_the_last_steps(early_stopped
     late = load_file(killed / "checkpoints" / f"step-{last - 1:08d}" / "model.safetensors")
     final = load_file(out / "model.safetensors")
     assert set(final) == set(best)
-    # calibration folds its temperature into the classifier when the run finishes (bertclf/calibration.py)
+    # calibration folds its temperature into the classifier when the run finishes (bertclf/train/calibration.py)
     t = json.loads((out / "bertclf.json").read_text())["calibration"]["temperature"]
     for k in ("classifier.weight", "classifier.bias"):
         np.testing.assert_allclose(final[k].numpy(), best[k].numpy() / t, rtol=1e-6, atol=1e-7)

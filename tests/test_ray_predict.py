@@ -151,7 +151,7 @@ def read_records(path: Path) -> list[dict]:
 def gappy(nsmc_slices, tmp_path_factory) -> tuple[Path, list[str]]:
     """(TSV, its texts): 300 NSMC reviews with empty and blank rows first, in the middle and in a run, and a
     review twice more; 302 non-empty rows, so two Ray blocks."""
-    from bertclf.data import read_labelled
+    from bertclf.data.dataset import read_labelled
 
     reviews = read_labelled(nsmc_slices["test"], "document", "label").texts[:300]
     texts = ["", *reviews[:150], "   ", "", *reviews[150:220], reviews[3], reviews[3], " ", *reviews[220:]]
@@ -164,7 +164,7 @@ def gappy(nsmc_slices, tmp_path_factory) -> tuple[Path, list[str]]:
 
 @pytest.fixture(scope="module")
 def fp32_clf(trained_tiny_dir):
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     return Classifier.load(str(trained_tiny_dir), device="cpu", precision="fp32")
 
@@ -172,7 +172,7 @@ def fp32_clf(trained_tiny_dir):
 @pytest.fixture(scope="module")
 def local_gappy(fp32_clf, gappy, tmp_path_factory) -> dict:
     """The local engine's JSONL and CSV of the gappy file, and what it said about the skipped rows."""
-    from bertclf.predict_io import predict_to
+    from bertclf.inference.records import predict_to
 
     d, said = tmp_path_factory.mktemp("local_gappy"), []
     for ext in ("jsonl", "csv"):
@@ -268,7 +268,7 @@ def test_ray_starts_a_local_cluster_without_ray_address(trained_tiny_dir, tmp_pa
     texts = ["정말 재밌어요", "시간 아깝다", ""]
     r = bertclf("predict", trained_tiny_dir, *texts, "--engine", "ray", "--workers", 1, env=env)
     assert r.returncode == 0, r.stderr
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     want = Classifier.load(str(trained_tiny_dir), device="cpu", precision="fp32").predict(texts[:2])
     got = [json.loads(x) for x in r.stdout.splitlines()]  # stdout carries only the records

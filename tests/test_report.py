@@ -282,7 +282,7 @@ def test_partial_run_still_reported(trained_tiny_dir, tmp_path):
 
 def synthetic_run(d: Path, labels: list[str], n: int = 300, seed: int = 0) -> Path:
     """A run directory as `bertclf train` writes it, without a test set, from made-up numbers."""
-    from bertclf.metrics import classification_report
+    from bertclf.data.metrics import classification_report
 
     rng = np.random.default_rng(seed)
     k = len(labels)

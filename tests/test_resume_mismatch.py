@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import BertConfig, BertForSequenceClassification
 
-from bertclf import checkpoint as ckpt
+from bertclf.rundir import checkpoint as ckpt
 from bertclf.errors import UserError
 
 
@@ -72,14 +72,14 @@ def test_the_same_layout_still_loads(tmp_path):
 def test_a_refused_default_lr_is_named_with_the_flag_that_moved_it(tmp_path):
     """--resume with only --batch-size changed: the default lr follows the batch size, so it differs too; the line
     says so instead of naming an --lr the user never passed."""
-    from bertclf.prepare import default_lr, refuse_changed_settings
+    from bertclf.train.prepare import default_lr, refuse_changed_settings
 
     model = _model()
     optimizer = _adamw(model, 2)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: 1.0)
     from dataclasses import asdict
 
-    from bertclf.config import TrainConfig
+    from bertclf.train.config import TrainConfig
 
     args = asdict(TrainConfig(out=str(tmp_path / "run"))) | {"batch_size": 32, "lr": default_lr(32)}
     ckpt.save_checkpoint(tmp_path / "run", 10, model, optimizer, scheduler, {"step": 10, "args": args})

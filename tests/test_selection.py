@@ -4,7 +4,7 @@ import math
 
 import pytest
 
-from bertclf.state import TrainState, selection_tolerance
+from bertclf.train.state import TrainState, selection_tolerance
 
 
 def test_tolerance_is_one_binomial_standard_error():
@@ -47,7 +47,7 @@ def test_a_run_keeps_the_weights_the_rule_picks_from_its_validation_scores(tiny_
     the last kept step."""
     import json
 
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     lines = []
     cfg = TrainConfig(out=str(tmp_path / "run"), train=str(nsmc_slices["train"]), text_col="document",

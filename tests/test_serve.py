@@ -86,7 +86,7 @@ class Server:
 
 @pytest.fixture(scope="module")
 def clf(trained_tiny_dir):
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     return Classifier.load(str(trained_tiny_dir))
 

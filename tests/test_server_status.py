@@ -76,7 +76,7 @@ def gated(trained_tiny_dir, tmp_path):
 
 @pytest.fixture(scope="module")
 def clf(trained_tiny_dir):
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     return Classifier.load(str(trained_tiny_dir))
 
@@ -203,7 +203,7 @@ def short_position_model(trained_tiny_dir, tmp_path_factory) -> Path:
 
 
 def test_a_request_the_model_fails_on_is_500_and_only_it(short_position_model, tmp_path):
-    from bertclf.predict import Classifier
+    from bertclf.inference.classifier import Classifier
 
     clf = Classifier.load(str(short_position_model))
     with pytest.raises(Exception):

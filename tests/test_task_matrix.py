@@ -76,7 +76,7 @@ TASKS = {"single": _single, "multi-label": _multi_label, "headerless-cp949": _he
 @pytest.fixture(scope="module")
 def runs(tiny_model_dir, nsmc_slices, tmp_path_factory) -> dict:
     """One tiny model per task type, trained on its file (seconds each)."""
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig, train
 
     out = {}
     for name, make in TASKS.items():

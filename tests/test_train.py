@@ -7,9 +7,9 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bertclf.callbacks import TrainCallback
+from bertclf.train.callbacks import TrainCallback
 from bertclf.errors import UserError
-from bertclf.loop import TrainConfig, train
+from bertclf.train.loop import TrainConfig, train
 
 
 def tiny_cfg(out, slices, model, **kw):
@@ -115,7 +115,7 @@ class _ResumeAccepted(Exception):
 def test_resume_refuses_a_changed_training_file(tiny_model_dir, nsmc_slices, tmp_path, monkeypatch):
     """--resume compares the training file's SHA-256 with the one in the checkpoint, not only its path: a file
     replaced between the crash and the resume is refused with one line; the original file is accepted."""
-    import bertclf.loop as loop
+    import bertclf.train.loop as loop
 
     data = tmp_path / "train.tsv"
     shutil.copy(nsmc_slices["train"], data)
@@ -139,7 +139,7 @@ def test_resume_auto_continues_a_checkpoint_or_starts_fresh(tiny_model_dir, nsmc
                                                             monkeypatch):
     """--resume auto: the same command resumes where a complete checkpoint exists, starts fresh where none does
     (an empty folder, or a run killed before its first checkpoint), and never replaces a finished model."""
-    import bertclf.loop as loop
+    import bertclf.train.loop as loop
 
     out = tmp_path / "run"
     cfg = dict(out=out, slices=nsmc_slices, model=tiny_model_dir, max_steps=5, checkpoint_every=2, sample=0.2)
@@ -212,7 +212,7 @@ def test_a_failure_scoring_the_test_rows_keeps_the_trained_model(tiny_model_dir,
     """Training has finished when the test rows are scored: if that fails (a fault injected here into the test
     rows' tokenization), the model is still written, its card has no test score, and one line says how to get
     it (issue 19: a failure after training must never cost the trained model)."""
-    import bertclf.finish as finish
+    import bertclf.train.finish as finish
 
     def broken(*args, **kwargs):
         raise RuntimeError("injected fault")
@@ -229,8 +229,8 @@ def test_a_failure_scoring_the_test_rows_keeps_the_trained_model(tiny_model_dir,
 def test_validation_and_test_texts_also_in_training_are_counted_and_said(tiny_model_dir, nsmc_slices, tmp_path):
     """A --valid or --test file that repeats training texts is accepted (short reviews repeat), but said and
     recorded: its scores are partly scores on training texts."""
-    from bertclf.data import read_labelled
-    from bertclf.loop import TrainConfig, train
+    from bertclf.data.dataset import read_labelled
+    from bertclf.train.loop import TrainConfig, train
 
     ds = read_labelled(nsmc_slices["train"], "document", "label")
     head = "document\tlabel\n"
@@ -253,10 +253,10 @@ def test_validation_and_test_texts_also_in_training_are_counted_and_said(tiny_mo
 
 def test_the_cut_share_counts_only_texts_longer_than_max_length(tiny_model_dir, nsmc_slices):
     """A text of exactly --max-length tokens is not cut (the printed share counted it)."""
-    from bertclf.data import read_labelled
-    from bertclf.models import load_tokenizer
-    from bertclf.prepare import count_cut
-    from bertclf.tokens import encode, lengths
+    from bertclf.data.dataset import read_labelled
+    from bertclf.models.resolve import load_tokenizer
+    from bertclf.train.prepare import count_cut
+    from bertclf.data.tokens import encode, lengths
 
     tok = load_tokenizer(str(tiny_model_dir))
     texts = read_labelled(nsmc_slices["train"], "document", "label").texts[:300]
@@ -275,8 +275,8 @@ def test_a_stop_signal_while_scoring_the_test_rows_saves_the_model_now(tiny_mode
     import signal
     import time
 
-    from bertclf import finish
-    from bertclf.loop import TrainConfig, train
+    from bertclf.train import finish
+    from bertclf.train.loop import TrainConfig, train
 
     def slow_scoring(*args):
         os.kill(os.getpid(), signal.SIGTERM)

@@ -1,4 +1,4 @@
-"""Vocabulary trimming (bertclf.vocab_trim) on the builtin model and NSMC."""
+"""Vocabulary trimming (bertclf.models.vocab_trim) on the builtin model and NSMC."""
 from __future__ import annotations
 
 import json
@@ -32,7 +32,7 @@ def corpus() -> list[str]:
 
 @pytest.fixture(scope="module")
 def trimmed(corpus, tmp_path_factory):
-    from bertclf.vocab_trim import trim_vocab
+    from bertclf.models.vocab_trim import trim_vocab
     out = tmp_path_factory.mktemp("trim") / "me5-nsmc5k"
     stats = trim_vocab(builtin_dir(), corpus, out, log=None)
     return out, stats
@@ -109,7 +109,7 @@ def test_text_outside_the_kept_vocabulary_still_tokenises(trimmed):
 def test_trimming_a_fine_tuned_classifier_keeps_its_head(trimmed, corpus, tmp_path):
     import torch
     from transformers import AutoModelForSequenceClassification
-    from bertclf.vocab_trim import trim_vocab
+    from bertclf.models.vocab_trim import trim_vocab
     src, _ = trimmed
     torch.manual_seed(0)
     clf = AutoModelForSequenceClassification.from_pretrained(
@@ -135,7 +135,7 @@ def test_trimming_a_fine_tuned_classifier_keeps_its_head(trimmed, corpus, tmp_pa
 
 def test_full_nsmc_train_vocabulary_size():
     """All 150k NSMC training reviews use ~10k of the 250k pieces (measured: 9,736 used, 9,817 kept)."""
-    from bertclf.vocab_trim import plan_trim
+    from bertclf.models.vocab_trim import plan_trim
     texts = nsmc_texts("train")
     plan = plan_trim(builtin_dir(), texts)
     print(f"\nfull NSMC train ({len(texts):,} reviews): {plan['used']:,} pieces used, {plan['pieces_after']:,} kept "
@@ -146,7 +146,7 @@ def test_full_nsmc_train_vocabulary_size():
 
 def test_trim_from_file_and_errors(trimmed, tmp_path):
     from bertclf.errors import UserError
-    from bertclf.vocab_trim import read_texts, trim_vocab, trim_vocab_from_file
+    from bertclf.models.vocab_trim import read_texts, trim_vocab, trim_vocab_from_file
     tsv = tmp_path / "c.tsv"
     tsv.write_text('id\tdocument\tlabel\n1\t좋아요 "최고"\t1\n2\t\t0\n3\t"따옴표, 안의\t탭"\t1\n', encoding="utf-8")
     assert read_texts(tsv) == ['좋아요 "최고"', "따옴표, 안의\t탭"]

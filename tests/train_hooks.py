@@ -34,7 +34,7 @@ import os
 import sys
 import time
 
-from bertclf.callbacks import TrainCallback
+from bertclf.train.callbacks import TrainCallback
 
 PAUSE_ENV = "BERTCLF_TEST_PAUSE_AT"
 PAUSE_MARK = "bertclf-test: paused at"

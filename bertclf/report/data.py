@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from bertclf.errors import UserError
-from bertclf.rundir import BASELINE_FILE, CARD_FILE, LOG_FILE, PREDICTIONS_FILE  # noqa: F401 (re-exported)
+from bertclf.rundir.layout import BASELINE_FILE, CARD_FILE, LOG_FILE, PREDICTIONS_FILE  # noqa: F401 (re-exported)
 
 
 

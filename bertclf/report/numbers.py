@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from bertclf.metrics import ECE_BINS, classification_report, expected_calibration_error
+from bertclf.data.metrics import ECE_BINS, classification_report, expected_calibration_error
 from bertclf.report.data import (CARD_FILE, PREDICTIONS_FILE, Run, finite, is_multi_label, label_names,
                                  prediction_split, split_arrays)
 from bertclf.report.formatting import fmt_int, fmt_num, fmt_secs
@@ -16,7 +16,7 @@ N_SCORE_BINS = 20
 def reliability(y, probs, n_bins: int = N_CALIBRATION_BINS) -> dict:
     """Top-label calibration: rows binned by confidence (max probability) into n_bins equal-width bins, with
     scikit-learn's calibration_curve (bins (k/n, (k+1)/n], the first one closed); per bin the row count, mean
-    confidence and accuracy (None if empty); ece: bertclf.metrics.expected_calibration_error on the same bins."""
+    confidence and accuracy (None if empty); ece: bertclf.data.metrics.expected_calibration_error on the same bins."""
     from sklearn.calibration import calibration_curve
 
     y = np.asarray(y)
@@ -40,7 +40,7 @@ def reliability(y, probs, n_bins: int = N_CALIBRATION_BINS) -> dict:
 
 
 def temperature(run: Run) -> float | None:
-    """The temperature folded into a calibrated single-label model (bertclf/calibration.py), else None."""
+    """The temperature folded into a calibrated single-label model (bertclf/train/calibration.py), else None."""
     t = ((run.card or {}).get("calibration") or {}).get("temperature")
     return float(t) if finite(t) and not is_multi_label(run) else None
 
@@ -48,7 +48,7 @@ def temperature(run: Run) -> float | None:
 def raw_reliability(run: Run, y, probs) -> dict | None:
     """The reliability of the model before calibration (its saved probabilities are calibrated): the
     probabilities softmax(T * log p) = softmax(raw logits); None for a model not calibrated."""
-    from bertclf.calibration import uncalibrated_probs
+    from bertclf.train.calibration import uncalibrated_probs
 
     t = temperature(run)
     return None if t is None else reliability(y, uncalibrated_probs(probs, t)) | {"temperature": t}
@@ -111,7 +111,7 @@ def curves(run: Run) -> dict:
 
 def confusion(run: Run) -> dict | None:
     """The confusion matrix of the test report in the card (else validation); from the saved predictions
-    (bertclf.metrics) only when the card has none. None for multi-label: the per-label table shows its scores."""
+    (bertclf.data.metrics) only when the card has none. None for multi-label: the per-label table shows its scores."""
     if is_multi_label(run):
         return None
     metrics = (run.card or {}).get("metrics") or {}

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from bertclf.errors import UserError
-from bertclf.files import atomic_dir, atomic_file, check_writable
+from bertclf.io.files import atomic_dir, atomic_file, check_writable
 from bertclf.report.compare import MAX_COMPARE, compare_data
 from bertclf.report.data import Run, load_run
 from bertclf.report.numbers import run_data

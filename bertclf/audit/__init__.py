@@ -1,0 +1,1 @@
+"""Label audit: out-of-fold scores and the rows most likely mislabelled."""

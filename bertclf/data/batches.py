@@ -1,0 +1,83 @@
+"""Stage 3, batches: length-bucketed batch order and dynamic padding.
+
+Why buckets: NSMC reviews are 3 to 140 characters; padding every batch to the longest review in the corpus
+wastes most of the compute. We shuffle, cut the shuffled order into pools of `pool` batches, sort each pool
+by length, cut it into batches, then shuffle the batches. Each batch holds similar lengths (little padding)
+while the order stays random. Everything is a pure function of (seed, epoch): a resumed run sees the same
+batches, and every rank of a distributed run computes the same plan and takes its own share.
+"""
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from bertclf.errors import UserError
+
+
+def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, pool: int = 64,
+                  world_size: int = 1, rank: int = 0) -> list[np.ndarray]:
+    """The batches (arrays of row indices) that `rank` trains on in `epoch`, in order.
+
+    With world_size > 1 every global batch of batch_size*world_size rows is split across ranks, so the
+    number of optimizer steps is the same as one process with the same global batch.
+    """
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    global_bs = batch_size * world_size
+    span = global_bs * pool
+    batches = []
+    for start in range(0, len(order), span):
+        chunk = order[start:start + span]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + global_bs] for i in range(0, len(chunk), global_bs)]
+    perm = rng.permutation(len(batches))
+    batches = [batches[i] for i in perm]
+    if world_size == 1:
+        return batches
+    # Each rank takes every world_size-th row of each global batch: similar lengths on every rank
+    # (balanced work). A batch with fewer rows than ranks borrows rows from the start of the epoch's order,
+    # as torch's DistributedSampler pads, so every rank steps together and the step count matches one process.
+    return [(b if len(b) >= world_size else np.concatenate([b, order[:world_size - len(b)]]))[rank::world_size]
+            for b in batches]
+
+
+def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:
+    """For inference: batches of similar length, longest first (so an out-of-memory shows up at once)."""
+    order = np.argsort(-lengths, kind="stable")
+    return [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def collate(ids: list[np.ndarray], rows: np.ndarray, pad_id: int, labels: np.ndarray | None = None,
+            multiple: int = 8) -> dict[str, torch.Tensor]:
+    """Pad rows to the batch's longest (rounded up to a multiple of 8 for tensor cores)."""
+    seqs = [ids[i] for i in rows]
+    width = max(len(s) for s in seqs)
+    width = -(-width // multiple) * multiple
+    input_ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
+    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    for r, s in enumerate(seqs):
+        input_ids[r, :len(s)] = s
+        mask[r, :len(s)] = 1
+    batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    if labels is not None:
+        y = labels[rows]  # class ids, or multi-hot rows (multi-label) kept as float for BCE
+        batch["labels"] = torch.from_numpy(y.astype(np.int64) if y.ndim == 1 else y.astype(np.float32))
+    return batch
+
+
+def split_micro(rows: np.ndarray, n_micro: int) -> list[np.ndarray]:
+    """Split one optimizer batch into n_micro micro-batches (gradient accumulation / OOM back-off)."""
+    n_micro = max(1, min(n_micro, len(rows)))
+    return [part for part in np.array_split(rows, n_micro) if len(part)]
+
+
+INFERENCE_BATCH = 64  # eval, predict and serve's default texts per forward pass: one default, the same batches
+# Classifier scores texts in blocks of this many (length-sorted batches within a block) and predict streams files
+# in chunks of it: a text meets the same batch neighbours, and the same bf16 rounding, in eval and predict
+SCORING_BLOCK = 4096
+
+
+def check_batch_size(batch_size, flag: str = "--batch-size") -> None:
+    """Rows per batch must be a whole number >= 1 (with -1 no batch would run and every score would be 0.5)."""
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise UserError(f"{flag}: must be a whole number >= 1, got {batch_size}")

@@ -1,0 +1,1 @@
+"""Distillation into a smaller student."""

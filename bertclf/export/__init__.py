@@ -1,0 +1,1 @@
+"""ONNX export, int8 quantization and its agreement check."""

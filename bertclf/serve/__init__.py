@@ -1,0 +1,1 @@
+"""The HTTP server: app, micro-batcher, schema, body limit, demo page."""

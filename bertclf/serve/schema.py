@@ -1,0 +1,142 @@
+"""The JSON shapes of `bertclf serve`'s API: the /predict request (with the server's limits in it, so the
+published OpenAPI spec states them), the responses, and one-line messages for requests that do not fit."""
+import json
+from types import SimpleNamespace
+from typing import Annotated, Any, Literal, Optional, Union
+
+
+def api_models(*, max_texts: int, max_chars: int, default_fn: str) -> SimpleNamespace:
+    """Pydantic models for this server's limits: Parameters, PredictRequest, LabelScore, ErrorBody, Health, Info."""
+    from pydantic import BaseModel, ConfigDict, Field, field_validator
+    from pydantic.json_schema import WithJsonSchema
+
+    # a text of only whitespace is empty, as for predict and eval (bertclf.data.dataset.is_empty_text: Python's
+    # str.isspace, which also counts U+001C-U+001F and U+0085, unlike the JSON Schema regex \\s)
+    text_schema = {"type": "string", "minLength": 1, "maxLength": max_chars,
+                   "pattern": "[^\\s\\u001c-\\u001f\\u0085]"}
+    inputs_schema = {
+        "anyOf": [text_schema, {"type": "array", "items": text_schema, "minItems": 1, "maxItems": max_texts}],
+        "title": "Inputs",
+        "description": f"a text, or a list of 1 to {max_texts} texts; each 1 to {max_chars} characters",
+    }
+
+    class Parameters(BaseModel):
+        model_config = ConfigDict(extra="forbid", title="TextClassificationParameters")
+        top_k: Optional[Annotated[int, Field(strict=True, ge=1)]] = Field(
+            None, description="return only the k best labels (default: every label)")
+        function_to_apply: Optional[Literal["softmax", "sigmoid", "none"]] = Field(
+            None, description=f"how logits become scores; 'none' gives raw logits (default: {default_fn})")
+
+        @field_validator("top_k", mode="before")
+        @classmethod
+        def _integral_number(cls, v):
+            # JSON Schema, and so the published spec, counts 2.0 as an integer: accept it. 1.5, "2", true: still 422.
+            return int(v) if isinstance(v, float) and v.is_integer() else v
+
+    class PredictRequest(BaseModel):
+        model_config = ConfigDict(extra="forbid", title="TextClassificationRequest")
+        inputs: Annotated[Any, WithJsonSchema(inputs_schema)]
+        parameters: Optional[Parameters] = None
+        options: Optional[dict[str, Any]] = Field(
+            None, description="accepted for compatibility with old Inference API clients, and ignored")
+
+        @field_validator("inputs", mode="before")
+        @classmethod
+        def _check_inputs(cls, v):
+            return check_inputs(v, max_texts=max_texts, max_chars=max_chars)
+
+    class LabelScore(BaseModel):
+        label: str
+        score: float
+
+    class ErrorBody(BaseModel):
+        error: str
+
+    class Health(BaseModel):
+        status: Literal["ok"]
+        queued_texts: int
+
+    class Info(BaseModel):
+        model_config = ConfigDict(protected_namespaces=())
+        task: Literal["text-classification"]
+        model: Optional[str]
+        backend: str
+        labels: list[str]
+        default_function_to_apply: str
+        limits: dict[str, Union[int, float]]
+        card: dict[str, Any]
+        stats: dict[str, int]
+        bertclf_version: str
+
+    return SimpleNamespace(Parameters=Parameters, PredictRequest=PredictRequest, LabelScore=LabelScore,
+                           ErrorBody=ErrorBody, Health=Health, Info=Info)
+
+
+def check_inputs(v, *, max_texts: int, max_chars: int):
+    """`inputs` of a /predict request, unchanged if it is a text or a list of texts within the limits;
+    otherwise ValueError with what is wrong and where."""
+    if isinstance(v, str):
+        texts, where = [v], lambda i: "inputs"
+    elif isinstance(v, list):
+        if not v:
+            raise ValueError("inputs is an empty list; send at least one text")
+        if len(v) > max_texts:
+            raise ValueError(f"inputs has {len(v)} texts; the limit is {max_texts} per request (--max-texts)")
+        texts, where = v, lambda i: f"inputs[{i}]"
+    else:
+        raise ValueError(f"inputs must be a string or a list of strings, not {_json_type(v)}")
+    for i, t in enumerate(texts):
+        if not isinstance(t, str):
+            raise ValueError(f"{where(i)} must be a string, not {_json_type(t)}")
+        if len(t) > max_chars:
+            raise ValueError(f"{where(i)} has {len(t)} characters; the limit is {max_chars} (--max-chars)")
+        if not t.strip():
+            raise ValueError(f"{where(i)} is empty (or only whitespace); send some text to classify")
+        try:
+            t.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(f"{where(i)} is not valid Unicode (it holds a lone surrogate such as "
+                             "\\ud800)") from None
+    return v
+
+
+def _field_name(x) -> str:
+    """A field name as sent by the client, safe for a one-line message: quoted and escaped when it holds a line
+    break or another unprintable character (a key such as "\\n" must not break the error's one line)."""
+    s = str(x)
+    return s if s and s.isprintable() else json.dumps(s)
+
+
+def validation_message(errors) -> str:
+    parts = []
+    for e in list(errors)[:3]:
+        loc = [_field_name(x) for x in e.get("loc", ()) if x != "body"]
+        msg = str(e.get("msg", "invalid"))
+        if msg.startswith("Value error, "):
+            msg = msg[len("Value error, "):]
+        if e.get("type") == "json_invalid":
+            ctx = (e.get("ctx") or {}).get("error")
+            msg = f"body is not valid JSON ({ctx})" if ctx else "body is not valid JSON"
+            loc = []
+        elif e.get("type") == "missing":
+            msg = "field required" if loc else 'the body is empty; send a JSON object such as {"inputs": "text"}'
+        elif e.get("type") in ("model_attributes_type", "model_type", "dict_type"):
+            msg = ("must be a JSON object" if loc else 'the body must be a JSON object such as {"inputs": "text"} '
+                   "(sent with Content-Type: application/json)")
+        where = ".".join(loc)
+        parts.append(f"{where}: {msg}" if loc and not msg.startswith(where) else msg)
+    return "; ".join(parts) or "invalid request"
+
+
+def _json_type(v) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "a boolean"
+    if isinstance(v, (int, float)):
+        return "a number"
+    if isinstance(v, dict):
+        return "an object"
+    if isinstance(v, list):
+        return "a list"
+    return type(v).__name__

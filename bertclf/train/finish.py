@@ -1,0 +1,169 @@
+"""The end of a run: the best checkpoint's weights become the model, scored on validation and test, saved as a
+standard Hugging Face directory with its model card and predictions; the checkpoints go. With --ngram auto|on
+the n-gram partner is fitted here and, when kept, the model is the blend (bertclf/models/ngram.py)."""
+from __future__ import annotations
+
+import contextlib
+import shutil
+import time
+
+import numpy as np
+
+from bertclf.rundir import checkpoint as ckpt
+from bertclf.models import ngram
+from bertclf.rundir import layout as rundir
+from bertclf.train.calibration import MIN_ROWS, calibrate, test_calibration
+from bertclf.rundir.card import build_card, device_name
+from bertclf.io.disk_space import writing
+from bertclf.train.scoring import gathered_logits, score_ids
+from bertclf.train.preemption import StopSignal
+from bertclf.data.tokens import encode, lengths
+
+
+def finish(run, stop_reason: str | None, t_start: float, preemption=None) -> dict:
+    """Write the final model (main process); returns its card ({} on other processes). preemption: the run's
+    bertclf.train.preemption.Preemption; a stop signal then cuts the test scoring short, not the model."""
+    card = {}
+    if run.main:
+        card = _write_final_model(run, stop_reason, t_start, preemption)
+    run.accelerator.wait_for_everyone()
+    return card
+
+
+def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=None) -> dict:
+    cfg, state, plan, out, say = run.cfg, run.state, run.plan, run.out, run.say
+    model = run.unwrapped()
+    best = ckpt.load_best(out, model)
+    score = dict(pad_id=run.pad_id, batch_size=cfg.eval_batch_size, autocast_dtype=run.autocast_dtype)
+    names, task = run.labels.names, run.task
+    # the best model's validation report: for multi-label it tunes the thresholds stored with the model
+    _, valid_logits = score_ids(model, run.valid_ids, run.y_valid, task.validation_report, **score)
+    valid_metrics = best["valid"] if best else None
+    fitted, ngram_record, blend_valid = _ngram_partner(run, valid_logits)
+    partner = fitted if ngram_record and ngram_record["kept"] else None
+    if partner is not None:  # the blend is the model: calibrated, scored and saved as such; the head stays raw
+        valid_logits, valid_metrics = blend_valid
+    calibration, valid_metrics = _calibrate(run, model if partner is None else None, valid_logits, valid_metrics)
+    if calibration:
+        valid_logits = valid_logits / calibration["temperature"]  # what the folded model (or the blend) gives
+    blend = None if fitted is None else (fitted, partner is not None, ngram_record["weight"],
+                                         calibration["temperature"] if calibration else None)
+    preds = {"labels": np.array(names), "valid_y": run.y_valid, "valid_probs": task.probs(valid_logits),
+             "valid_tokens": lengths(run.valid_ids), "valid_chars": np.array([len(t) for t in run.valid_ds.texts])}
+    test_rep = None
+    if run.test_ds is not None:
+        try:
+            with preemption.interrupting() if preemption else contextlib.nullcontext():
+                test_rep, test_preds = _score_test(run, model, score, blend, ngram_record)
+            preds |= test_preds
+            if calibration:
+                calibration["test"] = test_calibration(run.y_test, test_preds["test_probs"],
+                                                       calibration["temperature"])
+        except StopSignal as e:
+            say(f"{e.name} while scoring the test rows: scoring skipped so that the model is saved now; score it "
+                f"with 'bertclf eval {out} --test FILE'")
+        except Exception as e:  # noqa: BLE001 (a failure after training must never cost the trained model)
+            say(f"scoring the test rows failed ({type(e).__name__}: {e}); the model is saved without a test score: "
+                f"score it with 'bertclf eval {out} --test FILE'")
+    with writing("the predictions file", out, lambda: sum(np.asarray(a).nbytes for a in preds.values()),
+                 "the uncompressed arrays", lambda: ckpt.after_disk_full(out)):
+        rundir.save_predictions(out, preds)
+    wall = time.time() - t_start
+    train_s = max(state.train_seconds, 1e-9)
+    card = build_card(
+        cfg, run.run_args, names,
+        data={"train": run.train_ds.summary(),
+              "valid": run.valid_ds.summary() | {"texts_in_train": run.in_train.get("valid")},
+              "test": run.test_ds.summary() | {"texts_in_train": run.in_train.get("test")} if run.test_ds else None},
+        metrics={"valid": valid_metrics, "test": test_rep},
+        training={"steps": state.step, "best_step": state.best_step, "epochs": state.step / plan.steps_per_epoch,
+                  "stop_reason": stop_reason or "finished", "wall_time_s": wall, "train_seconds": state.train_seconds,
+                  "samples_per_s": state.samples_seen / train_s, "tokens_per_s": state.tokens_seen / train_s,
+                  "device": device_name(run.accelerator.device), "processes": run.world,
+                  "precision": "fp32" if run.mixed == "no" else run.mixed, "global_batch": plan.eff_batch * run.world},
+        classification=task.card(), calibration=calibration, ngram=ngram_record) | run.card_extra
+    task.configure(model.config)  # id2label, label2id, problem_type (transformers.pipeline scores as we do)
+    with writing("the n-gram partner", out, lambda: partner.nbytes() if partner else 0, "its arrays and vocabulary",
+                 lambda: ckpt.after_disk_full(out)):
+        if partner is not None:
+            rundir.remove_card(out)  # the card marks a complete model; save_model_dir writes it last
+            partner.save(out)
+        else:
+            ngram.remove(out)  # an earlier run's partner in this folder must not pass for this model's
+    ckpt.save_model_dir(out, model, run.tokenizer, card, on_write=run.events.on_checkpoint_write)
+    shutil.rmtree(rundir.checkpoints_dir(out), ignore_errors=True)  # finished: the final model is the best one
+    if test_rep:
+        say(f"test {task.metric} {task.score(test_rep):.4f} (accuracy {test_rep['accuracy']:.4f}, macro-F1 "
+            f"{test_rep['macro_f1']:.4f}) on {test_rep['n']} rows; model saved to {out} in {wall / 60:.1f} min")
+    else:
+        say(f"best validation {task.metric} {state.best_score:.4f}; model saved to {out} in {wall / 60:.1f} min")
+    return card
+
+
+def _calibrate(run, model, valid_logits, valid_metrics: dict | None) -> tuple[dict | None, dict | None]:
+    """--calibrate (single-label): fold a temperature fitted on the validation rows into the model
+    (bertclf/train/calibration.py; model None: a blend's logits, nothing folded); (its record for the card or None, the
+    validation metrics with the calibrated ECE)."""
+    if not run.cfg.calibrate or run.task.kind != "single_label" or not len(run.y_valid):
+        return None, valid_metrics
+    if len(run.y_valid) < MIN_ROWS:
+        run.say(f"calibration: skipped: {len(run.y_valid)} validation rows, fewer than the {MIN_ROWS} a temperature "
+                f"needs (fitted on fewer it is noise); the probabilities stay raw: hold out more with --valid-frac "
+                f"or --valid FILE")
+        return None, valid_metrics
+    calibration = calibrate(model, valid_logits, run.y_valid)
+    v = calibration["valid"]
+    of = "" if model is not None else " of the blend"
+    run.say(f"calibration: temperature {calibration['temperature']:.3f}{of} fitted on {len(run.y_valid)} validation "
+            f"rows; validation ECE {v['ece_before']:.4f} -> {v['ece_after']:.4f}, NLL {v['nll_before']:.4f} -> "
+            f"{v['nll_after']:.4f}")
+    return calibration, (valid_metrics | {"ece": v["ece_after"]} if valid_metrics else valid_metrics)
+
+
+def _ngram_partner(run, valid_logits: np.ndarray):
+    """--ngram auto|on: fit the n-gram partner on the training rows, choose its weight on the validation rows and
+    say so in one line (bertclf/models/ngram.py). (the fitted partner or None, the card's record (its "kept") or None,
+    and for a kept partner (the blend's validation logits, its validation report))."""
+    cfg, say, task = run.cfg, run.say, run.task
+    if cfg.ngram == "off":
+        return None, None, None
+    if "distilled_from" in run.card_extra:  # a student's rows include unlabelled texts: no partner (not yet)
+        return None, {"mode": cfg.ngram, "kept": False, "reason": "not fitted for a distilled student"}, None
+    if not len(run.y_valid):
+        say("n-gram partner: not fitted: no validation rows to choose its weight on")
+        return None, {"mode": cfg.ngram, "kept": False, "reason": "no validation rows"}, None
+    t0 = time.time()
+    try:
+        partner = ngram.fit(run.train_ds.texts, run.y_train, len(run.labels.names), task.kind == "multi_label",
+                            cfg.seed)
+        valid_probs = partner.probs(run.valid_ds.texts)
+    except ValueError as e:  # scikit-learn: one class only, no n-gram in two texts, ...
+        say(f"n-gram partner: not fitted ({e})")
+        return None, {"mode": cfg.ngram, "kept": False, "reason": str(e)}, None
+    kept, record, blend_logits, blend_report = ngram.judge(task, run.y_valid, valid_logits, valid_probs, cfg.ngram)
+    record |= {"features": partner.n_features, "fit_seconds": round(time.time() - t0, 2)}
+    say(ngram.describe(record))
+    return partner, record, (blend_logits, blend_report) if kept else None
+
+
+def _score_test(run, model, score: dict, blend=None, ngram_record: dict | None = None) -> tuple[dict, dict]:
+    """(test report, test arrays for eval_predictions.npz). blend: (fitted partner, kept, weight, temperature or
+    None): each side's test score goes into ngram_record["test"], and a kept partner's blend scores the rows."""
+    t0 = time.time()
+    test_ids = encode(run.tokenizer, run.test_ds.texts, run.cfg.max_length, long_text=run.cfg.long_text)
+    if blend is None:
+        test_rep, test_logits = score_ids(model, test_ids, run.y_test, run.task.report, **score)
+    else:
+        partner, kept, weight, temperature = blend
+        encoder_logits = gathered_logits(model, test_ids, score["pad_id"], score["batch_size"],
+                                         autocast_dtype=score["autocast_dtype"])
+        ngram_probs = partner.probs(run.test_ds.texts)
+        test_logits = (ngram.blended_logits(run.task, encoder_logits, ngram_probs, weight, temperature) if kept
+                       else encoder_logits)
+        test_rep = run.task.report(run.y_test, test_logits)
+        sides = {"encoder": encoder_logits, "ngram": ngram.link(ngram_probs, run.task.kind == "multi_label")}
+        ngram_record["test"] = {name: run.task.score(ngram.component_task(run.task, name, ngram_record)
+                                                     .report(run.y_test, z)) for name, z in sides.items()}
+    test_rep["seconds"] = time.time() - t0
+    return test_rep, {"test_y": run.y_test, "test_probs": run.task.probs(test_logits), "test_tokens": lengths(test_ids),
+                      "test_chars": np.array([len(t) for t in run.test_ds.texts])}

@@ -1,0 +1,171 @@
+"""Stage 4, the training loop: fine-tune an encoder with a classification head.
+
+It reads like the tutorial it grew from (load data, tokenize, loop over batches, print loss and accuracy
+every N steps, report test accuracy); each speed and safety trick is named where it lives:
+
+  prepare.py   tokenize once up front · fused AdamW with linear warmup and decay · bf16 autocast on
+               GPUs and CPUs that have it (fp16 + loss scaling on older GPUs, fp32 elsewhere) · exact resume
+  batches.py   length-bucketed batches with dynamic padding
+  stepper.py   gradient accumulation · on CUDA out-of-memory halve the micro-batch (the effective batch stays)
+  meter.py     no per-step host syncs (numbers leave the GPU only when logged)
+  evaluate.py  validation each epoch or every N steps, sharded over processes
+  checkpoint.py  atomic checkpoints, best checkpoint kept; early stopping below
+  preemption.py  SIGTERM/SIGUSR1: finish the step, checkpoint, stop (exit 75); `--resume auto` continues
+  finish.py    the best model, test score, model card
+
+Accelerate runs the same code on CPU, one GPU or many (`accelerate launch` / `torchrun`).
+"""
+from __future__ import annotations
+
+import contextlib
+import os
+import time
+
+from bertclf.rundir import checkpoint as ckpt
+from bertclf.rundir import layout as rundir
+from bertclf.train.callbacks import Events
+from bertclf.train.config import RESUME_KEYS, TrainConfig, config_from_dict, validate_config  # noqa: F401 (re-exported)
+from bertclf.io.disk_space import tensor_bytes, writing
+from bertclf.errors import UserError
+from bertclf.train.scoring import score_ids
+from bertclf.train.finish import finish
+from bertclf.train.meter import Meter
+from bertclf.train.preemption import Preemption
+from bertclf.train.prepare import Run, load_data, prepare  # noqa: F401 (load_data re-exported)
+from bertclf.train.state import selection_tolerance
+from bertclf.train.stepper import Stepper
+
+
+def train(cfg: TrainConfig, echo=print, callbacks=(), objective=None) -> dict:
+    """Fine-tune as `cfg` says; returns the model card that is also written to DIR/bertclf.json.
+    callbacks: bertclf.train.callbacks.TrainCallback instances, told of each step, validation and checkpoint write.
+    objective: see prepare() (bertclf distill trains a student with the teacher's loss in this same loop)."""
+    t_start = time.time()
+    validate_config(cfg)
+    events = Events(callbacks)
+    with contextlib.ExitStack() as held:  # the output folder's lock (one run per folder), for the whole run
+        run = prepare(cfg, echo, held, objective)
+        run.events = events  # the final model write (finish.py) tells them of its moments too
+        # a full disk outside the checkpoint and model writes (which name their own folder): the log, the lock
+        next_checkpoint = lambda: tensor_bytes(run.unwrapped().state_dict(), run.optimizer.state_dict())  # noqa: E731
+        with Preemption() as preemption, writing("the run's files", run.out, next_checkpoint,
+                                                 "the next checkpoint's weights and optimizer state",
+                                                 lambda: ckpt.after_disk_full(run.out)):
+            return run_loop(run, events, preemption, t_start)
+
+
+def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
+    """batches -> step -> log -> evaluate -> checkpoint -> stop, then the final model."""
+    cfg = run.cfg
+    model, optimizer, scheduler, plan, state = run.model, run.optimizer, run.scheduler, run.plan, run.state
+    stepper = Stepper(model, optimizer, run.accelerator, run.train_ids, run.y_train, run.pad_id, plan.eff_batch,
+                      cfg.grad_accum, events, run.task, say=run.say)
+    meter = Meter(run.accelerator, run.world, state.window)
+    progress = make_progress(plan.total_steps, state.step, run.main)
+    model.train()
+    stop_reason = None
+    while state.step < plan.total_steps and stop_reason is None:
+        epoch, batches = state.epoch, run.batches(state.epoch)
+        for rows in batches[state.batch_in_epoch:]:
+            loss, correct, nonfinite = stepper.gradients(rows, state)
+            run.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            tokens = int(run.train_len[rows].sum())
+            epoch_end = state.advance(len(rows), tokens, run.world, len(batches))
+            meter.add(loss, correct, nonfinite, len(rows), tokens)
+            progress.update(1)
+            step = state.step
+            events.on_step_end(step)
+            if step % plan.log_every == 0 or step == plan.total_steps:
+                log_window(run, meter, epoch, len(batches), progress, t_start)
+            if step % plan.eval_every == 0 or step == plan.total_steps:
+                stop_reason = validate(run, meter, events)
+            preempted = step < plan.total_steps and preemption.requested(run.accelerator)
+            checkpoint_due = cfg.checkpoint_every and step % cfg.checkpoint_every == 0
+            if (checkpoint_due or preempted) and step < plan.total_steps:
+                save_checkpoint(run, meter, events)
+            if preempted:
+                raise preemption.stop(step, rundir.step_dir(run.out, step))
+            if step >= plan.total_steps or stop_reason or epoch_end:
+                break
+    progress.close()
+    check_finite(run, meter)  # the final model is never a diverged one either
+    if stop_reason:
+        run.say(stop_reason)
+    return finish(run, stop_reason, t_start, preemption)
+
+
+def check_finite(run: Run, meter: Meter) -> None:
+    """Stop with one line if a loss since the start or a weight is NaN/inf: called before anything is logged
+    as a result or written to disk, so no checkpoint, best model or final model ever holds a diverged model."""
+    if meter.any_nonfinite(run.model):
+        raise UserError(f"training diverged: the loss or the weights became NaN/inf before step {run.state.step}; "
+                        f"lower --lr (now {run.plan.lr:g}) or use --precision fp32; the last checkpoint is intact")
+
+
+def log_window(run: Run, meter: Meter, epoch: int, n_batches: int, progress, t_start: float) -> None:
+    check_finite(run, meter)  # checked when logged, not every step: it is a host sync
+    state, w = run.state, meter.flush()
+    state.train_seconds += w["seconds"]
+    run.log(f"[Epoch {epoch + 1}/{run.plan.n_epochs}] step {state.step} -> loss {w['loss']:.4f}, acc {w['acc']:.4f} "
+            f"({w['samples_per_s']:.0f} samples/s)",
+            step=state.step, epoch=state.epoch + state.batch_in_epoch / n_batches, loss=w["loss"], acc=w["acc"],
+            lr=run.scheduler.get_last_lr()[0], samples_per_s=w["samples_per_s"], tokens_per_s=w["tokens_per_s"],
+            elapsed_s=time.time() - t_start)
+    progress.set_postfix(loss=f"{w['loss']:.3f}", samples_s=f"{w['samples_per_s']:.0f}")
+
+
+def validate(run: Run, meter: Meter, events) -> str | None:
+    """Score the validation rows (sharded over processes), keep the best weights; the early-stop reason or None."""
+    check_finite(run, meter)
+    t_eval, state, step = time.time(), run.state, run.state.step
+    # [task] multi-label: thresholds tuned on these rows first; the score is --metric's
+    rep, _ = score_ids(run.unwrapped(), run.valid_ids, run.y_valid, run.task.validation_report, run.pad_id,
+                       run.cfg.eval_batch_size, run.accelerator, run.autocast_dtype)
+    events.on_evaluate(step, rep)
+    score = run.task.score(rep)
+    top_before = state.top
+    tolerance = None if run.cfg.select == "best" else \
+        selection_tolerance(top_before if top_before is not None else score, len(run.y_valid))
+    kept = state.record_score(score, step, tolerance)
+    if kept and run.main:
+        ckpt.save_best(run.out, run.unwrapped(), {"step": step, "valid": rep}, on_write=events.on_checkpoint_write)
+    chosen = "" if run.task.metric in ("accuracy", "macro_f1") else f"{run.task.metric} {score:.4f}, "
+    if kept:
+        note = " (best so far)" if top_before is None or score > top_before else \
+            f" (kept: within one standard error, {tolerance:.4f}, of the best {state.top_score:.4f}, and later)"
+    else:
+        note = f" (best {state.best_score:.4f} @ step {state.best_step})"
+    run.log(f"validation @ step {step}: {chosen}accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}" + note,
+            step=step, epoch=step / run.plan.steps_per_epoch, valid_accuracy=rep["accuracy"],
+            valid_macro_f1=rep["macro_f1"], valid_score=score, valid_loss=None, best=kept)
+    meter.exclude(time.time() - t_eval)  # evaluation time is not training throughput
+    if run.cfg.patience and state.evals_without_improvement >= run.cfg.patience:
+        return f"early stop: no improvement in {run.cfg.patience} evaluation(s)"
+    return None
+
+
+def save_checkpoint(run: Run, meter: Meter, events) -> None:
+    """Every process takes part: the log window's sums and each rank's RNG state are gathered into it."""
+    from accelerate.utils import gather_object
+
+    check_finite(run, meter)
+    run.state.window = meter.window()  # part of the state, so a resumed run logs exactly the same numbers
+    # Every rank draws its own dropout masks: keep each rank's RNG state, not only rank 0's.
+    rank_rngs = gather_object([ckpt.rng_state()]) if run.world > 1 else None
+    if run.main:
+        ckpt.save_checkpoint(run.out, run.state.step, run.unwrapped(), run.optimizer, run.scheduler,
+                             run.state.to_dict() | {"args": run.run_args, "data_sha256": run.data_sha256()},
+                             keep=run.cfg.keep_checkpoints,
+                             rank_rngs=rank_rngs, on_write=events.on_checkpoint_write)
+        events.on_checkpoint_saved(run.state.step)
+    run.accelerator.wait_for_everyone()
+
+
+def make_progress(total: int, done: int, main: bool):
+    from tqdm.auto import tqdm
+
+    disable = (not main) or bool(os.environ.get("BERTCLF_NO_PROGRESS")) or None  # None: off when not a TTY
+    return tqdm(total=total, initial=done, unit="step", disable=disable, dynamic_ncols=True, leave=False)

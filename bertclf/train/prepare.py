@@ -1,0 +1,343 @@
+"""Everything a training run needs before its first step: device and precision, output folder, data, model,
+tokenized rows, batch plan, optimizer and schedule, and the state to start from (fresh or resumed)."""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from bertclf.rundir import checkpoint as ckpt
+from bertclf.data import dataset as D
+from bertclf.rundir import layout as rundir
+from bertclf.data import task as T
+from bertclf.data.batches import epoch_batches
+from bertclf.train.callbacks import Events
+from bertclf.models.resolve import check_max_length
+from bertclf.train.config import RESUME_KEYS, TrainConfig, trims_vocab
+from bertclf.errors import UserError
+from bertclf.train.meter import Logger
+from bertclf.models.resolve import load_classifier, load_tokenizer, resolve
+from bertclf.models.precision import pick_precision
+from bertclf.train.state import TrainState
+from bertclf.data.tokens import encode, lengths
+
+
+# The default recipe (chosen on validation splits of training rows: benchmarks/recipe_sweep.md).
+BASE_LR = 1e-4        # peak lr at batch 32; scaled by sqrt(batch / 32), at most MAX_LR
+MAX_LR = 2e-4
+HEAD_LR = 1e-3        # the new classification head's peak lr is at least this (10x the encoder's at batch 32)
+EPOCHS = 2            # default epochs of a single-label run
+MIN_STEPS = 800       # multi-label default epochs: enough passes for about this many optimizer steps ...
+EPOCHS_RANGE = (2, 10)  # ... but never fewer or more passes than these
+
+
+def default_lr(batch_size: int) -> float:
+    """Peak learning rate for --lr unset: square-root scaling with the global batch (Adam's rule of thumb)."""
+    return min(MAX_LR, BASE_LR * math.sqrt(batch_size / 32))
+
+
+def default_epochs(steps_per_epoch: int, multi_label: bool) -> int:
+    """Passes over the data for --epochs unset. Multi-label: small data gets more passes, so that it reaches
+    MIN_STEPS steps (on 3,200 KOTE rows validation macro-F1 rose at every check up to 800 steps, and held-out
+    macro-F1 0.4567 at 800 vs 0.4442 at 400: benchmarks/RESULTS.md, "Datasets"); single-label: EPOCHS (on 2,000
+    hate-speech rows 7 epochs scored below 2: benchmarks/recipe_sweep.md)."""
+    if not multi_label:
+        return EPOCHS
+    lo, hi = EPOCHS_RANGE
+    return int(min(hi, max(lo, math.ceil(MIN_STEPS / max(1, steps_per_epoch)))))
+
+
+@dataclass
+class Plan:
+    """How many steps, and when to log and evaluate."""
+    batch_size: int        # rows per micro-batch on each process, before any out-of-memory back-off
+    lr: float
+    eff_batch: int         # rows per optimizer step on each process
+    steps_per_epoch: int
+    total_steps: int
+    n_epochs: int
+    log_every: int
+    eval_every: int
+
+
+@dataclass
+class Run:
+    """One training run, set up: what the loop and the final stage read."""
+    cfg: TrainConfig
+    accelerator: object
+    mixed: str                 # "no" | "bf16" | "fp16"
+    out: Path
+    say: object                # print on the main process, nothing elsewhere
+    log: Logger
+    task: object               # bertclf.data.task.SingleLabel | MultiLabel: encoding, loss, metrics, card
+    train_ds: D.Dataset
+    valid_ds: D.Dataset
+    test_ds: D.Dataset | None
+    y_train: np.ndarray
+    y_valid: np.ndarray
+    y_test: np.ndarray | None
+    tokenizer: object
+    pad_id: int
+    train_ids: list
+    valid_ids: list
+    train_len: np.ndarray
+    plan: Plan
+    model: object
+    optimizer: object
+    scheduler: object
+    run_args: dict
+    state: TrainState
+    events: Events = field(default_factory=Events)  # bertclf.train.callbacks: train() sets the run's callbacks
+    card_extra: dict = field(default_factory=dict)  # more model-card fields (bertclf distill: distilled_from)
+    in_train: dict = field(default_factory=dict)  # validation / test rows whose text is also a training text
+
+    @property
+    def labels(self):
+        return self.task.labels
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    @property
+    def main(self) -> bool:
+        return self.accelerator.is_main_process
+
+    @property
+    def autocast_dtype(self):
+        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mixed)
+
+    def batches(self, epoch: int) -> list[np.ndarray]:
+        """This process's batches of `epoch`, in order (a pure function of seed and epoch)."""
+        return epoch_batches(self.train_len, self.plan.eff_batch, self.cfg.seed, epoch, world_size=self.world,
+                             rank=self.accelerator.process_index)
+
+    def unwrapped(self):
+        return self.accelerator.unwrap_model(self.model)
+
+    def data_sha256(self) -> dict:
+        """The SHA-256 of the training (and --valid) file, which --resume requires unchanged."""
+        return {"train": self.train_ds.sha256} | ({"valid": self.valid_ds.sha256} if self.cfg.valid else {})
+
+
+def count_cut(tokenizer, texts: list[str], kept_lengths: np.ndarray, max_length: int) -> int:
+    """How many texts were longer than max_length: of those kept at exactly max_length tokens, the ones whose
+    whole tokenization is longer (a text of exactly max_length tokens is not cut)."""
+    full = np.flatnonzero(kept_lengths >= max_length).tolist()
+    if not full:
+        return 0
+    ids = tokenizer([texts[i] for i in full], truncation=False, return_attention_mask=False, verbose=False)
+    return sum(len(x) > max_length for x in ids["input_ids"])
+
+
+def load_data(cfg: TrainConfig, log=print):
+    """(train, valid, test or None) datasets, as the config asks (bertclf.data.dataset reads and checks them)."""
+    return D.load_training_data(cfg, log=log)
+
+
+def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
+    """held: a contextlib.ExitStack that keeps the output folder's lock until the run ends. objective: None for
+    plain fine-tuning; bertclf distill's (bertclf/distill/run.py) adds rows, targets, its loss and its start model."""
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
+    from accelerate.utils import set_seed
+
+    resuming, overwrite = resume_or_start(cfg)
+    on_gpu = torch.cuda.is_available()
+    batch_size = cfg.batch_size or (256 if on_gpu else 32)
+    lr = cfg.lr or default_lr(batch_size)
+    D.default_columns(cfg)
+    cfg.trim_vocab = trims_vocab(cfg)  # unset: on for the builtin models (recorded resolved, for --resume)
+    run_args = asdict(cfg) | {"batch_size": batch_size, "lr": lr}
+    if resuming:  # settings first: before the accelerator (its precision is set once) and any trimming
+        refuse_changed_settings(Path(cfg.out), run_args, derived={"lr": "--batch-size"} if cfg.lr is None else {})
+    mixed = pick_precision(cfg.precision)
+    if not torch.distributed.is_initialized():  # a second train() in one process (a notebook) may pick another
+        AcceleratorState._reset_state()         # precision; Accelerate keeps the first one's state otherwise
+    accelerator = Accelerator(mixed_precision=mixed, cpu=not on_gpu)
+    device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
+    main = accelerator.is_main_process
+    say = echo if main else (lambda *a, **k: None)
+    out = rundir.prepare(cfg.out, resuming, overwrite) if main else Path(cfg.out)
+    if main and held is not None:  # after the read-only refusals, before anything in the folder changes
+        held.enter_context(rundir.lock(out))
+    accelerator.wait_for_everyone()
+    set_seed(cfg.seed, device_specific=True)  # + process index: ranks draw different dropout masks
+
+    # data, then the model and tokenizer (vocabulary trimmed to the training texts if asked)
+    train_ds, valid_ds, test_ds = load_data(cfg, log=say)
+    # single- or multi-label: label map, encoding, loss, metrics (bertclf/data/task.py)
+    task = T.make_task(cfg, train_ds.labels, train_ds.source, raw=D.NSMC_LABELS if cfg.data == "nsmc" else None)
+    labels = task.labels
+    y_train = task.encode(train_ds.labels, train_ds.source)
+    y_valid = task.encode(valid_ds.labels, valid_ds.source or "validation")
+    y_test = task.encode(test_ds.labels, test_ds.source) if test_ds else None
+    if cfg.class_weights == "auto":
+        task.set_class_weights(y_train)
+    if objective is not None:  # writes the model cfg.model names (the student) and returns its training rows
+        train_ds, y_train, task = objective.setup(out, train_ds, y_train, task, accelerator, say, resuming)
+    say(f"data: {len(train_ds)} train, {len(valid_ds)} validation"
+        + (f", {len(test_ds)} test" if test_ds else "")
+        + f" rows; labels {', '.join(labels.names)}"
+        + (f"; dropped {train_ds.dropped_empty} empty train" + (f" / {test_ds.dropped_empty} empty test" if test_ds
+                                                                 else "") + " rows"
+           if cfg.data == "nsmc" or train_ds.dropped_empty else ""))
+    in_train = {"valid": D.texts_in(valid_ds, train_ds), "test": D.texts_in(test_ds, train_ds) if test_ds else None}
+    if in_train["valid"] or in_train["test"]:
+        say("repeated texts: also in the training rows: " + ", ".join(
+            f"{n} of {len(ds)} {name}" for name, n, ds in (("validation", in_train["valid"], valid_ds),
+                                                            ("test", in_train["test"], test_ds)) if n)
+            + " (exact repeats; their scores are partly scores on training texts)")
+    base = resolve(cfg.model, log=say)
+    check_max_length(cfg.max_length, base)  # a hub model's positions are known only once it is resolved
+    if cfg.trim_vocab:
+        base = trimmed_base(base, out, train_ds.texts + valid_ds.texts, accelerator, say, reuse=resuming)
+    tokenizer = load_tokenizer(base)
+    model = load_classifier(base, labels.id2label)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+
+    # tokenize once, up front
+    t0 = time.time()
+    train_ids = encode(tokenizer, train_ds.texts, cfg.max_length, long_text=cfg.long_text)
+    valid_ids = encode(tokenizer, valid_ds.texts, cfg.max_length, long_text=cfg.long_text)
+    train_len = lengths(train_ids)
+    say(f"tokenized in {time.time() - t0:.1f}s: mean {train_len.mean():.1f} tokens per training text, "
+        f"{count_cut(tokenizer, train_ds.texts, train_len, cfg.max_length) / len(train_len) * 100:.1f}% cut at "
+        f"--max-length {cfg.max_length}")
+
+    plan = make_plan(cfg, batch_size, lr, train_len, world, rank)
+    say(f"model {cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; device {device}"
+        f" x{world}, precision {'fp32' if mixed == 'no' else mixed}; global batch {plan.eff_batch * world} "
+        f"(= {batch_size} per micro-batch x {cfg.grad_accum} accumulation x {world} processes), lr {lr:g}, "
+        f"{plan.total_steps} steps over {plan.n_epochs} epoch(s)")
+    if not resuming:  # a resumed run loads its head from the checkpoint
+        task.init_head(model, y_train)
+    optimizer, scheduler = make_optimizer(cfg, model, plan)
+    model, optimizer = accelerator.prepare(model, optimizer)
+
+    run = Run(cfg, accelerator, mixed, out, say, Logger(out, main, echo=say), task, train_ds, valid_ds, test_ds,
+              y_train, y_valid, y_test, tokenizer, pad_id, train_ids, valid_ids, train_len, plan, model, optimizer,
+              scheduler, run_args | {"processes": world},
+              TrainState(n_micro=cfg.grad_accum), card_extra=objective.card_fields() if objective else {},
+              in_train=in_train)
+    if resuming:
+        resume(run)
+    elif main:
+        rundir.clear_previous_run(out)
+    return run
+
+
+def make_plan(cfg: TrainConfig, batch_size: int, lr: float, train_len, world: int, rank: int) -> Plan:
+    eff_batch = batch_size * cfg.grad_accum
+    steps_per_epoch = len(epoch_batches(train_len, eff_batch, cfg.seed, 0, world_size=world, rank=rank))
+    total_steps = math.ceil(steps_per_epoch * (cfg.epochs or default_epochs(steps_per_epoch, cfg.multi_label)))
+    if cfg.max_steps:
+        total_steps = min(total_steps, cfg.max_steps)
+    return Plan(batch_size=batch_size, lr=lr, eff_batch=eff_batch, steps_per_epoch=steps_per_epoch,
+                total_steps=total_steps, n_epochs=math.ceil(total_steps / steps_per_epoch),
+                log_every=cfg.log_every or max(1, min(500, total_steps // 20)),
+                eval_every=cfg.eval_every or steps_per_epoch)
+
+
+def make_optimizer(cfg: TrainConfig, model, plan: Plan):
+    """AdamW (no weight decay on biases and LayerNorm) with linear warmup and decay; the freshly initialised
+    classification head (every parameter outside the pretrained encoder) at max(peak lr, HEAD_LR): a random
+    layer needs larger steps than pretrained weights that fine-tuning should only nudge."""
+    from transformers import get_linear_schedule_with_warmup
+
+    prefix = getattr(model, "base_model_prefix", "") + "."
+    groups = {}
+    for n, p in model.named_parameters():
+        decays = p.ndim >= 2 and "LayerNorm" not in n
+        head = prefix != "." and not n.startswith(prefix)
+        groups.setdefault((decays, head), []).append(p)
+    # fused: one kernel for all parameters, on GPUs and CPUs (2 CPU cores, 23.6M parameters: 18 ms per step
+    # instead of foreach's 83, benchmarks/optimizer_step.py; a tenth of a bf16 training step at batch 32)
+    optimizer = torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decays else 0.0,
+                                    "lr": max(plan.lr, HEAD_LR) if head else plan.lr}
+                                   for (decays, head), ps in sorted(groups.items())],
+                                  lr=plan.lr, fused=True)
+    scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * plan.total_steps), plan.total_steps)
+    return optimizer, scheduler
+
+
+def resume_or_start(cfg: TrainConfig) -> tuple[bool, bool]:
+    """(resume?, overwrite?) for this run. --resume auto continues a run that has a complete checkpoint and
+    otherwise starts fresh, replacing what a run killed before its first checkpoint left; a finished model is
+    never replaced by it. Every process decides alike: they read the same folder."""
+    if cfg.resume != "auto":
+        return bool(cfg.resume), cfg.overwrite
+    if ckpt.latest_checkpoint(Path(cfg.out), log=lambda s: None) is not None:
+        return True, cfg.overwrite
+    if rundir.has_card(cfg.out) and not cfg.overwrite:
+        raise UserError(f"--resume auto: {cfg.out} holds a finished model and no checkpoint; there is nothing to "
+                        f"resume: choose a new directory or --overwrite to train it again")
+    return False, True
+
+
+def resume(run: Run) -> None:
+    """Continue from the newest complete checkpoint of the same run; refuse other settings with one line."""
+    out, say = run.out, run.say
+    found = ckpt.latest_checkpoint(out, log=say)
+    if found is None:
+        raise UserError(f"--resume: no complete checkpoint in {rundir.checkpoints_dir(out)}; start without --resume")
+    saved_state = ckpt.read_trainer_state(found)
+    saved = saved_state["args"]
+    if saved.get("processes", 1) != run.world:
+        # Another process count is another global batch: another batch plan, step count and schedule.
+        raise UserError(f"--resume: the run in {out} was trained by {saved.get('processes', 1)} process(es), "
+                        f"this one has {run.world}; resume with the same number of processes")
+    refuse_changed_settings(out, run.run_args)  # settings first: a checkpoint of other settings may not load
+    check_same_data(run, saved_state.get("data_sha256") or {}, found)
+    loaded = ckpt.load_checkpoint(found, run.unwrapped(), run.optimizer, run.scheduler,
+                                  rank=run.accelerator.process_index)
+    run.state = TrainState.from_dict(loaded)
+    if run.main:
+        rundir.truncate_log(out, run.state.step)
+    say(f"resumed from {found.name}: step {run.state.step}, epoch {run.state.epoch + 1}")
+
+
+def refuse_changed_settings(out: Path, run_args: dict, derived: dict | None = None) -> None:
+    """--resume with other settings (RESUME_KEYS) than the newest complete checkpoint's: one line naming them.
+    derived: setting -> the flag its default follows (the default lr follows --batch-size), so a setting the user
+    never passed is named as what moved it."""
+    found = ckpt.latest_checkpoint(out, log=lambda s: None)
+    if found is None:
+        return  # resume() says there is no checkpoint
+    saved = ckpt.read_trainer_state(found)["args"]
+    from dataclasses import fields
+
+    defaults = {f.name: f.default for f in fields(TrainConfig)}  # a checkpoint older than a key ran its default
+    changed = [k for k in RESUME_KEYS if saved.get(k, defaults.get(k)) != run_args.get(k)]
+    if changed:
+        derived = derived or {}
+        named = [f"--{k.replace('_', '-')}" + (f" (its default follows {derived[k]})" if k in derived else "")
+                 for k in changed]
+        raise UserError(f"--resume: {', '.join(named)} {'differs' if len(named) == 1 else 'differ'} from the "
+                        f"run in {out}; repeat its settings (see {found / ckpt.TRAINER_STATE})")
+
+
+def check_same_data(run: Run, recorded: dict, found: Path) -> None:
+    """The same path is not enough: a training file replaced between the crash and --resume is refused."""
+    for split, sha in run.data_sha256().items():
+        if recorded.get(split) and sha and recorded[split] != sha:
+            path = run.cfg.train if split == "train" else run.cfg.valid
+            raise UserError(f"--resume: {path or run.train_ds.source} changed since the run in {run.out} was "
+                            f"checkpointed (SHA-256 differs from {found.name}); resume with the original file or "
+                            f"start again with --overwrite")
+
+
+def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say, reuse: bool = False) -> str:
+    """Trim the vocabulary to the pieces the training texts use (once per run; reused on resume only: an
+    --overwrite run may train on other texts)."""
+    from bertclf.models.vocab_trim import trim_vocab
+
+    target = rundir.base_model_dir(out)
+    if accelerator.is_main_process and not (reuse and (target / "config.json").is_file()):
+        trim_vocab(base, texts, target, log=say)
+    accelerator.wait_for_everyone()
+    return str(target)
