@@ -97,18 +97,11 @@ def build_parser() -> Parser:
     tv.add_argument("--out", required=True)
     _read_flags(tv)
     b = sub.add_parser("baseline", help="TF-IDF + logistic regression baseline in seconds")
-    b.add_argument("--data", help="builtin dataset: nsmc")
-    b.add_argument("--train", metavar="FILE")
-    b.add_argument("--test", metavar="FILE")
-    b.add_argument("--text-col")
-    b.add_argument("--label-col")
-    b.add_argument("--data-dir")
-    b.add_argument("--sample", type=number, default=1.0)
-    b.add_argument("--seed", type=int, default=42)
+    add_train_flags(b, ("data", "train", "test", "text_col", "label_col", "data_dir", "sample", "seed"),
+                    helps={"test": "test file (default: NSMC test with --data nsmc, else 20%% of --train)"})
     b.add_argument("--out", metavar="DIR", help="also store the result as DIR/baseline.json (e.g. a model directory)")
-    b.add_argument("--multi-label", action="store_true", help="one-vs-rest, thresholds tuned on 20%% of train")
-    b.add_argument("--label-sep", default=",", help="separator of the labels in a multi-label cell (default ,)")
-    b.add_argument("--label-names", metavar="FILE", help="line i names label id i")
+    add_train_flags(b, ("multi_label", "label_sep", "label_names"),
+                    helps={"multi_label": "one-vs-rest, thresholds tuned on 20%% of train"})
     b.add_argument("--json", action="store_true")
     _read_flags(b)
 
@@ -144,18 +137,17 @@ def build_parser() -> Parser:
     d.add_argument("--texts", metavar="FILE", help="unlabelled texts: a file with a text column or one text per line")
     d.add_argument("--text-col", help="text column of --texts (default: the teacher's text column)")
     d.add_argument("--format", choices=FORMATS, help="format of --texts (default: by extension)")
-    d.add_argument("--epochs", type=number, metavar="X")
-    d.add_argument("--lr", type=number, metavar="X")
-    d.add_argument("--batch-size", type=int, metavar="N")
-    d.add_argument("--max-steps", type=int, metavar="N")
+    from bertclf.distill.run import RECIPE_FLAGS
+
+    add_train_flags(d, RECIPE_FLAGS, helps={"epochs": "passes over the rows (default: the teacher's)",
+                                            "lr": "peak learning rate (default: the teacher's)",
+                                            "batch_size": "rows per micro-batch (default: the teacher's)"})
     d.add_argument("--temperature", type=number, default=2.0, metavar="T", help="softmax temperature (default 2)")
     d.add_argument("--alpha", type=number, default=0.5, metavar="A",
                    help="share of the soft-label loss on labelled rows (default 0.5; unlabelled rows: soft only)")
-    d.add_argument("--precision", default="auto", help=PRECISION_HELP)
-    d.add_argument("--checkpoint-every", type=int, metavar="N", help="write a resumable checkpoint every N steps")
-    d.add_argument("--resume", nargs="?", const=True, default=False, choices=["auto"],
-                   help="continue the distillation in --out from its last checkpoint (auto: if there is one)")
-    d.add_argument("--overwrite", action="store_true", help="replace what --out holds")
+    add_train_flags(d, ("precision", "checkpoint_every", "resume", "overwrite"),
+                    helps={"resume": "continue the distillation in --out from its last checkpoint (auto: if there "
+                                     "is one)"})
     _read_flags(d)
 
     rp = sub.add_parser("report", help="plots and a self-contained HTML page for a run (two runs: compared)")
@@ -172,14 +164,13 @@ def build_parser() -> Parser:
     au.add_argument("--label-col", help="label column (default: label)")
     au.add_argument("--out", required=True, metavar="AUDIT.tsv", help="suspect rows (TSV); AUDIT.html goes beside it")
     au.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
-    au.add_argument("--seed", type=int, default=42)
+    add_train_flags(au, ("seed",))
     au.add_argument("--model", default="baseline", metavar="baseline|NAME|DIR",
                     help="out-of-fold model: baseline (TF-IDF + LR, default, minutes on a CPU) or a transformer "
                          "(builtin name, directory or hub name) fine-tuned per fold with bertclf train's defaults")
-    au.add_argument("--multi-label", action="store_true", help="a label cell holds several labels (split by "
-                    "--label-sep): one-vs-rest out-of-fold probabilities, cleanlab's multi-label issues")
-    au.add_argument("--label-sep", default=",", help="separator of the labels in a multi-label cell (default ,)")
-    au.add_argument("--label-names", metavar="FILE", help="line i names label id i (the label cells hold ids)")
+    add_train_flags(au, ("multi_label", "label_sep", "label_names"),
+                    helps={"multi_label": "a label cell holds several labels (split by --label-sep): one-vs-rest "
+                                          "out-of-fold probabilities, cleanlab's multi-label issues"})
     _read_flags(au)
     return p
 

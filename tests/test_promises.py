@@ -198,7 +198,28 @@ def changed_setting(key: str, r: dict, nsmc_slices, nsmc_dir) -> tuple[dict, lis
         return {}, ["--label-names", str(names)]
     if key == "data":  # --data nsmc instead of --train FILE
         return {"--train": None}, ["--data", "nsmc", "--data-dir", str(nsmc_dir)]
-    raise AssertionError(f"RESUME_KEYS has {key!r}, which this test does not know how to change: add it")
+    return derived_change(key)
+
+
+def derived_change(key: str) -> tuple[dict, list[str]]:
+    """Another valid value for a field this test has no case for, from its declaration in TrainConfig: a new
+    resume setting is tested without editing this file, as long as its declaration says what it takes."""
+    from dataclasses import fields
+
+    from bertclf.train.config import TrainConfig
+
+    f = next(f for f in fields(TrainConfig) if f.name == key)
+    flag, meta = "--" + key.replace("_", "-"), f.metadata
+    if meta.get("choices"):
+        return {flag: next(c for c in reversed(meta["choices"]) if c != f.default)}, []
+    if f.type in ("bool", "bool | None") or meta.get("negatable") or meta.get("tri_state"):
+        return {}, [("--no-" + key.replace("_", "-")) if f.default else flag]
+    rng = meta.get("range")
+    if rng is not None and rng.high is not None:
+        return {flag: (rng.low + rng.high) / 2}, []
+    if rng is not None:
+        return {flag: (f.default or rng.low or 1) + 1}, []
+    raise AssertionError(f"RESUME_KEYS has {key!r}, whose declaration says no other value: add a case here")
 
 
 @pytest.mark.parametrize("key", RESUME_KEYS)

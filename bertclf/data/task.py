@@ -43,6 +43,7 @@ class SingleLabel:
         self.labels, self.metric = labels, metric or "accuracy"
         self.weights = None if weights is None else np.asarray(weights, dtype=np.float32)
         self._weights_t = None
+        self.label_smoothing = 0.0  # training only (--label-smoothing); a loaded model's task never trains
 
     def encode(self, cells, where: str, log=None, train_counts: dict | None = None) -> np.ndarray:
         """The cells as targets (class ids). log / train_counts: see `check_ids` (a file scored by a trained model)."""
@@ -115,7 +116,8 @@ class SingleLabel:
     def loss(self, logits, y):
         import torch.nn.functional as F
 
-        return F.cross_entropy(logits.float(), y, weight=self._weight_tensor(logits.device))
+        return F.cross_entropy(logits.float(), y, weight=self._weight_tensor(logits.device),
+                               label_smoothing=self.label_smoothing)
 
     def _weight_tensor(self, device):
         import torch
@@ -221,7 +223,8 @@ class MultiLabel(SingleLabel):
     def loss(self, logits, y):
         import torch.nn.functional as F
 
-        return F.binary_cross_entropy_with_logits(logits.float(), y.float(), pos_weight=self._weight_tensor(logits.device))
+        target = y.float() * (1 - self.label_smoothing) + self.label_smoothing / 2  # each label's 0/1 pulled in
+        return F.binary_cross_entropy_with_logits(logits.float(), target, pos_weight=self._weight_tensor(logits.device))
 
     def correct(self, logits, y):
         """Rows with every label right at threshold 0.5 (subset accuracy)."""
@@ -294,7 +297,9 @@ def make_task(cfg, train_labels: list[str], where: str, raw: dict[str, str] | No
         labels = LabelMap.from_labels(train_labels, where, raw)
     cls = MultiLabel if cfg.multi_label else SingleLabel
     kwargs = {"sep": cfg.label_sep} if cfg.multi_label else {}
-    return cls(labels, cfg.metric, **kwargs)
+    task = cls(labels, cfg.metric, **kwargs)
+    task.label_smoothing = cfg.label_smoothing
+    return task
 
 
 def task_from_card(card: dict, names: list[str]):

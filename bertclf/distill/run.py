@@ -24,6 +24,8 @@ from bertclf.rundir import layout as rundir
 from bertclf.errors import UserError
 from bertclf.io.files import atomic_file, sha256_file, write_json
 
+# the TrainConfig fields a student run may set; unset, the teacher's card gives them (max_steps never inherited)
+RECIPE_FLAGS = ("epochs", "lr", "batch_size", "max_steps")
 DEFAULT_TEMPERATURE = 2.0
 DEFAULT_ALPHA = 0.5
 LOGITS_FILE, SETTINGS_FILE = "teacher_logits.npz", "settings.json"
