@@ -261,17 +261,18 @@ def test_resume_refuses_another_number_of_processes(crashed, monkeypatch):
     global batch 16: another batch plan, another step count and learning-rate schedule."""
     import bertclf.train.loop as loop
 
-    def accepted(*a, **k):
-        raise _ResumeAccepted
+    from bertclf.train.callbacks import TrainCallback
 
-    monkeypatch.setattr(loop, "make_progress", accepted)  # the first thing after the resume checks
+    class Accepted(TrainCallback):
+        def on_train_begin(self, step, total_steps):  # every resume check passed
+            raise _ResumeAccepted
     args = crashed["args"]
     cfg = loop.TrainConfig(out=str(crashed["copy"]), train=args[args.index("--train") + 1], text_col="document",
                            model=args[args.index("--model") + 1], epochs=1, batch_size=BATCH, lr=3e-3, seed=0,
                            valid_frac=VALID_FRAC, checkpoint_every=CKPT_STEP, resume=True,
                            precision="fp32")
     with pytest.raises(UserError, match="process"):
-        loop.train(cfg, echo=lambda s: None)
+        loop.train(cfg, echo=lambda s: None, callbacks=[Accepted()])
 
 
 @pytest.mark.slow

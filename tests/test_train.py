@@ -112,11 +112,20 @@ class _ResumeAccepted(Exception):
     pass
 
 
+class _StopAtBegin(TrainCallback):
+    """Ends the run where it would take its first step: every resume check passed. `started`: the steps it began at."""
+
+    def __init__(self):
+        self.started = []
+
+    def on_train_begin(self, step, total_steps):
+        self.started.append(step)
+        raise _ResumeAccepted
+
+
 def test_resume_refuses_a_changed_training_file(tiny_model_dir, nsmc_slices, tmp_path, monkeypatch):
     """--resume compares the training file's SHA-256 with the one in the checkpoint, not only its path: a file
     replaced between the crash and the resume is refused with one line; the original file is accepted."""
-    import bertclf.train.loop as loop
-
     data = tmp_path / "train.tsv"
     shutil.copy(nsmc_slices["train"], data)
     cfg = dict(out=tmp_path / "run", slices={"train": data, "test": nsmc_slices["test"]}, model=tiny_model_dir,
@@ -130,17 +139,14 @@ def test_resume_refuses_a_changed_training_file(tiny_model_dir, nsmc_slices, tmp
         train(tiny_cfg(**cfg, resume=True), echo=lambda s: None)
 
     data.write_bytes(original)
-    monkeypatch.setattr(loop, "make_progress", lambda *a, **k: (_ for _ in ()).throw(_ResumeAccepted()))
     with pytest.raises(_ResumeAccepted):  # past every resume check
-        train(tiny_cfg(**cfg, resume=True), echo=lambda s: None)
+        train(tiny_cfg(**cfg, resume=True), echo=lambda s: None, callbacks=[_StopAtBegin()])
 
 
 def test_resume_auto_continues_a_checkpoint_or_starts_fresh(tiny_model_dir, nsmc_slices, trained_tiny_dir, tmp_path,
                                                             monkeypatch):
     """--resume auto: the same command resumes where a complete checkpoint exists, starts fresh where none does
     (an empty folder, or a run killed before its first checkpoint), and never replaces a finished model."""
-    import bertclf.train.loop as loop
-
     out = tmp_path / "run"
     cfg = dict(out=out, slices=nsmc_slices, model=tiny_model_dir, max_steps=5, checkpoint_every=2, sample=0.2)
     with pytest.raises(RuntimeError, match="crash after step 2"):  # before its first checkpoint: fresh start next
@@ -149,13 +155,11 @@ def test_resume_auto_continues_a_checkpoint_or_starts_fresh(tiny_model_dir, nsmc
     with pytest.raises(RuntimeError, match="crash after step 3"):
         train(tiny_cfg(**cfg, resume="auto"), echo=lambda s: None, callbacks=[_StopAt(3)])
 
-    started = []
-    monkeypatch.setattr(loop, "make_progress", lambda total, done, main: started.append(done) or
-                        (_ for _ in ()).throw(_ResumeAccepted()))
+    begin = _StopAtBegin()
     lines = []
     with pytest.raises(_ResumeAccepted):
-        train(tiny_cfg(**cfg, resume="auto"), echo=lines.append)
-    assert started == [2] and "resumed from step-00000002: step 2, epoch 1" in lines
+        train(tiny_cfg(**cfg, resume="auto"), echo=lines.append, callbacks=[begin])
+    assert begin.started == [2] and "resumed from step-00000002: step 2, epoch 1" in lines
     with pytest.raises(UserError, match="finished model"):
         train(tiny_cfg(trained_tiny_dir, nsmc_slices, tiny_model_dir, resume="auto"), echo=lambda s: None)
     with pytest.raises(UserError, match="--resume"):

@@ -14,8 +14,6 @@ from bertclf.errors import UserError
 from bertclf.data.labels import LabelMap, better_id_order, split_cell
 from bertclf.data.metrics import classification_report, expected_calibration_error, multilabel_report, tune_thresholds
 
-METRICS = ("accuracy", "macro_f1", "weighted_f1", "micro_f1")
-CLASS_WEIGHTS = ("none", "auto")
 
 
 def smoothed_inverse_frequency(counts: np.ndarray) -> np.ndarray:
@@ -313,17 +311,3 @@ def task_from_card(card: dict, names: list[str]):
         return MultiLabel(labels, t.get("metric"), weights, t.get("label_sep", ","),
                           [th.get(n, 0.5) for n in labels.names])
     return SingleLabel(labels, t.get("metric"), weights)
-
-
-def sample(ds, frac: float, seed: int, multi_label: bool):
-    """data.sample, a seeded random share for multi-label rows (a multi-label cell is no stratum)."""
-    from bertclf.data import dataset as D
-
-    return D.sample(ds, frac, seed, multi_label=multi_label)
-
-
-def split_valid(ds, frac: float, seed: int, multi_label: bool):
-    """data.split_valid, with a seeded random split for multi-label rows (see `sample`)."""
-    from bertclf.data import dataset as D
-
-    return D.split_valid(ds, frac, seed, multi_label=multi_label)

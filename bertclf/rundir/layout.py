@@ -129,10 +129,6 @@ def save_predictions(run_dir, arrays: dict) -> None:
         np.savez_compressed(f, **arrays)
 
 
-def baseline_path(run_dir) -> Path:
-    return Path(run_dir) / BASELINE_FILE
-
-
 def prepare(out, resume: bool, overwrite: bool) -> Path:
     """Check that `out` may hold this run (refusing, with what to do, when it may not) and that it is writable.
 

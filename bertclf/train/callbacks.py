@@ -8,6 +8,10 @@ from __future__ import annotations
 
 
 class TrainCallback:
+    def on_train_begin(self, step: int, total_steps: int) -> None:
+        """Once the run is ready to step: every setting, file and resume check passed, the model and optimizer
+        built (or restored from a checkpoint: `step` is where it resumes, 0 for a fresh run)."""
+
     def on_backward(self, step: int, micro_batch: int, rank: int) -> None:
         """After the backward pass of micro-batch `micro_batch` of optimizer step `step` (counting from 1),
         inside the step's out-of-memory guard: raising torch.OutOfMemoryError here is handled as a real one."""

@@ -61,6 +61,7 @@ def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
     stepper = Stepper(model, optimizer, run.accelerator, run.train_ids, run.y_train, run.pad_id, plan.eff_batch,
                       cfg.grad_accum, events, run.task, say=run.say)
     meter = Meter(run.accelerator, run.world, state.window)
+    events.on_train_begin(state.step, plan.total_steps)
     progress = make_progress(plan.total_steps, state.step, run.main)
     model.train()
     stop_reason = None

@@ -21,7 +21,7 @@ from bertclf.train.config import RESUME_KEYS, TrainConfig, trims_vocab
 from bertclf.errors import UserError
 from bertclf.train.meter import Logger
 from bertclf.models.resolve import load_classifier, load_tokenizer, resolve
-from bertclf.models.precision import pick_precision
+from bertclf.models.precision import autocast_dtype, pick_precision
 from bertclf.train.state import TrainState
 from bertclf.data.tokens import encode, lengths
 
@@ -109,7 +109,7 @@ class Run:
 
     @property
     def autocast_dtype(self):
-        return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.mixed)
+        return autocast_dtype(self.mixed)
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         """This process's batches of `epoch`, in order (a pure function of seed and epoch)."""
