@@ -1,92 +1,41 @@
-"""Load test for `bertclf serve`: N concurrent clients post NSMC test reviews for a bounded time.
+"""`bertclf serve` under load: N concurrent clients post NSMC test reviews for a bounded time.
 
-    python benchmarks/load.py MODEL_DIR                      # starts a server on loopback, 16 clients, 10 s
-    python benchmarks/load.py MODEL_DIR --clients 32 --texts-per-request 4 --max-batch 32
-    python benchmarks/load.py --url http://127.0.0.1:8000    # an already running server (no RSS numbers)
+    python -m benchmarks.serving.load MODEL_DIR                   # a server on loopback, 16 clients, 10 s
+    python -m benchmarks.serving.load MODEL_DIR --clients 32 --texts-per-request 4 --max-batch 32
+    python -m benchmarks.serving.load MODEL_DIR --soak            # 64 clients, 30 s, mixed and malformed requests
+    python -m benchmarks.serving.load MODEL_DIR --soak --clients 128 --seconds 300 --json
+    python -m benchmarks.serving.load --url http://127.0.0.1:8000 # an already running server (no RSS numbers)
 
-Reports throughput (requests/s, texts/s), p50/p90/p99 latency, errors (0 expected), the server's micro-batch
-counters from /info, and, for a server it started, its RSS before and after the load and how long SIGTERM took.
+load (the default): every request carries --texts-per-request texts. Reports throughput (requests/s, texts/s),
+p50/p90/p99 latency, errors (0 expected), the server's micro-batch counters from /info, and, for a server it
+started, its RSS before and after the load, its CPU ms per request and how long SIGTERM took. Exit 1 on errors.
+
+--soak: each client loops until the time is up, sending (by a seeded draw) one text (60%), a list of 4 (20%), a
+list of --max-texts-per-request (10%), or a malformed request (10%: broken JSON, empty text, wrong type, over the
+text limit) that must get a 4xx with a JSON {"error"} body. Counted as errors: a 5xx, a transport error, a wrong
+status or a malformed answer. The server's RSS is sampled every second; the report gives its start, peak and end,
+and the growth over the second half of the run (a leak shows as steady growth once everything is warm). Exit 1
+when there were errors or the second-half RSS growth is over --max-rss-growth-mb.
+
 Texts: the `document` column of ratings_test.txt, found as bertclf finds NSMC (--data-dir, $BERTCLF_DATA_DIR,
-the cache, ../shared/data/nsmc).
+the cache, ../shared/data/nsmc). The short versions run in the test suite (tests/test_serve_fuzz.py,
+tests/test_server_memory.py import run_load from here).
 """
 from __future__ import annotations
 
 import argparse
 import asyncio
 import json
-import os
-import re
-import signal
-import subprocess
+import random
 import sys
-import threading
 import time
-from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
+from benchmarks.common import LocalServer, cpu_s, machine, nsmc_texts, rss_mb, run, wait_healthy
 
-
-def nsmc_texts(data_dir: str | None, limit: int = 50000) -> list[str]:
-    """The first `limit` non-empty reviews of ratings_test.txt, found and read as bertclf finds and reads it."""
-    sys.path.insert(0, str(REPO))
-    from bertclf.data.dataset import NSMC_TEXT_COL, nsmc_path
-    from bertclf.errors import UserError
-    from bertclf.io.rows import iter_rows
-
-    try:
-        path = nsmc_path("test", data_dir, download=False)
-    except UserError as e:
-        sys.exit(f"load.py: {e}")
-    texts = []
-    for _n, row in iter_rows(path, [NSMC_TEXT_COL]):
-        if row[NSMC_TEXT_COL].strip():
-            texts.append(row[NSMC_TEXT_COL])
-        if len(texts) >= limit:
-            break
-    return texts
-
-
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return None
-
-
-def cpu_s(pid: int) -> float | None:
-    """user + system CPU seconds the process has used so far."""
-    try:
-        f = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-        return (int(f[11]) + int(f[12])) / os.sysconf("SC_CLK_TCK")
-    except (OSError, IndexError, ValueError):
+def pct(sorted_ms: list[float], p: float) -> float | None:
+    if not sorted_ms:
         return None
-
-
-class LocalServer:
-    def __init__(self, model_dir: str, extra: list[str]):
-        env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-        self.proc = subprocess.Popen([sys.executable, "-m", "bertclf", "serve", model_dir, "--port", "0", *extra],
-                                     cwd=REPO, env=env, stdout=subprocess.PIPE, text=True)
-        self.line = self.proc.stdout.readline().strip()  # the start line, or "" if it died
-        m = re.search(r"on (http://\S+:\d+)", self.line)
-        if not m:
-            self.proc.wait()
-            sys.exit(f"load.py: the server did not start (exit {self.proc.returncode})")
-        self.url = m.group(1)
-        threading.Thread(target=self.proc.stdout.read, daemon=True).start()  # keep the pipe drained
-
-    def stop(self) -> float:
-        t0 = time.perf_counter()
-        self.proc.send_signal(signal.SIGTERM)
-        try:
-            self.proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        return time.perf_counter() - t0
+    return round(sorted_ms[min(len(sorted_ms) - 1, int(p / 100 * len(sorted_ms)))], 1)
 
 
 async def run_load(url: str, texts: list[str], clients: int, seconds: float, max_requests: int, per_request: int,
@@ -124,60 +73,145 @@ async def run_load(url: str, texts: list[str], clients: int, seconds: float, max
         await asyncio.gather(*(one_client(i) for i in range(clients)))
         wall = time.perf_counter() - t_start
 
-    lat = sorted(latencies)
-
-    def pct(p):
-        return round(1000 * lat[min(len(lat) - 1, int(p / 100 * len(lat)))], 1) if lat else None
-
+    ms = sorted(1000 * x for x in latencies)
     return {"clients": clients, "texts_per_request": per_request, "seconds": round(wall, 2),
-            "requests_ok": len(lat), "errors": sum(errors.values()), "error_kinds": errors,
-            "requests_per_s": round(len(lat) / wall, 1), "texts_per_s": round(len(lat) * per_request / wall, 1),
-            "latency_ms": {"p50": pct(50), "p90": pct(90), "p99": pct(99), "max": pct(100),
-                           "mean": round(1000 * sum(lat) / len(lat), 1) if lat else None}}
+            "requests_ok": len(ms), "errors": sum(errors.values()), "error_kinds": errors,
+            "requests_per_s": round(len(ms) / wall, 1), "texts_per_s": round(len(ms) * per_request / wall, 1),
+            "latency_ms": {"p50": pct(ms, 50), "p90": pct(ms, 90), "p99": pct(ms, 99), "max": pct(ms, 100),
+                           "mean": round(sum(ms) / len(ms), 1) if ms else None}}
+
+
+MALFORMED = [
+    (b'{"inputs": ', 400),
+    (b'{"inputs": ""}', 422),
+    (b'{"inputs": 5}', 422),
+    (b'{"inputs": ["a", null]}', 422),
+    (b'{"inputs": "a", "parameters": {"top_k": 0}}', 422),
+    (b'["not", "an", "object"]', 422),
+]
+
+
+async def soak(url: str, texts: list[str], clients: int, seconds: float, big: int, timeout: float, seed: int,
+               pid: int | None) -> dict:
+    import httpx
+
+    lat: dict[str, list[float]] = {"1": [], "4": [], str(big): [], "malformed": []}
+    errors: dict[str, int] = {}
+    rss: list[tuple[float, float]] = []
+    t_start = time.perf_counter()
+    deadline = t_start + seconds
+
+    def error(key: str) -> None:
+        errors[key[:160]] = errors.get(key[:160], 0) + 1
+
+    async def sample_rss():
+        while time.perf_counter() < deadline:
+            if pid is not None and (m := rss_mb(pid)) is not None:
+                rss.append((time.perf_counter() - t_start, m))
+            await asyncio.sleep(1.0)
+
+    async def one_client(i: int, client):
+        rng = random.Random(seed * 1000 + i)
+        while time.perf_counter() < deadline:
+            draw = rng.random()
+            headers = {"content-type": "application/json"}
+            if draw < 0.9:
+                n = 1 if draw < 0.6 else 4 if draw < 0.8 else big
+                batch = [texts[rng.randrange(len(texts))] for _ in range(n)]
+                body, expect, kind = json.dumps({"inputs": batch[0] if n == 1 else batch}).encode(), 200, str(n)
+            else:
+                body, expect = rng.choice(MALFORMED)
+                kind = "malformed"
+            t0 = time.perf_counter()
+            try:
+                r = await client.post("/predict", content=body, headers=headers)
+                ms = 1000 * (time.perf_counter() - t0)
+                if r.status_code != expect:
+                    error(f"HTTP {r.status_code} (expected {expect}): {r.text[:100]}")
+                elif expect == 200 and len(r.json()) != int(kind):
+                    error(f"answer for {kind} texts has {len(r.json())} entries")
+                elif expect != 200 and not isinstance(r.json().get("error"), str):
+                    error(f"HTTP {r.status_code} without an error message: {r.text[:100]}")
+                else:
+                    lat[kind].append(ms)
+            except Exception as e:  # noqa: BLE001 - counted
+                error(f"{type(e).__name__}: {e}")
+
+    limits = httpx.Limits(max_connections=clients, max_keepalive_connections=clients)
+    async with httpx.AsyncClient(base_url=url, timeout=timeout, limits=limits) as client:
+        await asyncio.gather(sample_rss(), *(one_client(i, client) for i in range(clients)))
+    wall = time.perf_counter() - t_start
+
+    ok = sum(len(v) for v in lat.values())
+    out = {"clients": clients, "seconds": round(wall, 1), "requests_ok": ok, "requests_per_s": round(ok / wall, 1),
+           "texts_per_s": round(sum(len(v) * (int(k) if k.isdigit() else 0) for k, v in lat.items()) / wall, 1),
+           "errors": sum(errors.values()), "error_kinds": errors, "latency_ms": {}}
+    for kind, values in lat.items():
+        s = sorted(values)
+        out["latency_ms"][kind if kind == "malformed" else f"{kind}_texts"] = {
+            "n": len(s), "p50": pct(s, 50), "p90": pct(s, 90), "p99": pct(s, 99), "max": pct(s, 100)}
+    if rss:
+        half = [m for t, m in rss if t >= wall / 2]
+        out["rss_mb"] = {"start": round(rss[0][1], 1), "peak": round(max(m for _, m in rss), 1),
+                         "end": round(rss[-1][1], 1),
+                         "second_half_growth": round(half[-1] - half[0], 1) if len(half) > 1 else 0.0}
+    return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", nargs="?", help="model directory to serve (not needed with --url)")
     p.add_argument("--url", help="load an already running server instead of starting one")
-    p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--seconds", type=float, default=10.0, help="how long to send requests")
-    p.add_argument("--requests", type=int, default=100000, help="stop after this many requests")
-    p.add_argument("--texts-per-request", type=int, default=1)
-    p.add_argument("--timeout", type=float, default=30.0, help="per-request timeout, seconds")
+    p.add_argument("--soak", action="store_true", help="mixed sizes and 10%% malformed requests, RSS sampled")
+    p.add_argument("--clients", type=int, help="concurrent clients (default 16; --soak 64)")
+    p.add_argument("--seconds", type=float, help="how long to send requests (default 10; --soak 30)")
+    p.add_argument("--timeout", type=float, help="per-request timeout, seconds (default 30; --soak 60)")
     p.add_argument("--data-dir", help="folder holding NSMC's ratings_test.txt")
     p.add_argument("--max-batch", type=int, help="passed to bertclf serve")
     p.add_argument("--max-wait-ms", type=float, help="passed to bertclf serve")
     p.add_argument("--json", action="store_true", help="print the result as JSON only")
+    g = p.add_argument_group("load")
+    g.add_argument("--requests", type=int, default=100000, help="stop after this many requests")
+    g.add_argument("--texts-per-request", type=int, default=1)
+    s = p.add_argument_group("--soak")
+    s.add_argument("--max-texts-per-request", type=int, default=32, help="size of the largest requests")
+    s.add_argument("--seed", type=int, default=0)
+    s.add_argument("--max-rss-growth-mb", type=float, default=50.0,
+                   help="fail when the server's RSS grows more than this over the second half of the run")
     a = p.parse_args(argv)
     if not a.url and not a.model_dir:
         p.error("give a MODEL_DIR to serve, or --url of a running server")
-    import httpx
+    defaults = (64, 30.0, 60.0) if a.soak else (16, 10.0, 30.0)
+    a.clients, a.seconds, a.timeout = (v if v is not None else d for v, d in
+                                       zip((a.clients, a.seconds, a.timeout), defaults))
+    return (soak_main if a.soak else load_main)(a)
 
-    texts = nsmc_texts(a.data_dir)
-    say = (lambda s: print(s, file=sys.stderr)) if a.json else print
-    server = None
+
+def target(a, say) -> tuple[LocalServer | None, str]:
+    """--url, or a server of MODEL_DIR started on loopback (and the URL either way), once it answers /health."""
     if a.url:
-        url = a.url.rstrip("/").removesuffix("/predict")
+        server, url = None, a.url.rstrip("/").removesuffix("/predict")
     else:
-        extra = []
-        if a.max_batch:
-            extra += ["--max-batch", str(a.max_batch)]
+        extra = ["--max-batch", str(a.max_batch)] if a.max_batch else []
         if a.max_wait_ms is not None:
             extra += ["--max-wait-ms", str(a.max_wait_ms)]
         t0 = time.perf_counter()
         server = LocalServer(a.model_dir, extra)
         url = server.url
         say(f"{server.line}  (started in {time.perf_counter() - t0:.1f}s)")
+    wait_healthy(url)
+    return server, url
+
+
+def load_main(a) -> int:
+    import httpx
+
+    texts = nsmc_texts(a.data_dir)
+    say = (lambda s: print(s, file=sys.stderr)) if a.json else print
+    say(f"device: {machine()}")
+    server, url = target(a, say)
     result = {"url": url, "texts_available": len(texts)}
     try:
-        for _ in range(300):
-            try:
-                if httpx.get(f"{url}/health", timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            time.sleep(0.1)
         info_before = httpx.get(f"{url}/info", timeout=10).json()
         result.update(backend=info_before.get("backend"), limits=info_before.get("limits"))
         if server:
@@ -221,5 +255,55 @@ def main(argv=None) -> int:
     return 1 if result["errors"] else 0
 
 
+def soak_main(a) -> int:
+    import httpx
+
+    texts = nsmc_texts(a.data_dir)
+    say = (lambda s: print(s, file=sys.stderr)) if a.json else print
+    say(f"device: {machine()}")
+    server, url = target(a, say)
+    result: dict = {"url": url}
+    try:
+        limits = httpx.get(f"{url}/info", timeout=10).json()["limits"]
+        big = min(a.max_texts_per_request, limits["max_texts"])
+        httpx.post(f"{url}/predict", json={"inputs": texts[:big]}, timeout=60)  # warm-up
+        pid = server.proc.pid if server else None
+        cpu0 = cpu_s(pid) if pid else None
+        say(f"soak: {a.clients} clients for {a.seconds:g}s (1, 4 and {big} texts per request, 10% malformed) ...")
+        result.update(asyncio.run(soak(url, texts, a.clients, a.seconds, big, a.timeout, a.seed, pid)))
+        if pid and cpu0 is not None and (cpu1 := cpu_s(pid)) is not None and result["requests_ok"]:
+            result["server_cpu_ms_per_request"] = round(1000 * (cpu1 - cpu0) / result["requests_ok"], 2)
+        health = httpx.get(f"{url}/health", timeout=10)
+        result["health_after"] = health.status_code
+        result["stats"] = httpx.get(f"{url}/info", timeout=10).json()["stats"]
+    finally:
+        if server:
+            result["shutdown_s"] = round(server.stop(), 2)
+    growth = (result.get("rss_mb") or {}).get("second_half_growth", 0.0)
+    failed = bool(result.get("errors")) or result.get("health_after") != 200 or growth > a.max_rss_growth_mb
+    result["passed"] = not failed
+    if a.json:
+        print(json.dumps(result, indent=2, ensure_ascii=False))
+    else:
+        print(f"{result['requests_ok']} requests in {result['seconds']}s ({result['requests_per_s']} req/s, "
+              f"{result['texts_per_s']} texts/s); errors: {result['errors']}")
+        for kind, n in result["error_kinds"].items():
+            print(f"  {n} x {kind}")
+        for kind, q in result["latency_ms"].items():
+            print(f"  {kind:>12}: n {q['n']:>6}  p50 {q['p50']}  p90 {q['p90']}  p99 {q['p99']}  max {q['max']} ms")
+        if "rss_mb" in result:
+            r = result["rss_mb"]
+            print(f"server RSS MB: start {r['start']}, peak {r['peak']}, end {r['end']}; second-half growth "
+                  f"{r['second_half_growth']} (limit {a.max_rss_growth_mb:g})")
+        print(f"micro-batches: {result['stats'].get('batches')}, largest {result['stats'].get('batch_texts_max')} "
+              f"texts, busy rejections {result['stats'].get('busy_rejections')}, model errors "
+              f"{result['stats'].get('model_errors')}" + (f"; SIGTERM took {result['shutdown_s']}s" if server else ""))
+        if "server_cpu_ms_per_request" in result:
+            print(f"server CPU {result['server_cpu_ms_per_request']} ms per request (closed loop: latency ~ clients / "
+                  f"throughput once the server's cores are busy)")
+        print("PASS" if not failed else "FAIL")
+    return 1 if failed else 0
+
+
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run(main)
