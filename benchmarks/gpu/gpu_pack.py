@@ -6,8 +6,8 @@ The device machine gets the working tree (at most 64 MiB) and nothing else: no .
     python -m benchmarks.gpu.gpu_pack unpack --to /tmp/in   # there: /tmp/in/nsmc/ratings_*.txt, /tmp/in/model/
     python -m benchmarks.training.train_speed --gpu --data-dir /tmp/in/nsmc --model-dir /tmp/in/model --json $OUT/speed.json
 
-The trimmed model (9,816 pieces, 23.6M parameters) is 102 MB in fp32, too big to carry with the data: it
-travels as fp16 and is widened back to fp32 on unpacking. fp16 rounds the weights (relative error <= 2^-11):
+The trimmed model is too big in fp32 to carry with the data (RESULTS.md, "GPU: one H200"): it travels as fp16
+and is widened back to fp32 on unpacking. fp16 rounds the weights (relative error <= 2^-11):
 fine for speed, and the same start for every variant, but not bit-identical to the fp32 conversion.
 The NSMC files are checked against their SHA-256 on unpacking (the same checksums bertclf's reader uses).
 """

@@ -1,5 +1,5 @@
 """One lent GPU, one command: speed against HF Trainer, a profile, the recipe picked on validation with 3 seeds,
-`bertclf eval`/`predict` on a result, and the best model brought back (issue 13's steps 1-4).
+`bertclf eval`/`predict` on a result, and the best model brought back.
 
 GPU time comes in ~15-minute windows, start-up included, so this runs the phases in order of importance
 against one deadline, writes what it has measured to OUT/summary.json after every phase, and scales the

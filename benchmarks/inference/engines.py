@@ -27,8 +27,8 @@ NSMC's ratings_test.txt, every engine on the same pre-tokenized ids (tokenizatio
     this process: with --threads 1 it hardly moves when other jobs share the machine), "x p50" (batch-1 latency);
   * the ceiling this CPU puts on int8: one matrix product of the model's FFN shape at batch 64 (64 x mean
     tokens rows), timed in torch fp32 (MKL), onnxruntime fp32 and onnxruntime int8 (DynamicQuantizeMatMul,
-    what the int8 export runs, activation quantization included). Matrix products are ~75% of torch's time;
-    int8 cannot speed the whole model up by more than it speeds them up.
+    what the int8 export runs, activation quantization included): int8 cannot speed the whole model up by
+    more than it speeds its matrix products up.
 On a busy machine prefer --threads 1: multi-threaded torch (OpenMP) loses far more than onnxruntime when its
 threads are preempted, which inflates the ratios.
 Threads: torch and onnxruntime both get one thread per physical core (BERTCLF_THREADS overrides); idle
@@ -117,8 +117,7 @@ class Engine:
             from bertclf.inference.onnx_model import OnnxClassifierModel
 
             self.clf = Classifier.load(str(path))
-            # Idle onnxruntime threads must not spin: the engines take turns in one process, and spinning
-            # threads would steal the 2 cores from the next engine (torch's batch-1 latency: 100 ms vs 34 ms).
+            # idle threads must not spin: the engines take turns, and spinning ones slow the next engine down
             self.clf.model = OnnxClassifierModel(path / "model.onnx", len(self.clf.labels), threads=threads, spin=False)
             self.size = sum(f.stat().st_size for f in path.iterdir() if f.name.startswith("model.onnx"))
         self.pad_id = self.clf.pad_id
