@@ -44,6 +44,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from benchmarks.common import REPO, RESULTS, SHARED, machine, nsmc, run
 
 TASKS = {
@@ -276,7 +278,6 @@ def curve(task: str, rows: list[int], work: Path, splits: dict) -> None:
 
 def features(texts: list[str], tok, model, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
     """([CLS] states, mean token states) of `texts`, bf16 autocast, max 128 tokens."""
-    import numpy as np
     import torch
 
     cls, mean = [], []
@@ -292,7 +293,6 @@ def features(texts: list[str], tok, model, batch: int = 64) -> tuple[np.ndarray,
 
 def probe(task: str, splits: dict, prefix: str) -> None:
     """The linear probe of the frozen builtin model (see the module docstring)."""
-    import numpy as np
     from sklearn.linear_model import LogisticRegressionCV
     from sklearn.metrics import accuracy_score, f1_score
     from transformers import AutoModel, AutoTokenizer

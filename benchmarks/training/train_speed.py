@@ -188,29 +188,29 @@ def precision_rounds(args) -> dict:
                       "losses": []}
     step = 0
     for r in range(args.precision_rounds + 1):  # round 0 warms up both
-        for prec, run in runs.items():
+        for prec, arm in runs.items():
             rows_done, t = 0, time.perf_counter()
             for i in range(args.round_steps):
                 rows = batches[(step + i) % len(batches)]
                 batch = collate(ids, rows, tok.pad_token_id, y)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
-                    loss = run["model"](**batch).loss
+                    loss = arm["model"](**batch).loss
                 loss.backward()
-                run["opt"].step()
-                run["opt"].zero_grad(set_to_none=True)
+                arm["opt"].step()
+                arm["opt"].zero_grad(set_to_none=True)
                 rows_done += len(rows)
-                run["losses"].append(float(loss.detach()))
+                arm["losses"].append(float(loss.detach()))
             if r:
-                run["rates"].append(rows_done / (time.perf_counter() - t))
+                arm["rates"].append(rows_done / (time.perf_counter() - t))
         step += args.round_steps
         if r:
-            print(f"round {r}: " + ", ".join(f"{p} {run['rates'][-1]:.1f} samples/s" for p, run in runs.items()),
+            print(f"round {r}: " + ", ".join(f"{p} {arm['rates'][-1]:.1f} samples/s" for p, arm in runs.items()),
                   flush=True)
-    med = {p: float(np.median(run["rates"])) for p, run in runs.items()}
+    med = {p: float(np.median(arm["rates"])) for p, arm in runs.items()}
     return {"rounds": args.precision_rounds, "steps_per_round": args.round_steps, "batch": 32,
             "median_samples_per_s": med, "bf16_over_fp32": med["bf16"] / med["fp32"],
-            "rates": {p: run["rates"] for p, run in runs.items()},
-            "final_loss": {p: float(np.mean(run["losses"][-args.round_steps:])) for p, run in runs.items()}}
+            "rates": {p: arm["rates"] for p, arm in runs.items()},
+            "final_loss": {p: float(np.mean(arm["losses"][-args.round_steps:])) for p, arm in runs.items()}}
 
 
 def main():
