@@ -155,7 +155,7 @@ def test_a_header_less_cp949_file_with_columns_and_encoding(tmp_path):
 
 def test_model_fine_tunes_per_fold_and_maps_its_labels(noisy_nsmc, tiny_model_dir, tmp_path, monkeypatch):
     """--model DIR: out-of-fold probabilities from `bertclf train` per fold (the tiny random-weight model: the
-    mechanics, not the quality; benchmarks/audit_nsmc.py --model me5-small measures that)."""
+    mechanics, not the quality; python -m benchmarks.quality.audit_nsmc --model me5-small measures that)."""
     from bertclf.audit.label_issues import run_audit
 
     import tempfile

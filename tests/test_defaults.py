@@ -18,7 +18,7 @@ def test_trim_vocab_flags():
 
 
 def test_recipe_defaults_by_batch_and_data_size():
-    """The default recipe's rules (benchmarks/recipe_sweep.md): lr by batch, epochs by steps per epoch,
+    """The default recipe's rules (benchmarks/quality/recipe_sweep.md): lr by batch, epochs by steps per epoch,
     validation share by task type and rows."""
     from bertclf.data.dataset import default_valid_frac
     from bertclf.train.prepare import default_epochs, default_lr

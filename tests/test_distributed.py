@@ -264,7 +264,7 @@ def test_resume_refuses_another_number_of_processes(crashed, monkeypatch):
     from bertclf.train.callbacks import TrainCallback
 
     class Accepted(TrainCallback):
-        def on_train_begin(self, step, total_steps):  # every resume check passed
+        def on_train_begin(self, run):  # every resume check passed
             raise _ResumeAccepted
     args = crashed["args"]
     cfg = loop.TrainConfig(out=str(crashed["copy"]), train=args[args.index("--train") + 1], text_col="document",

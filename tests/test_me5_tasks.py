@@ -2,7 +2,7 @@
 class weights, and multi-label KOTE emotions with --label-names. Each a few minutes on 2 idle cores.
 
 The floors sit well above what a constant answer scores (noted beside each) and below the TF-IDF + LR
-baseline that benchmarks/datasets.py compares against on the full splits."""
+baseline that benchmarks/quality/datasets.py compares against on the full splits."""
 import csv
 from pathlib import Path
 
@@ -57,5 +57,5 @@ def test_me5_kote_multi_label(me5_dir, tmp_path):
     # (head at lr 1e-3 starting from the priors, ~1,000-row validation for the thresholds): macro 0.376,
     # micro 0.404 on 2,000 training rows; on these 1,500 (to keep CI's time, 53 s instead of 71 s) macro 0.370,
     # micro 0.398 (AMX CPU, bf16, 2026-11-28). Macro-F1 is what the thresholds are tuned for; 2 epochs (76 steps)
-    # keep this test short, the default epochs (~800 steps) score higher (benchmarks/recipe_sweep.md).
+    # keep this test short, the default epochs (~800 steps) score higher (benchmarks/quality/recipe_sweep.md).
     assert test["macro_f1"] > 0.33 and test["micro_f1"] > 0.37, {k: test[k] for k in ("micro_f1", "macro_f1")}

@@ -7,12 +7,12 @@
    latency percentiles and the RSS change are printed (pytest -s) and recorded as test properties. Memory is
    held by tests/test_server_memory.py (equal load rounds, per-request growth, and a planted leak it must
    catch): one 10 s window with a MB allowance could not fail on a 4 KiB-per-request leak.
-   benchmarks/soak.py is the long version (64 clients, 30 s, mixed and malformed requests).
+   `python -m benchmarks.serving.load MODEL_DIR --soak` is the long version (64 clients, 30 s, mixed and
+   malformed requests).
 """
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
 import os
 import signal
@@ -39,19 +39,8 @@ from schemathesis.checks import (  # noqa: E402
     status_code_conformance,
 )
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def _benchmark(name: str):
-    """benchmarks/<name>.py as a module (benchmarks/ is not a package)."""
-    spec = importlib.util.spec_from_file_location(f"bertclf_benchmark_{name}", REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-_load = _benchmark("load")
-nsmc_texts, rss_mb, run_load = _load.nsmc_texts, _load.rss_mb, _load.run_load
+from benchmarks.common import nsmc_texts, rss_mb  # noqa: E402  (the repository root is on pytest's pythonpath)
+from benchmarks.serving.load import run_load  # noqa: E402
 
 # Small limits, so that generated requests reach them often and the model answers fast. The body limit is above
 # what the schema allows (8 texts x 200 characters, each up to 12 bytes as JSON \u escapes): a schema-valid

@@ -21,8 +21,6 @@ with 10 warm rounds and the slope over 5 more, idle: clean 333 and -35 bytes/req
 from __future__ import annotations
 
 import asyncio
-import importlib.util
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -33,8 +31,9 @@ pytest.importorskip("uvicorn")
 pytest.importorskip("psutil")
 
 from _server_process import ServerProcess  # noqa: E402
+from benchmarks.common import nsmc_texts  # noqa: E402  (the repository root is on pytest's pythonpath)
+from benchmarks.serving.load import run_load  # noqa: E402
 
-REPO = Path(__file__).resolve().parents[1]
 # fp32: bf16 autocast (the default on AMX CPUs) adds oneDNN kernel caches that grow with each new batch shape
 FLAGS = ["--max-batch=16", "--max-wait-ms=2", "--max-texts=8", "--max-chars=300", "--precision", "fp32"]
 CLIENTS, REQUESTS, TEXTS_PER_REQUEST = 8, 600, 2
@@ -47,16 +46,8 @@ MAX_GROWTH_PER_REQUEST = 2048
 PLANTED_LEAK = 4096
 
 
-def _load_module():
-    spec = importlib.util.spec_from_file_location("bertclf_benchmark_load", REPO / "benchmarks" / "load.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
 def growth_per_request(server: ServerProcess, texts: list[str]) -> tuple[float, list[int]]:
     """Bytes of RSS growth per request over the measured rounds, and the RSS after every round."""
-    run_load = _load_module().run_load
     rss = []
     for _ in range(WARM_ROUNDS + MEASURED_ROUNDS):
         res = asyncio.run(run_load(server.url, texts, CLIENTS, 10**6, REQUESTS, TEXTS_PER_REQUEST, 60.0))
@@ -70,7 +61,7 @@ def growth_per_request(server: ServerProcess, texts: list[str]) -> tuple[float, 
 
 @pytest.fixture(scope="module")
 def texts(nsmc_dir):
-    return _load_module().nsmc_texts(str(nsmc_dir), limit=REQUESTS * TEXTS_PER_REQUEST)
+    return nsmc_texts(str(nsmc_dir), limit=REQUESTS * TEXTS_PER_REQUEST)
 
 
 def _measure(trained_tiny_dir, tmp_path, texts, planted=()):

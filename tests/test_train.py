@@ -118,8 +118,8 @@ class _StopAtBegin(TrainCallback):
     def __init__(self):
         self.started = []
 
-    def on_train_begin(self, step, total_steps):
-        self.started.append(step)
+    def on_train_begin(self, run):
+        self.started.append(run.state.step)
         raise _ResumeAccepted
 
 

@@ -59,7 +59,7 @@ def cast_for_cpu_inference(model, dtype) -> None:
     """Store the whole model in `dtype` once, in place; it still runs under autocast(dtype). Held whole, its
     activations stay bf16 from the embeddings to the head. With only the nn.Linear weights in bf16 (the way
     before), every product cast its fp32 input and every residual add went back to fp32: on the `make nsmc`
-    model, 2 AMX cores, benchmarks/inference.py, that ran 2.47x fp32's texts/s, held whole 2.57-2.72x on 2,000
+    model, 2 AMX cores, benchmarks/inference/engines.py, that ran 2.47x fp32's texts/s, held whole 2.57-2.72x on 2,000
     reviews and 2.85x at 99.80% label agreement on 9,999 (benchmarks/RESULTS.md). Either way no call re-casts
     the ~20M weights, which at batch 1 cost more than bf16 saved."""
     model.to(dtype)

@@ -18,7 +18,7 @@ from bertclf.data.metrics import expected_calibration_error
 
 LOG_T_BOUNDS = (-4.0, 4.0)  # T in [0.018, 55]: beyond, a fit is noise (e.g. every validation row right)
 # Fewer validation rows than this and the fitted T is noise: simulated, 50 rows made the test NLL worse on average
-# however the model was miscalibrated, 100 rows improved it (benchmarks/calibration_rows.py).
+# however the model was miscalibrated, 100 rows improved it (benchmarks/quality/calibration.py rows).
 MIN_ROWS = 100
 
 

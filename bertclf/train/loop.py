@@ -38,7 +38,8 @@ from bertclf.train.stepper import Stepper
 
 def train(cfg: TrainConfig, echo=print, callbacks=(), objective=None) -> dict:
     """Fine-tune as `cfg` says; returns the model card that is also written to DIR/bertclf.json.
-    callbacks: bertclf.train.callbacks.TrainCallback instances, told of each step, validation and checkpoint write.
+    callbacks: bertclf.train.callbacks.TrainCallback instances, handed the set-up run, then told of each step,
+    validation and checkpoint write.
     objective: see prepare() (bertclf distill trains a student with the teacher's loss in this same loop)."""
     t_start = time.time()
     validate_config(cfg)
@@ -46,6 +47,7 @@ def train(cfg: TrainConfig, echo=print, callbacks=(), objective=None) -> dict:
     with contextlib.ExitStack() as held:  # the output folder's lock (one run per folder), for the whole run
         run = prepare(cfg, echo, held, objective)
         run.events = events  # the final model write (finish.py) tells them of its moments too
+        events.on_train_begin(run)
         # a full disk outside the checkpoint and model writes (which name their own folder): the log, the lock
         next_checkpoint = lambda: tensor_bytes(run.unwrapped().state_dict(), run.optimizer.state_dict())  # noqa: E731
         with Preemption() as preemption, writing("the run's files", run.out, next_checkpoint,
@@ -61,7 +63,6 @@ def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
     stepper = Stepper(model, optimizer, run.accelerator, run.train_ids, run.y_train, run.pad_id, plan.eff_batch,
                       cfg.grad_accum, events, run.task, say=run.say)
     meter = Meter(run.accelerator, run.world, state.window)
-    events.on_train_begin(state.step, plan.total_steps)
     progress = make_progress(plan.total_steps, state.step, run.main)
     model.train()
     stop_reason = None

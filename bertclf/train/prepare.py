@@ -26,7 +26,7 @@ from bertclf.train.state import TrainState
 from bertclf.data.tokens import encode, lengths
 
 
-# The default recipe (chosen on validation splits of training rows: benchmarks/recipe_sweep.md).
+# The default recipe (chosen on validation splits of training rows: benchmarks/quality/recipe_sweep.md).
 BASE_LR = 1e-4        # peak lr at batch 32; scaled by sqrt(batch / 32), at most MAX_LR
 MAX_LR = 2e-4
 HEAD_LR = 1e-3        # the new classification head's peak lr is at least this (10x the encoder's at batch 32)
@@ -44,7 +44,7 @@ def default_epochs(steps_per_epoch: int, multi_label: bool) -> int:
     """Passes over the data for --epochs unset. Multi-label: small data gets more passes, so that it reaches
     MIN_STEPS steps (on 3,200 KOTE rows validation macro-F1 rose at every check up to 800 steps, and held-out
     macro-F1 0.4567 at 800 vs 0.4442 at 400: benchmarks/RESULTS.md, "Datasets"); single-label: EPOCHS (on 2,000
-    hate-speech rows 7 epochs scored below 2: benchmarks/recipe_sweep.md)."""
+    hate-speech rows 7 epochs scored below 2: benchmarks/quality/recipe_sweep.md)."""
     if not multi_label:
         return EPOCHS
     lo, hi = EPOCHS_RANGE
@@ -256,7 +256,7 @@ def make_optimizer(cfg: TrainConfig, model, plan: Plan):
         head = prefix != "." and not n.startswith(prefix)
         groups.setdefault((decays, head), []).append(p)
     # fused: one kernel for all parameters, on GPUs and CPUs (2 CPU cores, 23.6M parameters: 18 ms per step
-    # instead of foreach's 83, benchmarks/optimizer_step.py; a tenth of a bf16 training step at batch 32)
+    # instead of foreach's 83, benchmarks/training/step_parts.py; a tenth of a bf16 training step at batch 32)
     optimizer = torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decays else 0.0,
                                     "lr": max(plan.lr, HEAD_LR) if head else plan.lr}
                                    for (decays, head), ps in sorted(groups.items())],

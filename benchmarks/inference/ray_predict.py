@@ -1,13 +1,13 @@
 """texts/s of `bertclf predict` local vs `--engine ray --workers N`, side by side on the same file.
 
-    python benchmarks/ray_predict.py MODEL_DIR                 # 5,000 NSMC test rows, 2 Ray workers
-    python benchmarks/ray_predict.py MODEL_DIR --rows 20000 --workers 4
-    RAY_ADDRESS=HOST:PORT python benchmarks/ray_predict.py ... # join a running cluster instead of starting one
+    python -m benchmarks.inference.ray_predict MODEL_DIR                 # 5,000 NSMC test rows, 2 Ray workers
+    python -m benchmarks.inference.ray_predict MODEL_DIR --rows 20000 --workers 4
+    RAY_ADDRESS=HOST:PORT python -m benchmarks.inference.ray_predict ... # join a running cluster instead
 
 Each run is the whole command, as a user sees it (Python start, model load, Ray start-up and actors
 included), so the Ray figure carries its fixed cost; the output says how long that cost was by also timing
 a 1-row Ray run. Also checks that the two outputs agree (rows, texts, labels; max probability difference).
-Texts: ratings_test.txt from --data-dir, $BERTCLF_DATA_DIR or ../shared/data/nsmc.
+Texts: ratings_test.txt, found as bertclf finds it (--data-dir, $BERTCLF_DATA_DIR, the cache, ../shared/data/nsmc).
 """
 from __future__ import annotations
 
@@ -20,14 +20,7 @@ import tempfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-
-
-def nsmc_test_file(data_dir: str | None) -> Path:
-    for d in filter(None, [data_dir, os.environ.get("BERTCLF_DATA_DIR"), str(REPO.parent / "shared/data/nsmc")]):
-        if (Path(d) / "ratings_test.txt").is_file():
-            return Path(d) / "ratings_test.txt"
-    sys.exit("ray_predict.py: no NSMC ratings_test.txt found; give --data-dir or set BERTCLF_DATA_DIR")
+from benchmarks.common import machine, nsmc_file, run
 
 
 def head_rows(src: Path, out: Path, rows: int) -> Path:
@@ -55,8 +48,8 @@ def main() -> None:
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         d = Path(tmp)
-        inp = head_rows(nsmc_test_file(a.data_dir), d / "in.tsv", a.rows)
-        one = head_rows(nsmc_test_file(a.data_dir), d / "one.tsv", 1)
+        inp = head_rows(nsmc_file("test", a.data_dir), d / "in.tsv", a.rows)
+        one = head_rows(nsmc_file("test", a.data_dir), d / "one.tsv", 1)
         ray_args = ("--engine", "ray", "--workers", str(a.workers))
         s_local = timed_predict(a.model_dir, inp, d / "local.jsonl")
         s_ray = timed_predict(a.model_dir, inp, d / "ray.jsonl", *ray_args)
@@ -67,7 +60,7 @@ def main() -> None:
                                           for x, y in zip(local, ray))
     dp = max(abs(x["probabilities"][k] - y["probabilities"][k]) for x, y in zip(local, ray) for k in x["probabilities"])
     n = len(local)
-    print(f"rows {n}, cpu cores {os.cpu_count()}, RAY_ADDRESS {os.environ.get('RAY_ADDRESS') or '(local cluster)'}")
+    print(f"{machine()}; rows {n}, cpu cores {os.cpu_count()}, RAY_ADDRESS {os.environ.get('RAY_ADDRESS') or '(local cluster)'}")
     print(f"local:            {s_local:7.1f} s  {n / s_local:7.1f} texts/s")
     print(f"ray --workers {a.workers}:  {s_ray:7.1f} s  {n / s_ray:7.1f} texts/s  ({s_local / s_ray:.2f}x local)")
     print(f"ray, 1 row:       {s_fixed:7.1f} s  (start-up and actors: the fixed cost)")
@@ -76,4 +69,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,18 +1,18 @@
 """One lent GPU, one command: speed against HF Trainer, a profile, the recipe picked on validation with 3 seeds,
-`bertclf eval`/`predict` on a result, and the best model brought back (issue 13's steps 1-4).
+`bertclf eval`/`predict` on a result, and the best model brought back.
 
 GPU time comes in ~15-minute windows, start-up included, so this runs the phases in order of importance
 against one deadline, writes what it has measured to OUT/summary.json after every phase, and scales the
 recipe phase to the time left (measured speed x parallel runs). Nothing here needs the network.
 
-    python benchmarks/gpu_pack.py pack                         # here, once: .carry/gpu-inputs (~55 MB)
-    # device tool, carry [".carry"]:
-    python3 benchmarks/gpu_proof.py --out $OUT --budget 420
-    python benchmarks/gpu_proof.py --out /tmp/gp --dry-run     # the same path on the CPU, tiny sizes
+    python -m benchmarks.gpu.gpu_pack pack                         # here, once: .carry/gpu-inputs (~55 MB)
+    # device tool (it runs in the repository root), carry [".carry"]:
+    python3 -m benchmarks.gpu.gpu_proof --out $OUT --budget 420
+    python -m benchmarks.gpu.gpu_proof --out /tmp/gp --dry-run     # the same path on the CPU, tiny sizes
 
 What comes back (at most 8 files): summary.json, logs.tar.gz (every phase's log and JSON, the runs' cards and
 train logs), best-model.tar (config, tokenizer, card) and best-model-N.safetensors (its weights in fp16,
-4 shards under the 16 MiB file limit); `python benchmarks/gpu_proof.py --reassemble DIR --to MODEL_DIR` makes
+4 shards under the 16 MiB file limit); `python -m benchmarks.gpu.gpu_proof --reassemble DIR --to MODEL_DIR` makes
 a model directory of them again (weights widened to fp32).
 """
 from __future__ import annotations
@@ -28,8 +28,8 @@ import tarfile
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import REPO, run
+
 LOGS = Path("/tmp/gpu-proof/logs")
 RUNS = Path("/tmp/gpu-proof/runs")
 SHARDS = 4
@@ -82,7 +82,7 @@ class Proof:
 
     def run(self, cmd, log: str, timeout: float, env=None) -> subprocess.CompletedProcess:
         with open(LOGS / log, "w") as f:
-            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=max(1.0, timeout),
+            r = subprocess.run(cmd, stdout=f, stderr=subprocess.STDOUT, timeout=max(1.0, timeout), cwd=REPO,
                                env=os.environ | {"BERTCLF_NO_PROGRESS": "1", "PYTHONUNBUFFERED": "1"} | (env or {}))
         if r.returncode:
             raise RuntimeError(f"{cmd[:4]} exited {r.returncode}: " + (LOGS / log).read_text()[-1500:])
@@ -98,7 +98,7 @@ class Proof:
     # -- phases -------------------------------------------------------------------------------------------------
     def unpack(self):
         if not (self.inputs / "model" / "model.safetensors").is_file():
-            from benchmarks.gpu_pack import unpack
+            from benchmarks.gpu.gpu_pack import unpack
             unpack(str(self.inputs))
         return {"inputs": str(self.inputs)}
 
@@ -116,7 +116,7 @@ class Proof:
 
     def speed(self):
         a = self.args
-        cmd = [sys.executable, str(REPO / "benchmarks/train_speed.py"), "--gpu", "--variants", self.args.speed_variants,
+        cmd = [sys.executable, "-m", "benchmarks.training.train_speed", "--gpu", "--variants", self.args.speed_variants,
                "--data-dir", str(self.inputs / "nsmc"), "--model-dir", str(self.inputs / "model"),
                "--hf-train-rows", str(a.hf_train_rows), "--json", str(LOGS / "speed.json")]
         if a.dry_run:
@@ -127,7 +127,7 @@ class Proof:
         return {"results": res["results"]}
 
     def profile(self):
-        cmd = [sys.executable, str(REPO / "benchmarks/gpu_profile.py"), "--data-dir", str(self.inputs / "nsmc"),
+        cmd = [sys.executable, "-m", "benchmarks.training.gpu_profile", "--data-dir", str(self.inputs / "nsmc"),
                "--model", str(self.inputs / "model"), "--json", str(LOGS / "profile.json")]
         if self.args.dry_run:
             cmd += ["--sample", "0.003", "--steps", "3", "--warmup", "1", "--batch-sizes", "32,64"]
@@ -305,14 +305,14 @@ def main():
     p.add_argument("--out")
     p.add_argument("--budget", type=float, default=420, help="seconds for everything (the device call's limit "
                                                              "less a margin)")
-    p.add_argument("--inputs", default="/tmp/in", help="where gpu_pack.py's inputs are (unpacked here if absent)")
+    p.add_argument("--inputs", default="/tmp/in", help="where gpu/gpu_pack.py's inputs are (unpacked here if absent)")
     p.add_argument("--hf-train-rows", type=int, default=30000, help="HF Trainer's slice of the training rows")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes, on any machine")
     p.add_argument("--phases", default="speed,profile,recipes,check,bring_back", help="which measuring phases")
     p.add_argument("--candidates", help="recipes to try instead of CANDIDATES: name:flags;name:flags")
     p.add_argument("--seeds", default="42,1,2", help="seeds of --candidates")
     p.add_argument("--assume-speed", type=float, default=3000, help="samples/s of one run when no speed phase ran")
-    p.add_argument("--speed-variants", default="bertclf,bertclf-b1024,hf-trainer", help="train_speed.py's --variants")
+    p.add_argument("--speed-variants", default="bertclf,bertclf-b1024,hf-trainer", help="training/train_speed.py's --variants")
     p.add_argument("--reassemble", metavar="DIR", help="a brought-back model's files -> --to MODEL_DIR")
     p.add_argument("--to")
     args = p.parse_args()
@@ -335,4 +335,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,7 +1,7 @@
 """Label audit on NSMC: does `bertclf audit` find flipped labels, and what does it say about NSMC itself?
 
-    python benchmarks/audit_nsmc.py [--data-dir DIR] [--work DIR] [--seeds 0 1 2] [--model baseline|NAME|DIR]
-                                    [--skip-full] [--write-results]
+    python -m benchmarks.quality.audit_nsmc [--data-dir DIR] [--work DIR] [--seeds 0 1 2]
+                                            [--model baseline|NAME|DIR] [--skip-full] [--write-results]
 
 1. Planted noise: 4,000 training reviews drawn at random (seeded), the labels of 5% of them (200) flipped;
    the audit (5-fold TF-IDF + LR out-of-fold probabilities, cleanlab) ranks its suspects; precision of the
@@ -30,12 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-
-from bertclf.data import dataset as D  # noqa: E402
-from bertclf.audit.label_issues import audit_dataset  # noqa: E402
-from bertclf.cpu import describe  # noqa: E402
+from benchmarks.common import REPO, RESULTS, machine, nsmc_file, run
+from bertclf.audit.label_issues import audit_dataset
+from bertclf.data import dataset as D
 
 BEGIN, END = "<!-- audit_nsmc: begin -->", "<!-- audit_nsmc: end -->"
 
@@ -112,7 +109,8 @@ def cell(text: str, width: int = 90) -> str:
 def markdown(planted: list[dict], full: tuple | None, reach: dict | None = None) -> str:
     """The RESULTS.md section; full: full_audit's result, reach: ceiling's; None when skipped."""
     p = [r["precision_at_k"] for r in planted]
-    lines = [BEGIN, f"## Label audit: `benchmarks/audit_nsmc.py` (2-core CPU, {time.strftime('%Y-%m-%d')})", "",
+    lines = [BEGIN, f"## Label audit: [`python -m benchmarks.quality.audit_nsmc`](quality/audit_nsmc.py) (2-core CPU, "
+             f"{time.strftime('%Y-%m-%d')})", "",
              "`bertclf audit`: 5-fold out-of-fold probabilities from the TF-IDF + logistic regression baseline, then "
              "cleanlab's `find_label_issues` (confident learning), ranked by self-confidence.", "",
              f"**Planted noise**: 4,000 random NSMC training reviews, 5% of the labels flipped (k = {planted[0]['k']}); "
@@ -130,15 +128,15 @@ def markdown(planted: list[dict], full: tuple | None, reach: dict | None = None)
                   "not rank the flips higher (the section after this one). The last part below shows the target is "
                   "above what any detector of wrong labels scores on this benchmark."]
     if full is None:
-        lines += ["", "**All of NSMC train**: not measured in this run (`--skip-full`); `python benchmarks/audit_nsmc.py "
-                  "--write-results` measures it (5 TF-IDF + LR fits on 120k reviews: ~10 CPU-minutes)."]
+        lines += ["", "**All of NSMC train**: not measured in this run (`--skip-full`); `python -m "
+                  "benchmarks.quality.audit_nsmc --write-results` measures it (5 TF-IDF + LR fits on 120k reviews: ~10 CPU-minutes)."]
     else:
         lines += full_markdown(*full)
     if reach is not None:
         lines += reach_markdown(reach)
     load = os.getloadavg()[0]
     when = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    lines += ["", f"Python {platform.python_version()}, {describe()}, one run, {when}, "
+    lines += ["", f"Python {platform.python_version()}, {machine()}, one run, {when}, "
               f"load average {load:.1f} at the end (the seconds move with the load; the precisions do not).", END]
     return "\n".join(lines) + "\n"
 
@@ -179,7 +177,7 @@ def reach_markdown(reach: dict) -> list[str]:
 
 
 def write_results(section: str) -> None:
-    path = REPO / "benchmarks" / "RESULTS.md"
+    path = RESULTS
     text = path.read_text(encoding="utf-8")
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
@@ -201,7 +199,7 @@ def main() -> None:
     ap.add_argument("--write-results", action="store_true", help="update benchmarks/RESULTS.md")
     ap.add_argument("--planted-from", metavar="LOG", help="take part 1 from the JSON lines an earlier run printed")
     a = ap.parse_args()
-    path = D.nsmc_path("train", a.data_dir, download=False)
+    path = nsmc_file("train", a.data_dir)
     train = D.read_labelled(path, D.NSMC_TEXT_COL, D.NSMC_LABEL_COL)
     planted = []
     if a.planted_from:
@@ -222,4 +220,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

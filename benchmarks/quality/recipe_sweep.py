@@ -1,26 +1,23 @@
 """One point of the default-recipe sweep: fine-tune on part of a task's TRAINING rows, score on another part.
 
-    python benchmarks/recipe_sweep.py --work /tmp/ds kote --rows 2000 --dev 500 --base-lr 1e-4 --head-lr 1e-3
+    python -m benchmarks.quality.recipe_sweep --work /tmp/ds kote --rows 2000 --dev 500 --base-lr 1e-4 --head-lr 1e-3
 
-The held-out test rows of benchmarks/datasets.py are never read: the training file it writes (WORK/NAME_train.tsv)
+The held-out test rows of benchmarks/quality/datasets.py are never read: the training file it writes (WORK/NAME_train.tsv)
 is shuffled (seed 42) and split into a dev share (the first --dev rows) and training rows (the next --rows).
 The recipe knobs are bertclf.train.prepare's default-recipe constants, set here before training, so a point measures
-exactly the code path a default run takes. Each point appends one JSON line to --log (results in recipe_sweep.md).
+exactly the code path a default run takes (no flag exposes them). Each point appends one JSON line to --log
+(results in recipe_sweep.md, beside this file).
 """
 from __future__ import annotations
 
 import argparse
 import json
 import random
-import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "benchmarks"))
-
-import datasets as DS  # noqa: E402 (benchmarks/datasets.py: splits and task flags)
+from benchmarks.common import run
+from benchmarks.quality import datasets as DS
 
 
 def dev_split(work: Path, name: str, rows: int, dev: int) -> tuple[Path, Path]:
@@ -50,7 +47,7 @@ def main() -> None:
     ap.add_argument("--class-weights", default="none")
     ap.add_argument("--valid-frac", type=float, help="validation share (default: bertclf's rule)")
     ap.add_argument("--baseline", action="store_true", help="score TF-IDF + LR on the same rows instead")
-    ap.add_argument("--log", type=Path, default=REPO / "benchmarks" / "recipe_sweep.jsonl")
+    ap.add_argument("--log", type=Path, default=Path(__file__).with_name("recipe_sweep.jsonl"))
     a = ap.parse_args()
 
     from bertclf.train import prepare
@@ -93,4 +90,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -6,23 +6,21 @@ Sets a run up exactly as `bertclf train --data nsmc` does (bertclf.train.prepare
   - profiled: top ops by device time, the GPU's idle share (1 - union of kernel intervals / wall), and the
     host syncs per step (aten::_local_scalar_dense = .item()/bool() on a device tensor, cuda*Synchronize)
 
-    python benchmarks/gpu_profile.py --data-dir /tmp/in/nsmc --model /tmp/in/model --json OUT/profile.json
-    python benchmarks/gpu_profile.py --sample 0.002 --steps 4 --warmup 1     # a dry run on the CPU
+    python -m benchmarks.training.gpu_profile --data-dir /tmp/in/nsmc --model /tmp/in/model --json OUT/profile.json
+    python -m benchmarks.training.gpu_profile --model DIR --sample 0.002 --steps 4 --warmup 1  # a dry run on the CPU
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
 import json
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import machine, run
 
 SYNC_OPS = ("aten::_local_scalar_dense", "cudaStreamSynchronize", "cudaDeviceSynchronize", "cudaEventSynchronize")
 
@@ -67,7 +65,8 @@ def main():
     out = Path(tempfile.mkdtemp()) / "run"
     cfg = TrainConfig(out=str(out), data="nsmc", data_dir=args.data_dir, model=args.model, epochs=1,
                       sample=args.sample)
-    res = {"device": torch.cuda.get_device_name() if torch.cuda.is_available() else "cpu"}
+    res = {"device": machine()}
+    print(f"device: {res['device']}", flush=True)
     with contextlib.ExitStack() as held:
         run = prepare(cfg, echo=lambda s: None, held=held)
         model, opt, sched, state = run.model, run.optimizer, run.scheduler, run.state
@@ -135,4 +134,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

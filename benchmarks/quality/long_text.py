@@ -1,11 +1,11 @@
-"""Long documents (issue 17 item 3): truncate vs head-tail vs window accuracy of a trained model on documents
-built from NSMC test reviews.
+"""Long documents: truncate vs head-tail vs window accuracy of a trained model on documents built from NSMC test
+reviews.
 
 Each document joins `--per-doc` (21) reviews drawn without replacement (seeded) and is labelled by the majority of
 their labels, so its label depends on every part of it, not only the start. The documents are written as a TSV
 (text, label) that `bertclf eval DIR --test FILE --long-text window` reads too.
 
-    python benchmarks/long_text.py runs/nsmc-cpu --docs 300 --out /tmp/long.tsv
+    python -m benchmarks.quality.long_text runs/nsmc-cpu --docs 300 --out /tmp/long.tsv
 """
 from __future__ import annotations
 
@@ -15,14 +15,13 @@ import time
 
 import numpy as np
 
-from bertclf.cpu import describe
-from bertclf.data.dataset import read_nsmc
+from benchmarks.common import machine, nsmc, run
 from bertclf.data.long_text import encode_long
 from bertclf.inference.classifier import Classifier
 
 
 def build_documents(data_dir: str | None, n_docs: int, per_doc: int, seed: int) -> tuple[list[str], list[str]]:
-    ds = read_nsmc("test", data_dir, log=lambda s: None)
+    ds = nsmc("test", data_dir)
     order = np.random.default_rng(seed).permutation(len(ds))[:n_docs * per_doc].reshape(n_docs, per_doc)
     texts = [" ".join(ds.texts[i] for i in rows) for rows in order]
     positive = np.array([lab == "positive" for lab in ds.labels])
@@ -49,7 +48,7 @@ def main() -> None:
     y = np.array([int(x) for x in labels])  # 1: positive
     print(f"{len(texts)} documents of {a.per_doc} NSMC test reviews ({np.mean([len(t) for t in texts]):.0f} "
           f"characters on average, {y.mean():.1%} positive) written to {a.out}")
-    print(f"model {a.model_dir}; CPU: {describe()}")
+    print(f"model {a.model_dir}; CPU: {machine()}")
     print("| --long-text | accuracy | rows longer than max-length | model inputs | seconds |")
     print("| --- | --- | --- | --- | --- |")
     for mode in ("truncate", "head-tail", "window"):
@@ -66,4 +65,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -4,10 +4,10 @@ Same model, same data, same machine; each variant runs in its own process (clean
 script prints samples/s, real (unpadded) tokens/s, wall time, peak memory, validation/test accuracy and the
 ratio of each to HF Trainer.
 
-    python benchmarks/train_speed.py --cpu            # an NSMC slice, a few minutes on a 2-core CPU
-    python benchmarks/train_speed.py --gpu            # full NSMC, one epoch, on one GPU
-    python benchmarks/train_speed.py --precision-rounds 5   # CPU training step: fp32 vs bf16 autocast
-    (a GPU machine without network: carry the inputs with benchmarks/gpu_pack.py, see its docstring)
+    python -m benchmarks.training.train_speed --cpu            # an NSMC slice, a few minutes on a 2-core CPU
+    python -m benchmarks.training.train_speed --gpu            # full NSMC, one epoch, on one GPU
+    python -m benchmarks.training.train_speed --precision-rounds 5   # CPU training step: fp32 vs bf16 autocast
+    (a GPU machine without network: carry the inputs with benchmarks/gpu/gpu_pack.py, see its docstring)
 
 Variants:
   (a) hf-trainer  transformers.Trainer configured like transformers' run_classification example:
@@ -41,10 +41,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-REPO = Path(__file__).resolve().parents[1]
-# benchmarks/datasets.py must not stand in for the `datasets` package (transformers' Trainer looks for it)
-sys.path = [p for p in sys.path if Path(p or ".").resolve() != REPO / "benchmarks"]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import REPO, machine, nsmc, run
 
 
 def peak_mem_mb() -> float:
@@ -56,8 +53,8 @@ def peak_mem_mb() -> float:
 def load_split(args):
     from bertclf.data import dataset as D
 
-    train = D.read_nsmc("train", args.data_dir)
-    test = D.read_nsmc("test", args.data_dir)
+    train = nsmc("train", args.data_dir)
+    test = nsmc("test", args.data_dir)
     if args.train_rows:
         train = train.subset(list(range(args.train_rows)))
     if args.test_rows:
@@ -191,29 +188,29 @@ def precision_rounds(args) -> dict:
                       "losses": []}
     step = 0
     for r in range(args.precision_rounds + 1):  # round 0 warms up both
-        for prec, run in runs.items():
+        for prec, arm in runs.items():
             rows_done, t = 0, time.perf_counter()
             for i in range(args.round_steps):
                 rows = batches[(step + i) % len(batches)]
                 batch = collate(ids, rows, tok.pad_token_id, y)
                 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=prec == "bf16"):
-                    loss = run["model"](**batch).loss
+                    loss = arm["model"](**batch).loss
                 loss.backward()
-                run["opt"].step()
-                run["opt"].zero_grad(set_to_none=True)
+                arm["opt"].step()
+                arm["opt"].zero_grad(set_to_none=True)
                 rows_done += len(rows)
-                run["losses"].append(float(loss.detach()))
+                arm["losses"].append(float(loss.detach()))
             if r:
-                run["rates"].append(rows_done / (time.perf_counter() - t))
+                arm["rates"].append(rows_done / (time.perf_counter() - t))
         step += args.round_steps
         if r:
-            print(f"round {r}: " + ", ".join(f"{p} {run['rates'][-1]:.1f} samples/s" for p, run in runs.items()),
+            print(f"round {r}: " + ", ".join(f"{p} {arm['rates'][-1]:.1f} samples/s" for p, arm in runs.items()),
                   flush=True)
-    med = {p: float(np.median(run["rates"])) for p, run in runs.items()}
+    med = {p: float(np.median(arm["rates"])) for p, arm in runs.items()}
     return {"rounds": args.precision_rounds, "steps_per_round": args.round_steps, "batch": 32,
             "median_samples_per_s": med, "bf16_over_fp32": med["bf16"] / med["fp32"],
-            "rates": {p: run["rates"] for p, run in runs.items()},
-            "final_loss": {p: float(np.mean(run["losses"][-args.round_steps:])) for p, run in runs.items()}}
+            "rates": {p: arm["rates"] for p, arm in runs.items()},
+            "final_loss": {p: float(np.mean(arm["losses"][-args.round_steps:])) for p, arm in runs.items()}}
 
 
 def main():
@@ -242,16 +239,15 @@ def main():
         return child(args)
     from bertclf import cpu
 
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else cpu.describe()
+    device = machine()
     print(f"device: {device}", flush=True)
     if not args.model_dir:
         from bertclf.models.builtin import builtin_model_path
-        from bertclf.data.dataset import read_nsmc
         from bertclf.models.vocab_trim import trim_vocab
 
         args.model_dir = str(Path(tempfile.gettempdir()) / "bertclf-bench-me5-nsmc")
         if not (Path(args.model_dir) / "config.json").is_file():
-            trim_vocab(str(builtin_model_path()), read_nsmc("train", args.data_dir).texts, args.model_dir)
+            trim_vocab(str(builtin_model_path()), nsmc("train", args.data_dir).texts, args.model_dir)
     if args.precision_rounds:
         res = precision_rounds(args)
         m = res["median_samples_per_s"]
@@ -264,13 +260,13 @@ def main():
         return
     results = []
     for v in args.variants.split(","):
-        cmd = [sys.executable, __file__, "--variant", v, "--model-dir", args.model_dir, "--data-dir", args.data_dir,
+        cmd = [sys.executable, "-m", __spec__.name, "--variant", v, "--model-dir", args.model_dir, "--data-dir", args.data_dir,
                "--gpu" if args.gpu else "--cpu"]  # the child's default sizes follow the mode
         for k in ("train_rows", "test_rows", "hf_train_rows"):
             if getattr(args, k):
                 cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
         print(f"running {v} ...", flush=True)
-        r = subprocess.run(cmd, capture_output=True, text=True, env=os.environ | {"BERTCLF_NO_PROGRESS": "1"})
+        r = subprocess.run(cmd, capture_output=True, text=True, cwd=REPO, env=os.environ | {"BERTCLF_NO_PROGRESS": "1"})
         line = [ln for ln in r.stdout.splitlines() if ln.startswith("RESULT ")]
         if r.returncode or not line:
             print(f"{v} failed:\n{r.stderr[-3000:]}")
@@ -289,4 +285,4 @@ def main():
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

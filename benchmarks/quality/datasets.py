@@ -1,7 +1,11 @@
-"""TF-IDF + LR vs `bertclf train` with its defaults, on four real Korean tasks, one table for RESULTS.md.
+"""TF-IDF + LR vs `bertclf train` with its defaults, on four real Korean tasks: one table for RESULTS.md, the lead
+as the training rows grow, and a linear probe of the frozen builtin model.
 
-    python benchmarks/datasets.py --work /tmp/bertclf-datasets run hate bias kote nsmc   # long: real fine-tunes
-    python benchmarks/datasets.py --work /tmp/bertclf-datasets table                    # print the table
+    python -m benchmarks.quality.datasets --work /tmp/ds baselines                   # TF-IDF + LR alone
+    python -m benchmarks.quality.datasets --work /tmp/ds run hate bias kote nsmc     # long: real fine-tunes
+    python -m benchmarks.quality.datasets --work /tmp/ds table [--write]             # the table (into RESULTS.md)
+    python -m benchmarks.quality.datasets --work /tmp/curve curve nsmc --rows 2000 4000 8000 16000
+    python -m benchmarks.quality.datasets --work /tmp/ds probe nsmc [--prefix "query: "]
 
 Tasks (held-out splits are seeded and made here from the shared files, written under --work, never into the repo):
   nsmc  4,000 reviews sampled from ratings_train.txt (stratified, seed 42), scored on a seeded stratified
@@ -18,6 +22,16 @@ training split, i.e. without the validation rows), from `eval --json`'s componen
 partner was not kept.
 Training time is the whole `bertclf train` process (tokenizer, model load, training, validation, saving).
 Each finished task leaves WORK/NAME.json, so a long run can be done one task at a time.
+
+curve (nsmc, hate): both sides trained on N rows for each --rows N, scored on the same held-out rows. NSMC: a
+stratified seeded sample of N reviews of ratings_train.txt (N = 4,000 is `run`'s own sample); hate: a stratified
+seeded sample of N of the 6,317 training comments (all of them at N = 6,317). Defaults only; one Markdown row per
+point as it finishes, the table at the end; WORK/curve_TASK_N.json keeps each point.
+
+probe (nsmc, hate, bias): how much pooling and e5's "query: " prefix matter before fine-tuning. Logistic
+regression (scikit-learn, C by 5-fold CV) on the frozen builtin model's [CLS] state, tanh([CLS]) (what the pooler
+feeds the head at the start) and the mean of the token states (what e5 was trained with), fitted on the task's
+training split and scored on its held-out rows.
 """
 from __future__ import annotations
 
@@ -30,9 +44,9 @@ import sys
 import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-SHARED = REPO.parent / "shared" / "data"
+import numpy as np
+
+from benchmarks.common import REPO, RESULTS, SHARED, machine, nsmc, run
 
 TASKS = {
     "nsmc": {"metric": "accuracy", "text": "document", "label": "label", "target": 0.02},
@@ -41,6 +55,8 @@ TASKS = {
     "kote": {"metric": "macro_f1", "text": "text", "label": "labels", "target": 0.03, "multi_label": True},
 }
 MARK_BEGIN, MARK_END = "<!-- datasets.py table begin -->", "<!-- datasets.py table end -->"
+CURVE_HEAD = ["| task | metric | training rows | held-out rows | TF-IDF + LR | bertclf defaults | gain | "
+              "bertclf train (whole process) |", "|---|---|---|---|---|---|---|---|"]
 
 
 def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
@@ -75,9 +91,9 @@ def make_splits(work: Path, nsmc_test_frac: float, seed: int = 42) -> dict[str, 
         write_tsv(work / f"{name}.tsv", ["id", "text", "labels"], [kote[i] for i in idx])
     out["kote"] = (work / "kote_train.tsv", work / "kote_test.tsv")
     # NSMC: 4,000 training reviews, a share of the test file
-    train = D.read_nsmc("train", SHARED / "nsmc")
+    train = nsmc("train", SHARED / "nsmc")
     take, _ = D.stratified_indices(train.labels, 4000 / len(train), seed)
-    test = D.sample(D.read_nsmc("test", SHARED / "nsmc"), nsmc_test_frac, seed)
+    test = D.sample(nsmc("test", SHARED / "nsmc"), nsmc_test_frac, seed)
     inv = {v: k for k, v in D.NSMC_LABELS.items()}
     write_tsv(work / "nsmc_train.tsv", ["document", "label"], [[train.texts[i], inv[train.labels[i]]] for i in take])
     write_tsv(work / "nsmc_test.tsv", ["document", "label"], [[t, inv[lab]] for t, lab in zip(test.texts, test.labels)])
@@ -207,16 +223,119 @@ def table(work: Path) -> str:
     return "\n".join(lines)
 
 
+def training_rows(task: str, n: int, work: Path, train_split: Path, seed: int = 42) -> Path:
+    """A TSV of n training rows for `task` (see the module docstring: curve)."""
+    from bertclf.data import dataset as D
+
+    out = work / f"curve_{task}_train_{n}.tsv"
+    if task == "nsmc":
+        train = nsmc("train", SHARED / "nsmc")
+        take, _ = D.stratified_indices(train.labels, n / len(train), seed)
+        inv = {v: k for k, v in D.NSMC_LABELS.items()}
+        write_tsv(out, ["document", "label"], [[train.texts[i], inv[train.labels[i]]] for i in take])
+        return out
+    from bertclf.io.rows import iter_rows
+
+    header = ["comments", "bias", "hate"]
+    rows = [r for _, r in iter_rows(train_split, header)]
+    take = range(len(rows)) if n >= len(rows) else D.stratified_indices([r["hate"] for r in rows], n / len(rows), seed)[0]
+    write_tsv(out, header, [[rows[i][c] for c in header] for i in take])
+    return out
+
+
+def curve_point(task: str, n: int, work: Path, splits: dict) -> dict:
+    """One point of the curve: baseline and defaults on n rows, scored on the held-out rows."""
+    train_split, test = splits[task]
+    train = training_rows(task, n, work, train_split)
+    metric = TASKS[task]["metric"]
+    log = work / f"curve_{task}_{n}.log"
+    base = json.loads(bertclf("baseline", "--train", str(train), "--test", str(test), *task_flags(task),
+                              "--json", log=log)[0])
+    run_dir = work / "runs" / f"curve_{task}_{n}"
+    _, seconds = bertclf("train", "--train", str(train), *task_flags(task), "--out", str(run_dir),
+                         "--overwrite", log=log)
+    ev = json.loads(bertclf("eval", str(run_dir), "--test", str(test), "--json", log=log)[0])
+    res = {"task": task, "rows": base["n_train"], "test_rows": ev["n"], "metric": metric,
+           "baseline": base["report"][metric], "bertclf": ev[metric], "train_seconds": seconds,
+           "load_average": os.getloadavg()[0], "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())}
+    (work / f"curve_{task}_{n}.json").write_text(json.dumps(res, indent=2))
+    return res
+
+
+def curve_row(r: dict) -> str:
+    return (f"| {r['task']} | {r['metric']} | {r['rows']:,} | {r['test_rows']:,} | {r['baseline']:.4f} | "
+            f"{r['bertclf']:.4f} | {(r['bertclf'] - r['baseline']) * 100:+.1f} pt | {r['train_seconds'] / 60:.1f} min |")
+
+
+def curve(task: str, rows: list[int], work: Path, splits: dict) -> None:
+    print(machine())
+    done = []
+    for n in rows:
+        done.append(curve_point(task, n, work, splits))
+        print(curve_row(done[-1]), flush=True)
+    print("\n".join(CURVE_HEAD + [curve_row(r) for r in done]))
+
+
+def features(texts: list[str], tok, model, batch: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """([CLS] states, mean token states) of `texts`, bf16 autocast, max 128 tokens."""
+    import torch
+
+    cls, mean = [], []
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16):
+        for i in range(0, len(texts), batch):
+            b = tok(texts[i:i + batch], padding=True, truncation=True, max_length=128, return_tensors="pt")
+            h = model(**b).last_hidden_state.float()
+            mask = b["attention_mask"].unsqueeze(-1).float()
+            cls.append(h[:, 0].numpy())
+            mean.append(((h * mask).sum(1) / mask.sum(1)).numpy())
+    return np.concatenate(cls), np.concatenate(mean)
+
+
+def probe(task: str, splits: dict, prefix: str) -> None:
+    """The linear probe of the frozen builtin model (see the module docstring)."""
+    from sklearn.linear_model import LogisticRegressionCV
+    from sklearn.metrics import accuracy_score, f1_score
+    from transformers import AutoModel, AutoTokenizer
+
+    from bertclf.data import dataset as D
+    from bertclf.models.resolve import resolve
+
+    t = TASKS[task]
+    train_file, test_file = splits[task]
+    train = D.read_labelled(str(train_file), t["text"], t["label"])
+    test = D.read_labelled(str(test_file), t["text"], t["label"])
+    path = resolve("me5-small")
+    tok, model = AutoTokenizer.from_pretrained(path), AutoModel.from_pretrained(path).eval()
+    t0 = time.time()
+    tr = features([prefix + x for x in train.texts], tok, model)
+    te = features([prefix + x for x in test.texts], tok, model)
+    print(f"{machine()}; {task}: {len(train):,} training, {len(test):,} held-out rows; prefix {prefix!r}; "
+          f"features in {time.time() - t0:.0f} s")
+    for name, f_tr, f_te in (("cls", tr[0], te[0]), ("tanh-cls", np.tanh(tr[0]), np.tanh(te[0])),
+                             ("mean", tr[1], te[1])):
+        pred = LogisticRegressionCV(Cs=8, max_iter=3000).fit(f_tr, train.labels).predict(f_te)
+        print(f"{name:9s} accuracy {accuracy_score(test.labels, pred):.4f}  "
+              f"weighted F1 {f1_score(test.labels, pred, average='weighted'):.4f}")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True, help="folder for the splits, runs and per-task results")
     ap.add_argument("--nsmc-test-frac", type=float, default=0.1, help="share of NSMC test to score on")
     ap.add_argument("--train-flags", default="", help="extra `bertclf train` flags (a recipe other than the defaults)")
     ap.add_argument("--write", action="store_true", help="table: also write it into benchmarks/RESULTS.md")
-    ap.add_argument("action", choices=["splits", "baselines", "run", "table"])
+    ap.add_argument("--rows", type=int, nargs="+", help="curve: training rows of each point")
+    ap.add_argument("--prefix", default="", help='probe: prepended to every text, e.g. "query: "')
+    ap.add_argument("action", choices=["splits", "baselines", "run", "table", "curve", "probe"])
     ap.add_argument("tasks", nargs="*", default=list(TASKS))
     a = ap.parse_args()
-    splits = make_splits(a.work, a.nsmc_test_frac) if a.action in ("splits", "baselines", "run") else {}
+    if a.action in ("curve", "probe"):
+        allowed = ("nsmc", "hate") if a.action == "curve" else ("nsmc", "hate", "bias")
+        if len(a.tasks) != 1 or a.tasks[0] not in allowed:
+            ap.error(f"{a.action} takes one task of {', '.join(allowed)}")
+        if a.action == "curve" and not a.rows:
+            ap.error("curve needs --rows N [N ...]")
+    splits = make_splits(a.work, a.nsmc_test_frac) if a.action != "table" else {}
     if a.action == "baselines":
         for name in a.tasks:
             print(name, json.dumps(run_baseline(name, *splits[name], a.work) | {"report": None}), flush=True)
@@ -224,15 +343,18 @@ def main() -> None:
         for name in a.tasks:
             res = run_task(name, *splits[name], a.work, a.train_flags.split())
             print(json.dumps(res | {"args": None}), flush=True)
+    if a.action == "curve":
+        curve(a.tasks[0], a.rows, a.work, splits)
+    if a.action == "probe":
+        probe(a.tasks[0], splits, a.prefix)
     if a.action == "table":
         tab = table(a.work)
         print(tab)
         if a.write:
-            path = REPO / "benchmarks" / "RESULTS.md"
-            text = path.read_text(encoding="utf-8")
+            text = RESULTS.read_text(encoding="utf-8")
             start, end = text.index(MARK_BEGIN) + len(MARK_BEGIN), text.index(MARK_END)
-            path.write_text(text[:start] + "\n" + tab + "\n" + text[end:], encoding="utf-8")
+            RESULTS.write_text(text[:start] + "\n" + tab + "\n" + text[end:], encoding="utf-8")
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

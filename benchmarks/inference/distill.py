@@ -1,15 +1,15 @@
 """Teacher vs distilled student vs the student's int8 export, side by side in one process, on NSMC test reviews.
 
-    python benchmarks/distill.py texts TEACHER --n 8000 --out more.txt      # unlabelled texts for --texts
+    python -m benchmarks.inference.distill texts TEACHER --n 8000 --out more.txt   # unlabelled texts for --texts
     bertclf distill TEACHER --layers 6 --out STUDENT --texts more.txt --format lines ...
     bertclf export STUDENT --onnx --int8 --out STUDENT_INT8
-    python benchmarks/distill.py compare TEACHER STUDENT STUDENT_INT8 [--n 9999] [--latency-n 100]
+    python -m benchmarks.inference.distill compare TEACHER STUDENT STUDENT_INT8 [--n 9999] [--latency-n 100]
 
 `texts` writes NSMC training reviews that the teacher's own (sampled) training rows do not hold, one per line,
 without labels: the teacher's rows are rebuilt from its bertclf.json as `bertclf distill` rebuilds them.
 
 `compare` scores the three on the same rows of the teacher's test sample (NSMC test, --test-sample and seed from
-the teacher's card: the rows both cards' test accuracy was measured on), using benchmarks/inference.py's
+the teacher's card: the rows both cards' test accuracy was measured on), using benchmarks/inference/engines.py's
 engines: torch eager fp32 for teacher and student, onnxruntime for the int8 export. Batch-64 throughput with
 the engines interleaved block by block (a busy neighbour slows all alike), batch-1 latency interleaved text by
 text, accuracy, agreement with the teacher, size on disk; ratios against the teacher's torch eager rate.
@@ -24,11 +24,9 @@ from pathlib import Path
 
 import numpy as np
 
-HERE = Path(__file__).resolve().parent
-sys.path.insert(0, str(HERE.parent))
-sys.path.insert(0, str(HERE))
-
-from bertclf.errors import UserError  # noqa: E402
+from benchmarks.common import machine, nsmc, nsmc_label_ids, run
+from benchmarks.inference.engines import Engine
+from bertclf.errors import UserError
 
 
 def teacher_config(teacher: Path):
@@ -45,7 +43,7 @@ def write_texts(teacher: Path, n: int, out: Path, seed: int = 0) -> int:
     cfg = teacher_config(teacher)
     train, valid, _ = D.load_training_data(cfg, log=lambda s: None)
     used = set(train.texts) | set(valid.texts)
-    every = D.read_nsmc("train", cfg.data_dir, log=lambda s: None).texts
+    every = nsmc("train", cfg.data_dir).texts
     rest = [t for t in dict.fromkeys(every) if t not in used and "\n" not in t and "\r" not in t]
     rng = np.random.default_rng(seed)
     chosen = [rest[i] for i in sorted(rng.choice(len(rest), size=min(n, len(rest)), replace=False))]
@@ -60,17 +58,13 @@ def test_rows(teacher: Path, n: int, labels: list[str]) -> tuple[list[str], np.n
     from bertclf.rundir.layout import read_card
 
     args = read_card(teacher)["args"]
-    ds = D.sample(D.read_nsmc("test", args.get("data_dir"), log=lambda s: None), args.get("test_sample", 1.0),
+    ds = D.sample(nsmc("test", args.get("data_dir")), args.get("test_sample", 1.0),
                   args.get("seed", 42), "--test-sample")
-    index = {lab: i for i, lab in enumerate(labels)}
-    y = np.array([index[D.NSMC_LABELS.get(r, r)] for r in ds.labels[:n]])
+    y = nsmc_label_ids(ds.labels[:n], labels)
     return ds.texts[:n], y, f"the first {min(n, len(ds))} of the teacher's {len(ds)}-row test sample"
 
 
 def compare(args) -> int:
-    from inference import Engine
-
-    from bertclf import cpu
     from bertclf.inference.onnx_model import physical_cores
     from bertclf.data.tokens import encode
 
@@ -90,7 +84,7 @@ def compare(args) -> int:
     for e in engines[1:]:  # the student's tokenizer is the teacher's: the same ids (checked, not assumed)
         if not all(np.array_equal(a, b) for a, b in zip(encode(e.clf.tokenizer, texts[:50], e.clf.max_length), ids)):
             raise UserError(f"{e.path}: tokenizes otherwise than the teacher; is it a student of {engines[0].path}?")
-    print(f"device: {cpu.describe(threads)}; {len(ids)} reviews ({where}), {threads} threads", file=sys.stderr)
+    print(f"device: {machine(threads)}; {len(ids)} reviews ({where}), {threads} threads", file=sys.stderr)
     for e in engines:
         e.run(ids[:2 * args.batch_size], args.batch_size)
         e.run(ids[:1], 1)
@@ -180,8 +174,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    run(main)

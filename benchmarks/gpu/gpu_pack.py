@@ -2,12 +2,12 @@
 
 The device machine gets the working tree (at most 64 MiB) and nothing else: no ../shared, no PyPI, no hub.
 
-    python benchmarks/gpu_pack.py pack                    # here: writes .carry/gpu-inputs/ (~55 MB, git-ignored)
-    python benchmarks/gpu_pack.py unpack --to /tmp/in     # there: /tmp/in/nsmc/ratings_*.txt, /tmp/in/model/
-    python benchmarks/train_speed.py --gpu --data-dir /tmp/in/nsmc --model-dir /tmp/in/model --json $OUT/speed.json
+    python -m benchmarks.gpu.gpu_pack pack                  # here: writes .carry/gpu-inputs/ (~55 MB, git-ignored)
+    python -m benchmarks.gpu.gpu_pack unpack --to /tmp/in   # there: /tmp/in/nsmc/ratings_*.txt, /tmp/in/model/
+    python -m benchmarks.training.train_speed --gpu --data-dir /tmp/in/nsmc --model-dir /tmp/in/model --json $OUT/speed.json
 
-The trimmed model (9,816 pieces, 23.6M parameters) is 102 MB in fp32, too big to carry with the data: it
-travels as fp16 and is widened back to fp32 on unpacking. fp16 rounds the weights (relative error <= 2^-11):
+The trimmed model is too big in fp32 to carry with the data (RESULTS.md, "GPU: one H200"): it travels as fp16
+and is widened back to fp32 on unpacking. fp16 rounds the weights (relative error <= 2^-11):
 fine for speed, and the same start for every variant, but not bit-identical to the fp32 conversion.
 The NSMC files are checked against their SHA-256 on unpacking (the same checksums bertclf's reader uses).
 """
@@ -17,11 +17,10 @@ import argparse
 import lzma
 import os
 import shutil
-import sys
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
+from benchmarks.common import REPO, SHARED, nsmc, run
+
 PACK = REPO / ".carry" / "gpu-inputs"
 MODEL_FILES = ("config.json", "tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
 
@@ -38,11 +37,11 @@ def pack(data_dir: str | None) -> None:
     with atomic_dir(PACK) as tmp:
         (tmp / "nsmc").mkdir()
         for split, (name, _) in D.NSMC_FILES.items():
-            with open(D.nsmc_path(split, data_dir), "rb") as src, \
+            with open(D.nsmc_path(split, data_dir, download=False), "rb") as src, \
                     lzma.open(tmp / "nsmc" / (name + ".xz"), "wb", preset=9) as dst:
                 shutil.copyfileobj(src, dst)
         trimmed = tmp / "fp32"
-        trim_vocab(str(builtin_model_path()), D.read_nsmc("train", data_dir).texts, trimmed)
+        trim_vocab(str(builtin_model_path()), nsmc("train", data_dir).texts, trimmed)
         (tmp / "model").mkdir()
         for name in MODEL_FILES:
             if (trimmed / name).is_file():
@@ -84,11 +83,11 @@ def unpack(to: str) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("action", choices=["pack", "unpack"])
-    p.add_argument("--data-dir", default=os.environ.get("BERTCLF_DATA_DIR", str(REPO.parent / "shared/data/nsmc")))
+    p.add_argument("--data-dir", default=os.environ.get("BERTCLF_DATA_DIR", str(SHARED / "nsmc")))
     p.add_argument("--to", default="/tmp/bertclf-gpu-inputs")
     a = p.parse_args()
     pack(a.data_dir) if a.action == "pack" else unpack(a.to)
 
 
 if __name__ == "__main__":
-    main()
+    run(main)

@@ -1,6 +1,6 @@
 """CPU inference, side by side: torch eager fp32 vs torch bf16 autocast vs ONNX fp32 vs ONNX int8, on NSMC test reviews.
 
-    python benchmarks/inference.py DIR [--n 5000] [--latency-n 200] [--work WORKDIR]
+    python -m benchmarks.inference.engines DIR [--n 5000] [--latency-n 200] [--work WORKDIR]
 
 DIR is a trained model directory (config.json with labels, model.safetensors, tokenizer). Get one with e.g.
 
@@ -19,7 +19,7 @@ NSMC's ratings_test.txt, every engine on the same pre-tokenized ids (tokenizatio
   * engines: torch (fp32, the reference), torch-bf16 (bf16 autocast, what `bertclf predict` runs by default
     on CPUs with AMX / AVX-512 BF16; emulated and slow elsewhere), onnx-fp32, onnx-int8 (the variant the
     export picks on this CPU by its agreement check) and onnx-int8-VARIANT (one variant forced, e.g.
-    onnx-int8-s8-7bit: see bertclf/export/quantize.py);
+    onnx-int8-s8-7bit: see bertclf/export/quantize.py; benchmarks/inference/int8.py compares them all);
   * the CPU's model name and matrix features (bertclf/cpu.py), printed and stored in --json;
   * model size on disk, accuracy on the gold labels, label agreement with torch, max |probability difference|
     and max |logit difference| against torch;
@@ -27,8 +27,8 @@ NSMC's ratings_test.txt, every engine on the same pre-tokenized ids (tokenizatio
     this process: with --threads 1 it hardly moves when other jobs share the machine), "x p50" (batch-1 latency);
   * the ceiling this CPU puts on int8: one matrix product of the model's FFN shape at batch 64 (64 x mean
     tokens rows), timed in torch fp32 (MKL), onnxruntime fp32 and onnxruntime int8 (DynamicQuantizeMatMul,
-    what the int8 export runs, activation quantization included). Matrix products are ~75% of torch's time;
-    int8 cannot speed the whole model up by more than it speeds them up.
+    what the int8 export runs, activation quantization included): int8 cannot speed the whole model up by
+    more than it speeds its matrix products up.
 On a busy machine prefer --threads 1: multi-threaded torch (OpenMP) loses far more than onnxruntime when its
 threads are preempted, which inflates the ratios.
 Threads: torch and onnxruntime both get one thread per physical core (BERTCLF_THREADS overrides); idle
@@ -45,9 +45,8 @@ from pathlib import Path
 
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from bertclf.errors import UserError  # noqa: E402
+from benchmarks.common import machine, nsmc_test, run
+from bertclf.errors import UserError
 
 
 def parse_args(argv=None):
@@ -69,24 +68,6 @@ def parse_args(argv=None):
     p.add_argument("--no-smooth", action="store_true", help="int8 without SmoothQuant scaling of activation outliers")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON")
     return p.parse_args(argv)
-
-
-def nsmc_dir(data_dir: str | None) -> str | None:
-    """--data-dir; bertclf.data.dataset.nsmc_search_dirs looks everywhere else (environment, cache, ../shared)."""
-    return data_dir
-
-
-def nsmc_test(n: int, data_dir: str | None, labels: list[str]) -> tuple[list[str], np.ndarray]:
-    from bertclf.data.dataset import NSMC_LABELS, nsmc_path, read_labelled
-
-    ds = read_labelled(nsmc_path("test", nsmc_dir(data_dir), log=lambda s: print(s, file=sys.stderr)),
-                       "document", "label")
-    index = {lab: i for i, lab in enumerate(labels)}
-    y = [index.get(NSMC_LABELS.get(r, r), index.get(r, -1)) for r in ds.labels[:n]]
-    if min(y) < 0:
-        print(f"note: model labels {labels} are not NSMC's (0/1 or negative/positive); accuracy is not shown",
-              file=sys.stderr)
-    return ds.texts[:n], np.array(y)
 
 
 def export(src: Path, work: Path, name: str, args) -> Path:
@@ -136,8 +117,7 @@ class Engine:
             from bertclf.inference.onnx_model import OnnxClassifierModel
 
             self.clf = Classifier.load(str(path))
-            # Idle onnxruntime threads must not spin: the engines take turns in one process, and spinning
-            # threads would steal the 2 cores from the next engine (torch's batch-1 latency: 100 ms vs 34 ms).
+            # idle threads must not spin: the engines take turns, and spinning ones slow the next engine down
             self.clf.model = OnnxClassifierModel(path / "model.onnx", len(self.clf.labels), threads=threads, spin=False)
             self.size = sum(f.stat().st_size for f in path.iterdir() if f.name.startswith("model.onnx"))
         self.pad_id = self.clf.pad_id
@@ -223,7 +203,7 @@ def main(argv=None) -> int:
     unknown = [n for n in names if n not in ("torch", "torch-bf16", "onnx-fp32") and not n.startswith("onnx-int8")]
     if unknown:
         raise UserError(f"--engines: unknown engine(s) {', '.join(unknown)}; see --help")
-    print(f"device: {cpu.describe(threads)}", file=sys.stderr)
+    print(f"device: {machine(threads)}", file=sys.stderr)
 
     tmp = None
     if args.work:
@@ -342,8 +322,4 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    try:
-        raise SystemExit(main())
-    except UserError as e:
-        print(f"error: {e}", file=sys.stderr)
-        raise SystemExit(2)
+    run(main)

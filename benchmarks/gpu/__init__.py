@@ -1,0 +1,1 @@
+"""The lent GPU machine: carry the inputs there, measure everything in one call."""

@@ -1,0 +1,1 @@
+"""Inference: engines and precisions side by side, int8 fidelity, distilled students, Ray."""

@@ -1,0 +1,1 @@
+"""Quality: accuracy against baselines, recipes, checkpoint selection, calibration, label audit, long texts."""

@@ -1,0 +1,1 @@
+"""Serving: `bertclf serve` under load."""
