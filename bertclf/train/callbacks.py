@@ -10,8 +10,9 @@ from __future__ import annotations
 class TrainCallback:
     def on_train_begin(self, run) -> None:
         """Once the run is set up (bertclf.train.prepare.Run: model, tokenizer, task, plan; every setting, file and
-        resume check passed), before the first step (of a resumed run too: run.state.step is where it resumes). For reading: a callback that measures the weights as they train (research
-        tools score held-out rows at each validation); replacing the run's parts is not supported."""
+        resume check passed), before the first step (of a resumed run too: run.state.step is where it resumes).
+        For reading: a callback that measures the weights as they train (research tools score held-out rows at
+        each validation); replacing the run's parts is not supported."""
 
     def on_backward(self, step: int, micro_batch: int, rank: int) -> None:
         """After the backward pass of micro-batch `micro_batch` of optimizer step `step` (counting from 1),
