@@ -188,7 +188,7 @@ def gemm_ceiling(m: int, k: int, n: int, threads: int, seconds: float = 1.5) -> 
 def main(argv=None) -> int:
     args = parse_args(argv)
     from bertclf import cpu
-    from bertclf.models.forward import softmax
+    from scipy.special import softmax
     from bertclf.models.resolve import check_model_dir
     from bertclf.inference.onnx_model import physical_cores
     from bertclf.data.tokens import encode
@@ -258,10 +258,10 @@ def main(argv=None) -> int:
             f"{e.name} {(start + len(part)) / e.seconds:.0f}/s" for e in engines), file=sys.stderr)
 
     ref = engines[0]
-    p_ref = softmax(ref.logits)
+    p_ref = softmax(ref.logits, axis=1)
     results = []
     for e in engines:
-        p = softmax(e.logits)
+        p = softmax(e.logits, axis=1)
         lat = np.array(e.lat) * 1000
         r = {"engine": e.name, "path": str(e.path), "size_mb": e.size / 1e6,
              "latency_p50_ms": float(np.percentile(lat, 50)), "latency_p99_ms": float(np.percentile(lat, 99)),

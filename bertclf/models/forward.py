@@ -30,9 +30,3 @@ def predict_logits(model, ids: list[np.ndarray], pad_id: int, batch_size: int = 
     finally:
         model.train(was_training)
     return out
-
-
-def softmax(logits: np.ndarray) -> np.ndarray:
-    z = logits - logits.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
