@@ -42,21 +42,18 @@ def _long_text_flags(p) -> None:
                    "previous one (default max-length / 4)")
 
 
-def build_parser() -> Parser:
-    p = Parser(prog="bertclf", description="Fine-tune transformer encoders for text classification.")
-    p.add_argument("--version", action="version", version=_version())
-    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-
+def _train_flags(sub) -> None:
     t = sub.add_parser("train", help="fine-tune a model", description="Fine-tune a pretrained encoder on labelled text.")
     add_train_flags(t)  # one flag per TrainConfig field (bertclf/train/config.py)
 
+
+def _eval_flags(sub) -> None:
     e = sub.add_parser("eval", help="score a trained model on labelled data")
     e.add_argument("model_dir", metavar="DIR")
-    e.add_argument("--data", help="builtin dataset: nsmc (its test split)")
-    e.add_argument("--test", metavar="FILE")
-    e.add_argument("--text-col")
-    e.add_argument("--label-col")
-    e.add_argument("--data-dir")
+    add_train_flags(e, ("data", "test", "text_col", "label_col", "data_dir"), helps={
+        "data": "builtin dataset: nsmc (its test split)", "test": "labelled file to score",
+        "text_col": "text column (default: the training text column, else text)",
+        "label_col": "label column (default: the training label column, else label)"})
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--errors", metavar="FILE", help="write misclassified rows with probabilities (TSV/CSV)")
     e.add_argument("--batch-size", type=int, default=INFERENCE_BATCH, help=BATCH_HELP)
@@ -64,6 +61,8 @@ def build_parser() -> Parser:
     _long_text_flags(e)
     _read_flags(e)
 
+
+def _predict_flags(sub) -> None:
     pr = sub.add_parser("predict", help="classify texts", description="Classify texts given as arguments, "
                         "in a TSV/CSV/JSONL/plain-lines file, or on stdin (one text per line unless --format says "
                         "otherwise); prints or writes JSONL (CSV by extension). Empty texts are skipped.")
@@ -71,7 +70,8 @@ def build_parser() -> Parser:
     pr.add_argument("texts", nargs="*", metavar="TEXT")
     pr.add_argument("--input", metavar="FILE", help="file to classify ('-' for stdin)")
     pr.add_argument("--output", metavar="FILE", help="where to write (default stdout)")
-    pr.add_argument("--text-col", help="text column of --input (default: the training text column, else text)")
+    add_train_flags(pr, ("text_col",), helps={"text_col": "text column of --input (default: the training text "
+                                                          "column, else text)"})
     pr.add_argument("--batch-size", type=int, default=INFERENCE_BATCH, help=BATCH_HELP)
     pr.add_argument("--shard", metavar="I/N", help="only rows whose index modulo N is I (split work over N workers)")
     pr.add_argument("--precision", default="auto", help=PRECISION_HELP)
@@ -84,18 +84,25 @@ def build_parser() -> Parser:
     pr.add_argument("--workers", type=int, default=2, help="--engine ray: model replicas (one GPU each if any)")
     _read_flags(pr)
 
+
+def _models_flags(sub) -> None:
     mo = sub.add_parser("models", help="builtin models: list, path")
     mo_sub = mo.add_subparsers(dest="models_command", metavar="ACTION", parser_class=Parser)
     mo_sub.add_parser("list", help="show the builtin model names")
     mp = mo_sub.add_parser("path", help="print the directory of a builtin model (building it if needed)")
     mp.add_argument("name", nargs="?", default="me5-small")
 
+
+def _trim_vocab_flags(sub) -> None:
     tv = sub.add_parser("trim-vocab", help="keep only the vocabulary pieces a corpus uses")
     tv.add_argument("src", metavar="SRC", help="model directory or builtin name")
     tv.add_argument("--corpus", required=True, metavar="FILE")
     tv.add_argument("--text-col", default="document")
     tv.add_argument("--out", required=True)
     _read_flags(tv)
+
+
+def _baseline_flags(sub) -> None:
     b = sub.add_parser("baseline", help="TF-IDF + logistic regression baseline in seconds")
     add_train_flags(b, ("data", "train", "test", "text_col", "label_col", "data_dir", "sample", "seed"),
                     helps={"test": "test file (default: NSMC test with --data nsmc, else 20%% of --train)"})
@@ -105,6 +112,8 @@ def build_parser() -> Parser:
     b.add_argument("--json", action="store_true")
     _read_flags(b)
 
+
+def _serve_flags(sub) -> None:
     s = sub.add_parser("serve", help="HTTP server (Hugging Face Inference API shape) with micro-batching")
     s.add_argument("model_dir", metavar="DIR")
     s.add_argument("--host", default="127.0.0.1")
@@ -117,6 +126,8 @@ def build_parser() -> Parser:
     s.add_argument("--precision", default="auto", help=PRECISION_HELP)
     _long_text_flags(s)
 
+
+def _export_flags(sub) -> None:
     x = sub.add_parser("export", help="export to ONNX (optionally int8) for fast CPU inference")
     x.add_argument("model_dir", metavar="DIR")
     x.add_argument("--onnx", action="store_true", required=True, help="export format (ONNX is the only one)")
@@ -127,6 +138,8 @@ def build_parser() -> Parser:
                         "decisions, default 0.95), else a more faithful variant is tried")
     x.add_argument("--out", required=True, metavar="DIR2")
 
+
+def _distill_flags(sub) -> None:
     d = sub.add_parser("distill", help="train a smaller, faster student of a trained model on its soft labels",
                        description="A student with N of the teacher's layers (evenly spaced, the top one kept), "
                        "trained on the teacher's own training rows (rebuilt from its bertclf.json) with the true "
@@ -150,11 +163,14 @@ def build_parser() -> Parser:
                                      "is one)"})
     _read_flags(d)
 
+
+def _report_flags(sub) -> None:
     rp = sub.add_parser("report", help="plots and a self-contained HTML page for a run (two runs: compared)")
     rp.add_argument("run_dirs", nargs="+", metavar="DIR")
     rp.add_argument("--out", metavar="FILE", help="HTML file (default DIR/report.html; several runs: A/compare-<B>.html)")
 
-    # ---- audit (issue 17): self-contained block, see cmd_audit ----
+
+def _audit_flags(sub) -> None:
     au = sub.add_parser("audit", help="find training rows whose labels look wrong (cleanlab, out-of-fold probabilities)",
                         description="Out-of-fold probabilities for every row (TF-IDF + logistic regression, or a transformer "
                         "fine-tuned per fold with --model), then "
@@ -172,6 +188,15 @@ def build_parser() -> Parser:
                     helps={"multi_label": "a label cell holds several labels (split by --label-sep): one-vs-rest "
                                           "out-of-fold probabilities, cleanlab's multi-label issues"})
     _read_flags(au)
+
+
+def build_parser() -> Parser:
+    p = Parser(prog="bertclf", description="Fine-tune transformer encoders for text classification.")
+    p.add_argument("--version", action="version", version=_version())
+    sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
+    for add in (_train_flags, _eval_flags, _predict_flags, _models_flags, _trim_vocab_flags,
+                _baseline_flags, _serve_flags, _export_flags, _distill_flags, _report_flags, _audit_flags):
+        add(sub)
     return p
 
 
