@@ -18,7 +18,6 @@ import torch
 
 from bertclf.rundir import layout as rundir
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_hooks import PAUSE_ENV, PAUSE_MARK  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

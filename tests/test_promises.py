@@ -21,7 +21,6 @@ from bertclf.rundir import checkpoint as ckpt
 from bertclf.train.config import RESUME_KEYS
 from bertclf.data.metrics import expected_calibration_error
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from train_hooks import PAUSE_ENV, PAUSE_MARK  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]

@@ -9,7 +9,6 @@ report, audit (which reads training files, so it takes the training's reading fl
 from __future__ import annotations
 
 import json
-import sys
 from pathlib import Path
 
 import httpx
@@ -17,7 +16,6 @@ import pytest
 
 from bertclf.cli import main
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _server_process import ServerProcess  # noqa: E402
 from test_card_defaults import encodes_in_cp949  # noqa: E402
 

@@ -18,8 +18,8 @@ and the growth over the second half of the run (a leak shows as steady growth on
 when there were errors or the second-half RSS growth is over --max-rss-growth-mb.
 
 Texts: the `document` column of ratings_test.txt, found as bertclf finds NSMC (--data-dir, $BERTCLF_DATA_DIR,
-the cache, ../shared/data/nsmc). The short versions run in the test suite (tests/test_serve_fuzz.py,
-tests/test_server_memory.py import run_load from here).
+the cache, ../shared/data/nsmc). The short versions run in the test suite (tests/serve/test_serve_fuzz.py,
+tests/serve/test_server_memory.py import run_load from here).
 """
 from __future__ import annotations
 

@@ -2,7 +2,7 @@
 command that reads files for a model (eval, predict, export --check, ...); flags override. (The label separator
 and thresholds are the task's: bertclf/data/task.py reads them from the card.)
 
-READ_KEYS is the one list of card keys that inference reads back; tests/test_card_defaults.py holds a case for
+READ_KEYS is the one list of card keys that inference reads back; tests/io/test_card_defaults.py holds a case for
 each, so adding a key without a case fails there.
 """
 from __future__ import annotations
