@@ -11,7 +11,6 @@ TSV, page and summary are written by the same code.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -85,8 +84,9 @@ def audit_multilabel(ds: D.Dataset, rows: np.ndarray, folds: int, seed: int, log
     from cleanlab.multilabel_classification.filter import find_label_issues
 
     from bertclf.data.task import make_task
+    from bertclf.train.config import TrainConfig
 
-    cfg = SimpleNamespace(multi_label=True, label_sep=sep, label_names=label_names, metric=None, label_col=label_col)
+    cfg = TrainConfig(out="", multi_label=True, label_sep=sep, label_names=label_names, label_col=label_col)
     task = make_task(cfg, ds.labels, ds.source)
     y = np.asarray(task.encode(ds.labels, ds.source), dtype=np.int64)
     log(f"audit: {len(ds):,} rows of {ds.source}, {y.shape[1]} labels; {folds}-fold one-vs-rest TF-IDF + "

@@ -296,7 +296,7 @@ def make_task(cfg, train_labels: list[str], where: str, raw: dict[str, str] | No
     cls = MultiLabel if cfg.multi_label else SingleLabel
     kwargs = {"sep": cfg.label_sep} if cfg.multi_label else {}
     task = cls(labels, cfg.metric, **kwargs)
-    task.label_smoothing = cfg.label_smoothing
+    task.label_smoothing = getattr(cfg, "label_smoothing", 0.0)  # the baseline's label-only config has none
     return task
 
 
