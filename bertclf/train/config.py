@@ -31,6 +31,11 @@ class TrainConfig:
     test: str | None = opt(None, "test file, scored once at the end", DATA, metavar="FILE")
     text_col: str | None = opt(None, "text column (default: document for NSMC, else text)", DATA)
     label_col: str | None = opt(None, "label column (default: label)", DATA)
+    text_pair_col: str | None = opt(None, "second text column: each row is a sentence pair (e.g. premise and "
+                                    "hypothesis), read through the tokenizer's pair template and cut longest-first "
+                                    "at --max-length", DATA, metavar="COL")
+    group_col: str | None = opt(None, "keep the rows that share this column's value (e.g. one premise) on one side of "
+                                "the validation split", DATA, metavar="COL")
     columns: list[str] | None = opt(None, "names of the columns of files without a header line, e.g. "
                                     "id,text,label (the first line is then a row)", DATA, parse="columns",
                                     metavar="A,B,...")
@@ -97,7 +102,8 @@ class TrainConfig:
 RESUME_KEYS = ("data", "train", "valid", "model", "epochs", "batch_size", "lr", "max_length", "sample", "seed",
                "max_steps", "precision", "grad_accum", "valid_frac", "warmup", "weight_decay", "trim_vocab",
                "text_col", "label_col", "eval_every", "columns", "max_grad_norm", "multi_label", "label_sep",
-               "label_names", "class_weights", "metric", "long_text", "select", "encoding")
+               "label_names", "class_weights", "metric", "long_text", "select", "encoding", "text_pair_col",
+               "group_col")
 
 
 def validate_config(cfg: TrainConfig) -> None:
@@ -153,6 +159,11 @@ def validate_config(cfg: TrainConfig) -> None:
     if cfg.long_text not in ("truncate", "head-tail"):
         bad("long-text", f"training takes truncate or head-tail (window is for predict, eval and serve), got "
                          f"{cfg.long_text!r}")
+    if cfg.text_pair_col and cfg.long_text != "truncate":
+        bad("long-text", f"{cfg.long_text} is for single texts; a sentence pair (--text-pair-col) is cut "
+                         f"longest-first at --max-length: drop --long-text")
+    if cfg.group_col and cfg.valid:
+        bad("group-col", "groups the validation split of --train, and --valid FILE is given (no split): drop one")
     if not cfg.label_sep:
         bad("label-sep", "must not be empty; give the character between the labels of a cell, e.g. ','")
     from bertclf.io.rows import check_encoding, parse_columns
