@@ -256,3 +256,57 @@ def test_predict_reads_pairs_from_tsv_csv_jsonl_and_the_command_line(pair_run, p
         assert [(g["text"], g["text_pair"]) for g in got] == pairs, source[:2]
         assert [g["label"] for g in got] == [e["label"] for e in expected]
         assert [g["score"] for g in got] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+
+
+# ---------------------------------------------------------------- serve, transformers.pipeline
+
+def test_serve_answers_the_inference_api_pair_form_and_refuses_single_texts(pair_run, pair_slices, tmp_path):
+    """A real server on localhost: {"inputs": {"text", "text_pair"}} and a list of them are answered as
+    Classifier.predict answers the pairs; a single text sent to a pair model is a 422 with one line."""
+    httpx = pytest.importorskip("httpx")
+    from _server_process import ServerProcess
+
+    from bertclf.data.dataset import read_labelled
+    from bertclf.inference.classifier import Classifier
+
+    run, _ = pair_run
+    ds = read_labelled(pair_slices["test"], "sentence1", "gold_label", pair_col="sentence2")
+    pairs = list(zip(ds.texts, ds.pairs))[:5]
+    expected = Classifier.load(str(run), precision="fp32").predict(pairs)
+    server = ServerProcess(run, tmp_path, ["--precision", "fp32"])
+    try:
+        one = httpx.post(f"{server.url}/predict", json={"inputs": {"text": pairs[0][0], "text_pair": pairs[0][1]}},
+                         timeout=30)
+        assert one.status_code == 200, one.text
+        assert one.json()[0][0]["label"] == expected[0]["label"]
+        assert one.json()[0][0]["score"] == pytest.approx(expected[0]["score"], abs=1e-5)
+        many = httpx.post(f"{server.url}/predict", json={"inputs": [{"text": a, "text_pair": b} for a, b in pairs]},
+                          timeout=30)
+        assert many.status_code == 200, many.text
+        assert [r[0]["label"] for r in many.json()] == [e["label"] for e in expected]
+        for body, says in (({"inputs": "전제 하나"}, "reads sentence pairs"),
+                           ({"inputs": {"text": "전제"}}, "needs both fields"),
+                           ({"inputs": [{"text": "전제", "text_pair": " "}]}, "inputs[0].text_pair is empty")):
+            r = httpx.post(f"{server.url}/predict", json=body, timeout=30)
+            assert r.status_code == 422 and says in r.json()["error"] and "\n" not in r.json()["error"], r.text
+    finally:
+        server.terminate()
+
+
+def test_pipeline_on_the_saved_directory_answers_text_and_text_pair(pair_run, pair_slices):
+    """transformers.pipeline on the run folder takes {"text", "text_pair"} as is and gives bertclf's answer: the
+    saved tokenizer carries the pair template and its token type ids."""
+    from transformers import pipeline
+
+    from bertclf.data.dataset import read_labelled
+    from bertclf.inference.classifier import Classifier
+
+    run, _ = pair_run
+    ds = read_labelled(pair_slices["test"], "sentence1", "gold_label", pair_col="sentence2")
+    clf = Classifier.load(str(run), precision="fp32")
+    pipe = pipeline("text-classification", model=str(run))
+    for a, b in list(zip(ds.texts, ds.pairs))[:6]:
+        got = pipe({"text": a, "text_pair": b})
+        got = got[0] if isinstance(got, list) else got
+        want = clf.predict((a, b))
+        assert got["label"] == want["label"] and got["score"] == pytest.approx(want["score"], abs=1e-5)
