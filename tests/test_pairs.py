@@ -310,3 +310,47 @@ def test_pipeline_on_the_saved_directory_answers_text_and_text_pair(pair_run, pa
         got = got[0] if isinstance(got, list) else got
         want = clf.predict((a, b))
         assert got["label"] == want["label"] and got["score"] == pytest.approx(want["score"], abs=1e-5)
+
+
+# ---------------------------------------------------------------- ONNX export, int8 check
+
+def test_onnx_export_and_int8_check_carry_token_type_ids(pair_run, pair_slices, tmp_path):
+    """The export of a pair model has a token_type_ids input and gives torch's probabilities on pairs; the int8
+    check runs on the rebuilt (premise-grouped) validation pairs; predict on the export reads the pair file."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from bertclf.data.dataset import read_labelled
+    from bertclf.inference.classifier import Classifier
+
+    run, _ = pair_run
+    ds = read_labelled(pair_slices["test"], "sentence1", "gold_label", pair_col="sentence2")
+    pairs = list(zip(ds.texts, ds.pairs))
+    # logits, relative to their size: the tiny model learns no NLI, so its fitted temperature makes them small
+    torch_logits = Classifier.load(str(run), precision="fp32").logits(pairs)
+    scale = np.abs(torch_logits).max()
+    fp32, int8 = tmp_path / "fp32", tmp_path / "int8"
+    r = bertclf("export", run, "--onnx", "--out", fp32)
+    assert r.returncode == 0, r.stderr[-2000:]
+    graph = onnx.load(str(fp32 / "model.onnx"))
+    assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    onnx_clf = Classifier.load(str(fp32))
+    assert onnx_clf.backend == "onnx"
+    assert np.abs(onnx_clf.logits(pairs) - torch_logits).max() < 1e-4 * scale
+    # the types matter: the same ids with all-zero type ids give other logits (so a dropped input would show)
+    from bertclf.data.long_text import encode_long
+
+    enc = encode_long(onnx_clf.tokenizer, ds.texts[:20], onnx_clf.max_length, pairs=ds.pairs[:20])
+    with_types = onnx_clf.model.predict_logits(enc.ids, onnx_clf.pad_id, types=enc.types)
+    without = onnx_clf.model.predict_logits(enc.ids, onnx_clf.pad_id)
+    assert np.abs(with_types - without).max() > 1e-3 * scale
+    r = bertclf("export", run, "--onnx", "--int8", "--min-agreement", "0.5", "--out", int8)
+    assert r.returncode == 0, r.stderr[-2000:]
+    card = json.loads((int8 / "bertclf.json").read_text())
+    check = card["export"]["int8_check"]
+    assert "validation rows" in check["rows_from"] and check["rows"] == json.loads(
+        (run / "bertclf.json").read_text())["data"]["valid"]["rows"]
+    out = tmp_path / "onnx.jsonl"
+    r = bertclf("predict", int8, "--input", pair_slices["test"], "--output", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 180
