@@ -297,7 +297,7 @@ def _predict_on_ray(a) -> int:
     predict_ray_to(a.model_dir, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
                    output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, workers=a.workers,
                    fmt=a.format, encoding=a.encoding, columns=parse_columns(a.columns), precision=a.precision,
-                   long_text=a.long_text, stride=a.stride)
+                   long_text=a.long_text, stride=a.stride, text_pair_col=a.text_pair_col)
     return 0
 
 

@@ -354,3 +354,36 @@ def test_onnx_export_and_int8_check_carry_token_type_ids(pair_run, pair_slices, 
     r = bertclf("predict", int8, "--input", pair_slices["test"], "--output", out)
     assert r.returncode == 0, r.stderr[-2000:]
     assert len(out.read_text(encoding="utf-8").splitlines()) == 180
+
+
+# ---------------------------------------------------------------- --shard, Ray
+
+def test_shards_of_a_pair_file_add_up_to_the_whole(pair_run, pair_slices, tmp_path):
+    run, _ = pair_run
+    outs = []
+    for spec in ("all", "0/2", "1/2"):
+        out = tmp_path / f"{spec.replace('/', '-')}.jsonl"
+        flags = [] if spec == "all" else ["--shard", spec]
+        r = bertclf("predict", run, "--input", pair_slices["test"], "--output", out, "--precision", "fp32", *flags)
+        assert r.returncode == 0, r.stderr
+        outs.append([json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()])
+    whole, even, odd = outs
+    assert sorted(even + odd, key=lambda x: x["row"]) == whole and {x["row"] % 2 for x in even} == {0}
+    assert all("text_pair" in x for x in whole)
+
+
+def test_ray_engine_writes_the_local_pair_records(pair_run, pair_slices, tmp_path):
+    """--engine ray (a local Ray instance, 2 actors) writes the local engine's records for a pair file."""
+    pytest.importorskip("ray")
+    run, _ = pair_run
+    local, ray_out = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert bertclf("predict", run, "--input", pair_slices["test"], "--output", local, "--precision", "fp32"
+                   ).returncode == 0
+    r = bertclf("predict", run, "--input", pair_slices["test"], "--output", ray_out, "--precision", "fp32",
+                "--engine", "ray", "--workers", 2, extra_env={"RAY_USAGE_STATS_ENABLED": "0"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = [json.loads(line) for line in ray_out.read_text(encoding="utf-8").splitlines()]
+    want = [json.loads(line) for line in local.read_text(encoding="utf-8").splitlines()]
+    assert [(g["row"], g["text"], g["text_pair"], g["label"]) for g in got] == \
+        [(w["row"], w["text"], w["text_pair"], w["label"]) for w in want]
+    assert [g["score"] for g in got] == pytest.approx([w["score"] for w in want], abs=1e-5)
