@@ -387,3 +387,45 @@ def test_ray_engine_writes_the_local_pair_records(pair_run, pair_slices, tmp_pat
     assert [(g["row"], g["text"], g["text_pair"], g["label"]) for g in got] == \
         [(w["row"], w["text"], w["text_pair"], w["label"]) for w in want]
     assert [g["score"] for g in got] == pytest.approx([w["score"] for w in want], abs=1e-5)
+
+
+# ---------------------------------------------------------------- bad pair input: one line, exit 2
+
+def _one_line_error(capsys, argv) -> str:
+    from bertclf.cli import main
+
+    capsys.readouterr()
+    status = main([str(a) for a in argv])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("bertclf: warning")]
+    assert status == 2 and len(err) == 1 and err[0].startswith("bertclf: error: "), (status, err[-3:])
+    return err[0]
+
+
+def test_bad_pair_input_is_one_line(pair_run, pair_slices, trained_tiny_dir, nsmc_slices, tiny_pair_model_dir,
+                                    tmp_path, capsys):
+    run, _ = pair_run
+    train = ["train", "--train", pair_slices["train"], "--model", tiny_pair_model_dir, "--text-col", "sentence1",
+             "--label-col", "gold_label", "--out", tmp_path / "never"]
+    cases = [
+        (train + ["--text-pair-col", "hypothesis"], "column 'hypothesis' not in header"),
+        (train + ["--text-pair-col", "sentence1"], "--text-col and --text-pair-col are both 'sentence1'"),
+        (train + ["--text-pair-col", "sentence2", "--long-text", "head-tail"], "--long-text: head-tail is for single"),
+        (train + ["--group-col", "premise"], "column 'premise' not in header"),
+        (train + ["--group-col", "sentence1", "--valid", pair_slices["test"]], "--group-col: groups the validation"),
+        # a single-text file for the pair model: its second column is missing
+        (["eval", run, "--test", nsmc_slices["test"], "--text-col", "document", "--label-col", "label"],
+         "column 'sentence2' not in header"),
+        (["predict", run, "--input", nsmc_slices["test"], "--text-col", "document"],
+         "column 'sentence2' not in header"),
+        # a single text sent to the pair model, a pair to a single-text model
+        (["predict", run, "전제 하나"], "reads sentence pairs"),
+        (["predict", trained_tiny_dir, "--pair", "전제", "가설"], "reads single texts"),
+        (["eval", trained_tiny_dir, "--test", pair_slices["test"], "--text-pair-col", "sentence2"],
+         "reads single texts"),
+        (["predict", run, "--explain", "--pair", "전제", "가설"], "sentence pairs are not supported yet"),
+        (["eval", run, "--test", pair_slices["test"], "--long-text", "window"], "not supported for sentence pairs"),
+    ]
+    for argv, says in cases:
+        line = _one_line_error(capsys, argv)
+        assert says in line, (argv[:2], line)
+    assert not (tmp_path / "never").exists()
