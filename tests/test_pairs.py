@@ -429,3 +429,26 @@ def test_bad_pair_input_is_one_line(pair_run, pair_slices, trained_tiny_dir, nsm
         line = _one_line_error(capsys, argv)
         assert says in line, (argv[:2], line)
     assert not (tmp_path / "never").exists()
+
+
+# ---------------------------------------------------------------- demo page, report
+
+def test_demo_page_has_two_boxes_for_a_pair_model_and_the_report_names_both_columns(pair_run):
+    """The page a pair model's server shows: two text boxes, its script posting the Inference API's pair form,
+    no word scores (501 from /explain, said on the page); the run report's table names both text columns."""
+    from fastapi.testclient import TestClient
+
+    from bertclf.inference.classifier import Classifier
+    from bertclf.serve.app import create_app
+
+    run, _ = pair_run
+    clf = Classifier.load(str(run), precision="fp32")
+    with TestClient(create_app(clf)) as client:
+        page = client.get("/").text
+        assert 'id="text"' in page and 'id="text_pair"' in page and '"pair": true' in page
+        r = client.post("/explain", json={"inputs": "전제"})
+        assert r.status_code == 501 and "sentence pairs" in r.json()["error"]
+    from bertclf.report import write_report
+
+    html = Path(write_report([str(run)])).read_text(encoding="utf-8")
+    assert "sentence1 / sentence2 / gold_label" in html and "validation split grouped by" in html
