@@ -30,6 +30,7 @@ def _read_flags(p) -> None:
 # depends on the batch a text is padded into); bertclf/inference/classifier.py sorts by length within fixed blocks of rows
 BATCH_HELP = (f"texts per forward pass (default {INFERENCE_BATCH}; eval and predict agree exactly at the same "
               f"batch size)")
+PAIR_COL_HELP = "second text column of a sentence-pair model's file (default: the training's)"
 PRECISION_HELP = "auto | fp32 | bf16 (auto: bf16 on AMX / AVX-512 BF16 CPUs and bf16 GPUs, else fp32)"
 
 
@@ -50,9 +51,10 @@ def _train_flags(sub) -> None:
 def _eval_flags(sub) -> None:
     e = sub.add_parser("eval", help="score a trained model on labelled data")
     e.add_argument("model_dir", metavar="DIR")
-    add_train_flags(e, ("data", "test", "text_col", "label_col", "data_dir"), helps={
+    add_train_flags(e, ("data", "test", "text_col", "text_pair_col", "label_col", "data_dir"), helps={
         "data": "builtin dataset: nsmc (its test split)", "test": "labelled file to score",
         "text_col": "text column (default: the training text column, else text)",
+        "text_pair_col": PAIR_COL_HELP,
         "label_col": "label column (default: the training label column, else label)"})
     e.add_argument("--json", action="store_true", help="print the report as JSON")
     e.add_argument("--errors", metavar="FILE", help="write misclassified rows with probabilities (TSV/CSV)")
@@ -70,8 +72,11 @@ def _predict_flags(sub) -> None:
     pr.add_argument("texts", nargs="*", metavar="TEXT")
     pr.add_argument("--input", metavar="FILE", help="file to classify ('-' for stdin)")
     pr.add_argument("--output", metavar="FILE", help="where to write (default stdout)")
-    add_train_flags(pr, ("text_col",), helps={"text_col": "text column of --input (default: the training text "
-                                                          "column, else text)"})
+    add_train_flags(pr, ("text_col", "text_pair_col"), helps={
+        "text_col": "text column of --input (default: the training text column, else text)",
+        "text_pair_col": PAIR_COL_HELP + "; a JSONL file may name its fields text and text_pair"})
+    pr.add_argument("--pair", nargs=2, action="append", metavar=("TEXT", "TEXT_PAIR"),
+                    help="a sentence pair to classify with a pair model (repeat for more pairs)")
     pr.add_argument("--batch-size", type=int, default=INFERENCE_BATCH, help=BATCH_HELP)
     pr.add_argument("--shard", metavar="I/N", help="only rows whose index modulo N is I (split work over N workers)")
     pr.add_argument("--precision", default="auto", help=PRECISION_HELP)
@@ -104,8 +109,12 @@ def _trim_vocab_flags(sub) -> None:
 
 def _baseline_flags(sub) -> None:
     b = sub.add_parser("baseline", help="TF-IDF + logistic regression baseline in seconds")
-    add_train_flags(b, ("data", "train", "test", "text_col", "label_col", "data_dir", "sample", "seed"),
-                    helps={"test": "test file (default: NSMC test with --data nsmc, else 20%% of --train)"})
+    add_train_flags(b, ("data", "train", "test", "text_col", "text_pair_col", "group_col", "label_col", "data_dir",
+                        "sample", "seed"), helps={
+        "test": "test file (default: NSMC test with --data nsmc, else 20%% of --train)",
+        "text_pair_col": "second text column: sentence pairs, featurised as the first text's n-grams, the second's, "
+                         "and their elementwise product",
+        "group_col": "without --test: hold out whole groups (rows sharing this column's value) as the test split"})
     b.add_argument("--out", metavar="DIR", help="also store the result as DIR/baseline.json (e.g. a model directory)")
     add_train_flags(b, ("multi_label", "label_sep", "label_names"),
                     helps={"multi_label": "one-vs-rest, thresholds tuned on 20%% of train"})
@@ -177,6 +186,9 @@ def _audit_flags(sub) -> None:
                         "cleanlab's confident learning; writes the suspect rows, most suspect first, and an HTML page.")
     au.add_argument("--train", required=True, metavar="FILE", help="labelled TSV/CSV/JSONL file to audit")
     au.add_argument("--text-col", help="text column (default: text)")
+    add_train_flags(au, ("text_pair_col", "group_col"), helps={
+        "text_pair_col": "second text column: sentence pairs",
+        "group_col": "keep the rows sharing this column's value in one fold"})
     au.add_argument("--label-col", help="label column (default: label)")
     au.add_argument("--out", required=True, metavar="AUDIT.tsv", help="suspect rows (TSV); AUDIT.html goes beside it")
     au.add_argument("--folds", type=int, default=5, help="cross-validation folds (default 5)")
@@ -233,7 +245,7 @@ def cmd_eval(a) -> int:
     rep = evaluate(a.model_dir, data=a.data, test=a.test, text_col=a.text_col, label_col=a.label_col,
                    data_dir=a.data_dir, errors=a.errors, batch_size=a.batch_size, encoding=a.encoding,
                    columns=parse_columns(a.columns), log=lambda s: print(s, file=sys.stderr), precision=a.precision,
-                   long_text=a.long_text, stride=a.stride)
+                   long_text=a.long_text, stride=a.stride, text_pair_col=a.text_pair_col)
     if a.json:
         print(json.dumps(rep, indent=2, ensure_ascii=False))
     else:
@@ -248,8 +260,10 @@ def cmd_predict(a) -> int:
     from bertclf.inference.classifier import Classifier
     from bertclf.inference.records import check_output, parse_shard, predict_to
 
-    if a.texts and a.input:
-        raise UserError("predict: give texts as arguments or --input FILE, not both")
+    if sum(map(bool, (a.texts, a.input, a.pair))) > 1:
+        raise UserError("predict: give texts as arguments, pairs with --pair, or --input FILE: one of them")
+    if a.pair:
+        a.texts = [tuple(p) for p in a.pair]  # Classifier's pair form; a single-text model refuses it in one line
     if not a.texts and not a.input and sys.stdin.isatty():
         raise UserError("predict: no texts; give them as arguments, with --input FILE, or on stdin")
     shard, columns = parse_shard(a.shard), parse_columns(a.columns)  # every flag checked before the model loads
@@ -257,7 +271,7 @@ def cmd_predict(a) -> int:
     if a.encoding:
         check_encoding(a.encoding)
     check_output(a.output, a.input)
-    _warn_texts_naming_files(a.texts)
+    _warn_texts_naming_files([t for t in a.texts if isinstance(t, str)])
     if a.engine == "ray":
         if a.explain:
             raise UserError("predict: --explain runs on the local engine only (Captum needs the torch model in this "
@@ -269,11 +283,11 @@ def cmd_predict(a) -> int:
 
         explain_to(clf, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
                    output_path=a.output, text_col=a.text_col, shard=shard, fmt=a.format, encoding=a.encoding,
-                   columns=columns)
+                   columns=columns, text_pair_col=a.text_pair_col)
         return 0
     predict_to(clf, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
                output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, shard=shard, fmt=a.format,
-               encoding=a.encoding, columns=columns)
+               encoding=a.encoding, columns=columns, text_pair_col=a.text_pair_col)
     return 0
 
 
@@ -299,7 +313,7 @@ def _predict_on_ray(a) -> int:
     predict_ray_to(a.model_dir, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
                    output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, workers=a.workers,
                    fmt=a.format, encoding=a.encoding, columns=parse_columns(a.columns), precision=a.precision,
-                   long_text=a.long_text, stride=a.stride)
+                   long_text=a.long_text, stride=a.stride, text_pair_col=a.text_pair_col)
     return 0
 
 
@@ -331,6 +345,7 @@ def cmd_baseline(a) -> int:
     from bertclf.models.baseline import format_baseline, run_baseline
 
     res = run_baseline(data=a.data, train=a.train, test=a.test, text_col=a.text_col, label_col=a.label_col,
+                       text_pair_col=a.text_pair_col, group_col=a.group_col,
                        data_dir=a.data_dir, sample=a.sample, seed=a.seed, out=a.out, encoding=a.encoding or "utf-8",
                        columns=parse_columns(a.columns), multi_label=a.multi_label, label_sep=a.label_sep,
                        label_names=a.label_names)
@@ -381,6 +396,7 @@ def cmd_audit(a) -> int:
 
     a.encoding = check_encoding(a.encoding or "utf-8")
     res = run_audit(a.train, a.out, text_col=a.text_col, label_col=a.label_col, folds=a.folds, seed=a.seed,
+                    text_pair_col=a.text_pair_col, group_col=a.group_col,
                     log=lambda s: print(s, file=sys.stderr), model=a.model, encoding=a.encoding,
                     columns=parse_columns(a.columns), multi_label=a.multi_label, label_sep=a.label_sep,
                     label_names=a.label_names)

@@ -180,7 +180,8 @@ def changed_setting(key: str, r: dict, nsmc_slices, nsmc_dir) -> tuple[dict, lis
             "max_length": 64, "sample": 0.3, "seed": 1, "max_steps": 7, "precision": "fp32", "grad_accum": 2,
             "valid_frac": 0.1, "warmup": 0.1, "weight_decay": 0.0, "text_col": "id", "label_col": "sentiment",
             "eval_every": 2, "max_grad_norm": 0.5, "label_sep": ";", "class_weights": "auto", "metric": "macro_f1",
-            "long_text": "head-tail", "select": "best", "encoding": "latin-1"}  # latin-1 reads any bytes
+            "long_text": "head-tail", "select": "best", "encoding": "latin-1",  # latin-1 reads any bytes
+            "text_pair_col": "sentiment", "group_col": "document"}
     if key in swap:
         return {flag: swap[key]}, []
     if key == "valid":

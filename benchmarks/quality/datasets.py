@@ -1,5 +1,5 @@
-"""TF-IDF + LR vs `bertclf train` with its defaults, on four real Korean tasks: one table for RESULTS.md, the lead
-as the training rows grow, and a linear probe of the frozen builtin model.
+"""TF-IDF + LR vs `bertclf train` with its defaults, on five real Korean tasks (NLI: sentence pairs): one table for
+RESULTS.md, the lead as the training rows grow, and a linear probe of the frozen builtin model.
 
     python -m benchmarks.quality.datasets --work /tmp/ds baselines                   # TF-IDF + LR alone
     python -m benchmarks.quality.datasets --work /tmp/ds run hate bias kote nsmc     # long: real fine-tunes
@@ -13,6 +13,9 @@ Tasks (held-out splits are seeded and made here from the shared files, written u
   hate  korean-hate-speech/train.tsv split 80/20 (stratified on `hate`, seed 42), label `hate`; weighted F1
   bias  the same split, label `bias`; weighted F1
   kote  kote/val.tsv split 80/20 (seed 42), multi-label over labels.txt; macro F1
+  nli   kornli/xnli.test.ko.tsv (sentence pairs: premise sentence1, hypothesis sentence2, gold_label) split by
+        premise, 80/20 of the 1,670 premises (StratifiedGroupKFold, seed 42: no premise on both sides); both sides
+        read pairs (--text-pair-col), bertclf groups its validation split by premise too (--group-col); accuracy
 
 Each side trains on exactly the same rows (bertclf carves its own 5% validation split out of them; the baseline
 tunes nothing for single-label and its multi-label thresholds on a 20% split of the same training rows).
@@ -53,6 +56,8 @@ TASKS = {
     "hate": {"metric": "weighted_f1", "text": "comments", "label": "hate", "target": 0.03},
     "bias": {"metric": "weighted_f1", "text": "comments", "label": "bias", "target": 0.02},
     "kote": {"metric": "macro_f1", "text": "text", "label": "labels", "target": 0.03, "multi_label": True},
+    "nli": {"metric": "accuracy", "text": "sentence1", "pair": "sentence2", "label": "gold_label", "target": 0.10,
+            "group": "sentence1"},
 }
 MARK_BEGIN, MARK_END = "<!-- datasets.py table begin -->", "<!-- datasets.py table end -->"
 CURVE_HEAD = ["| task | metric | training rows | held-out rows | TF-IDF + LR | bertclf defaults | gain | "
@@ -98,6 +103,14 @@ def make_splits(work: Path, nsmc_test_frac: float, seed: int = 42) -> dict[str, 
     write_tsv(work / "nsmc_train.tsv", ["document", "label"], [[train.texts[i], inv[train.labels[i]]] for i in take])
     write_tsv(work / "nsmc_test.tsv", ["document", "label"], [[t, inv[lab]] for t, lab in zip(test.texts, test.labels)])
     out["nsmc"] = (work / "nsmc_train.tsv", work / "nsmc_test.tsv")
+    # KorNLI: whole premises on each side (each premise has three hypotheses, one per label)
+    nli = D.read_labelled(SHARED / "kornli" / "xnli.test.ko.tsv", "sentence1", "gold_label", pair_col="sentence2",
+                          group_col="sentence1")
+    test_idx, train_idx = D.grouped_indices(nli.groups, nli.labels, 0.2, seed)
+    for name, idx in (("nli_train", train_idx), ("nli_test", test_idx)):
+        write_tsv(work / f"{name}.tsv", ["sentence1", "sentence2", "gold_label"],
+                  [[nli.texts[i], nli.pairs[i], nli.labels[i]] for i in idx])
+    out["nli"] = (work / "nli_train.tsv", work / "nli_test.tsv")
     return out
 
 
@@ -115,9 +128,14 @@ def bertclf(*args: str, log: Path) -> tuple[str, float]:
     return p.stdout, time.time() - t0
 
 
-def task_flags(name: str) -> list[str]:
+def task_flags(name: str, train: bool = False) -> list[str]:
+    """The task's column flags (train: also its --group-col, for the validation split)."""
     t = TASKS[name]
     flags = ["--text-col", t["text"], "--label-col", t["label"]]
+    if t.get("pair"):
+        flags += ["--text-pair-col", t["pair"]]
+    if train and t.get("group"):
+        flags += ["--group-col", t["group"]]
     if t.get("multi_label"):
         flags += ["--multi-label", "--label-names", str(SHARED / "kote" / "labels.txt")]
     return flags
@@ -136,7 +154,7 @@ def run_task(name: str, train: Path, test: Path, work: Path, extra: list[str]) -
     log = work / f"{name}.log"
     base = run_baseline(name, train, test, work)
     run_dir = work / "runs" / name
-    train_out, train_s = bertclf("train", "--train", str(train), *task_flags(name), "--out", str(run_dir),
+    train_out, train_s = bertclf("train", "--train", str(train), *task_flags(name, train=True), "--out", str(run_dir),
                                  "--overwrite", *extra, log=log)
     with open(log, "a", encoding="utf-8") as f:  # its lines (the n-gram partner's weight...) beside its stderr
         f.write(train_out)
@@ -149,7 +167,9 @@ def run_task(name: str, train: Path, test: Path, work: Path, extra: list[str]) -
     if "components" in ev:  # the partner was kept: each side alone, scored by the same eval
         sides = {side: {k: rep.get(k) for k in keys} for side, rep in ev["components"].items()}
     else:  # not kept (or --ngram off): the encoder is the model; the partner refitted as training fitted it
-        sides = {"encoder": {k: ev.get(k) for k in keys}, "ngram": ngram_alone(card, test) if ng else None}
+        pairs = card["data"].get("text_pair_col")  # no partner is fitted for pairs (bertclf/train/finish.py)
+        sides = {"encoder": {k: ev.get(k) for k in keys}, "ngram": ngram_alone(card, test) if ng and not pairs
+                 else None}
     res = {"task": name, "metric": metric, "n_train": base["n_train"], "n_test": ev["n"],
            "baseline": {k: base["report"].get(k) for k in ("accuracy", "macro_f1", "weighted_f1", "micro_f1")},
            "baseline_seconds": base["seconds"],
@@ -161,7 +181,7 @@ def run_task(name: str, train: Path, test: Path, work: Path, extra: list[str]) -
                                                   for k in ("accuracy", "macro_f1", "weighted_f1", "micro_f1")},
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
                                     text=True).stdout.strip(),
-           "date": time.strftime("%Y-%m-%d")}
+           "date": time.strftime("%Y-%m-%d"), "device": card["training"]["device"]}
     (work / f"{name}.json").write_text(json.dumps(res, indent=2, ensure_ascii=False))
     return res
 

@@ -48,8 +48,9 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarr
 
 
 def collate(ids: list[np.ndarray], rows: np.ndarray, pad_id: int, labels: np.ndarray | None = None,
-            multiple: int = 8) -> dict[str, torch.Tensor]:
-    """Pad rows to the batch's longest (rounded up to a multiple of 8 for tensor cores)."""
+            multiple: int = 8, types: list[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+    """Pad rows to the batch's longest (rounded up to a multiple of 8 for tensor cores). types: the rows' token
+    type ids (sentence pairs), padded with 0, or None: the model's default (all 0)."""
     seqs = [ids[i] for i in rows]
     width = max(len(s) for s in seqs)
     width = -(-width // multiple) * multiple
@@ -59,6 +60,11 @@ def collate(ids: list[np.ndarray], rows: np.ndarray, pad_id: int, labels: np.nda
         input_ids[r, :len(s)] = s
         mask[r, :len(s)] = 1
     batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
+    if types is not None:
+        type_ids = np.zeros((len(seqs), width), dtype=np.int64)
+        for r, i in enumerate(rows):
+            type_ids[r, :len(types[i])] = types[i]
+        batch["token_type_ids"] = torch.from_numpy(type_ids)
     if labels is not None:
         y = labels[rows]  # class ids, or multi-hot rows (multi-label) kept as float for BCE
         batch["labels"] = torch.from_numpy(y.astype(np.int64) if y.ndim == 1 else y.astype(np.float32))

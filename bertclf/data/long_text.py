@@ -31,6 +31,7 @@ class Encoded:
     doc: np.ndarray
     n_texts: int
     cut: int  # texts longer than max_length tokens (cut by truncate / head-tail, split by window)
+    types: list[np.ndarray] | None = None  # sentence pairs: token type ids, where the tokenizer gives them
 
 
 def default_stride(max_length: int) -> int:
@@ -50,9 +51,12 @@ def check_long_text(mode: str, stride: int | None, max_length: int, tokenizer=No
 
 
 def encode_long(tokenizer, texts: list[str], max_length: int, mode: str = "truncate", stride: int | None = None,
-                chunk: int = 4096) -> Encoded:
-    """Token ids (int32, with special tokens) per model input, by `mode`, and how many texts did not fit."""
+                chunk: int = 4096, pairs: list[str] | None = None) -> Encoded:
+    """Token ids (int32, with special tokens) per model input, by `mode`, and how many texts did not fit.
+    pairs: each text's second text (a sentence pair model): cut longest-first; only `truncate` applies."""
     stride = check_long_text(mode, stride, max_length, tokenizer)
+    if pairs is not None:
+        return encode_pair_rows(tokenizer, texts, pairs, max_length, mode)
     ids, doc, cut = [], [], 0
     for start in range(0, len(texts), chunk):
         part = texts[start:start + chunk]
@@ -72,6 +76,19 @@ def encode_long(tokenizer, texts: list[str], max_length: int, mode: str = "trunc
         ids += [np.asarray(x, dtype=np.int32) for x, k in zip(enc["input_ids"], keep) if k]
         doc += (owner[keep] + start).tolist()
     return Encoded(ids, np.asarray(doc, dtype=np.int64), len(texts), cut)
+
+
+def encode_pair_rows(tokenizer, texts: list[str], pairs: list[str], max_length: int, mode: str) -> Encoded:
+    """A pair model's inputs: one per pair, cut longest-first (head-tail and window chunks are defined for one
+    text: which side would a chunk take from?)."""
+    from bertclf.data.tokens import encode_pairs, pair_cut
+
+    if mode != "truncate":
+        raise UserError(f"--long-text {mode}: not supported for sentence pairs (a pair is cut longest-first at "
+                        f"--max-length); drop --long-text or use truncate")
+    ids, types = encode_pairs(tokenizer, texts, pairs, max_length)
+    cut = pair_cut(tokenizer, texts, pairs, ids, max_length)[0]
+    return Encoded(ids, np.arange(len(texts), dtype=np.int64), len(texts), cut, types)
 
 
 def added_specials(tokenizer) -> tuple[int, int]:

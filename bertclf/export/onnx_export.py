@@ -112,17 +112,20 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
     model = load_classifier(str(src)).eval()
     model.set_attn_implementation("eager")  # plain MatMul/Softmax attention: the pattern ORT's optimizer fuses
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    from bertclf.data.tokens import encode
+    from bertclf.data.tokens import encode_rows
 
-    sample_ids = encode(tokenizer, SAMPLE_TEXTS, max_length)
+    pairs = (card.get("data") or {}).get("text_pair_col") is not None  # a sentence-pair model
+    samples = list(zip(SAMPLE_TEXTS, SAMPLE_TEXTS[::-1])) if pairs else SAMPLE_TEXTS
+    sample_ids, sample_types = encode_rows(tokenizer, *split_samples(samples), max_length)
     from bertclf.models.forward import predict_logits
 
-    ref = predict_logits(model, sample_ids, pad_id, batch_size=8)
+    ref = predict_logits(model, sample_ids, pad_id, batch_size=8, types=sample_types)
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if sample_types is not None else [])
     n_params = sum(p.numel() for p in model.parameters())
     large = n_params * 4 > LARGE_BYTES
     info: dict = {"format": "onnx", "source": str(src.resolve()), "int8": bool(int8), "opset": opset,
                   "onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
-                  "exporter": "torch.onnx.export (TorchScript, dynamo=False)", "inputs": ["input_ids", "attention_mask"],
+                  "exporter": "torch.onnx.export (TorchScript, dynamo=False)", "inputs": inputs,
                   "output": "logits", "external_data": large,
                   "requested": {"optimize": optimize, "smooth": smooth_alpha, "check": check,
                                 "min_agreement": min_agreement if int8 else None}}
@@ -130,7 +133,7 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
         from bertclf.export.validation_rows import check_rows
 
         check_texts, check_y, check_from = check_rows(src, card, labels, check)
-        check_ids = encode(tokenizer, check_texts, max_length)
+        check_ids, check_types = encode_rows(tokenizer, *split_samples(check_texts), max_length)
         info["cpu"] = cpu_summary()
 
     try:
@@ -139,7 +142,8 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
             raw = work / "raw.onnx"
             log(f"exporting {src} ({n_params / 1e6:.1f}M parameters) to ONNX, opset {opset} ...")
             try:
-                _torch_export(model, sample_ids[:2], pad_id, raw, opset, large)
+                _torch_export(model, sample_ids[:2], pad_id, raw, opset, large,
+                              None if sample_types is None else sample_types[:2])
             except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
                 first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
                 raise UserError(f"cannot export {src} to ONNX ({type(e).__name__}: {first}); "
@@ -148,8 +152,9 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
 
             fp32, fused = raw, None
             if optimize:
-                fp32, fused = _fuse(raw, work / "fused.onnx", config, large, sample_ids, pad_id, ref, log)
-            diff = _max_diff(_run(fp32, sample_ids, pad_id, ref.shape[1]), ref)
+                fp32, fused = _fuse(raw, work / "fused.onnx", config, large, sample_ids, pad_id, ref, log,
+                                    sample_types)
+            diff = _max_diff(_run(fp32, sample_ids, pad_id, ref.shape[1], sample_types), ref)
             info["fp32_max_abs_logit_diff"] = diff
             if not _close(diff, ref):
                 raise UserError(f"ONNX export of {src} does not reproduce torch: max |logit difference| {diff:.3g} "
@@ -161,8 +166,8 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
             if int8:
                 smoothed = 0
                 if smooth_alpha and not large:
-                    smoothed = smooth(fp32, work / "smooth.onnx", sample_ids, pad_id, smooth_alpha)
-                    sdiff = _max_diff(_run(work / "smooth.onnx", sample_ids, pad_id, ref.shape[1]), ref)
+                    smoothed = smooth(fp32, work / "smooth.onnx", sample_ids, pad_id, smooth_alpha, sample_types)
+                    sdiff = _max_diff(_run(work / "smooth.onnx", sample_ids, pad_id, ref.shape[1], sample_types), ref)
                     if _close(sdiff, ref):
                         fp32 = work / "smooth.onnx"
                     else:  # cannot happen in exact arithmetic; keep the plain graph if rounding says otherwise
@@ -171,7 +176,8 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
                 log(f"int8 dynamic quantization{f' after SmoothQuant ({smoothed} MatMuls)' if smoothed else ''}, "
                     f"checked on {check_from} ...")
                 chosen, report = choose(fp32, work, check_ids, check_y, pad_id, ref.shape[1], min_agreement, large,
-                                        log, variants, decide=lambda z: task.decide(task.probs(z)))
+                                        log, variants, decide=lambda z: task.decide(task.probs(z)),
+                                        types=check_types)
                 _save_as(chosen, target, large)
                 info["quantization"] = report.pop("quantization") | {
                     "smoothquant_alpha": smooth_alpha if smoothed else None, "smoothed_nodes": smoothed}
@@ -194,7 +200,7 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
             from bertclf.inference.classifier import Classifier
 
             clf = Classifier.load(str(tmp), ngram=False)  # the encoder, against torch's encoder
-            got = clf.logits(SAMPLE_TEXTS, batch_size=8)
+            got = clf.logits(samples, batch_size=8)
             p_ref, p_got = clf.task.probs(ref), clf.task.probs(got)  # softmax, or sigmoid for multi-label
             agree = agreement(clf.task.decide(p_got), clf.task.decide(p_ref))  # multi-label: per (text, label)
             info["check"] = {"texts": len(SAMPLE_TEXTS), "max_abs_logit_diff": _max_diff(got, ref),
@@ -270,7 +276,9 @@ def _is_export(p: Path) -> bool:
         return False
 
 
-def _torch_export(model, ids: list[np.ndarray], pad_id: int, path: Path, opset: int, large: bool) -> None:
+def _torch_export(model, ids: list[np.ndarray], pad_id: int, path: Path, opset: int, large: bool,
+                  types: list[np.ndarray] | None = None) -> None:
+    """types: a sentence-pair model's token type ids (the graph then has a token_type_ids input), or None."""
     import torch
 
     from bertclf.data.batches import collate
@@ -278,18 +286,20 @@ def _torch_export(model, ids: list[np.ndarray], pad_id: int, path: Path, opset: 
     # Two rows of different lengths: the example batch has padding, so nothing mask-related is traced away.
     if len(ids[0]) == len(ids[1]):
         ids = [ids[0], ids[1][:-1]]
-    batch = collate(ids, np.arange(2), pad_id)
+        types = None if types is None else [types[0], types[1][:-1]]
+    batch = collate(ids, np.arange(2), pad_id, types=types)
+    names = ["input_ids", "attention_mask"] + (["token_type_ids"] if types is not None else [])
     with torch.no_grad(), warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, (batch["input_ids"], batch["attention_mask"]), str(path),
-                          input_names=["input_ids", "attention_mask"], output_names=["logits"],
-                          dynamic_axes={"input_ids": {0: "batch", 1: "sequence"},
-                                        "attention_mask": {0: "batch", 1: "sequence"}, "logits": {0: "batch"}},
+        torch.onnx.export(model, tuple(batch[n] for n in names), str(path),
+                          input_names=names, output_names=["logits"],
+                          dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
                           opset_version=opset, do_constant_folding=True, dynamo=False,
                           **({"external_data": True} if large else {}))
 
 
-def _fuse(raw: Path, dst: Path, config: dict, large: bool, ids, pad_id, ref, log) -> tuple[Path, dict | None]:
+def _fuse(raw: Path, dst: Path, config: dict, large: bool, ids, pad_id, ref, log,
+          types=None) -> tuple[Path, dict | None]:
     """The graph with BERT's fused ops, or the raw graph (and None) when fusing fails or changes the logits."""
     heads, hidden = config.get("num_attention_heads"), config.get("hidden_size")
     model_type = config.get("model_type", "bert")
@@ -310,7 +320,7 @@ def _fuse(raw: Path, dst: Path, config: dict, large: bool, ids, pad_id, ref, log
     except Exception as e:  # a fusion bug must not block the export: the plain graph is correct, only slower
         log(f"not fusing the graph ({type(e).__name__}: {str(e)[:120]}); exporting the plain graph")
         return raw, None
-    diff = _max_diff(_run(dst, ids, pad_id, ref.shape[1]), ref)
+    diff = _max_diff(_run(dst, ids, pad_id, ref.shape[1], types), ref)
     if not _close(diff, ref):
         log(f"not fusing the graph: the fused graph differs from torch by {diff:.3g}; exporting the plain graph")
         return raw, None
@@ -329,10 +339,17 @@ def _save_as(src: Path, dst: Path, large: bool) -> None:
                     location="model.onnx.data")
 
 
-def _run(path: Path, ids: list[np.ndarray], pad_id: int, num_labels: int) -> np.ndarray:
+def _run(path: Path, ids: list[np.ndarray], pad_id: int, num_labels: int, types=None) -> np.ndarray:
     from bertclf.inference.onnx_model import OnnxClassifierModel
 
-    return OnnxClassifierModel(path, num_labels).predict_logits(ids, pad_id, batch_size=8)
+    return OnnxClassifierModel(path, num_labels).predict_logits(ids, pad_id, batch_size=8, types=types)
+
+
+def split_samples(items: list) -> tuple[list[str], list[str] | None]:
+    """(texts, second texts or None) of a list of texts or (text, text_pair) tuples."""
+    if items and isinstance(items[0], tuple):
+        return [a for a, _ in items], [b for _, b in items]
+    return list(items), None
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:

@@ -91,13 +91,14 @@ def describe(a: dict, digits: int = 2) -> str:
 
 def choose(fp32: Path, work: Path, ids: list[np.ndarray], y: np.ndarray, pad_id: int, num_labels: int,
            min_agreement: float, large: bool, log, tries: list[Variant] | None = None,
-           decide=None) -> tuple[Path, dict]:
+           decide=None, types: list[np.ndarray] | None = None) -> tuple[Path, dict]:
     """Quantize `fp32` variant by variant until one agrees with it on >= min_agreement (see agreement()).
     decide(logits): the decisions (default argmax; a multi-label task's label sets over its thresholds, 2-d,
-    where the gated measure is the share of (text, label) decisions that agree). Returns (the int8 graph, the
+    where the gated measure is the share of (text, label) decisions that agree); types: the rows' token type ids
+    (sentence pairs) or None. Returns (the int8 graph, the
     check report for bertclf.json); raises UserError when none passes."""
     decide = decide or (lambda z: z.argmax(1))
-    ref = score(fp32, ids, pad_id, num_labels)
+    ref = score(fp32, ids, pad_id, num_labels, types)
     ref_decided = decide(ref)
     multi = ref_decided.ndim == 2
     truth = y > 0.5 if multi else y
@@ -110,7 +111,7 @@ def choose(fp32: Path, work: Path, ids: list[np.ndarray], y: np.ndarray, pad_id:
     for k, v in enumerate(tries or variants()):
         dst = work / f"int8-{k}.onnx"
         settings = quantize(fp32, dst, v, large)
-        got = score(dst, ids, pad_id, num_labels)
+        got = score(dst, ids, pad_id, num_labels, types)
         decided = decide(got)
         agree, q = agreement(decided, ref_decided), quality(decided, truth)
         tried.append({"variant": v.name, **agree, metric: q, "mean_abs_logit_diff": float(np.abs(got - ref).mean())})
@@ -143,10 +144,11 @@ def summary(k: dict) -> str:
             f"{k[f'{metric}_int8']:.2%} ({k[f'{metric}_change'] * 100:+.2f} pt)")
 
 
-def score(path: Path, ids: list[np.ndarray], pad_id: int, num_labels: int) -> np.ndarray:
+def score(path: Path, ids: list[np.ndarray], pad_id: int, num_labels: int,
+          types: list[np.ndarray] | None = None) -> np.ndarray:
     from bertclf.inference.onnx_model import OnnxClassifierModel
 
-    return OnnxClassifierModel(path, num_labels, spin=False).predict_logits(ids, pad_id, batch_size=64)
+    return OnnxClassifierModel(path, num_labels, spin=False).predict_logits(ids, pad_id, batch_size=64, types=types)
 
 
 def quantize(src: Path, dst: Path, v: Variant, large: bool) -> dict:
@@ -182,7 +184,8 @@ def kept_fp32(model, v: Variant) -> list[str]:
     return out
 
 
-def smooth(src: Path, dst: Path, ids: list[np.ndarray], pad_id: int, alpha: float) -> int:
+def smooth(src: Path, dst: Path, ids: list[np.ndarray], pad_id: int, alpha: float,
+           types: list[np.ndarray] | None = None) -> int:
     """SmoothQuant for dynamic int8: move activation outliers into the weights, exactly.
 
     A few hidden channels of BERT-like encoders carry values 10x larger than the rest (e.g. the GELU output
@@ -226,9 +229,9 @@ def smooth(src: Path, dst: Path, ids: list[np.ndarray], pad_id: int, alpha: floa
     del probe
     amax: dict[str, np.ndarray] = {}
     for start in range(0, len(ids), 8):
-        b = collate(ids, np.arange(start, min(start + 8, len(ids))), pad_id, multiple=1)
+        b = collate(ids, np.arange(start, min(start + 8, len(ids))), pad_id, multiple=1, types=types)
         mask = b["attention_mask"].numpy().astype(bool)
-        feed = {"input_ids": b["input_ids"].numpy(), "attention_mask": b["attention_mask"].numpy()}
+        feed = {k: v.numpy() for k, v in b.items()}  # input_ids, attention_mask (and a pair's token_type_ids)
         for x, v in zip(names, sess.run(names, feed)):
             v = np.abs(v.reshape(mask.shape + (-1,))[mask] if v.shape[:2] == mask.shape else v.reshape(-1, v.shape[-1]))
             amax[x] = np.maximum(amax[x], v.max(0)) if x in amax else v.max(0)

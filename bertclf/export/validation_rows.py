@@ -20,7 +20,8 @@ from bertclf.rundir.layout import PREDICTIONS_FILE as PREDICTIONS
 
 def check_rows(model_dir: Path, card: dict, labels: list[str], check_file: str | None = None
                ) -> tuple[list[str], np.ndarray, str]:
-    """(texts, label ids, where they come from): --check FILE's rows, else the model's validation rows.
+    """(texts, label ids, where they come from): --check FILE's rows, else the model's validation rows (a pair
+    model's texts are (text, text_pair) tuples).
     Raises UserError naming what is missing when neither is available."""
     if check_file:
         return read_check_file(check_file, card, labels)
@@ -36,7 +37,7 @@ def check_rows(model_dir: Path, card: dict, labels: list[str], check_file: str |
         if kept is not None and not np.array_equal(kept, y):
             raise UserError(f"{model_dir}: the rebuilt validation rows' labels differ from {PREDICTIONS}'s (the data "
                             f"changed since training?); give a labelled file with --check FILE")
-    return ds.texts, y, f"the model's {len(ds)} validation rows (rebuilt from bertclf.json)"
+    return ds.inputs(), y, f"the model's {len(ds)} validation rows (rebuilt from bertclf.json)"
 
 
 # The flags of `bertclf export`: advice in an error may name these and no others.
@@ -55,7 +56,7 @@ def read_check_file(check_file: str, card: dict, labels: list[str]) -> tuple[lis
     multi = (card.get("classification") or {}).get("type") == "multi_label"
     try:  # a multi-label row may have no label, as in training
         ds = D.read_labelled(check_file, spec.text_col, spec.label_col, **spec.read_kwargs(),
-                             allow_empty_label=multi)
+                             allow_empty_label=multi, pair_col=spec.text_pair_col)
         y = _label_ids(ds, card, labels)
     except UserError as e:
         msg = str(e)
@@ -65,7 +66,7 @@ def read_check_file(check_file: str, card: dict, labels: list[str]) -> tuple[lis
         what = FLAG.sub(lambda m: m[0] if m[0] in EXPORT_FLAGS else f"the training's {m[0][2:].replace('-', ' ')}",
                         what)
         raise UserError(f"--check {what}; write the file in the training's format ({training_format(card)})") from None
-    return ds.texts, y, f"{check_file} ({len(ds)} rows)"
+    return ds.inputs(), y, f"{check_file} ({len(ds)} rows)"
 
 
 def training_format(card: dict) -> str:

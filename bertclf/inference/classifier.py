@@ -8,6 +8,9 @@
 A multi-label model (trained with --multi-label) also returns 'labels': every label whose probability (sigmoid)
 passes its threshold tuned on validation, best first.
 
+A sentence-pair model (trained with --text-pair-col) reads pairs: each input is a tuple (text, text_pair) or a
+dict {"text": ..., "text_pair": ...} (the Inference API's form); clf.predict(("전제", "가설")) or a list of them.
+
 A directory exported to ONNX (bertclf export) loads the same way and runs on onnxruntime.
 
 A model trained with an n-gram partner (bertclf/models/ngram.py; `bertclf train --ngram auto`, the default, when it was
@@ -50,6 +53,7 @@ class Classifier:
         self.autocast_dtype = autocast_dtype  # torch backend: None = fp32
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.task = task_from_card(self.card, labels)  # single/multi-label, label values, thresholds
+        self.pair_col = (self.card.get("data") or {}).get("text_pair_col")  # a sentence-pair model's, else None
         self.multi_label = self.task.kind == "multi_label"
         # the n-gram partner (bertclf.models.ngram.NgramPartner) blended at the card's weight, or None: the encoder alone
         self.partner, self.ngram = partner, self.card.get("ngram") or None
@@ -121,19 +125,19 @@ class Classifier:
         With a partner the logits are the blend's; `parts`, a dict, then receives each side's logits alone:
         "encoder" (its raw logits) and "ngram" (its probabilities in the task's link space)."""
         check_batch_size(batch_size, "batch_size")
-        texts = [t if isinstance(t, str) else str(t) for t in texts]
+        texts, pairs = self.split_inputs(texts)
         out, cut = [np.zeros((0, len(self.labels)), dtype=np.float32)], 0
         sides: dict[str, list] = {"encoder": [], "ngram": []}
         # Length-sorted batches are formed within fixed blocks of the stream, so a text meets the same batch
         # neighbours (and the same bf16 rounding) whether eval scores a whole file or predict streams it.
         for start in range(0, len(texts), BLOCK_ROWS):
             enc = encode_long(self.tokenizer, texts[start:start + BLOCK_ROWS], self.max_length, self.long_text,
-                              self.stride)
+                              self.stride, pairs=None if pairs is None else pairs[start:start + BLOCK_ROWS])
             if self.backend == "onnx":
-                logits = self.model.predict_logits(enc.ids, self.pad_id, batch_size)
+                logits = self.model.predict_logits(enc.ids, self.pad_id, batch_size, types=enc.types)
             else:
                 logits = predict_logits(self.model, enc.ids, self.pad_id, batch_size,
-                                        autocast_dtype=self.autocast_dtype)
+                                        autocast_dtype=self.autocast_dtype, types=enc.types)
             logits = per_text(logits, enc)
             if self.partner is not None:
                 ngram_probs = self.partner.probs(texts[start:start + BLOCK_ROWS])
@@ -146,6 +150,21 @@ class Classifier:
             parts.update({name: np.concatenate([out[0]] + arrays) for name, arrays in sides.items()})
         return np.concatenate(out), cut
 
+    def split_inputs(self, items) -> tuple[list[str], list[str] | None]:
+        """(first texts, second texts or None) of a list of inputs: single texts for a single-text model, pairs
+        ((text, text_pair) or {"text", "text_pair"}) for a pair model; the other kind is a one-line UserError."""
+        items = list(items)
+        if self.pair_col is None:
+            if any(as_pair(x) is not None for x in items):
+                raise UserError(f"{self.path or 'this model'}: reads single texts (trained without --text-pair-col), "
+                                f"but a sentence pair was given; give texts, or use a model trained on pairs")
+            return [t if isinstance(t, str) else str(t) for t in items], None
+        pairs = [as_pair(x) for x in items]
+        if any(p is None for p in pairs):
+            raise UserError(f"{self.path or 'this model'}: reads sentence pairs (trained with --text-pair-col "
+                            f"{self.pair_col}), but a single text was given; give each input as (text, text_pair)")
+        return [a for a, _ in pairs], [b for _, b in pairs]
+
     def component_reports(self, y: np.ndarray, parts: dict) -> dict:
         """The task's report of each side of the blend alone (from logits_and_cut's `parts`; multi-label each at
         its own validation thresholds)."""
@@ -157,7 +176,7 @@ class Classifier:
     def predict(self, texts: str | list[str], batch_size: int = 64) -> list[dict] | dict:
         """Label, its probability, and every class's probability, per text, in input order (multi-label: also
         'labels', those over their thresholds, best first)."""
-        single = isinstance(texts, str)
+        single = isinstance(texts, str) or as_pair(texts) is not None
         probs = self.predict_proba([texts] if single else list(texts), batch_size)
         out = [{"label": self.labels[int(row.argmax())], "score": float(row.max()),
                 "probabilities": {lab: float(p) for lab, p in zip(self.labels, row)}} for row in probs]
@@ -165,3 +184,13 @@ class Classifier:
             for rec, row, chosen in zip(out, probs, self.task.decide(probs)):
                 rec["labels"] = [self.labels[i] for i in np.argsort(-row, kind="stable") if chosen[i]]
         return out[0] if single else out
+
+
+def as_pair(x) -> tuple[str, str] | None:
+    """(text, text_pair) when `x` is a sentence pair: a tuple of two strings or a dict with "text" and "text_pair"
+    (the Inference API's form); else None."""
+    if isinstance(x, dict) and set(x) == {"text", "text_pair"}:
+        x = (x["text"], x["text_pair"])
+    if isinstance(x, tuple) and len(x) == 2 and all(isinstance(t, str) for t in x):
+        return x
+    return None

@@ -153,7 +153,8 @@ def format_explanation(text: str, explanation: dict, k: int = 5) -> str:
 def explain_to(clf, texts: list[str] | None = None, input_path: str | None = None, output_path: str | None = None,
                text_col: str | None = None, shard: tuple[int, int] | None = None, steps: int = DEFAULT_STEPS,
                max_tokens: int = DEFAULT_MAX_TOKENS, k: int = 5, echo=print, fmt: str | None = None,
-               encoding: str | None = None, columns: list[str] | None = None, log=None) -> int:
+               encoding: str | None = None, columns: list[str] | None = None, log=None,
+               text_pair_col: str | None = None) -> int:
     """`bertclf predict DIR --explain`: top words per text on the terminal, or every word's score as JSONL
     records ({"row", "text", "label", "score", "tokens", ...}) in --output. The rows are plain predict's
     (predict_io.select_rows: same row numbers, empty texts skipped and reported through `log`). Returns the
@@ -161,6 +162,8 @@ def explain_to(clf, texts: list[str] | None = None, input_path: str | None = Non
     from bertclf.inference.records import check_output, select_rows, write_records
 
     require_torch(clf)
+    if clf.pair_col is not None or text_pair_col:
+        raise UserError("predict --explain: sentence pairs are not supported yet; drop --explain")
     if output_path and Path(output_path).suffix.lower() == ".csv":
         raise UserError(f"--output {output_path}: --explain writes JSONL (a list of words per text); "
                         "give a .jsonl file")

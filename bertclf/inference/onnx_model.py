@@ -92,27 +92,35 @@ class OnnxClassifierModel:
         outputs = [o.name for o in self.session.get_outputs()]
         self.output = "logits" if "logits" in outputs else outputs[0]
 
-    def feed(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> dict[str, np.ndarray]:
+    def feed(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+             token_type_ids: np.ndarray | None = None) -> dict[str, np.ndarray]:
         feed = {"input_ids": input_ids.astype(self.inputs["input_ids"], copy=False)}
         if "attention_mask" in self.inputs:
             feed["attention_mask"] = attention_mask.astype(self.inputs["attention_mask"], copy=False)
+        if token_type_ids is not None and "token_type_ids" not in self.inputs:
+            raise UserError(f"{self.path}: the graph has no token_type_ids input, which this sentence-pair model "
+                            f"needs; re-export it with 'bertclf export DIR --onnx --out DIR2'")
         if "token_type_ids" in self.inputs:
-            feed["token_type_ids"] = np.zeros(input_ids.shape, dtype=self.inputs["token_type_ids"])
+            types = np.zeros(input_ids.shape) if token_type_ids is None else token_type_ids
+            feed["token_type_ids"] = types.astype(self.inputs["token_type_ids"], copy=False)
         return feed
 
-    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray) -> np.ndarray:
+    def run(self, input_ids: np.ndarray, attention_mask: np.ndarray,
+            token_type_ids: np.ndarray | None = None) -> np.ndarray:
         """Logits of one padded batch."""
-        return self.session.run([self.output], self.feed(input_ids, attention_mask))[0]
+        return self.session.run([self.output], self.feed(input_ids, attention_mask, token_type_ids))[0]
 
-    def predict_logits(self, ids: list[np.ndarray], pad_id: int, batch_size: int = 64, progress=None) -> np.ndarray:
-        """Logits (n, num_labels) as float32, in the order of `ids`."""
+    def predict_logits(self, ids: list[np.ndarray], pad_id: int, batch_size: int = 64, progress=None,
+                       types: list[np.ndarray] | None = None) -> np.ndarray:
+        """Logits (n, num_labels) as float32, in the order of `ids` (types: sentence pairs' token type ids)."""
         from bertclf.data.batches import collate, length_sorted_batches
         from bertclf.data.tokens import lengths
 
         out = np.zeros((len(ids), self.num_labels), dtype=np.float32)
         for rows in length_sorted_batches(lengths(ids), max(1, batch_size)):
-            batch = collate(ids, rows, pad_id, multiple=1)  # CPU GEMMs gain nothing from multiple-of-8 padding
-            logits = self.run(batch["input_ids"].numpy(), batch["attention_mask"].numpy())
+            batch = collate(ids, rows, pad_id, multiple=1, types=types)  # CPU GEMMs gain nothing from multiple-of-8
+            logits = self.run(batch["input_ids"].numpy(), batch["attention_mask"].numpy(),
+                              batch["token_type_ids"].numpy() if types is not None else None)
             if logits.ndim != 2 or logits.shape[1] != self.num_labels:
                 raise UserError(f"{self.path}: the graph gives logits of shape {tuple(logits.shape)} but config.json "
                                 f"has {self.num_labels} labels; re-export the model directory")

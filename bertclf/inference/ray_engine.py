@@ -36,7 +36,8 @@ def import_ray():
 
 
 class ClassifyBatch:
-    """A Ray Data actor: loads the model once, then classifies batches of {row, text}. Each prediction goes back
+    """A Ray Data actor: loads the model once, then classifies batches of {row, text} (a pair model's: {row, text,
+    text_pair}). Each prediction goes back
     as the JSON of the dict Classifier.predict returns, so the driver writes exactly what the local predict does
     (json round-trips Python floats exactly)."""
 
@@ -46,9 +47,11 @@ class ClassifyBatch:
         self.batch_size = batch_size
 
     def __call__(self, batch: dict) -> dict:
-        preds = self.clf.predict([str(t) for t in batch["text"]], self.batch_size)
-        return {"row": batch["row"], "text": batch["text"],
-                "pred": [json.dumps(p, ensure_ascii=False) for p in preds]}
+        texts = [str(t) for t in batch["text"]]
+        if "text_pair" in batch:
+            texts = list(zip(texts, (str(t) for t in batch["text_pair"])))
+        preds = self.clf.predict(texts, self.batch_size)
+        return {**batch, "pred": [json.dumps(p, ensure_ascii=False) for p in preds]}
 
 
 def _input_blocks(ray, rows: Iterable[tuple[int, str]]) -> tuple[list, int]:
@@ -59,8 +62,14 @@ def _input_blocks(ray, rows: Iterable[tuple[int, str]]) -> tuple[list, int]:
 
     rows, refs, n = iter(rows), [], 0
     while chunk := list(itertools.islice(rows, BLOCK_ROWS)):
-        refs.append(ray.put(pa.table({"row": pa.array([row for row, _ in chunk], pa.int64()),
-                                      "text": pa.array([text for _, text in chunk], pa.string())})))
+        pairs = isinstance(chunk[0][1], tuple)  # a pair model's rows: (row, (text, text_pair))
+        columns = {"row": pa.array([row for row, _ in chunk], pa.int64())}
+        if pairs:
+            columns |= {"text": pa.array([t[0] for _, t in chunk], pa.string()),
+                        "text_pair": pa.array([t[1] for _, t in chunk], pa.string())}
+        else:
+            columns["text"] = pa.array([text for _, text in chunk], pa.string())
+        refs.append(ray.put(pa.table(columns)))
         n += len(chunk)
     return refs, n
 
@@ -69,11 +78,14 @@ def _in_order(batches: Iterable[dict], sent: int) -> Iterator[tuple[int, str, di
     """(row, text, prediction) from the actors' batches, checked to be every row sent, in input order."""
     last, n = -1, 0
     for batch in batches:
-        for row, text, pred in zip(batch["row"], batch["text"], batch["pred"]):
+        texts = [str(t) for t in batch["text"]]
+        if "text_pair" in batch:
+            texts = list(zip(texts, (str(t) for t in batch["text_pair"])))
+        for row, text, pred in zip(batch["row"], texts, batch["pred"]):
             if int(row) <= last:  # preserve_order is what keeps rows in order; never write them shuffled
                 raise RuntimeError(f"Ray returned row {int(row)} after row {last}")
             last, n = int(row), n + 1
-            yield last, str(text), json.loads(pred)
+            yield last, text, json.loads(pred)
     if n != sent:  # raised inside the writer, so the output file is not written
         raise RuntimeError(f"Ray returned {n} of the {sent} rows sent")
 
@@ -102,7 +114,7 @@ def predict_ray_to(model_dir: str, texts: list[str] | None = None, input_path: s
                    output_path: str | None = None, text_col: str | None = None, batch_size: int = 64,
                    workers: int = 2, fmt: str | None = None, encoding: str | None = None,
                    columns: list[str] | None = None, precision: str = "auto", long_text: str | None = None,
-                   stride: int | None = None, log=None) -> int:
+                   stride: int | None = None, log=None, text_pair_col: str | None = None) -> int:
     """predict_io.predict_to's records (the same rows, skipped texts and writer), classified by `workers` Ray
     actors; returns the number of rows written."""
     if workers < 1:
@@ -112,7 +124,12 @@ def predict_ray_to(model_dir: str, texts: list[str] | None = None, input_path: s
     check_output(output_path, input_path)
     # checks the directory, gives labels, card and the CSV columns; no GPU taken
     clf = Classifier.load(model_dir, device="cpu", long_text=long_text, stride=stride)
-    rows = select_rows(clf.card, texts, input_path, text_col, None, fmt, encoding, columns)
+    if texts is not None:
+        clf.split_inputs(texts)  # a pair for a single-text model, or the other way round: one line, before Ray
+    if text_pair_col and clf.pair_col is None:
+        raise UserError(f"--text-pair-col {text_pair_col}: {clf.path} reads single texts (trained without "
+                        f"--text-pair-col); drop the flag or use a model trained on pairs")
+    rows = select_rows(clf.card, texts, input_path, text_col, None, fmt, encoding, columns, text_pair_col=text_pair_col)
     source = iter(rows)
     first = list(itertools.islice(source, 1))  # a missing or bad file fails here, before Ray starts
     if not first:  # nothing to classify: the same (empty) output, no cluster needed

@@ -7,6 +7,10 @@ by extension), one record per non-empty input row in input order, written to a t
 the end (no half-written output). `shard=(i, n)` keeps rows whose index modulo n is i, so n workers can split
 one file deterministically.
 
+A sentence-pair model reads two columns (the card's text and text_pair columns, or --text-col/--text-pair-col;
+a JSONL file may use the Inference API's field names, "text" and "text_pair") and classifies (text, text_pair)
+tuples; its records carry both texts. A row with either text empty is skipped, as an empty text is.
+
 Every engine runs the same record pipeline: select_rows (shard, empty texts) -> classify -> write_records.
 The local engine classifies in chunks here, the Ray engine (predict_ray) on its actors, explain one text at a
 time; so row numbers, skipped rows and output columns cannot differ between them.
@@ -31,18 +35,38 @@ CHUNK_ROWS = SCORING_BLOCK  # Classifier's scoring blocks: eval and predict batc
 
 
 def iter_texts(path: str, text_col: str | None, fmt: str | None = None, encoding: str = "utf-8",
-               columns: list[str] | None = None) -> Iterator[str]:
-    """Texts of a file (or '-' for stdin), one per data row, streamed by the shared row reader.
+               columns: list[str] | None = None, pair_col: str | None = None) -> Iterator[str | tuple[str, str]]:
+    """Texts of a file (or '-' for stdin), one per data row, streamed by the shared row reader; with pair_col,
+    (text, text_pair) tuples.
 
     stdin is one text per line unless `fmt` says otherwise; a .txt file whose first line is a single column
     other than the text column is one text per line too (its first line included).
     """
     col = text_col or "text"
+    if pair_col:
+        for _line, row in iter_rows(path, [col, pair_col], fmt=fmt, encoding=encoding, columns=columns,
+                                    col_flags="--text-col/--text-pair-col (this model reads sentence pairs)"):
+            yield row[col], row[pair_col]
+        return
     if not columns and _is_text_list(path, col, fmt, encoding):
         fmt = "lines"
     for _line, row in iter_rows(path, [col], fmt=fmt, encoding=encoding, columns=columns,
                                 col_flags="--text-col"):
         yield row[col]
+
+
+def _jsonl_fields(path: str, fmt: str | None, encoding: str) -> set[str]:
+    """The fields of the first object of a JSONL file (empty for other formats, stdin and unreadable files)."""
+    if path == "-" or (fmt or "") not in ("", "jsonl") or Path(path).suffix.lower() not in (".jsonl", ".ndjson",
+                                                                                             ".json"):
+        return set()
+    try:
+        with open(path, encoding=check_encoding(encoding)) as f:
+            first = next((line for line in f if line.strip()), "")
+        obj = json.loads(first) if first else {}
+    except (OSError, UnicodeDecodeError, ValueError):
+        return set()  # the reader reports it, naming the line
+    return set(obj) if isinstance(obj, dict) else set()
 
 
 def _is_text_list(path: str, col: str, fmt: str | None, encoding: str) -> bool:
@@ -87,9 +111,9 @@ def check_output(output_path: str | None, input_path: str | None) -> None:
 
 
 class SelectedRows:
-    """The rows to classify, as (row index, text): a row's index is its position in the input (texts: the
-    argument's index), kept when rows are left out. Iterate once; `skipped` then counts the empty texts
-    (data.is_empty_text) of the shard, which get no record."""
+    """The rows to classify, as (row index, text or (text, text_pair)): a row's index is its position in the input
+    (texts: the argument's index), kept when rows are left out. Iterate once; `skipped` then counts the empty texts
+    (data.is_empty_text; a pair with either side empty) of the shard, which get no record."""
 
     def __init__(self, texts: Iterable[str], shard: tuple[int, int] | None = None):
         self._texts, self._shard, self.skipped = texts, shard, 0
@@ -98,7 +122,7 @@ class SelectedRows:
         for i, text in enumerate(self._texts):
             if self._shard and i % self._shard[1] != self._shard[0]:
                 continue
-            if is_empty_text(text):
+            if any(is_empty_text(t) for t in (text if isinstance(text, tuple) else (text,))):
                 self.skipped += 1
                 continue
             yield i, text
@@ -113,12 +137,20 @@ class SelectedRows:
 
 def select_rows(card: dict | None, texts: list[str] | None = None, input_path: str | None = None,
                 text_col: str | None = None, shard: tuple[int, int] | None = None, fmt: str | None = None,
-                encoding: str | None = None, columns: list[str] | None = None) -> SelectedRows:
+                encoding: str | None = None, columns: list[str] | None = None,
+                text_pair_col: str | None = None) -> SelectedRows:
     """The rows of `texts`, else of `input_path`, that predict classifies. A file is read with the given text
-    column, column names and encoding, each defaulting to the model's (its `card`) as the training read it."""
+    column (and a pair model's second column), column names and encoding, each defaulting to the model's (its
+    `card`) as the training read it."""
     if texts is not None:
         return SelectedRows(texts, shard)
-    spec = data_spec(card, text_col=text_col, columns=columns, encoding=encoding)
+    spec = data_spec(card, text_col=text_col, columns=columns, encoding=encoding, text_pair_col=text_pair_col)
+    if spec.text_pair_col:
+        first, second = spec.text_col, spec.text_pair_col
+        fields = _jsonl_fields(input_path, fmt, spec.encoding)
+        if not (text_col or text_pair_col) and {"text", "text_pair"} <= fields and not {first, second} <= fields:
+            first, second = "text", "text_pair"  # the Inference API's names, in a JSONL of pairs
+        return SelectedRows(iter_texts(input_path, first, fmt, spec.encoding, spec.columns, pair_col=second), shard)
     if columns is None and _is_text_list(input_path, spec.text_col, fmt, spec.encoding):
         # the training's column names describe its table files, not a .txt list of texts
         return SelectedRows(iter_texts(input_path, spec.text_col, "lines", spec.encoding), shard)
@@ -165,8 +197,9 @@ def write_records(clf, records: Iterable[tuple[int, str, dict]], output_path: st
 
 
 def _jsonl_writer(f):
-    def write(row: int, text: str, pred: dict):
-        f.write(json.dumps({"row": row, "text": text, **pred}, ensure_ascii=False) + "\n")
+    def write(row: int, text, pred: dict):
+        texts = {"text": text[0], "text_pair": text[1]} if isinstance(text, tuple) else {"text": text}
+        f.write(json.dumps({"row": row, **texts, **pred}, ensure_ascii=False) + "\n")
     return write
 
 
@@ -174,11 +207,12 @@ def _csv_writer(clf, f):
     """Write the CSV header to `f`; return the function that writes a record's line."""
     w = csv.writer(f)
     multi = clf.multi_label  # a "labels" column: the labels over their thresholds, joined by the label separator
-    w.writerow(["row", "text", "label", "score"] + (["labels"] if multi else [])
+    pairs = clf.pair_col is not None
+    w.writerow(["row", "text"] + (["text_pair"] if pairs else []) + ["label", "score"] + (["labels"] if multi else [])
                + [f"p_{lab}" for lab in clf.labels])
 
-    def write(row: int, text: str, pred: dict):
-        w.writerow([row, text, pred["label"], f"{pred['score']:.6f}"]
+    def write(row: int, text, pred: dict):
+        w.writerow([row, *(text if isinstance(text, tuple) else (text,)), pred["label"], f"{pred['score']:.6f}"]
                    + ([clf.task.sep.join(pred["labels"])] if multi else [])
                    + [f"{pred['probabilities'][lab]:.6f}" for lab in clf.labels])
     return write
@@ -187,7 +221,7 @@ def _csv_writer(clf, f):
 def predict_to(clf, texts: list[str] | None = None, input_path: str | None = None, output_path: str | None = None,
                text_col: str | None = None, batch_size: int = 64, shard: tuple[int, int] | None = None,
                progress: bool = True, fmt: str | None = None, encoding: str | None = None,
-               columns: list[str] | None = None, log=None) -> int:
+               columns: list[str] | None = None, log=None, text_pair_col: str | None = None) -> int:
     """Classify and write records; returns the number of rows written.
 
     `row` is the index of the input row (texts: the argument's index). Empty texts (whitespace only) are not
@@ -195,7 +229,13 @@ def predict_to(clf, texts: list[str] | None = None, input_path: str | None = Non
     columns and encoding default (None) to the model's training data."""
     check_batch_size(batch_size)
     check_output(output_path, input_path)
-    rows = select_rows(clf.card, texts, input_path, text_col, shard, fmt, encoding, columns)
+    if texts is not None:
+        clf.split_inputs(texts)  # a pair for a single-text model, or the other way round: one line, before work
+    if text_pair_col and clf.pair_col is None:
+        raise UserError(f"--text-pair-col {text_pair_col}: {clf.path} reads single texts (trained without "
+                        f"--text-pair-col); drop the flag or use a model trained on pairs")
+    rows = select_rows(clf.card, texts, input_path, text_col, shard, fmt, encoding, columns,
+                       text_pair_col=text_pair_col)
     written = write_records(clf, _classified(clf, rows, batch_size), output_path,
                             progress=progress and bool(input_path))
     rows.report(log)

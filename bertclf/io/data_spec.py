@@ -12,18 +12,20 @@ from dataclasses import dataclass
 # key -> where the card keeps it: (section, field)
 READ_KEYS = {
     "text_col": ("data", "text_col"),
+    "text_pair_col": ("data", "text_pair_col"),
     "label_col": ("data", "label_col"),
     "columns": ("args", "columns"),
     "encoding": ("args", "encoding"),
     "long_text": ("args", "long_text"),
 }
 
-FALLBACK = {"text_col": "text", "label_col": "label", "columns": None, "encoding": "utf-8", "long_text": "truncate"}
+FALLBACK = {"text_col": "text", "text_pair_col": None, "label_col": "label", "columns": None, "encoding": "utf-8", "long_text": "truncate"}
 
 
 @dataclass
 class DataSpec:
     text_col: str
+    text_pair_col: str | None  # a sentence-pair model's second text column; None: single texts
     label_col: str
     columns: list[str] | None
     encoding: str
@@ -53,7 +55,7 @@ def data_spec(card: dict | None, **given) -> DataSpec:
         value = given.get(key)
         if value is None:
             value = card_value(card, key)
-            if key == "columns" and (given.get("text_col") or given.get("label_col")):
+            if key == "columns" and (given.get("text_col") or given.get("label_col") or given.get("text_pair_col")):
                 value = None  # the user named header columns for this file
         values[key] = FALLBACK[key] if value is None else value
     if isinstance(values["columns"], str):

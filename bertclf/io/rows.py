@@ -239,13 +239,15 @@ def _csv_records(lines, where: str):
 
 
 def row_positions(path, text_col: str, keep: Callable[[str], bool], encoding: str = "utf-8",
-                  columns: list[str] | None = None, fmt: str | None = None) -> tuple[list[int], list[int]]:
+                  columns: list[str] | None = None, fmt: str | None = None,
+                  pair_col: str | None = None) -> tuple[list[int], list[int]]:
     """(0-based data rows, 1-based file lines) of the rows whose text `keep` accepts, in order: the readers of
     labelled data drop empty texts and keep no positions, and a blank line or a quoted multi-line cell parts
     rows from lines. Rereads the file (a second pass costs less than carrying positions through every reader)."""
     rows, lines = [], []
-    for i, (n, r) in enumerate(iter_rows(path, [text_col], fmt=fmt, encoding=encoding, columns=columns)):
-        if keep(r[text_col]):
+    need = [text_col] + ([pair_col] if pair_col else [])  # a pair's row is kept when both of its texts are
+    for i, (n, r) in enumerate(iter_rows(path, need, fmt=fmt, encoding=encoding, columns=columns)):
+        if all(keep(r[c]) for c in need):
             rows.append(i)
             lines.append(n)
     return rows, lines

@@ -10,8 +10,8 @@ from bertclf.data.tokens import lengths
 
 @torch.no_grad()
 def predict_logits(model, ids: list[np.ndarray], pad_id: int, batch_size: int = 64, device=None,
-                   autocast_dtype=None, progress=None) -> np.ndarray:
-    """Logits (n, num_labels) as float32, in the order of `ids`."""
+                   autocast_dtype=None, progress=None, types: list[np.ndarray] | None = None) -> np.ndarray:
+    """Logits (n, num_labels) as float32, in the order of `ids` (types: sentence pairs' token type ids)."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -21,7 +21,8 @@ def predict_logits(model, ids: list[np.ndarray], pad_id: int, batch_size: int = 
         for rows in length_sorted_batches(lengths(ids), batch_size):
             # Multiple-of-8 widths feed GPU tensor cores; a CPU only pays for the extra padding.
             batch = {k: v.to(device, non_blocking=True)
-                     for k, v in collate(ids, rows, pad_id, multiple=8 if device.type == "cuda" else 1).items()}
+                     for k, v in collate(ids, rows, pad_id, multiple=8 if device.type == "cuda" else 1,
+                                           types=types).items()}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
                 logits = model(**batch).logits
             out[rows] = logits.float().cpu().numpy()

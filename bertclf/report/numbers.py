@@ -210,7 +210,14 @@ def summary(run: Run, ece: dict, ece_raw: dict | None = None) -> list[dict]:
                if s.get("file_dropped_empty", s.get("dropped_empty")) else ""))
         add("data", f"{split} source", s.get("source"))
         add("data", f"{split} sha256", s.get("sha256"), mono=True)
-    add("data", "text / label column", " / ".join(str(x) for x in (data.get("text_col"), data.get("label_col")) if x))
+    if data.get("text_pair_col"):  # a sentence-pair model reads two text columns
+        add("data", "text / second text / label column", " / ".join(
+            str(x) for x in (data.get("text_col"), data.get("text_pair_col"), data.get("label_col")) if x))
+    else:
+        add("data", "text / label column", " / ".join(str(x) for x in (data.get("text_col"), data.get("label_col"))
+                                                     if x))
+    if data.get("group_col"):
+        add("data", "validation split grouped by", str(data["group_col"]))
 
     add("model", "base model", card.get("base_model") or args.get("model"))
     add("model", "labels", ", ".join(map(str, card.get("labels") or [])))

@@ -108,7 +108,8 @@ def create_app(clf, *, max_batch: int = 64, max_wait_ms: float = 5.0, max_texts:
                            max_batch=max_batch, max_wait_ms=max_wait_ms, max_queue=max_queue)
     limits = {"max_batch": max_batch, "max_wait_ms": max_wait_ms, "max_texts": max_texts, "max_chars": max_chars,
               "max_body_bytes": max_body_bytes, "max_queue": max_queue}
-    models = api_models(max_texts=max_texts, max_chars=max_chars, default_fn=default_fn)
+    models = api_models(max_texts=max_texts, max_chars=max_chars, default_fn=default_fn,
+                        pairs=getattr(clf, "pair_col", None) is not None)
 
     app = FastAPI(title="bertclf", version=__version__, lifespan=_lifespan,
                   description="Text classification in the shape of the Hugging Face Inference API. "
@@ -177,7 +178,8 @@ def _add_api_routes(app, clf, batcher: MicroBatcher, models, *, model_dir: str |
                           "first, per text. A single string is answered as a list holding one list, as the "
                           "Inference API does.")
     async def predict(req: PredictRequest):
-        texts = [req.inputs] if isinstance(req.inputs, str) else list(req.inputs)
+        texts = [req.inputs] if isinstance(req.inputs, (str, dict)) else list(req.inputs)
+        texts = [(t["text"], t["text_pair"]) if isinstance(t, dict) else t for t in texts]  # Classifier's pair form
         p = req.parameters or Parameters()
         try:
             logits = await batcher.submit(texts)
@@ -284,7 +286,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
         clf = Classifier.load(model_dir, precision=precision, long_text=long_text, stride=stride)
         _share_cores(clf)
         try:  # fail now, not on the first request, if the model cannot run
-            clf.logits(["warm-up"], batch_size=1)
+            clf.logits([("warm-up", "warm-up") if clf.pair_col else "warm-up"], batch_size=1)
         except Exception as e:
             raise UserError(f"{model_dir}: the model failed on a test input ({type(e).__name__}: {e}); "
                             "re-train or re-export it") from None

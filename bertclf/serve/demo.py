@@ -72,7 +72,9 @@ def page_config(clf, default_fn: str, max_chars: int, explain_steps: int) -> dic
     default_t = float(card.get("threshold", 0.5))
     return {"labels": list(map(str, clf.labels)), "multi_label": multi, "function_to_apply": default_fn,
             "thresholds": {lab: float(thresholds.get(lab, default_t)) for lab in map(str, clf.labels)},
-            "max_chars": max_chars, "explain": getattr(clf, "backend", "torch") == "torch",
+            "max_chars": max_chars, "pair": getattr(clf, "pair_col", None) is not None,
+            # word scores: the torch model's gradients, for single texts (pairs: not yet, bertclf/inference/explain.py)
+            "explain": getattr(clf, "backend", "torch") == "torch" and getattr(clf, "pair_col", None) is None,
             "explain_steps": explain_steps}
 
 
@@ -120,6 +122,8 @@ def add_demo_routes(app, clf, *, model_dir: str | None, default_fn: str, max_cha
             explain_mod.require_torch(clf)
         except UserError as e:
             return error(501, str(e))
+        if getattr(clf, "pair_col", None) is not None:
+            return error(501, "word scores for sentence pairs are not supported yet; POST /predict classifies pairs")
         if state["stopped"]:
             return error(503, "the server is shutting down")
         if state["pending"] >= MAX_PENDING_EXPLAINS:

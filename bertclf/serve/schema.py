@@ -5,8 +5,9 @@ from types import SimpleNamespace
 from typing import Annotated, Any, Literal, Optional, Union
 
 
-def api_models(*, max_texts: int, max_chars: int, default_fn: str) -> SimpleNamespace:
-    """Pydantic models for this server's limits: Parameters, PredictRequest, LabelScore, ErrorBody, Health, Info."""
+def api_models(*, max_texts: int, max_chars: int, default_fn: str, pairs: bool = False) -> SimpleNamespace:
+    """Pydantic models for this server's limits: Parameters, PredictRequest, LabelScore, ErrorBody, Health, Info.
+    pairs: the model reads sentence pairs, sent in the Inference API's form {"text": ..., "text_pair": ...}."""
     from pydantic import BaseModel, ConfigDict, Field, field_validator
     from pydantic.json_schema import WithJsonSchema
 
@@ -19,6 +20,14 @@ def api_models(*, max_texts: int, max_chars: int, default_fn: str) -> SimpleName
         "title": "Inputs",
         "description": f"a text, or a list of 1 to {max_texts} texts; each 1 to {max_chars} characters",
     }
+    if pairs:
+        pair_schema = {"type": "object", "properties": {"text": text_schema, "text_pair": text_schema},
+                       "required": ["text", "text_pair"], "additionalProperties": False}
+        inputs_schema = {
+            "anyOf": [pair_schema, {"type": "array", "items": pair_schema, "minItems": 1, "maxItems": max_texts}],
+            "title": "Inputs",
+            "description": f'a sentence pair {{"text": ..., "text_pair": ...}}, or a list of 1 to {max_texts} pairs; '
+                           f"each text 1 to {max_chars} characters"}
 
     class Parameters(BaseModel):
         model_config = ConfigDict(extra="forbid", title="TextClassificationParameters")
@@ -43,7 +52,7 @@ def api_models(*, max_texts: int, max_chars: int, default_fn: str) -> SimpleName
         @field_validator("inputs", mode="before")
         @classmethod
         def _check_inputs(cls, v):
-            return check_inputs(v, max_texts=max_texts, max_chars=max_chars)
+            return check_inputs(v, max_texts=max_texts, max_chars=max_chars, pairs=pairs)
 
     class LabelScore(BaseModel):
         label: str
@@ -72,20 +81,28 @@ def api_models(*, max_texts: int, max_chars: int, default_fn: str) -> SimpleName
                            ErrorBody=ErrorBody, Health=Health, Info=Info)
 
 
-def check_inputs(v, *, max_texts: int, max_chars: int):
-    """`inputs` of a /predict request, unchanged if it is a text or a list of texts within the limits;
-    otherwise ValueError with what is wrong and where."""
-    if isinstance(v, str):
+def check_inputs(v, *, max_texts: int, max_chars: int, pairs: bool = False):
+    """`inputs` of a /predict request, unchanged if it is a text or a list of texts within the limits (pairs:
+    a {"text", "text_pair"} object or a list of them); otherwise ValueError with what is wrong and where."""
+    one = (dict, str) if pairs else (str, dict)  # a dict for a single-text model is refused below, by name
+    if isinstance(v, one):
         texts, where = [v], lambda i: "inputs"
     elif isinstance(v, list):
         if not v:
-            raise ValueError("inputs is an empty list; send at least one text")
+            raise ValueError(f"inputs is an empty list; send at least one {'pair' if pairs else 'text'}")
         if len(v) > max_texts:
-            raise ValueError(f"inputs has {len(v)} texts; the limit is {max_texts} per request (--max-texts)")
+            raise ValueError(f"inputs has {len(v)} {'pairs' if pairs else 'texts'}; the limit is {max_texts} per "
+                             f"request (--max-texts)")
         texts, where = v, lambda i: f"inputs[{i}]"
     else:
-        raise ValueError(f"inputs must be a string or a list of strings, not {_json_type(v)}")
+        raise ValueError(f"inputs must be {'a pair object or a list of them' if pairs else 'a string or a list of strings'}"
+                         f", not {_json_type(v)}")
+    if pairs:
+        texts, where = _pair_texts(texts, where)
     for i, t in enumerate(texts):
+        if isinstance(t, dict):
+            raise ValueError(f"{where(i)} is an object (a sentence pair?), but this model reads single texts (trained "
+                             f"without --text-pair-col); send a string")
         if not isinstance(t, str):
             raise ValueError(f"{where(i)} must be a string, not {_json_type(t)}")
         if len(t) > max_chars:
@@ -98,6 +115,25 @@ def check_inputs(v, *, max_texts: int, max_chars: int):
             raise ValueError(f"{where(i)} is not valid Unicode (it holds a lone surrogate such as "
                              "\\ud800)") from None
     return v
+
+
+def _pair_texts(items: list, where) -> tuple[list, callable]:
+    """The texts of pair objects, each with where it was (inputs[i].text_pair); ValueError for anything else."""
+    texts, places = [], []
+    for i, item in enumerate(items):
+        if isinstance(item, str):
+            raise ValueError(f"{where(i)} is a single text, but this model reads sentence pairs (trained with "
+                             f'--text-pair-col); send {{"text": ..., "text_pair": ...}}')
+        if not isinstance(item, dict):
+            raise ValueError(f'{where(i)} must be an object {{"text": ..., "text_pair": ...}}, not {_json_type(item)}')
+        if set(item) != {"text", "text_pair"}:
+            other = sorted(set(item) - {"text", "text_pair"})
+            raise ValueError(f"{where(i)}: " + (f"unknown field {_field_name(other[0])}" if other else
+                                                 "needs both fields text and text_pair"))
+        for side in ("text", "text_pair"):
+            texts.append(item[side])
+            places.append(f"{where(i)}.{side}")
+    return texts, lambda k: places[k]
 
 
 def _field_name(x) -> str:

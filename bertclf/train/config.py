@@ -67,6 +67,11 @@ class TrainConfig:
     test: str | None = opt(None, "test file, scored once at the end", DATA, metavar="FILE", resume=False)
     text_col: str | None = opt(None, "text column (default: document for NSMC, else text)", DATA, resume=True)
     label_col: str | None = opt(None, "label column (default: label)", DATA, resume=True)
+    text_pair_col: str | None = opt(None, "second text column: each row is a sentence pair (e.g. premise and "
+                                    "hypothesis), read through the tokenizer's pair template and cut longest-first "
+                                    "at --max-length", DATA, metavar="COL", resume=True)
+    group_col: str | None = opt(None, "keep the rows that share this column's value (e.g. one premise) on one side "
+                                "of the validation split", DATA, metavar="COL", resume=True)
     columns: list[str] | None = opt(None, "names of the columns of files without a header line, e.g. "
                                     "id,text,label (the first line is then a row)", DATA, parse="columns",
                                     metavar="A,B,...", resume=True)
@@ -196,6 +201,11 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("resume", f"give --resume alone, or --resume auto; got {cfg.resume!r}")
     if cfg.metric == "micro_f1" and not cfg.multi_label:
         bad("metric", "micro_f1 is for --multi-label (single-label micro-F1 equals accuracy); use accuracy")
+    if cfg.text_pair_col and cfg.long_text != "truncate":
+        bad("long-text", f"{cfg.long_text} is for single texts; a sentence pair (--text-pair-col) is cut "
+                         f"longest-first at --max-length: drop --long-text")
+    if cfg.group_col and cfg.valid:
+        bad("group-col", "groups the validation split of --train, and --valid FILE is given (no split): drop one")
     if not cfg.label_sep:
         bad("label-sep", "must not be empty; give the character between the labels of a cell, e.g. ','")
     from bertclf.io.rows import check_encoding, parse_columns

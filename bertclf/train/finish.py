@@ -17,7 +17,7 @@ from bertclf.rundir.card import build_card, device_name
 from bertclf.io.disk_space import writing
 from bertclf.train.scoring import gathered_logits, score_ids
 from bertclf.train.preemption import StopSignal
-from bertclf.data.tokens import encode, lengths
+from bertclf.data.tokens import encode_rows, lengths
 
 
 def finish(run, stop_reason: str | None, t_start: float, preemption=None) -> dict:
@@ -37,7 +37,8 @@ def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=
     score = dict(pad_id=run.pad_id, batch_size=cfg.eval_batch_size, autocast_dtype=run.autocast_dtype)
     names, task = run.labels.names, run.task
     # the best model's validation report: for multi-label it tunes the thresholds stored with the model
-    _, valid_logits = score_ids(model, run.valid_ids, run.y_valid, task.validation_report, **score)
+    _, valid_logits = score_ids(model, run.valid_ids, run.y_valid, task.validation_report, **score,
+                                types=run.valid_types)
     valid_metrics = best["valid"] if best else None
     fitted, ngram_record, blend_valid = _ngram_partner(run, valid_logits)
     partner = fitted if ngram_record and ngram_record["kept"] else None
@@ -49,7 +50,7 @@ def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=
     blend = None if fitted is None else (fitted, partner is not None, ngram_record["weight"],
                                          calibration["temperature"] if calibration else None)
     preds = {"labels": np.array(names), "valid_y": run.y_valid, "valid_probs": task.probs(valid_logits),
-             "valid_tokens": lengths(run.valid_ids), "valid_chars": np.array([len(t) for t in run.valid_ds.texts])}
+             "valid_tokens": lengths(run.valid_ids), "valid_chars": chars(run.valid_ds)}
     test_rep = None
     if run.test_ds is not None:
         try:
@@ -129,6 +130,12 @@ def _ngram_partner(run, valid_logits: np.ndarray):
         return None, None, None
     if "distilled_from" in run.card_extra:  # a student's rows include unlabelled texts: no partner (not yet)
         return None, {"mode": cfg.ngram, "kept": False, "reason": "not fitted for a distilled student"}, None
+    if run.train_ds.pairs is not None:
+        # measured on premise-grouped KorNLI (benchmarks/RESULTS.md, "Sentence pairs"): the pair n-grams of
+        # `bertclf baseline` score far below the encoder, so a blend has nothing to add
+        reason = "not fitted for sentence pairs (n-grams do not read the relation between the two texts)"
+        say(f"n-gram partner: {reason}")
+        return None, {"mode": cfg.ngram, "kept": False, "reason": reason}, None
     if not len(run.y_valid):
         say("n-gram partner: not fitted: no validation rows to choose its weight on")
         return None, {"mode": cfg.ngram, "kept": False, "reason": "no validation rows"}, None
@@ -150,13 +157,14 @@ def _score_test(run, model, score: dict, blend=None, ngram_record: dict | None =
     """(test report, test arrays for eval_predictions.npz). blend: (fitted partner, kept, weight, temperature or
     None): each side's test score goes into ngram_record["test"], and a kept partner's blend scores the rows."""
     t0 = time.time()
-    test_ids = encode(run.tokenizer, run.test_ds.texts, run.cfg.max_length, long_text=run.cfg.long_text)
+    test_ids, test_types = encode_rows(run.tokenizer, run.test_ds.texts, run.test_ds.pairs, run.cfg.max_length,
+                                       run.cfg.long_text)
     if blend is None:
-        test_rep, test_logits = score_ids(model, test_ids, run.y_test, run.task.report, **score)
+        test_rep, test_logits = score_ids(model, test_ids, run.y_test, run.task.report, **score, types=test_types)
     else:
         partner, kept, weight, temperature = blend
         encoder_logits = gathered_logits(model, test_ids, score["pad_id"], score["batch_size"],
-                                         autocast_dtype=score["autocast_dtype"])
+                                         autocast_dtype=score["autocast_dtype"], types=test_types)
         ngram_probs = partner.probs(run.test_ds.texts)
         test_logits = (ngram.blended_logits(run.task, encoder_logits, ngram_probs, weight, temperature) if kept
                        else encoder_logits)
@@ -166,4 +174,9 @@ def _score_test(run, model, score: dict, blend=None, ngram_record: dict | None =
                                                      .report(run.y_test, z)) for name, z in sides.items()}
     test_rep["seconds"] = time.time() - t0
     return test_rep, {"test_y": run.y_test, "test_probs": run.task.probs(test_logits), "test_tokens": lengths(test_ids),
-                      "test_chars": np.array([len(t) for t in run.test_ds.texts])}
+                      "test_chars": chars(run.test_ds)}
+
+
+def chars(ds) -> np.ndarray:
+    """Characters per row (a pair: both texts), for the report's length plots."""
+    return np.array([len(t) for t in ds.texts]) + (np.array([len(t) for t in ds.pairs]) if ds.pairs else 0)

@@ -61,7 +61,7 @@ def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
     cfg = run.cfg
     model, optimizer, scheduler, plan, state = run.model, run.optimizer, run.scheduler, run.plan, run.state
     stepper = Stepper(model, optimizer, run.accelerator, run.train_ids, run.y_train, run.pad_id, plan.eff_batch,
-                      cfg.grad_accum, events, run.task, say=run.say)
+                      cfg.grad_accum, events, run.task, say=run.say, types=run.train_types)
     meter = Meter(run.accelerator, run.world, state.window)
     progress = make_progress(plan.total_steps, state.step, run.main)
     model.train()
@@ -125,7 +125,7 @@ def validate(run: Run, meter: Meter, events) -> str | None:
     t_eval, state, step = time.time(), run.state, run.state.step
     # [task] multi-label: thresholds tuned on these rows first; the score is --metric's
     rep, _ = score_ids(run.unwrapped(), run.valid_ids, run.y_valid, run.task.validation_report, run.pad_id,
-                       run.cfg.eval_batch_size, run.accelerator, run.autocast_dtype)
+                       run.cfg.eval_batch_size, run.accelerator, run.autocast_dtype, run.valid_types)
     events.on_evaluate(step, rep)
     score = run.task.score(rep)
     top_before = state.top

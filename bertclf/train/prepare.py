@@ -23,7 +23,7 @@ from bertclf.train.meter import Logger
 from bertclf.models.resolve import load_classifier, load_tokenizer, resolve
 from bertclf.models.precision import autocast_dtype, pick_precision
 from bertclf.train.state import TrainState
-from bertclf.data.tokens import encode, lengths
+from bertclf.data.tokens import encode_rows, lengths, pair_cut
 
 
 # The default recipe (chosen on validation splits of training rows: benchmarks/quality/recipe_sweep.md).
@@ -94,6 +94,8 @@ class Run:
     events: Events = field(default_factory=Events)  # bertclf.train.callbacks: train() sets the run's callbacks
     card_extra: dict = field(default_factory=dict)  # more model-card fields (bertclf distill: distilled_from)
     in_train: dict = field(default_factory=dict)  # validation / test rows whose text is also a training text
+    train_types: list | None = None  # sentence pairs: token type ids beside train_ids / valid_ids (None: none)
+    valid_types: list | None = None
 
     @property
     def labels(self):
@@ -132,6 +134,27 @@ def count_cut(tokenizer, texts: list[str], kept_lengths: np.ndarray, max_length:
         return 0
     ids = tokenizer([texts[i] for i in full], truncation=False, return_attention_mask=False, verbose=False)
     return sum(len(x) > max_length for x in ids["input_ids"])
+
+
+def describe_cut(tokenizer, ds: D.Dataset, ids: list, max_length: int) -> str:
+    """Mean tokens per training row and the share cut at max_length; for pairs, the share cut on each side."""
+    mean = lengths(ids).mean()
+    if ds.pairs is None:
+        cut = count_cut(tokenizer, ds.texts, lengths(ids), max_length)
+        return f"mean {mean:.1f} tokens per training text, {cut / len(ids) * 100:.1f}% cut at --max-length {max_length}"
+    either, first, second = pair_cut(tokenizer, ds.texts, ds.pairs, ids, max_length)
+    share = lambda n: f"{n / len(ids) * 100:.1f}%"  # noqa: E731
+    return (f"mean {mean:.1f} tokens per training pair, {share(either)} cut at --max-length {max_length} (longest "
+            f"first: the first text shortened in {share(first)}, the second in {share(second)})"
+            + types_note(tokenizer))
+
+
+def types_note(tokenizer) -> str:
+    """Said once for a pair run: whether the pair's two sides are told apart by segment ids."""
+    from bertclf.data.tokens import uses_token_types
+
+    return "; with token type ids" if uses_token_types(tokenizer) else \
+        "; no token type ids (the tokenizer's pair template marks the sides by its separators alone)"
 
 
 def load_data(cfg: TrainConfig, log=print):
@@ -195,19 +218,18 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
     base = resolve(cfg.model, log=say)
     check_max_length(cfg.max_length, base)  # a hub model's positions are known only once it is resolved
     if cfg.trim_vocab:
-        base = trimmed_base(base, out, train_ds.texts + valid_ds.texts, accelerator, say, reuse=resuming)
+        base = trimmed_base(base, out, train_ds.all_texts() + valid_ds.all_texts(), accelerator, say,
+                            reuse=resuming)
     tokenizer = load_tokenizer(base)
     model = load_classifier(base, labels.id2label)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     # tokenize once, up front
     t0 = time.time()
-    train_ids = encode(tokenizer, train_ds.texts, cfg.max_length, long_text=cfg.long_text)
-    valid_ids = encode(tokenizer, valid_ds.texts, cfg.max_length, long_text=cfg.long_text)
+    train_ids, train_types = encode_rows(tokenizer, train_ds.texts, train_ds.pairs, cfg.max_length, cfg.long_text)
+    valid_ids, valid_types = encode_rows(tokenizer, valid_ds.texts, valid_ds.pairs, cfg.max_length, cfg.long_text)
     train_len = lengths(train_ids)
-    say(f"tokenized in {time.time() - t0:.1f}s: mean {train_len.mean():.1f} tokens per training text, "
-        f"{count_cut(tokenizer, train_ds.texts, train_len, cfg.max_length) / len(train_len) * 100:.1f}% cut at "
-        f"--max-length {cfg.max_length}")
+    say(f"tokenized in {time.time() - t0:.1f}s: " + describe_cut(tokenizer, train_ds, train_ids, cfg.max_length))
 
     plan = make_plan(cfg, batch_size, lr, train_len, world, rank)
     say(f"model {cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; device {device}"
@@ -223,7 +245,7 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
               y_train, y_valid, y_test, tokenizer, pad_id, train_ids, valid_ids, train_len, plan, model, optimizer,
               scheduler, run_args | {"processes": world},
               TrainState(n_micro=cfg.grad_accum), card_extra=objective.card_fields() if objective else {},
-              in_train=in_train)
+              in_train=in_train, train_types=train_types, valid_types=valid_types)
     if resuming:
         resume(run)
     elif main:

@@ -22,10 +22,11 @@ DDP_TYPES = ("MULTI_GPU", "MULTI_CPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "M
 
 class Stepper:
     def __init__(self, model, optimizer, accelerator, ids, labels, pad_id: int, eff_batch: int, grad_accum: int,
-                 events, task, say=print):
-        """task: bertclf.data.task.SingleLabel | MultiLabel, whose loss (class weights, BCE) and correct count apply."""
+                 events, task, say=print, types=None):
+        """task: bertclf.data.task.SingleLabel | MultiLabel, whose loss (class weights, BCE) and correct count apply;
+        types: the rows' token type ids (sentence pairs) or None."""
         self.model, self.optimizer, self.acc, self.task = model, optimizer, accelerator, task
-        self.ids, self.labels, self.pad_id = ids, labels, pad_id
+        self.ids, self.labels, self.pad_id, self.types = ids, labels, pad_id, types
         self.eff_batch, self.grad_accum, self.events, self.say = eff_batch, grad_accum, events, say
         self.device, self.world, self.rank = accelerator.device, accelerator.num_processes, accelerator.process_index
         self.agreed_backoff = self.world > 1 and accelerator.distributed_type in DDP_TYPES
@@ -58,7 +59,7 @@ class Stepper:
             micro = split_micro(rows, n_micro)
             for i, part in enumerate(micro):
                 batch = {k: v.to(self.device, non_blocking=True)
-                         for k, v in collate(self.ids, part, self.pad_id, self.labels).items()}
+                         for k, v in collate(self.ids, part, self.pad_id, self.labels, types=self.types).items()}
                 # DDP all-reduces gradients inside the last backward; with agreed back-off we do it after.
                 sync = i == len(micro) - 1 and not self.agreed_backoff
                 y = batch.pop("labels")  # the loss is the task's (class weights, BCE), not the model's

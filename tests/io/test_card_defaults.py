@@ -53,9 +53,13 @@ def headerless_run(tiny_model_dir, nsmc_slices, tmp_path_factory):
     return out, te
 
 
+# keys of another kind of model, whose case lives with that model
+ELSEWHERE = {"text_pair_col": "tests/test_pairs.py::test_eval_and_predict_default_to_the_cards_pair_columns"}
+
+
 def test_every_read_key_has_a_case():
-    assert set(FLAGS) == set(READ_KEYS), "give each READ_KEYS key a flag (and a command) here"
-    assert set().union(*COMMANDS.values()) == set(READ_KEYS)
+    assert set(FLAGS) | set(ELSEWHERE) == set(READ_KEYS), "give each READ_KEYS key a flag (and a command) here"
+    assert set().union(*COMMANDS.values()) | set(ELSEWHERE) == set(READ_KEYS)
 
 
 def _run(capsys, *args) -> str:

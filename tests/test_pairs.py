@@ -1,0 +1,454 @@
+"""Sentence pairs (issue 31): --text-pair-col through training, eval, predict, serve, pipeline and ONNX; grouped
+validation (--group-col); the pair baseline; bad pair input.
+
+The fast tests run on a tiny random-weight BERT whose tokenizer is me5-small's (vocabulary trimmed to a KorNLI
+slice) with a BERT-style pair template: [CLS] a [SEP] b [SEP] with token type ids 0 / 1, so every path that must
+carry token type ids is exercised (me5-small's own template, <s> a </s></s> b </s>, has none)."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from _cli import run_cli as bertclf
+from conftest import REPO
+
+KORNLI = REPO.parent / "shared" / "data" / "kornli" / "xnli.test.ko.tsv"
+
+
+@pytest.fixture(scope="session")
+def kornli() -> Path:
+    if not KORNLI.is_file():
+        pytest.skip(f"KorNLI not found at {KORNLI}")
+    return KORNLI
+
+
+def write_premises(src: Path, out: Path, first: int, n: int, header: bool = True) -> Path:
+    """The rows of premises [first, first + n) (each premise's 3 rows are consecutive in the file)."""
+    lines = src.read_text(encoding="utf-8").splitlines()
+    body, seen = [], []
+    for line in lines[1:]:
+        premise = line.split("\t", 1)[0]
+        if not seen or seen[-1] != premise:
+            seen.append(premise)
+        if first < len(seen) <= first + n:
+            body.append(line)
+    out.write_text("\n".join(([lines[0]] if header else []) + body) + "\n", encoding="utf-8")
+    return out
+
+
+@pytest.fixture(scope="session")
+def pair_slices(kornli, tmp_path_factory) -> dict[str, Path]:
+    """train.tsv: 300 premises (900 pairs); test.tsv: the next 60 (180 pairs), premise-disjoint; headerless.tsv: the
+    training rows without their header line."""
+    d = tmp_path_factory.mktemp("kornli")
+    return {"train": write_premises(kornli, d / "train.tsv", 0, 300),
+            "test": write_premises(kornli, d / "test.tsv", 300, 60),
+            "headerless": write_premises(kornli, d / "headerless.tsv", 0, 300, header=False)}
+
+
+def bert_style_pairs(tokenizer):
+    """The tokenizer with BERT's pair template: [CLS] a [SEP] b [SEP], token type ids 0 for a, 1 for b."""
+    from tokenizers.processors import TemplateProcessing
+
+    cls, sep = tokenizer.cls_token, tokenizer.sep_token
+    tokenizer.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, tokenizer.cls_token_id), (sep, tokenizer.sep_token_id)])
+    tokenizer.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    return tokenizer
+
+
+@pytest.fixture(scope="session")
+def tiny_pair_model_dir(me5_dir, pair_slices, tmp_path_factory) -> Path:
+    import torch
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from bertclf.data.dataset import read_labelled
+    from bertclf.models.vocab_trim import trim_vocab
+
+    d = tmp_path_factory.mktemp("tinypair")
+    texts = []
+    for split in ("train", "test"):
+        ds = read_labelled(pair_slices[split], "sentence1", "gold_label", pair_col="sentence2")
+        texts += ds.all_texts()
+    trim_vocab(str(me5_dir), texts, d / "trimmed", log=lambda s: None)
+    tok = bert_style_pairs(AutoTokenizer.from_pretrained(d / "trimmed"))
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=64, max_position_embeddings=514, pad_token_id=tok.pad_token_id,
+                     type_vocab_size=2)
+    out = d / "model"
+    BertModel(cfg).save_pretrained(out)
+    tok.save_pretrained(out)
+    return out
+
+
+PAIR_COLS = dict(text_col="sentence1", text_pair_col="sentence2", label_col="gold_label")
+
+
+@pytest.fixture(scope="session")
+def pair_run(tiny_pair_model_dir, pair_slices, tmp_path_factory) -> tuple[Path, list[str]]:
+    """(run directory, its training output) of the tiny pair model trained on the slice, premise-grouped."""
+    from bertclf.train.loop import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("pairrun") / "run"
+    said = []
+    train(TrainConfig(out=str(out), train=str(pair_slices["train"]), test=str(pair_slices["test"]),
+                      group_col="sentence1", model=str(tiny_pair_model_dir), epochs=2, batch_size=16, lr=2e-3,
+                      seed=0, max_length=48, precision="fp32", valid_frac=0.2, **PAIR_COLS), echo=said.append)
+    return out, said
+
+
+# ---------------------------------------------------------------- training
+
+def test_training_reads_pairs_groups_by_premise_and_records_both_columns(pair_run):
+    out, said = pair_run
+    card = json.loads((out / "bertclf.json").read_text())
+    assert card["data"]["text_pair_col"] == "sentence2" and card["data"]["group_col"] == "sentence1"
+    assert card["args"]["text_pair_col"] == "sentence2"
+    assert card["data"]["train"]["rows"] + card["data"]["valid"]["rows"] == 900
+    # whole premises on each side: 300 premises, 20% of them held out
+    assert card["data"]["train"]["groups"] + card["data"]["valid"]["groups"] == 300
+    assert card["data"]["valid"]["texts_in_train"] == 0 and card["metrics"]["test"]["n"] == 180
+    cut = next(s for s in said if s.startswith("tokenized"))
+    assert "per training pair" in cut and "the first text shortened in" in cut and "with token type ids" in cut
+    assert any("n-gram partner: not fitted for sentence pairs" in s for s in said)
+
+
+def test_pair_tokenization_is_the_tokenizers_template_cut_longest_first(tiny_pair_model_dir):
+    """encode_pairs gives what the tokenizer itself gives a pair (what transformers.pipeline feeds the model), and
+    a pair over max_length loses tokens from its longer side, whichever side that is; pair_cut counts each side."""
+    from bertclf.data.tokens import encode_pairs, pair_cut
+    from bertclf.models.resolve import load_tokenizer
+
+    tok = load_tokenizer(str(tiny_pair_model_dir))
+    short, long = "영화가 좋다", "나는 어제 친구와 함께 극장에 가서 아주 길고 지루한 영화를 끝까지 보았다 " * 3
+    texts, pairs = [long, short, short], [short, long, short]
+    ids, types = encode_pairs(tok, texts, pairs, max_length=16)
+    for k, (a, b) in enumerate(zip(texts, pairs)):
+        ref = tok(a, b, truncation="longest_first", max_length=16)
+        assert ids[k].tolist() == ref["input_ids"] and types[k].tolist() == ref["token_type_ids"]
+    whole_short = len(tok(short, add_special_tokens=False)["input_ids"])
+    assert len(ids[0]) == len(ids[1]) == 16 and len(ids[2]) < 16
+    # the long first text was cut and the short second kept whole (its type-1 tokens: itself + one [SEP]), and
+    # the other way round
+    assert int(types[0].sum()) == whole_short + 1 and int((types[1] == 0).sum()) == whole_short + 2
+    assert pair_cut(tok, texts, pairs, ids, 16) == (2, 1, 1)
+
+
+def test_training_feeds_the_model_the_pair_ids_and_token_types(tiny_pair_model_dir, pair_slices, tmp_path,
+                                                                monkeypatch):
+    """The inputs the model is actually given (a forward pre-hook on the model the loop trains), in training and in
+    validation scoring, are the tokenizer's pair encoding with its token type ids, row for row."""
+    import bertclf.train.loop
+    from bertclf.data.dataset import read_labelled
+    from bertclf.models.resolve import load_tokenizer
+    from bertclf.train.loop import TrainConfig, train
+
+    fed = {True: set(), False: set()}  # model.training -> (ids, type ids) of each row it was given
+
+    def record(module, args, kwargs):
+        assert "token_type_ids" in kwargs
+        for row, types, m in zip(kwargs["input_ids"], kwargs["token_type_ids"], kwargs["attention_mask"]):
+            fed[module.training].add((tuple(row[m.bool()].tolist()), tuple(types[m.bool()].tolist())))
+
+    real_prepare = bertclf.train.loop.prepare
+
+    def prepare_and_hook(*args, **kwargs):
+        run = real_prepare(*args, **kwargs)
+        run.unwrapped().register_forward_pre_hook(record, with_kwargs=True)
+        return run
+
+    monkeypatch.setattr(bertclf.train.loop, "prepare", prepare_and_hook)
+    train(TrainConfig(out=str(tmp_path / "run"), train=str(pair_slices["train"]), model=str(tiny_pair_model_dir),
+                      epochs=1, batch_size=32, lr=2e-3, seed=0, max_length=24, precision="fp32", valid_frac=0.2,
+                      ngram="off", **PAIR_COLS), echo=lambda s: None)
+    tok = load_tokenizer(str(tiny_pair_model_dir))
+    ds = read_labelled(pair_slices["train"], "sentence1", "gold_label", pair_col="sentence2")
+    enc = tok(ds.texts, ds.pairs, truncation="longest_first", max_length=24)
+    expected = {(tuple(i), tuple(t)) for i, t in zip(enc["input_ids"], enc["token_type_ids"])}
+    assert fed[True] and fed[False] and fed[True] | fed[False] <= expected
+    assert len(fed[True] | fed[False]) >= 0.95 * len(expected)  # every row trained or validated on (a few repeat)
+    assert any(1 in types for _, types in fed[True])
+
+
+# ---------------------------------------------------------------- eval, predict, Classifier
+
+def test_eval_scores_held_out_pairs_as_classifier_predict_does(pair_run, pair_slices, capsys):
+    from bertclf.cli import main
+    from bertclf.data.dataset import read_labelled
+    from bertclf.inference.classifier import Classifier
+
+    run, _ = pair_run
+    capsys.readouterr()
+    assert main(["eval", str(run), "--test", str(pair_slices["test"]), "--json", "--precision", "fp32"]) == 0
+    rep = json.loads(capsys.readouterr().out)
+    ds = read_labelled(pair_slices["test"], "sentence1", "gold_label", pair_col="sentence2")
+    clf = Classifier.load(str(run), precision="fp32")
+    preds = clf.predict(list(zip(ds.texts, ds.pairs)))
+    assert rep["n"] == 180 and rep["accuracy"] == pytest.approx(np.mean([p["label"] == y for p, y in
+                                                                        zip(preds, ds.labels)]))
+    # one pair alone: a tuple or the Inference API's dict, the same answer
+    one = clf.predict((ds.texts[0], ds.pairs[0]))
+    assert one == clf.predict({"text": ds.texts[0], "text_pair": ds.pairs[0]}) == preds[0]
+
+
+def test_eval_and_predict_default_to_the_cards_pair_columns(tiny_pair_model_dir, pair_slices, tmp_path, capsys):
+    """A pair model trained on a header-less file (--columns): eval and predict read both columns of such a file
+    without a flag, as with every flag given (the text_pair_col case of tests/test_card_defaults.py)."""
+    from bertclf.cli import main
+    from bertclf.train.loop import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(out=str(run), train=str(pair_slices["headerless"]), columns=["premise", "hypothesis", "y"],
+                      text_col="premise", text_pair_col="hypothesis", label_col="y", model=str(tiny_pair_model_dir),
+                      max_steps=3, batch_size=16, seed=0, max_length=32, precision="fp32", ngram="off"),
+          echo=lambda s: None)
+    every = ["--columns", "premise,hypothesis,y", "--text-col", "premise", "--text-pair-col", "hypothesis"]
+    reports = []
+    for flags in ([], every + ["--label-col", "y"]):
+        capsys.readouterr()
+        assert main(["eval", str(run), "--test", str(pair_slices["headerless"]), "--json", "--precision", "fp32",
+                     *flags]) == 0, capsys.readouterr().err
+        rep = json.loads(capsys.readouterr().out)
+        rep.pop("seconds")
+        reports.append(rep)
+    assert reports[0] == reports[1] and reports[0]["n"] == 900
+    outs = []
+    for flags in ([], every):
+        out = tmp_path / f"p{len(outs)}.jsonl"
+        assert main(["predict", str(run), "--input", str(pair_slices["headerless"]), "--output", str(out),
+                     "--precision", "fp32", *flags]) == 0
+        outs.append(out.read_text(encoding="utf-8"))
+    assert outs[0] == outs[1] and outs[0].count("\n") == 900
+    first = json.loads(outs[0].splitlines()[0])
+    assert set(first) >= {"row", "text", "text_pair", "label", "probabilities"}
+
+
+def test_predict_reads_pairs_from_tsv_csv_jsonl_and_the_command_line(pair_run, pair_slices, tmp_path):
+    """One answer per pair whichever way it comes in: the training TSV's columns, a CSV, a JSONL with the
+    Inference API's field names, and --pair TEXT TEXT_PAIR on the command line; each equals Classifier.predict."""
+    import csv
+
+    from bertclf.data.dataset import read_labelled
+    from bertclf.inference.classifier import Classifier
+
+    run, _ = pair_run
+    ds = read_labelled(pair_slices["test"], "sentence1", "gold_label", pair_col="sentence2")
+    pairs = list(zip(ds.texts, ds.pairs))[:12]
+    expected = Classifier.load(str(run), precision="fp32").predict(pairs)
+    jsonl = tmp_path / "pairs.jsonl"
+    jsonl.write_text("".join(json.dumps({"text": a, "text_pair": b}, ensure_ascii=False) + "\n" for a, b in pairs),
+                     encoding="utf-8")
+    with open(tmp_path / "pairs.csv", "w", encoding="utf-8", newline="") as f:
+        csv.writer(f).writerows([["sentence1", "sentence2"], *pairs])
+    tsv = tmp_path / "pairs.tsv"
+    tsv.write_text("sentence1\tsentence2\n" + "".join(f"{a}\t{b}\n" for a, b in pairs), encoding="utf-8")
+    for source in (["--input", jsonl], ["--input", tmp_path / "pairs.csv"], ["--input", tsv],
+                   [x for a, b in pairs for x in ("--pair", a, b)]):
+        out = tmp_path / "out.jsonl"
+        r = bertclf("predict", run, *source, "--output", out, "--precision", "fp32")
+        assert r.returncode == 0, r.stderr
+        got = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+        assert [(g["text"], g["text_pair"]) for g in got] == pairs, source[:2]
+        assert [g["label"] for g in got] == [e["label"] for e in expected]
+        assert [g["score"] for g in got] == pytest.approx([e["score"] for e in expected], abs=1e-5)
+
+
+# ---------------------------------------------------------------- serve, transformers.pipeline
+
+def test_serve_answers_the_inference_api_pair_form_and_refuses_single_texts(pair_run, pair_slices, tmp_path):
+    """A real server on localhost: {"inputs": {"text", "text_pair"}} and a list of them are answered as
+    Classifier.predict answers the pairs; a single text sent to a pair model is a 422 with one line."""
+    httpx = pytest.importorskip("httpx")
+    from _server_process import ServerProcess
+
+    from bertclf.data.dataset import read_labelled
+    from bertclf.inference.classifier import Classifier
+
+    run, _ = pair_run
+    ds = read_labelled(pair_slices["test"], "sentence1", "gold_label", pair_col="sentence2")
+    pairs = list(zip(ds.texts, ds.pairs))[:5]
+    expected = Classifier.load(str(run), precision="fp32").predict(pairs)
+    server = ServerProcess(run, tmp_path, ["--precision", "fp32"])
+    try:
+        one = httpx.post(f"{server.url}/predict", json={"inputs": {"text": pairs[0][0], "text_pair": pairs[0][1]}},
+                         timeout=30)
+        assert one.status_code == 200, one.text
+        assert one.json()[0][0]["label"] == expected[0]["label"]
+        assert one.json()[0][0]["score"] == pytest.approx(expected[0]["score"], abs=1e-5)
+        many = httpx.post(f"{server.url}/predict", json={"inputs": [{"text": a, "text_pair": b} for a, b in pairs]},
+                          timeout=30)
+        assert many.status_code == 200, many.text
+        assert [r[0]["label"] for r in many.json()] == [e["label"] for e in expected]
+        for body, says in (({"inputs": "전제 하나"}, "reads sentence pairs"),
+                           ({"inputs": {"text": "전제"}}, "needs both fields"),
+                           ({"inputs": [{"text": "전제", "text_pair": " "}]}, "inputs[0].text_pair is empty")):
+            r = httpx.post(f"{server.url}/predict", json=body, timeout=30)
+            assert r.status_code == 422 and says in r.json()["error"] and "\n" not in r.json()["error"], r.text
+    finally:
+        server.terminate()
+
+
+def test_pipeline_on_the_saved_directory_answers_text_and_text_pair(pair_run, pair_slices):
+    """transformers.pipeline on the run folder takes {"text", "text_pair"} as is and gives bertclf's answer: the
+    saved tokenizer carries the pair template and its token type ids."""
+    from transformers import pipeline
+
+    from bertclf.data.dataset import read_labelled
+    from bertclf.inference.classifier import Classifier
+
+    run, _ = pair_run
+    ds = read_labelled(pair_slices["test"], "sentence1", "gold_label", pair_col="sentence2")
+    clf = Classifier.load(str(run), precision="fp32")
+    pipe = pipeline("text-classification", model=str(run))
+    for a, b in list(zip(ds.texts, ds.pairs))[:6]:
+        got = pipe({"text": a, "text_pair": b})
+        got = got[0] if isinstance(got, list) else got
+        want = clf.predict((a, b))
+        assert got["label"] == want["label"] and got["score"] == pytest.approx(want["score"], abs=1e-5)
+
+
+# ---------------------------------------------------------------- ONNX export, int8 check
+
+def test_onnx_export_and_int8_check_carry_token_type_ids(pair_run, pair_slices, tmp_path):
+    """The export of a pair model has a token_type_ids input and gives torch's probabilities on pairs; the int8
+    check runs on the rebuilt (premise-grouped) validation pairs; predict on the export reads the pair file."""
+    pytest.importorskip("onnxruntime")
+    import onnx
+
+    from bertclf.data.dataset import read_labelled
+    from bertclf.inference.classifier import Classifier
+
+    run, _ = pair_run
+    ds = read_labelled(pair_slices["test"], "sentence1", "gold_label", pair_col="sentence2")
+    pairs = list(zip(ds.texts, ds.pairs))
+    # logits, relative to their size: the tiny model learns no NLI, so its fitted temperature makes them small
+    torch_logits = Classifier.load(str(run), precision="fp32").logits(pairs)
+    scale = np.abs(torch_logits).max()
+    fp32, int8 = tmp_path / "fp32", tmp_path / "int8"
+    r = bertclf("export", run, "--onnx", "--out", fp32)
+    assert r.returncode == 0, r.stderr[-2000:]
+    graph = onnx.load(str(fp32 / "model.onnx"))
+    assert [i.name for i in graph.graph.input] == ["input_ids", "attention_mask", "token_type_ids"]
+    onnx_clf = Classifier.load(str(fp32))
+    assert onnx_clf.backend == "onnx"
+    assert np.abs(onnx_clf.logits(pairs) - torch_logits).max() < 1e-4 * scale
+    # the types matter: the same ids with all-zero type ids give other logits (so a dropped input would show)
+    from bertclf.data.long_text import encode_long
+
+    enc = encode_long(onnx_clf.tokenizer, ds.texts[:20], onnx_clf.max_length, pairs=ds.pairs[:20])
+    with_types = onnx_clf.model.predict_logits(enc.ids, onnx_clf.pad_id, types=enc.types)
+    without = onnx_clf.model.predict_logits(enc.ids, onnx_clf.pad_id)
+    assert np.abs(with_types - without).max() > 1e-3 * scale
+    r = bertclf("export", run, "--onnx", "--int8", "--min-agreement", "0.5", "--out", int8)
+    assert r.returncode == 0, r.stderr[-2000:]
+    card = json.loads((int8 / "bertclf.json").read_text())
+    check = card["export"]["int8_check"]
+    assert "validation rows" in check["rows_from"] and check["rows"] == json.loads(
+        (run / "bertclf.json").read_text())["data"]["valid"]["rows"]
+    out = tmp_path / "onnx.jsonl"
+    r = bertclf("predict", int8, "--input", pair_slices["test"], "--output", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert len(out.read_text(encoding="utf-8").splitlines()) == 180
+
+
+# ---------------------------------------------------------------- --shard, Ray
+
+def test_shards_of_a_pair_file_add_up_to_the_whole(pair_run, pair_slices, tmp_path):
+    run, _ = pair_run
+    outs = []
+    for spec in ("all", "0/2", "1/2"):
+        out = tmp_path / f"{spec.replace('/', '-')}.jsonl"
+        flags = [] if spec == "all" else ["--shard", spec]
+        r = bertclf("predict", run, "--input", pair_slices["test"], "--output", out, "--precision", "fp32", *flags)
+        assert r.returncode == 0, r.stderr
+        outs.append([json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()])
+    whole, even, odd = outs
+    assert sorted(even + odd, key=lambda x: x["row"]) == whole and {x["row"] % 2 for x in even} == {0}
+    assert all("text_pair" in x for x in whole)
+
+
+def test_ray_engine_writes_the_local_pair_records(pair_run, pair_slices, tmp_path):
+    """--engine ray (a local Ray instance, 2 actors) writes the local engine's records for a pair file."""
+    pytest.importorskip("ray")
+    run, _ = pair_run
+    local, ray_out = tmp_path / "local.jsonl", tmp_path / "ray.jsonl"
+    assert bertclf("predict", run, "--input", pair_slices["test"], "--output", local, "--precision", "fp32"
+                   ).returncode == 0
+    r = bertclf("predict", run, "--input", pair_slices["test"], "--output", ray_out, "--precision", "fp32",
+                "--engine", "ray", "--workers", 2, extra_env={"RAY_USAGE_STATS_ENABLED": "0"}, timeout=600)
+    assert r.returncode == 0, r.stderr[-2000:]
+    got = [json.loads(line) for line in ray_out.read_text(encoding="utf-8").splitlines()]
+    want = [json.loads(line) for line in local.read_text(encoding="utf-8").splitlines()]
+    assert [(g["row"], g["text"], g["text_pair"], g["label"]) for g in got] == \
+        [(w["row"], w["text"], w["text_pair"], w["label"]) for w in want]
+    assert [g["score"] for g in got] == pytest.approx([w["score"] for w in want], abs=1e-5)
+
+
+# ---------------------------------------------------------------- bad pair input: one line, exit 2
+
+def _one_line_error(capsys, argv) -> str:
+    from bertclf.cli import main
+
+    capsys.readouterr()
+    status = main([str(a) for a in argv])
+    err = [ln for ln in capsys.readouterr().err.splitlines() if not ln.startswith("bertclf: warning")]
+    assert status == 2 and len(err) == 1 and err[0].startswith("bertclf: error: "), (status, err[-3:])
+    return err[0]
+
+
+def test_bad_pair_input_is_one_line(pair_run, pair_slices, trained_tiny_dir, nsmc_slices, tiny_pair_model_dir,
+                                    tmp_path, capsys):
+    run, _ = pair_run
+    train = ["train", "--train", pair_slices["train"], "--model", tiny_pair_model_dir, "--text-col", "sentence1",
+             "--label-col", "gold_label", "--out", tmp_path / "never"]
+    cases = [
+        (train + ["--text-pair-col", "hypothesis"], "column 'hypothesis' not in header"),
+        (train + ["--text-pair-col", "sentence1"], "--text-col and --text-pair-col are both 'sentence1'"),
+        (train + ["--text-pair-col", "sentence2", "--long-text", "head-tail"], "--long-text: head-tail is for single"),
+        (train + ["--group-col", "premise"], "column 'premise' not in header"),
+        (train + ["--group-col", "sentence1", "--valid", pair_slices["test"]], "--group-col: groups the validation"),
+        # a single-text file for the pair model: its second column is missing
+        (["eval", run, "--test", nsmc_slices["test"], "--text-col", "document", "--label-col", "label"],
+         "column 'sentence2' not in header"),
+        (["predict", run, "--input", nsmc_slices["test"], "--text-col", "document"],
+         "column 'sentence2' not in header"),
+        # a single text sent to the pair model, a pair to a single-text model
+        (["predict", run, "전제 하나"], "reads sentence pairs"),
+        (["predict", trained_tiny_dir, "--pair", "전제", "가설"], "reads single texts"),
+        (["eval", trained_tiny_dir, "--test", pair_slices["test"], "--text-pair-col", "sentence2"],
+         "reads single texts"),
+        (["predict", run, "--explain", "--pair", "전제", "가설"], "sentence pairs are not supported yet"),
+        (["eval", run, "--test", pair_slices["test"], "--long-text", "window"], "not supported for sentence pairs"),
+    ]
+    for argv, says in cases:
+        line = _one_line_error(capsys, argv)
+        assert says in line, (argv[:2], line)
+    assert not (tmp_path / "never").exists()
+
+
+# ---------------------------------------------------------------- demo page, report
+
+def test_demo_page_has_two_boxes_for_a_pair_model_and_the_report_names_both_columns(pair_run):
+    """The page a pair model's server shows: two text boxes, its script posting the Inference API's pair form,
+    no word scores (501 from /explain, said on the page); the run report's table names both text columns."""
+    from fastapi.testclient import TestClient
+
+    from bertclf.inference.classifier import Classifier
+    from bertclf.serve.app import create_app
+
+    run, _ = pair_run
+    clf = Classifier.load(str(run), precision="fp32")
+    with TestClient(create_app(clf)) as client:
+        page = client.get("/").text
+        assert 'id="text"' in page and 'id="text_pair"' in page and '"pair": true' in page
+        r = client.post("/explain", json={"inputs": "전제"})
+        assert r.status_code == 501 and "sentence pairs" in r.json()["error"]
+    from bertclf.report import write_report
+
+    html = Path(write_report([str(run)])).read_text(encoding="utf-8")
+    assert "sentence1 / sentence2 / gold_label" in html and "validation split grouped by" in html
