@@ -452,3 +452,41 @@ def test_demo_page_has_two_boxes_for_a_pair_model_and_the_report_names_both_colu
 
     html = Path(write_report([str(run)])).read_text(encoding="utf-8")
     assert "sentence1 / sentence2 / gold_label" in html and "validation split grouped by" in html
+
+
+# ---------------------------------------------------------------- baseline and audit on pairs
+
+def test_baseline_and_audit_read_pairs_and_keep_groups_together(pair_slices, tmp_path):
+    """baseline: pair features (each text's n-grams and their product), a premise-grouped test split; audit:
+    premise-grouped out-of-fold probabilities, the TSV with both texts."""
+    from bertclf.data.dataset import read_labelled
+    from bertclf.models.baseline import PairFeatures, run_baseline
+
+    ds = read_labelled(pair_slices["train"], "sentence1", "gold_label", pair_col="sentence2")
+    feats = PairFeatures().fit(ds.inputs())
+    x = feats.transform(ds.inputs()[:5])
+    width = len(feats.vectorizer.vocabulary_)
+    assert x.shape == (5, 3 * width)
+    assert np.allclose(x[:, 2 * width:].toarray(), (x[:, :width].multiply(x[:, width:2 * width])).toarray())
+    res = run_baseline(train=str(pair_slices["train"]), text_col="sentence1", text_pair_col="sentence2",
+                       label_col="gold_label", group_col="sentence1", log=lambda s: None)
+    assert "their product" in res["method"] and res["n_train"] + res["n_test"] == 900
+    out = tmp_path / "audit.tsv"
+    r = bertclf("audit", "--train", pair_slices["train"], "--text-col", "sentence1", "--text-pair-col", "sentence2",
+                "--label-col", "gold_label", "--group-col", "sentence1", "--folds", 3, "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    header = out.read_text(encoding="utf-8").splitlines()[0].split("\t")
+    assert header[:4] == ["row", "line", "text", "text_pair"]
+
+
+def test_grouped_split_never_puts_a_group_on_both_sides():
+    from bertclf.data.dataset import grouped_indices
+
+    rng = np.random.default_rng(0)
+    groups = [f"g{rng.integers(0, 97)}" for _ in range(1000)]
+    labels = [str(rng.integers(0, 3)) for _ in range(1000)]
+    for seed in range(5):
+        for frac in (0.05, 0.2, 0.5):
+            taken, rest = grouped_indices(groups, labels, frac, seed)
+            assert {groups[i] for i in taken}.isdisjoint({groups[i] for i in rest})
+            assert sorted(taken + rest) == list(range(1000)) and taken
