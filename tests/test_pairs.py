@@ -116,6 +116,7 @@ def test_training_reads_pairs_groups_by_premise_and_records_both_columns(pair_ru
     cut = next(s for s in said if s.startswith("tokenized"))
     assert "per training pair" in cut and "the first text shortened in" in cut and "with token type ids" in cut
     assert any("n-gram partner: not fitted for sentence pairs" in s for s in said)
+    assert card["calibration"]["temperature"] > 0  # fitted on the 180 validation pairs and folded into the head
 
 
 def test_pair_tokenization_is_the_tokenizers_template_cut_longest_first(tiny_pair_model_dir):
@@ -490,3 +491,26 @@ def test_grouped_split_never_puts_a_group_on_both_sides():
             taken, rest = grouped_indices(groups, labels, frac, seed)
             assert {groups[i] for i in taken}.isdisjoint({groups[i] for i in rest})
             assert sorted(taken + rest) == list(range(1000)) and taken
+
+
+def test_vocabulary_trim_class_weights_and_multi_label_work_on_pairs(tiny_pair_model_dir, pair_slices, tmp_path):
+    """--trim-vocab keeps the pieces of both texts (each second text tokenizes to the same pieces as before the
+    trim), with --class-weights auto and --multi-label on the same pairs."""
+    from bertclf.data.dataset import read_labelled
+    from bertclf.inference.classifier import Classifier
+    from bertclf.models.resolve import load_tokenizer
+    from bertclf.train.loop import TrainConfig, train
+
+    run = tmp_path / "run"
+    card = train(TrainConfig(out=str(run), train=str(pair_slices["train"]), model=str(tiny_pair_model_dir),
+                             trim_vocab=True, class_weights="auto", multi_label=True, max_steps=3, batch_size=16,
+                             seed=0, max_length=32, precision="fp32", ngram="off", group_col="sentence1",
+                             **PAIR_COLS), echo=lambda s: None)
+    assert card["classification"]["class_weights"] and card["data"]["group_col"] == "sentence1"
+    ds = read_labelled(pair_slices["train"], "sentence1", "gold_label", pair_col="sentence2")
+    before, after = load_tokenizer(str(tiny_pair_model_dir)), load_tokenizer(str(run))
+    assert len(after) < len(before)  # the slice's test rows had pieces of their own
+    for text in ds.pairs:
+        assert after.tokenize(text) == before.tokenize(text)
+    pred = Classifier.load(str(run), precision="fp32").predict((ds.texts[0], ds.pairs[0]))
+    assert "labels" in pred and set(pred["probabilities"]) == {"contradiction", "entailment", "neutral"}
