@@ -6,6 +6,7 @@ slice) with a BERT-style pair template: [CLS] a [SEP] b [SEP] with token type id
 carry token type ids is exercised (me5-small's own template, <s> a </s></s> b </s>, has none)."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -232,8 +233,6 @@ def test_eval_and_predict_default_to_the_cards_pair_columns(tiny_pair_model_dir,
 def test_predict_reads_pairs_from_tsv_csv_jsonl_and_the_command_line(pair_run, pair_slices, tmp_path):
     """One answer per pair whichever way it comes in: the training TSV's columns, a CSV, a JSONL with the
     Inference API's field names, and --pair TEXT TEXT_PAIR on the command line; each equals Classifier.predict."""
-    import csv
-
     from bertclf.data.dataset import read_labelled
     from bertclf.inference.classifier import Classifier
 
@@ -425,6 +424,7 @@ def test_bad_pair_input_is_one_line(pair_run, pair_slices, trained_tiny_dir, nsm
          "reads single texts"),
         (["predict", run, "--explain", "--pair", "전제", "가설"], "sentence pairs are not supported yet"),
         (["eval", run, "--test", pair_slices["test"], "--long-text", "window"], "not supported for sentence pairs"),
+        (["distill", run, "--layers", 1, "--out", tmp_path / "never"], "distilling pair models is not supported"),
     ]
     for argv, says in cases:
         line = _one_line_error(capsys, argv)
@@ -514,3 +514,46 @@ def test_vocabulary_trim_class_weights_and_multi_label_work_on_pairs(tiny_pair_m
         assert after.tokenize(text) == before.tokenize(text)
     pred = Classifier.load(str(run), precision="fp32").predict((ds.texts[0], ds.pairs[0]))
     assert "labels" in pred and set(pred["probabilities"]) == {"contradiction", "entailment", "neutral"}
+
+
+# ---------------------------------------------------------------- the real builtin model (slow)
+
+@pytest.mark.slow
+def test_me5_small_learns_premise_disjoint_nli(kornli, tmp_path):
+    """The done-when recipe, defaults only, on benchmarks/datasets.py's NLI split (80% of the 1,670 premises for
+    training, the other 20% held out whole): me5-small, 2 epochs on 4,008 pairs.
+
+    Not the requirement, and why: issue 31's target is TF-IDF + 10 pt on the same rows (the pair baseline scores
+    BASELINE on this split); these defaults measured MEASURED (benchmarks/RESULTS.md, "Datasets"), so the target
+    is not met by a CPU recipe on 4,000 pairs. What this test holds is "pairs are learned": chance is 0.333, and a
+    model fed one side or scrambled pairs stays near it."""
+    from bertclf.data import dataset as D
+    from bertclf.train.loop import TrainConfig, train
+
+    nli = D.read_labelled(kornli, "sentence1", "gold_label", pair_col="sentence2", group_col="sentence1")
+    test_idx, train_idx = D.grouped_indices(nli.groups, nli.labels, 0.2, 42)
+    files = {}
+    for name, idx in (("train", train_idx), ("test", test_idx)):
+        files[name] = tmp_path / f"{name}.tsv"
+        with open(files[name], "w", encoding="utf-8", newline="") as f:  # quoted as the reader unquotes
+            w = csv.writer(f, delimiter="\t", lineterminator="\n")
+            w.writerow(["sentence1", "sentence2", "gold_label"])
+            w.writerows([nli.texts[i], nli.pairs[i], nli.labels[i]] for i in idx)
+    card = train(TrainConfig(out=str(tmp_path / "run"), train=str(files["train"]), test=str(files["test"]),
+                             group_col="sentence1", **PAIR_COLS), echo=print)
+    acc = card["metrics"]["test"]["accuracy"]
+    assert card["metrics"]["test"]["n"] == len(test_idx)
+    assert acc >= ME5_NLI_FLOOR, f"held-out accuracy {acc:.4f} < {ME5_NLI_FLOOR}"
+
+
+def test_a_file_whose_text_column_repeats_gets_the_group_col_hint(pair_slices):
+    from bertclf.data.dataset import load_training_data
+    from bertclf.train.config import TrainConfig
+
+    said = []
+    load_training_data(TrainConfig(out="unused", train=str(pair_slices["train"]), **PAIR_COLS), log=said.append)
+    assert len([s for s in said if "--group-col sentence1" in s]) == 1, said
+    said.clear()
+    train, valid, _ = load_training_data(TrainConfig(out="unused", train=str(pair_slices["train"]),
+                                                     group_col="sentence1", **PAIR_COLS), log=said.append)
+    assert not said and set(train.groups).isdisjoint(valid.groups)
