@@ -518,14 +518,19 @@ def test_vocabulary_trim_class_weights_and_multi_label_work_on_pairs(tiny_pair_m
 
 # ---------------------------------------------------------------- the real builtin model (slow)
 
+# measured 0.5858 by benchmarks/datasets.py's run of these defaults on this split (bf16, AMX CPU); the TF-IDF pair
+# baseline scores 0.5150 on it and chance is 0.333: the floor leaves 5.6 pt for another CPU's precision and rounding
+ME5_NLI_FLOOR = 0.53
+
+
 @pytest.mark.slow
 def test_me5_small_learns_premise_disjoint_nli(kornli, tmp_path):
     """The done-when recipe, defaults only, on benchmarks/datasets.py's NLI split (80% of the 1,670 premises for
     training, the other 20% held out whole): me5-small, 2 epochs on 4,008 pairs.
 
     Not the requirement, and why: issue 31's target is TF-IDF + 10 pt on the same rows (the pair baseline scores
-    BASELINE on this split); these defaults measured MEASURED (benchmarks/RESULTS.md, "Datasets"), so the target
-    is not met by a CPU recipe on 4,000 pairs. What this test holds is "pairs are learned": chance is 0.333, and a
+    0.5150 on this split); these defaults measured 0.5858 (benchmarks/RESULTS.md, "Sentence pairs"), so the
+    target is not met by this recipe on 4,000 pairs. What this test holds is "pairs are learned": chance is 0.333, and a
     model fed one side or scrambled pairs stays near it."""
     from bertclf.data import dataset as D
     from bertclf.train.loop import TrainConfig, train
