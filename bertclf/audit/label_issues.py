@@ -174,7 +174,8 @@ def html_path_for(out: Path) -> Path:
 def write_tsv(path: Path, audit: Audit) -> None:
     with atomic_file(path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        pairs = audit.pairs is not None
+        # a MultiLabelAudit holds single texts only (run_audit refuses pairs with --multi-label)
+        pairs = getattr(audit, "pairs", None) is not None
         w.writerow(["row", "line", "text"] + (["text_pair"] if pairs else []) + ["given_label", "suggested_label",
                                                                                   "score"])
         for r in audit.records():
