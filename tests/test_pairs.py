@@ -6,6 +6,7 @@ slice) with a BERT-style pair template: [CLS] a [SEP] b [SEP] with token type id
 carry token type ids is exercised (me5-small's own template, <s> a </s></s> b </s>, has none)."""
 from __future__ import annotations
 
+import csv
 import json
 from pathlib import Path
 
@@ -116,6 +117,7 @@ def test_training_reads_pairs_groups_by_premise_and_records_both_columns(pair_ru
     cut = next(s for s in said if s.startswith("tokenized"))
     assert "per training pair" in cut and "the first text shortened in" in cut and "with token type ids" in cut
     assert any("n-gram partner: not fitted for sentence pairs" in s for s in said)
+    assert card["calibration"]["temperature"] > 0  # fitted on the 180 validation pairs and folded into the head
 
 
 def test_pair_tokenization_is_the_tokenizers_template_cut_longest_first(tiny_pair_model_dir):
@@ -198,7 +200,7 @@ def test_eval_scores_held_out_pairs_as_classifier_predict_does(pair_run, pair_sl
 
 def test_eval_and_predict_default_to_the_cards_pair_columns(tiny_pair_model_dir, pair_slices, tmp_path, capsys):
     """A pair model trained on a header-less file (--columns): eval and predict read both columns of such a file
-    without a flag, as with every flag given (the text_pair_col case of tests/test_card_defaults.py)."""
+    without a flag, as with every flag given (the text_pair_col case of tests/io/test_card_defaults.py)."""
     from bertclf.cli import main
     from bertclf.train.loop import TrainConfig, train
 
@@ -231,8 +233,6 @@ def test_eval_and_predict_default_to_the_cards_pair_columns(tiny_pair_model_dir,
 def test_predict_reads_pairs_from_tsv_csv_jsonl_and_the_command_line(pair_run, pair_slices, tmp_path):
     """One answer per pair whichever way it comes in: the training TSV's columns, a CSV, a JSONL with the
     Inference API's field names, and --pair TEXT TEXT_PAIR on the command line; each equals Classifier.predict."""
-    import csv
-
     from bertclf.data.dataset import read_labelled
     from bertclf.inference.classifier import Classifier
 
@@ -424,6 +424,7 @@ def test_bad_pair_input_is_one_line(pair_run, pair_slices, trained_tiny_dir, nsm
          "reads single texts"),
         (["predict", run, "--explain", "--pair", "전제", "가설"], "sentence pairs are not supported yet"),
         (["eval", run, "--test", pair_slices["test"], "--long-text", "window"], "not supported for sentence pairs"),
+        (["distill", run, "--layers", 1, "--out", tmp_path / "never"], "distilling pair models is not supported"),
     ]
     for argv, says in cases:
         line = _one_line_error(capsys, argv)
@@ -452,3 +453,112 @@ def test_demo_page_has_two_boxes_for_a_pair_model_and_the_report_names_both_colu
 
     html = Path(write_report([str(run)])).read_text(encoding="utf-8")
     assert "sentence1 / sentence2 / gold_label" in html and "validation split grouped by" in html
+
+
+# ---------------------------------------------------------------- baseline and audit on pairs
+
+def test_baseline_and_audit_read_pairs_and_keep_groups_together(pair_slices, tmp_path):
+    """baseline: pair features (each text's n-grams and their product), a premise-grouped test split; audit:
+    premise-grouped out-of-fold probabilities, the TSV with both texts."""
+    from bertclf.data.dataset import read_labelled
+    from bertclf.models.baseline import PairFeatures, run_baseline
+
+    ds = read_labelled(pair_slices["train"], "sentence1", "gold_label", pair_col="sentence2")
+    feats = PairFeatures().fit(ds.inputs())
+    x = feats.transform(ds.inputs()[:5])
+    width = len(feats.vectorizer.vocabulary_)
+    assert x.shape == (5, 3 * width)
+    assert np.allclose(x[:, 2 * width:].toarray(), (x[:, :width].multiply(x[:, width:2 * width])).toarray())
+    res = run_baseline(train=str(pair_slices["train"]), text_col="sentence1", text_pair_col="sentence2",
+                       label_col="gold_label", group_col="sentence1", log=lambda s: None)
+    assert "their product" in res["method"] and res["n_train"] + res["n_test"] == 900
+    out = tmp_path / "audit.tsv"
+    r = bertclf("audit", "--train", pair_slices["train"], "--text-col", "sentence1", "--text-pair-col", "sentence2",
+                "--label-col", "gold_label", "--group-col", "sentence1", "--folds", 3, "--out", out)
+    assert r.returncode == 0, r.stderr[-2000:]
+    header = out.read_text(encoding="utf-8").splitlines()[0].split("\t")
+    assert header[:4] == ["row", "line", "text", "text_pair"]
+
+
+def test_grouped_split_never_puts_a_group_on_both_sides():
+    from bertclf.data.dataset import grouped_indices
+
+    rng = np.random.default_rng(0)
+    groups = [f"g{rng.integers(0, 97)}" for _ in range(1000)]
+    labels = [str(rng.integers(0, 3)) for _ in range(1000)]
+    for seed in range(5):
+        for frac in (0.05, 0.2, 0.5):
+            taken, rest = grouped_indices(groups, labels, frac, seed)
+            assert {groups[i] for i in taken}.isdisjoint({groups[i] for i in rest})
+            assert sorted(taken + rest) == list(range(1000)) and taken
+
+
+def test_vocabulary_trim_class_weights_and_multi_label_work_on_pairs(tiny_pair_model_dir, pair_slices, tmp_path):
+    """--trim-vocab keeps the pieces of both texts (each second text tokenizes to the same pieces as before the
+    trim), with --class-weights auto and --multi-label on the same pairs."""
+    from bertclf.data.dataset import read_labelled
+    from bertclf.inference.classifier import Classifier
+    from bertclf.models.resolve import load_tokenizer
+    from bertclf.train.loop import TrainConfig, train
+
+    run = tmp_path / "run"
+    card = train(TrainConfig(out=str(run), train=str(pair_slices["train"]), model=str(tiny_pair_model_dir),
+                             trim_vocab=True, class_weights="auto", multi_label=True, max_steps=3, batch_size=16,
+                             seed=0, max_length=32, precision="fp32", ngram="off", group_col="sentence1",
+                             **PAIR_COLS), echo=lambda s: None)
+    assert card["classification"]["class_weights"] and card["data"]["group_col"] == "sentence1"
+    ds = read_labelled(pair_slices["train"], "sentence1", "gold_label", pair_col="sentence2")
+    before, after = load_tokenizer(str(tiny_pair_model_dir)), load_tokenizer(str(run))
+    assert len(after) < len(before)  # the slice's test rows had pieces of their own
+    for text in ds.pairs:
+        assert after.tokenize(text) == before.tokenize(text)
+    pred = Classifier.load(str(run), precision="fp32").predict((ds.texts[0], ds.pairs[0]))
+    assert "labels" in pred and set(pred["probabilities"]) == {"contradiction", "entailment", "neutral"}
+
+
+# ---------------------------------------------------------------- the real builtin model (slow)
+
+# measured 0.5858 by benchmarks/quality/datasets.py's run of these defaults on this split (bf16, AMX CPU); the TF-IDF pair
+# baseline scores 0.5150 on it and chance is 0.333: the floor leaves 5.6 pt for another CPU's precision and rounding
+ME5_NLI_FLOOR = 0.53
+
+
+@pytest.mark.slow
+def test_me5_small_learns_premise_disjoint_nli(kornli, tmp_path):
+    """The done-when recipe, defaults only, on benchmarks/quality/datasets.py's NLI split (80% of the 1,670 premises for
+    training, the other 20% held out whole): me5-small, 2 epochs on 4,008 pairs.
+
+    Not the requirement, and why: issue 31's target is TF-IDF + 10 pt on the same rows (the pair baseline scores
+    0.5150 on this split); these defaults measured 0.5858 (benchmarks/RESULTS.md, "Sentence pairs"), so the
+    target is not met by this recipe on 4,000 pairs. What this test holds is "pairs are learned": chance is 0.333, and a
+    model fed one side or scrambled pairs stays near it."""
+    from bertclf.data import dataset as D
+    from bertclf.train.loop import TrainConfig, train
+
+    nli = D.read_labelled(kornli, "sentence1", "gold_label", pair_col="sentence2", group_col="sentence1")
+    test_idx, train_idx = D.grouped_indices(nli.groups, nli.labels, 0.2, 42)
+    files = {}
+    for name, idx in (("train", train_idx), ("test", test_idx)):
+        files[name] = tmp_path / f"{name}.tsv"
+        with open(files[name], "w", encoding="utf-8", newline="") as f:  # quoted as the reader unquotes
+            w = csv.writer(f, delimiter="\t", lineterminator="\n")
+            w.writerow(["sentence1", "sentence2", "gold_label"])
+            w.writerows([nli.texts[i], nli.pairs[i], nli.labels[i]] for i in idx)
+    card = train(TrainConfig(out=str(tmp_path / "run"), train=str(files["train"]), test=str(files["test"]),
+                             group_col="sentence1", **PAIR_COLS), echo=print)
+    acc = card["metrics"]["test"]["accuracy"]
+    assert card["metrics"]["test"]["n"] == len(test_idx)
+    assert acc >= ME5_NLI_FLOOR, f"held-out accuracy {acc:.4f} < {ME5_NLI_FLOOR}"
+
+
+def test_a_file_whose_text_column_repeats_gets_the_group_col_hint(pair_slices):
+    from bertclf.data.dataset import load_training_data
+    from bertclf.train.config import TrainConfig
+
+    said = []
+    load_training_data(TrainConfig(out="unused", train=str(pair_slices["train"]), **PAIR_COLS), log=said.append)
+    assert len([s for s in said if "--group-col sentence1" in s]) == 1, said
+    said.clear()
+    train, valid, _ = load_training_data(TrainConfig(out="unused", train=str(pair_slices["train"]),
+                                                     group_col="sentence1", **PAIR_COLS), log=said.append)
+    assert not said and set(train.groups).isdisjoint(valid.groups)

@@ -44,6 +44,7 @@ class Audit:
     ranked: np.ndarray        # indices of the flagged rows, most suspect first
     joint: np.ndarray         # cleanlab's estimate of P(given label = i, true label = j)
     lines: np.ndarray | None = None  # the file line each row starts on (1-based; blank lines are no rows)
+    pairs: list[str] | None = None   # sentence pairs: each row's second text
 
     @property
     def noise_rate(self) -> float:
@@ -69,29 +70,34 @@ class Audit:
         idx = self.ranked if limit is None else self.ranked[:limit]
         sugg = self.probs.argmax(1)
         return [{"row": int(self.rows[i]), **({"line": int(self.lines[i])} if self.lines is not None else {}),
-                 "text": self.texts[i], "given_label": self.names[self.labels[i]],
+                 "text": self.texts[i], **({"text_pair": self.pairs[i]} if self.pairs is not None else {}),
+                 "given_label": self.names[self.labels[i]],
                  "suggested_label": self.names[sugg[i]], "score": float(self.scores[i])} for i in idx]
 
 
 def data_rows(path, text_col: str, ds: D.Dataset, encoding: str = "utf-8",
-              columns=None) -> tuple[np.ndarray, np.ndarray]:
+              columns=None, pair_col: str | None = None) -> tuple[np.ndarray, np.ndarray]:
     """(0-based data row, 1-based file line) of each of ds's texts (bertclf.io.rows.row_positions)."""
     from bertclf.io.rows import row_positions
 
-    rows, lines = row_positions(path, text_col, lambda t: not D.is_empty_text(t), encoding=encoding, columns=columns)
+    rows, lines = row_positions(path, text_col, lambda t: not D.is_empty_text(t), encoding=encoding, columns=columns,
+                                pair_col=pair_col)
     assert len(rows) == len(ds)
     return np.array(rows, dtype=np.int64), np.array(lines, dtype=np.int64)
 
 
-def out_of_fold_probs(texts: list[str], y: np.ndarray, n_classes: int, folds: int, seed: int) -> np.ndarray:
-    """Probabilities for every row from the baseline fitted on the other folds (stratified, seeded)."""
-    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+def out_of_fold_probs(texts: list, y: np.ndarray, n_classes: int, folds: int, seed: int,
+                      groups: list[str] | None = None) -> np.ndarray:
+    """Probabilities for every row from the baseline fitted on the other folds (stratified, seeded); texts may be
+    (text, text_pair) tuples; with groups, each group's rows are in one fold (StratifiedGroupKFold)."""
+    from sklearn.model_selection import StratifiedGroupKFold, StratifiedKFold, cross_val_predict
 
-    from bertclf.models.baseline import tfidf_lr
+    from bertclf.models.baseline import is_pairs, tfidf_lr
 
-    cv = StratifiedKFold(n_splits=folds, shuffle=True, random_state=seed)
-    return cross_val_predict(tfidf_lr(n_classes, seed), np.asarray(texts, dtype=object), y, cv=cv,
-                             method="predict_proba")
+    cv = (StratifiedGroupKFold if groups is not None else StratifiedKFold)(n_splits=folds, shuffle=True,
+                                                                           random_state=seed)
+    return cross_val_predict(tfidf_lr(n_classes, seed, pairs=is_pairs(texts)), np.asarray(texts, dtype=object), y,
+                             cv=cv, groups=groups, method="predict_proba")
 
 
 def out_of_fold_probs_finetuned(texts: list[str], y: np.ndarray, names: list[str], folds: int, seed: int,
@@ -152,12 +158,12 @@ def audit_dataset(ds: D.Dataset, rows: np.ndarray, folds: int = 5, seed: int = 4
     names, y = encode_labels(ds, folds)
     if model == "baseline":
         log(f"audit: {len(ds):,} rows of {ds.source}; {folds}-fold TF-IDF + logistic regression, then cleanlab")
-        probs = out_of_fold_probs(ds.texts, y, len(names), folds, seed)
+        probs = out_of_fold_probs(ds.inputs(), y, len(names), folds, seed, ds.groups)
     else:
         log(f"audit: {len(ds):,} rows of {ds.source}; {folds} fine-tunes of {model}, then cleanlab")
         probs = out_of_fold_probs_finetuned(ds.texts, y, names, folds, seed, model, log)
     scores, ranked, joint = find_issues(y, probs)
-    return Audit(rows, ds.texts, y, names, probs, scores, ranked, joint)
+    return Audit(rows, ds.texts, y, names, probs, scores, ranked, joint, pairs=ds.pairs)
 
 
 def html_path_for(out: Path) -> Path:
@@ -168,10 +174,13 @@ def html_path_for(out: Path) -> Path:
 def write_tsv(path: Path, audit: Audit) -> None:
     with atomic_file(path, "w", encoding="utf-8", newline="") as f:
         w = csv.writer(f, delimiter="\t", lineterminator="\n")
-        w.writerow(["row", "line", "text", "given_label", "suggested_label", "score"])
+        # a MultiLabelAudit holds single texts only (run_audit refuses pairs with --multi-label)
+        pairs = getattr(audit, "pairs", None) is not None
+        w.writerow(["row", "line", "text"] + (["text_pair"] if pairs else []) + ["given_label", "suggested_label",
+                                                                                  "score"])
         for r in audit.records():
-            w.writerow([r["row"], r.get("line", ""), r["text"], r["given_label"], r["suggested_label"],
-                        f"{r['score']:.6f}"])
+            w.writerow([r["row"], r.get("line", ""), r["text"]] + ([r["text_pair"]] if pairs else [])
+                       + [r["given_label"], r["suggested_label"], f"{r['score']:.6f}"])
 
 
 def write_html(path: Path, audit: Audit, info: dict) -> None:
@@ -199,7 +208,7 @@ def format_summary(s: dict) -> str:
 def run_audit(train: str, out: str, text_col: str | None = None, label_col: str | None = None, folds: int = 5,
               seed: int = 42, log=print, model: str = "baseline", encoding: str = "utf-8",
               columns: list[str] | None = None, multi_label: bool = False, label_sep: str = ",",
-              label_names: str | None = None) -> dict:
+              label_names: str | None = None, text_pair_col: str | None = None, group_col: str | None = None) -> dict:
     """Audit the labels of `train`; write `out` (TSV) and its HTML page; return the summary (with the paths)."""
     if folds < 2:
         raise UserError(f"--folds: must be at least 2, got {folds}")
@@ -216,6 +225,9 @@ def run_audit(train: str, out: str, text_col: str | None = None, label_col: str 
     if (multi_label or label_names) and model != "baseline":
         raise UserError(f"--model {model}: a --multi-label or --label-names audit has the baseline out-of-fold model "
                         f"only; leave --model out")
+    if (text_pair_col or group_col) and (multi_label or model != "baseline"):
+        raise UserError(f"{'--text-pair-col' if text_pair_col else '--group-col'}: audited with the baseline "
+                        f"(TF-IDF + LR) single-label model only for now; drop --multi-label / --model")
     if label_names and not multi_label:
         raise UserError("--label-names: an audit reads label ids through it with --multi-label only; add "
                         "--multi-label, or give the labels by name")
@@ -225,10 +237,10 @@ def run_audit(train: str, out: str, text_col: str | None = None, label_col: str 
         resolve(model, log=log)  # a missing or broken folder: one line now, not after reading the data
     t0 = time.time()
     ds = D.read_labelled(train, text_col, label_col, encoding=encoding, columns=columns,
-                         allow_empty_label=multi_label)
+                         allow_empty_label=multi_label, pair_col=text_pair_col, group_col=group_col)
     if ds.dropped_empty:
         log(f"{ds.source}: {ds.dropped_empty} row(s) with an empty text dropped; auditing {len(ds)} rows")
-    rows, lines = data_rows(train, text_col, ds, encoding=encoding, columns=columns)
+    rows, lines = data_rows(train, text_col, ds, encoding=encoding, columns=columns, pair_col=text_pair_col)
     if multi_label:
         from bertclf.audit.multilabel import audit_multilabel
 
@@ -238,6 +250,7 @@ def run_audit(train: str, out: str, text_col: str | None = None, label_col: str 
     audit.lines = lines
     info = {"train": str(train), "out": str(out_path), "html": str(html_path), "text_col": text_col,
             "label_col": label_col, "columns": columns, "folds": folds, "seed": seed,
+            "text_pair_col": text_pair_col, "group_col": group_col,
             "multi_label": multi_label, "label_sep": label_sep if multi_label else None,
             "model": "tfidf-char-1-4gram + one-vs-rest logistic-regression" if multi_label else
             "tfidf-char-1-4gram + logistic-regression" if model == "baseline" else

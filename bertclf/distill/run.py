@@ -233,6 +233,9 @@ def distill_setup(teacher_dir: str, layers: int, out: str, texts=None, text_col=
     from bertclf.train.config import config_from_dict
 
     teacher, card = check_flags(teacher_dir, layers, temperature, alpha, texts)
+    if (card.get("data") or {}).get("text_pair_col"):
+        raise UserError(f"distill: {teacher_dir} is a sentence-pair model; distilling pair models is not supported "
+                        f"yet")
     args = dict(card["args"])
     recipe = {"epochs": epochs, "lr": lr, "batch_size": batch_size}  # unset: the teacher's
     cfg = config_from_dict(args | {k: v for k, v in recipe.items() if v is not None} | {

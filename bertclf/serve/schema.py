@@ -95,8 +95,8 @@ def check_inputs(v, *, max_texts: int, max_chars: int, pairs: bool = False):
                              f"request (--max-texts)")
         texts, where = v, lambda i: f"inputs[{i}]"
     else:
-        raise ValueError(f"inputs must be {'a pair object or a list of them' if pairs else 'a string or a list of strings'}"
-                         f", not {_json_type(v)}")
+        shape = "a pair object or a list of them" if pairs else "a string or a list of strings"
+        raise ValueError(f"inputs must be {shape}, not {_json_type(v)}")
     if pairs:
         texts, where = _pair_texts(texts, where)
     for i, t in enumerate(texts):
