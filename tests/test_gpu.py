@@ -21,7 +21,7 @@ from bertclf.rundir import layout as rundir
 from train_hooks import PAUSE_ENV, PAUSE_MARK  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-HOOKED = [sys.executable, str(REPO / "tests" / "hooked_train.py")]  # the CLI plus the test callbacks (pause)
+HOOKED = [sys.executable, str(REPO / "tests" / "support" / "hooked_train.py")]  # the CLI plus the test callbacks (pause)
 DRY_RUN = os.environ.get("BERTCLF_TEST_GPU_DRY_RUN") == "1"
 
 pytestmark = [pytest.mark.gpu,

@@ -24,7 +24,7 @@ from bertclf.data.metrics import expected_calibration_error
 from train_hooks import PAUSE_ENV, PAUSE_MARK  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
-HOOKED = [sys.executable, str(REPO / "tests" / "hooked_train.py")]  # the CLI plus the test callbacks
+HOOKED = [sys.executable, str(REPO / "tests" / "support" / "hooked_train.py")]  # the CLI plus the test callbacks
 
 
 def _env(**extra) -> dict:

@@ -182,7 +182,7 @@ def test_one_run_per_output_folder(tiny_model_dir, nsmc_slices, tmp_path):
             "--epochs", "1", "--lr", "2e-3", "--seed", "0"]  # tiny_cfg's settings: --resume must accept them
     env = os.environ | {"BERTCLF_TEST_PAUSE_AT": "step:2", "BERTCLF_NO_PROGRESS": "1", "OMP_NUM_THREADS": "1",
                         "PYTHONPATH": os.pathsep.join(filter(None, [str(repo), os.environ.get("PYTHONPATH")]))}
-    holder = subprocess.Popen([sys.executable, str(repo / "tests" / "hooked_train.py"), *args], cwd=repo, env=env,
+    holder = subprocess.Popen([sys.executable, str(repo / "tests" / "support" / "hooked_train.py"), *args], cwd=repo, env=env,
                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         deadline = time.monotonic() + 600
@@ -221,7 +221,7 @@ def test_a_failure_scoring_the_test_rows_keeps_the_trained_model(tiny_model_dir,
     def broken(*args, **kwargs):
         raise RuntimeError("injected fault")
 
-    monkeypatch.setattr(finish, "encode", broken)
+    monkeypatch.setattr(finish, "encode_rows", broken)
     lines = []
     card = train(tiny_cfg(tmp_path / "run", nsmc_slices, tiny_model_dir, max_steps=3), echo=lines.append)
     assert card["metrics"]["test"] is None
