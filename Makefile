@@ -21,8 +21,10 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
+# two pytest workers, one per core, each test file on one worker (its module fixtures built once): the suite
+# spends much of its time waiting on the CLI processes and servers it starts
 test: setup
-	BERTCLF_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -q --durations=15 $(PYTEST_ARGS)
+	BERTCLF_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
 
 test-fast: setup
 	BERTCLF_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -q -m "not slow" $(PYTEST_ARGS)

@@ -14,6 +14,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests" / "support"))  # the tests' shared helpers (tests/support/), importable by name
+if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on the two cores: one thread each
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the CLI processes the tests start
+    os.environ.setdefault("MKL_NUM_THREADS", "1")
 
 
 def in_ci() -> bool:
