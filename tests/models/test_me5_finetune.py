@@ -56,3 +56,19 @@ def test_int8_onnx_export_agrees_with_torch_on_5000_reviews(me5_nsmc_run, nsmc_d
           f"{acc_torch:.4f}, max |prob diff| {max_prob:.3f}, size {info['size_bytes'] / 1e6:.1f} MB")
     assert agree >= 0.97, f"int8 agrees with torch on only {agree:.2%}"
     assert acc_int8 >= acc_torch - 0.005, f"int8 accuracy {acc_int8:.4f} vs torch {acc_torch:.4f}"
+
+
+@pytest.mark.slow
+def test_faithfulness_on_a_fine_tuned_me5_small(me5_nsmc_run, nsmc_dir, record_property):
+    """predict --explain on the real fine-tune: deleting a review's top-scored word hurts more than a random
+    word (tests/support/faithfulness.py). In this file so that the shared fine-tune is trained once per test
+    worker (`make test` keeps a file on one worker)."""
+    from faithfulness import FAITHFUL_REVIEWS, assert_faithful, check_faithfulness
+
+    from bertclf.inference.classifier import Classifier
+
+    res = check_faithfulness(Classifier.load(str(me5_nsmc_run[0])), nsmc_dir, FAITHFUL_REVIEWS)
+    for k, v in res.items():
+        record_property(k, v)
+    print(f"\nfaithfulness (me5-small, 5,000 rows): {res}")
+    assert_faithful(res)
