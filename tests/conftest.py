@@ -124,7 +124,7 @@ def trained_tiny_dir(tiny_model_dir, nsmc_slices, tmp_path_factory) -> Path:
 
 
 # The real me5-small fine-tune the slow tests share (tests/models/test_me5_finetune.py holds its accuracy floor;
-# tests/inference/test_explain.py measures faithfulness on it): 5,000 NSMC training reviews (rows 10,000-14,999), one
+# tests/models/test_me5_finetune.py also measures faithfulness on it): 5,000 NSMC training reviews (rows 10,000-14,999), one
 # epoch, scored on 1,000 test reviews (rows 10,000-10,999). fp32: its floor was measured in fp32 (0.820), and
 # the int8 export test's floor (97% agreement) holds with margin only there: trained in bf16 (0.819, 25 s faster
 # on the AMX dev machine) its int8 export agreed with torch on 97.3% of 5,000 reviews, accuracy -0.38 pt.
