@@ -145,7 +145,7 @@ def test_training_feeds_the_model_the_pair_ids_and_token_types(tiny_pair_model_d
                                                                 monkeypatch):
     """The inputs the model is actually given (a forward pre-hook on the model the loop trains), in training and in
     validation scoring, are the tokenizer's pair encoding with its token type ids, row for row."""
-    import bertclf.train.loop
+    from train_hooks import ForwardPreHook
     from bertclf.data.dataset import read_labelled
     from bertclf.models.resolve import load_tokenizer
     from bertclf.train.loop import TrainConfig, train
@@ -157,17 +157,9 @@ def test_training_feeds_the_model_the_pair_ids_and_token_types(tiny_pair_model_d
         for row, types, m in zip(kwargs["input_ids"], kwargs["token_type_ids"], kwargs["attention_mask"]):
             fed[module.training].add((tuple(row[m.bool()].tolist()), tuple(types[m.bool()].tolist())))
 
-    real_prepare = bertclf.train.loop.prepare
-
-    def prepare_and_hook(*args, **kwargs):
-        run = real_prepare(*args, **kwargs)
-        run.unwrapped().register_forward_pre_hook(record, with_kwargs=True)
-        return run
-
-    monkeypatch.setattr(bertclf.train.loop, "prepare", prepare_and_hook)
     train(TrainConfig(out=str(tmp_path / "run"), train=str(pair_slices["train"]), model=str(tiny_pair_model_dir),
                       epochs=1, batch_size=32, lr=2e-3, seed=0, max_length=24, precision="fp32", valid_frac=0.2,
-                      ngram="off", **PAIR_COLS), echo=lambda s: None)
+                      ngram="off", **PAIR_COLS), echo=lambda s: None, callbacks=[ForwardPreHook(record)])
     tok = load_tokenizer(str(tiny_pair_model_dir))
     ds = read_labelled(pair_slices["train"], "sentence1", "gold_label", pair_col="sentence2")
     enc = tok(ds.texts, ds.pairs, truncation="longest_first", max_length=24)

@@ -197,7 +197,7 @@ def test_training_feeds_the_model_the_head_tail_ids_of_long_texts(tiny_model_dir
     card test above passed with a prepare() that dropped the argument and trained on truncated texts."""
     from collections import Counter
 
-    import bertclf.train.loop
+    from train_hooks import ForwardPreHook
     from bertclf.data.dataset import read_labelled
     from bertclf.train.loop import TrainConfig, train
     from bertclf.models.resolve import load_tokenizer
@@ -209,20 +209,12 @@ def test_training_feeds_the_model_the_head_tail_ids_of_long_texts(tiny_model_dir
         ids, mask = kwargs["input_ids"], kwargs["attention_mask"]
         fed[module.training] += [tuple(row[m.bool()].tolist()) for row, m in zip(ids.cpu(), mask.cpu())]
 
-    real_prepare = bertclf.train.loop.prepare
-
-    def prepare_and_hook(*args, **kwargs):
-        run = real_prepare(*args, **kwargs)
-        run.unwrapped().register_forward_pre_hook(record, with_kwargs=True)
-        return run
-
-    monkeypatch.setattr(bertclf.train.loop, "prepare", prepare_and_hook)
     rows = nsmc_slices["train"].read_text(encoding="utf-8").splitlines(keepends=True)[:601]
     f = tmp_path / "train.tsv"
     f.write_text("".join(rows), encoding="utf-8")
     train(TrainConfig(out=str(tmp_path / "ht"), train=str(f), text_col="document", model=str(tiny_model_dir),
                       epochs=1, batch_size=32, lr=2e-3, seed=0, max_length=max_length, precision="fp32",
-                      long_text="head-tail"), echo=lambda s: None)
+                      long_text="head-tail"), echo=lambda s: None, callbacks=[ForwardPreHook(record)])
 
     texts = read_labelled(f, "document", "label").texts
     tok = load_tokenizer(str(tiny_model_dir))

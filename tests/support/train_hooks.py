@@ -116,3 +116,14 @@ def from_env() -> list[TrainCallback]:
     if os.environ.get(DISK_FULL_ENV):
         hooks.append(DiskFullAt(os.environ[DISK_FULL_ENV]))
     return hooks
+
+
+class ForwardPreHook(TrainCallback):
+    """Registers `hook` (torch's forward pre-hook, with kwargs) on the model once the run is set up: a test sees
+    exactly what the model is fed in training and validation."""
+
+    def __init__(self, hook):
+        self.hook = hook
+
+    def on_train_begin(self, run):
+        run.unwrapped().register_forward_pre_hook(self.hook, with_kwargs=True)
