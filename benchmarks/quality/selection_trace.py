@@ -34,7 +34,7 @@ class Trace(TrainCallback):
         self.run, m = run, run.unwrapped()
         self.ema = {d: [p.detach().float().clone() for p in m.parameters()] for d in self.decays}
         self.n = 0
-        self.ids = encode(run.tokenizer, self.test.texts, run.cfg.max_length)
+        self.ids = encode(run.learner.tokenizer, self.test.texts, run.cfg.max_length)
         self.y = run.task.encode(self.test.labels, "test")
         self.every = max(1, run.plan.steps_per_epoch // self.per_epoch)
 

@@ -60,7 +60,7 @@ def main():
     from bertclf.train.callbacks import Events
     from bertclf.train.loop import TrainConfig
     from bertclf.train.prepare import prepare
-    from bertclf.train.stepper import Stepper
+    from bertclf.train.stepper import Stepper, optimizer_step
 
     out = Path(tempfile.mkdtemp()) / "run"
     cfg = TrainConfig(out=str(out), data="nsmc", data_dir=args.data_dir, model=args.model, epochs=1,
@@ -69,22 +69,19 @@ def main():
     print(f"device: {res['device']}", flush=True)
     with contextlib.ExitStack() as held:
         run = prepare(cfg, echo=lambda s: None, held=held)
-        model, opt, sched, state = run.model, run.optimizer, run.scheduler, run.state
-        stepper = Stepper(model, opt, run.accelerator, run.train_ids, run.y_train, run.pad_id, run.plan.eff_batch,
-                          cfg.grad_accum, Events(()), run.task)
+        model, opt, sched, state = run.learner.model, run.learner.optimizer, run.learner.scheduler, run.state
+        stepper = Stepper(model, opt, run.accelerator, run.data.train_ids, run.data.y_train, run.learner.pad_id,
+                          run.plan.eff_batch, cfg.grad_accum, Events(()), run.task)
         model.train()
 
         def step(rows):  # the loop's step body (bertclf/train/loop.py), nothing else
             stepper.gradients(rows, state)
-            run.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            opt.step()
-            sched.step()
-            opt.zero_grad(set_to_none=True)
+            optimizer_step(run.accelerator, model, opt, sched, cfg.max_grad_norm)
 
         res["precision"], res["default_batch"] = run.mixed, run.plan.eff_batch
         res["plain"] = {}
         for bs in [int(b) for b in args.batch_sizes.split(",")]:
-            batches = epoch_batches(run.train_len, bs, cfg.seed, 0)
+            batches = epoch_batches(run.data.train_len, bs, cfg.seed, 0)
             n = min(args.steps, len(batches) - args.warmup)
             if n < 1:
                 continue
@@ -98,11 +95,11 @@ def main():
             wall = time.perf_counter() - t0
             rows_done = sum(len(r) for r in batches[args.warmup:args.warmup + n])
             res["plain"][bs] = {"steps": n, "steps_per_s": n / wall, "samples_per_s": rows_done / wall,
-                                "tokens_per_s": int(sum(run.train_len[r].sum() for r in
+                                "tokens_per_s": int(sum(run.data.train_len[r].sum() for r in
                                                         batches[args.warmup:args.warmup + n])) / wall}
             print(f"batch {bs}: {n / wall:.1f} steps/s, {rows_done / wall:.0f} samples/s", flush=True)
 
-        batches = epoch_batches(run.train_len, run.plan.eff_batch, cfg.seed, 1)
+        batches = epoch_batches(run.data.train_len, run.plan.eff_batch, cfg.seed, 1)
         n = min(args.steps, len(batches) - args.warmup)
         for rows in batches[:args.warmup]:
             step(rows)

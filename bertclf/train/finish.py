@@ -31,14 +31,15 @@ def finish(run, stop_reason: str | None, t_start: float, preemption=None) -> dic
 
 
 def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=None) -> dict:
+    data = run.data
     cfg, state, plan, out, say = run.cfg, run.state, run.plan, run.out, run.say
     model = run.unwrapped()
     best = ckpt.load_best(out, model)
-    score = dict(pad_id=run.pad_id, batch_size=cfg.eval_batch_size, autocast_dtype=run.autocast_dtype)
+    score = dict(pad_id=run.learner.pad_id, batch_size=cfg.eval_batch_size, autocast_dtype=run.autocast_dtype)
     names, task = run.labels.names, run.task
     # the best model's validation report: for multi-label it tunes the thresholds stored with the model
-    _, valid_logits = score_ids(model, run.valid_ids, run.y_valid, task.validation_report, **score,
-                                types=run.valid_types)
+    _, valid_logits = score_ids(model, data.valid_ids, data.y_valid, task.validation_report, **score,
+                                types=data.valid_types)
     valid_metrics = best["valid"] if best else None
     fitted, ngram_record, blend_valid = _ngram_partner(run, valid_logits)
     partner = fitted if ngram_record and ngram_record["kept"] else None
@@ -49,16 +50,16 @@ def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=
         valid_logits = valid_logits / calibration["temperature"]  # what the folded model (or the blend) gives
     blend = None if fitted is None else (fitted, partner is not None, ngram_record["weight"],
                                          calibration["temperature"] if calibration else None)
-    preds = {"labels": np.array(names), "valid_y": run.y_valid, "valid_probs": task.probs(valid_logits),
-             "valid_tokens": lengths(run.valid_ids), "valid_chars": chars(run.valid_ds)}
+    preds = {"labels": np.array(names), "valid_y": data.y_valid, "valid_probs": task.probs(valid_logits),
+             "valid_tokens": lengths(data.valid_ids), "valid_chars": chars(data.valid_ds)}
     test_rep = None
-    if run.test_ds is not None:
+    if data.test_ds is not None:
         try:
             with preemption.interrupting() if preemption else contextlib.nullcontext():
                 test_rep, test_preds = _score_test(run, model, score, blend, ngram_record)
             preds |= test_preds
             if calibration:
-                calibration["test"] = test_calibration(run.y_test, test_preds["test_probs"],
+                calibration["test"] = test_calibration(data.y_test, test_preds["test_probs"],
                                                        calibration["temperature"])
         except StopSignal as e:
             say(f"{e.name} while scoring the test rows: scoring skipped so that the model is saved now; score it "
@@ -73,9 +74,9 @@ def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=
     train_s = max(state.train_seconds, 1e-9)
     card = build_card(
         cfg, run.run_args, names,
-        data={"train": run.train_ds.summary(),
-              "valid": run.valid_ds.summary() | {"texts_in_train": run.in_train.get("valid")},
-              "test": run.test_ds.summary() | {"texts_in_train": run.in_train.get("test")} if run.test_ds else None},
+        data={"train": data.train_ds.summary(),
+              "valid": data.valid_ds.summary() | {"texts_in_train": data.in_train.get("valid")},
+              "test": data.test_ds.summary() | {"texts_in_train": data.in_train.get("test")} if data.test_ds else None},
         metrics={"valid": valid_metrics, "test": test_rep},
         training={"steps": state.step, "best_step": state.best_step, "epochs": state.step / plan.steps_per_epoch,
                   "stop_reason": stop_reason or "finished", "wall_time_s": wall, "train_seconds": state.train_seconds,
@@ -91,7 +92,7 @@ def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=
             partner.save(out)
         else:
             ngram.remove(out)  # an earlier run's partner in this folder must not pass for this model's
-    ckpt.save_model_dir(out, model, run.tokenizer, card, on_write=run.events.on_checkpoint_write)
+    ckpt.save_model_dir(out, model, run.learner.tokenizer, card, on_write=run.events.on_checkpoint_write)
     shutil.rmtree(rundir.checkpoints_dir(out), ignore_errors=True)  # finished: the final model is the best one
     if test_rep:
         say(f"test {task.metric} {task.score(test_rep):.4f} (accuracy {test_rep['accuracy']:.4f}, macro-F1 "
@@ -105,17 +106,18 @@ def _calibrate(run, model, valid_logits, valid_metrics: dict | None) -> tuple[di
     """--calibrate (single-label): fold a temperature fitted on the validation rows into the model
     (bertclf/train/calibration.py; model None: a blend's logits, nothing folded); (its record for the card or None, the
     validation metrics with the calibrated ECE)."""
-    if not run.cfg.calibrate or run.task.kind != "single_label" or not len(run.y_valid):
+    data = run.data
+    if not run.cfg.calibrate or run.task.kind != "single_label" or not len(data.y_valid):
         return None, valid_metrics
-    if len(run.y_valid) < MIN_ROWS:
-        run.say(f"calibration: skipped: {len(run.y_valid)} validation rows, fewer than the {MIN_ROWS} a temperature "
+    if len(data.y_valid) < MIN_ROWS:
+        run.say(f"calibration: skipped: {len(data.y_valid)} validation rows, fewer than the {MIN_ROWS} a temperature "
                 f"needs (fitted on fewer it is noise); the probabilities stay raw: hold out more with --valid-frac "
                 f"or --valid FILE")
         return None, valid_metrics
-    calibration = calibrate(model, valid_logits, run.y_valid)
+    calibration = calibrate(model, valid_logits, data.y_valid)
     v = calibration["valid"]
     of = "" if model is not None else " of the blend"
-    run.say(f"calibration: temperature {calibration['temperature']:.3f}{of} fitted on {len(run.y_valid)} validation "
+    run.say(f"calibration: temperature {calibration['temperature']:.3f}{of} fitted on {len(data.y_valid)} validation "
             f"rows; validation ECE {v['ece_before']:.4f} -> {v['ece_after']:.4f}, NLL {v['nll_before']:.4f} -> "
             f"{v['nll_after']:.4f}")
     return calibration, (valid_metrics | {"ece": v["ece_after"]} if valid_metrics else valid_metrics)
@@ -125,29 +127,30 @@ def _ngram_partner(run, valid_logits: np.ndarray):
     """--ngram auto|on: fit the n-gram partner on the training rows, choose its weight on the validation rows and
     say so in one line (bertclf/models/ngram.py). (the fitted partner or None, the card's record (its "kept") or None,
     and for a kept partner (the blend's validation logits, its validation report))."""
+    data = run.data
     cfg, say, task = run.cfg, run.say, run.task
     if cfg.ngram == "off":
         return None, None, None
     if "distilled_from" in run.card_extra:  # a student's rows include unlabelled texts: no partner (not yet)
         return None, {"mode": cfg.ngram, "kept": False, "reason": "not fitted for a distilled student"}, None
-    if run.train_ds.pairs is not None:
+    if data.train_ds.pairs is not None:
         # measured on premise-grouped KorNLI (benchmarks/RESULTS.md, "Sentence pairs"): the pair n-grams of
         # `bertclf baseline` score far below the encoder, so a blend has nothing to add
         reason = "not fitted for sentence pairs (n-grams do not read the relation between the two texts)"
         say(f"n-gram partner: {reason}")
         return None, {"mode": cfg.ngram, "kept": False, "reason": reason}, None
-    if not len(run.y_valid):
+    if not len(data.y_valid):
         say("n-gram partner: not fitted: no validation rows to choose its weight on")
         return None, {"mode": cfg.ngram, "kept": False, "reason": "no validation rows"}, None
     t0 = time.time()
     try:
-        partner = ngram.fit(run.train_ds.texts, run.y_train, len(run.labels.names), task.kind == "multi_label",
+        partner = ngram.fit(data.train_ds.texts, data.y_train, len(run.labels.names), task.kind == "multi_label",
                             cfg.seed)
-        valid_probs = partner.probs(run.valid_ds.texts)
+        valid_probs = partner.probs(data.valid_ds.texts)
     except ValueError as e:  # scikit-learn: one class only, no n-gram in two texts, ...
         say(f"n-gram partner: not fitted ({e})")
         return None, {"mode": cfg.ngram, "kept": False, "reason": str(e)}, None
-    kept, record, blend_logits, blend_report = ngram.judge(task, run.y_valid, valid_logits, valid_probs, cfg.ngram)
+    kept, record, blend_logits, blend_report = ngram.judge(task, data.y_valid, valid_logits, valid_probs, cfg.ngram)
     record |= {"features": partner.n_features, "fit_seconds": round(time.time() - t0, 2)}
     say(ngram.describe(record))
     return partner, record, (blend_logits, blend_report) if kept else None
@@ -156,25 +159,26 @@ def _ngram_partner(run, valid_logits: np.ndarray):
 def _score_test(run, model, score: dict, blend=None, ngram_record: dict | None = None) -> tuple[dict, dict]:
     """(test report, test arrays for eval_predictions.npz). blend: (fitted partner, kept, weight, temperature or
     None): each side's test score goes into ngram_record["test"], and a kept partner's blend scores the rows."""
+    data = run.data
     t0 = time.time()
-    test_ids, test_types = encode_rows(run.tokenizer, run.test_ds.texts, run.test_ds.pairs, run.cfg.max_length,
-                                       run.cfg.long_text)
+    test_ids, test_types = encode_rows(run.learner.tokenizer, data.test_ds.texts, data.test_ds.pairs,
+                                       run.cfg.max_length, run.cfg.long_text)
     if blend is None:
-        test_rep, test_logits = score_ids(model, test_ids, run.y_test, run.task.report, **score, types=test_types)
+        test_rep, test_logits = score_ids(model, test_ids, data.y_test, run.task.report, **score, types=test_types)
     else:
         partner, kept, weight, temperature = blend
         encoder_logits = gathered_logits(model, test_ids, score["pad_id"], score["batch_size"],
                                          autocast_dtype=score["autocast_dtype"], types=test_types)
-        ngram_probs = partner.probs(run.test_ds.texts)
+        ngram_probs = partner.probs(data.test_ds.texts)
         test_logits = (ngram.blended_logits(run.task, encoder_logits, ngram_probs, weight, temperature) if kept
                        else encoder_logits)
-        test_rep = run.task.report(run.y_test, test_logits)
+        test_rep = run.task.report(data.y_test, test_logits)
         sides = {"encoder": encoder_logits, "ngram": ngram.link(ngram_probs, run.task.kind == "multi_label")}
         ngram_record["test"] = {name: run.task.score(ngram.component_task(run.task, name, ngram_record)
-                                                     .report(run.y_test, z)) for name, z in sides.items()}
+                                                     .report(data.y_test, z)) for name, z in sides.items()}
     test_rep["seconds"] = time.time() - t0
-    return test_rep, {"test_y": run.y_test, "test_probs": run.task.probs(test_logits), "test_tokens": lengths(test_ids),
-                      "test_chars": chars(run.test_ds)}
+    return test_rep, {"test_y": data.y_test, "test_probs": run.task.probs(test_logits),
+                      "test_tokens": lengths(test_ids), "test_chars": chars(data.test_ds)}
 
 
 def chars(ds) -> np.ndarray:

@@ -8,7 +8,7 @@ every N steps, report test accuracy); each speed and safety trick is named where
   batches.py   length-bucketed batches with dynamic padding
   stepper.py   gradient accumulation · on CUDA out-of-memory halve the micro-batch (the effective batch stays)
   meter.py     no per-step host syncs (numbers leave the GPU only when logged)
-  evaluate.py  validation each epoch or every N steps, sharded over processes
+  validation.py  validation each epoch or every N steps, sharded over processes; the best weights kept
   checkpoint.py  atomic checkpoints, best checkpoint kept; early stopping below
   preemption.py  SIGTERM/SIGUSR1: finish the step, checkpoint, stop (exit 75); `--resume auto` continues
   finish.py    the best model, test score, model card
@@ -27,13 +27,12 @@ from bertclf.train.callbacks import Events
 from bertclf.train.config import RESUME_KEYS, TrainConfig, config_from_dict, validate_config  # noqa: F401 (re-exported)
 from bertclf.io.disk_space import tensor_bytes, writing
 from bertclf.errors import UserError
-from bertclf.train.scoring import score_ids
 from bertclf.train.finish import finish
-from bertclf.train.meter import Meter
+from bertclf.train.meter import Meter, check_finite
 from bertclf.train.preemption import Preemption
 from bertclf.train.prepare import Run, load_data, prepare  # noqa: F401 (load_data re-exported)
-from bertclf.train.state import selection_tolerance
-from bertclf.train.stepper import Stepper
+from bertclf.train.stepper import Stepper, optimizer_step
+from bertclf.train.validation import validate
 
 
 def train(cfg: TrainConfig, echo=print, callbacks=(), objective=None) -> dict:
@@ -49,7 +48,8 @@ def train(cfg: TrainConfig, echo=print, callbacks=(), objective=None) -> dict:
         run.events = events  # the final model write (finish.py) tells them of its moments too
         events.on_train_begin(run)
         # a full disk outside the checkpoint and model writes (which name their own folder): the log, the lock
-        next_checkpoint = lambda: tensor_bytes(run.unwrapped().state_dict(), run.optimizer.state_dict())  # noqa: E731
+        next_checkpoint = lambda: tensor_bytes(run.unwrapped().state_dict(),  # noqa: E731
+                                               run.learner.optimizer.state_dict())
         with Preemption() as preemption, writing("the run's files", run.out, next_checkpoint,
                                                  "the next checkpoint's weights and optimizer state",
                                                  lambda: ckpt.after_disk_full(run.out)):
@@ -59,9 +59,10 @@ def train(cfg: TrainConfig, echo=print, callbacks=(), objective=None) -> dict:
 def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
     """batches -> step -> log -> evaluate -> checkpoint -> stop, then the final model."""
     cfg = run.cfg
-    model, optimizer, scheduler, plan, state = run.model, run.optimizer, run.scheduler, run.plan, run.state
-    stepper = Stepper(model, optimizer, run.accelerator, run.train_ids, run.y_train, run.pad_id, plan.eff_batch,
-                      cfg.grad_accum, events, run.task, say=run.say, types=run.train_types)
+    model, optimizer, scheduler = run.learner.model, run.learner.optimizer, run.learner.scheduler
+    data, plan, state = run.data, run.plan, run.state
+    stepper = Stepper(model, optimizer, run.accelerator, data.train_ids, data.y_train, run.learner.pad_id,
+                      plan.eff_batch, cfg.grad_accum, events, run.task, say=run.say, types=data.train_types)
     meter = Meter(run.accelerator, run.world, state.window)
     progress = make_progress(plan.total_steps, state.step, run.main)
     model.train()
@@ -70,11 +71,8 @@ def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
         epoch, batches = state.epoch, run.batches(state.epoch)
         for rows in batches[state.batch_in_epoch:]:
             loss, correct, nonfinite = stepper.gradients(rows, state)
-            run.accelerator.clip_grad_norm_(model.parameters(), cfg.max_grad_norm)
-            optimizer.step()
-            scheduler.step()
-            optimizer.zero_grad(set_to_none=True)
-            tokens = int(run.train_len[rows].sum())
+            optimizer_step(run.accelerator, model, optimizer, scheduler, cfg.max_grad_norm)
+            tokens = int(data.train_len[rows].sum())
             epoch_end = state.advance(len(rows), tokens, run.world, len(batches))
             meter.add(loss, correct, nonfinite, len(rows), tokens)
             progress.update(1)
@@ -99,14 +97,6 @@ def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
     return finish(run, stop_reason, t_start, preemption)
 
 
-def check_finite(run: Run, meter: Meter) -> None:
-    """Stop with one line if a loss since the start or a weight is NaN/inf: called before anything is logged
-    as a result or written to disk, so no checkpoint, best model or final model ever holds a diverged model."""
-    if meter.any_nonfinite(run.model):
-        raise UserError(f"training diverged: the loss or the weights became NaN/inf before step {run.state.step}; "
-                        f"lower --lr (now {run.plan.lr:g}) or use --precision fp32; the last checkpoint is intact")
-
-
 def log_window(run: Run, meter: Meter, epoch: int, n_batches: int, progress, t_start: float) -> None:
     check_finite(run, meter)  # checked when logged, not every step: it is a host sync
     state, w = run.state, meter.flush()
@@ -114,39 +104,10 @@ def log_window(run: Run, meter: Meter, epoch: int, n_batches: int, progress, t_s
     run.log(f"[Epoch {epoch + 1}/{run.plan.n_epochs}] step {state.step} -> loss {w['loss']:.4f}, acc {w['acc']:.4f} "
             f"({w['samples_per_s']:.0f} samples/s)",
             step=state.step, epoch=state.epoch + state.batch_in_epoch / n_batches, loss=w["loss"], acc=w["acc"],
-            lr=run.scheduler.get_last_lr()[0], samples_per_s=w["samples_per_s"], tokens_per_s=w["tokens_per_s"],
+            lr=run.learner.scheduler.get_last_lr()[0], samples_per_s=w["samples_per_s"],
+            tokens_per_s=w["tokens_per_s"],
             elapsed_s=time.time() - t_start)
     progress.set_postfix(loss=f"{w['loss']:.3f}", samples_s=f"{w['samples_per_s']:.0f}")
-
-
-def validate(run: Run, meter: Meter, events) -> str | None:
-    """Score the validation rows (sharded over processes), keep the best weights; the early-stop reason or None."""
-    check_finite(run, meter)
-    t_eval, state, step = time.time(), run.state, run.state.step
-    # [task] multi-label: thresholds tuned on these rows first; the score is --metric's
-    rep, _ = score_ids(run.unwrapped(), run.valid_ids, run.y_valid, run.task.validation_report, run.pad_id,
-                       run.cfg.eval_batch_size, run.accelerator, run.autocast_dtype, run.valid_types)
-    events.on_evaluate(step, rep)
-    score = run.task.score(rep)
-    top_before = state.top
-    tolerance = None if run.cfg.select == "best" else \
-        selection_tolerance(top_before if top_before is not None else score, len(run.y_valid))
-    kept = state.record_score(score, step, tolerance)
-    if kept and run.main:
-        ckpt.save_best(run.out, run.unwrapped(), {"step": step, "valid": rep}, on_write=events.on_checkpoint_write)
-    chosen = "" if run.task.metric in ("accuracy", "macro_f1") else f"{run.task.metric} {score:.4f}, "
-    if kept:
-        note = " (best so far)" if top_before is None or score > top_before else \
-            f" (kept: within one standard error, {tolerance:.4f}, of the best {state.top_score:.4f}, and later)"
-    else:
-        note = f" (best {state.best_score:.4f} @ step {state.best_step})"
-    run.log(f"validation @ step {step}: {chosen}accuracy {rep['accuracy']:.4f}, macro-F1 {rep['macro_f1']:.4f}" + note,
-            step=step, epoch=step / run.plan.steps_per_epoch, valid_accuracy=rep["accuracy"],
-            valid_macro_f1=rep["macro_f1"], valid_score=score, valid_loss=None, best=kept)
-    meter.exclude(time.time() - t_eval)  # evaluation time is not training throughput
-    if run.cfg.patience and state.evals_without_improvement >= run.cfg.patience:
-        return f"early stop: no improvement in {run.cfg.patience} evaluation(s)"
-    return None
 
 
 def save_checkpoint(run: Run, meter: Meter, events) -> None:
@@ -158,7 +119,8 @@ def save_checkpoint(run: Run, meter: Meter, events) -> None:
     # Every rank draws its own dropout masks: keep each rank's RNG state, not only rank 0's.
     rank_rngs = gather_object([ckpt.rng_state()]) if run.world > 1 else None
     if run.main:
-        ckpt.save_checkpoint(run.out, run.state.step, run.unwrapped(), run.optimizer, run.scheduler,
+        ckpt.save_checkpoint(run.out, run.state.step, run.unwrapped(), run.learner.optimizer,
+                             run.learner.scheduler,
                              run.state.to_dict() | {"args": run.run_args, "data_sha256": run.data_sha256()},
                              keep=run.cfg.keep_checkpoints,
                              rank_rngs=rank_rngs, on_write=events.on_checkpoint_write)

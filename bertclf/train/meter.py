@@ -8,6 +8,7 @@ import time
 
 import torch
 
+from bertclf.errors import UserError
 from bertclf.rundir import layout as rundir
 
 
@@ -73,3 +74,11 @@ class Meter:
     def exclude(self, seconds: float) -> None:
         """Time spent on something else (validation) is not training throughput."""
         self.start += seconds
+
+
+def check_finite(run, meter: Meter) -> None:
+    """Stop with one line if a loss since the start or a weight is NaN/inf: called before anything is logged
+    as a result or written to disk, so no checkpoint, best model or final model ever holds a diverged model."""
+    if meter.any_nonfinite(run.learner.model):
+        raise UserError(f"training diverged: the loss or the weights became NaN/inf before step {run.state.step}; "
+                        f"lower --lr (now {run.plan.lr:g}) or use --precision fp32; the last checkpoint is intact")

@@ -6,6 +6,7 @@ import math
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING, Callable
 
 import numpy as np
 import torch
@@ -24,6 +25,10 @@ from bertclf.models.resolve import load_classifier, load_tokenizer, resolve
 from bertclf.models.precision import autocast_dtype, pick_precision
 from bertclf.train.state import TrainState
 from bertclf.data.tokens import encode_rows, lengths, pair_cut
+
+if TYPE_CHECKING:
+    from accelerate import Accelerator
+    from transformers import PreTrainedTokenizerBase
 
 
 # The default recipe (chosen on validation splits of training rows: benchmarks/quality/recipe_sweep.md).
@@ -65,37 +70,50 @@ class Plan:
 
 
 @dataclass
-class Run:
-    """One training run, set up: what the loop and the final stage read."""
-    cfg: TrainConfig
-    accelerator: object
-    mixed: str                 # "no" | "bf16" | "fp16"
-    out: Path
-    say: object                # print on the main process, nothing elsewhere
-    log: Logger
-    task: object               # bertclf.data.task.SingleLabel | MultiLabel: encoding, loss, metrics, card
+class TrainingData:
+    """The run's rows: datasets as read, labels encoded for the task, token ids tokenized once up front."""
     train_ds: D.Dataset
     valid_ds: D.Dataset
     test_ds: D.Dataset | None
     y_train: np.ndarray
     y_valid: np.ndarray
     y_test: np.ndarray | None
-    tokenizer: object
+    train_ids: list[np.ndarray]
+    valid_ids: list[np.ndarray]
+    train_len: np.ndarray       # tokens per training row: the length buckets and the tokens/s meter read it
+    train_types: list[np.ndarray] | None = None  # sentence pairs: token type ids beside the ids (None: none)
+    valid_types: list[np.ndarray] | None = None
+    in_train: dict = field(default_factory=dict)  # validation / test rows whose text is also a training text
+
+
+@dataclass
+class Learner:
+    """What learns: the model (wrapped by Accelerate), its tokenizer, optimizer and schedule."""
+    model: torch.nn.Module
+    tokenizer: PreTrainedTokenizerBase
     pad_id: int
-    train_ids: list
-    valid_ids: list
-    train_len: np.ndarray
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+
+@dataclass
+class Run:
+    """One training run, set up: its settings and machinery, data, learner and plan; what the loop and the final
+    stage read."""
+    cfg: TrainConfig
+    accelerator: Accelerator
+    mixed: str                 # "no" | "bf16" | "fp16"
+    out: Path
+    say: Callable[[str], None]  # print on the main process, nothing elsewhere
+    log: Logger
+    task: T.SingleLabel        # or T.MultiLabel (a subclass): encoding, loss, metrics, card
+    data: TrainingData
+    learner: Learner
     plan: Plan
-    model: object
-    optimizer: object
-    scheduler: object
     run_args: dict
     state: TrainState
     events: Events = field(default_factory=Events)  # bertclf.train.callbacks: train() sets the run's callbacks
     card_extra: dict = field(default_factory=dict)  # more model-card fields (bertclf distill: distilled_from)
-    in_train: dict = field(default_factory=dict)  # validation / test rows whose text is also a training text
-    train_types: list | None = None  # sentence pairs: token type ids beside train_ids / valid_ids (None: none)
-    valid_types: list | None = None
 
     @property
     def labels(self):
@@ -115,15 +133,15 @@ class Run:
 
     def batches(self, epoch: int) -> list[np.ndarray]:
         """This process's batches of `epoch`, in order (a pure function of seed and epoch)."""
-        return epoch_batches(self.train_len, self.plan.eff_batch, self.cfg.seed, epoch, world_size=self.world,
+        return epoch_batches(self.data.train_len, self.plan.eff_batch, self.cfg.seed, epoch, world_size=self.world,
                              rank=self.accelerator.process_index)
 
-    def unwrapped(self):
-        return self.accelerator.unwrap_model(self.model)
+    def unwrapped(self) -> torch.nn.Module:
+        return self.accelerator.unwrap_model(self.learner.model)
 
     def data_sha256(self) -> dict:
         """The SHA-256 of the training (and --valid) file, which --resume requires unchanged."""
-        return {"train": self.train_ds.sha256} | ({"valid": self.valid_ds.sha256} if self.cfg.valid else {})
+        return {"train": self.data.train_ds.sha256} | ({"valid": self.data.valid_ds.sha256} if self.cfg.valid else {})
 
 
 def count_cut(tokenizer, texts: list[str], kept_lengths: np.ndarray, max_length: int) -> int:
@@ -241,11 +259,11 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
     optimizer, scheduler = make_optimizer(cfg, model, plan)
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    run = Run(cfg, accelerator, mixed, out, say, Logger(out, main, echo=say), task, train_ds, valid_ds, test_ds,
-              y_train, y_valid, y_test, tokenizer, pad_id, train_ids, valid_ids, train_len, plan, model, optimizer,
-              scheduler, run_args | {"processes": world},
-              TrainState(n_micro=cfg.grad_accum), card_extra=objective.card_fields() if objective else {},
-              in_train=in_train, train_types=train_types, valid_types=valid_types)
+    data = TrainingData(train_ds, valid_ds, test_ds, y_train, y_valid, y_test, train_ids, valid_ids, train_len,
+                        train_types, valid_types, in_train)
+    run = Run(cfg, accelerator, mixed, out, say, Logger(out, main, echo=say), task, data,
+              Learner(model, tokenizer, pad_id, optimizer, scheduler), plan, run_args | {"processes": world},
+              TrainState(n_micro=cfg.grad_accum), card_extra=objective.card_fields() if objective else {})
     if resuming:
         resume(run)
     elif main:
@@ -315,7 +333,7 @@ def resume(run: Run) -> None:
                         f"this one has {run.world}; resume with the same number of processes")
     refuse_changed_settings(out, run.run_args)  # settings first: a checkpoint of other settings may not load
     check_same_data(run, saved_state.get("data_sha256") or {}, found)
-    loaded = ckpt.load_checkpoint(found, run.unwrapped(), run.optimizer, run.scheduler,
+    loaded = ckpt.load_checkpoint(found, run.unwrapped(), run.learner.optimizer, run.learner.scheduler,
                                   rank=run.accelerator.process_index)
     run.state = TrainState.from_dict(loaded)
     if run.main:
@@ -348,7 +366,7 @@ def check_same_data(run: Run, recorded: dict, found: Path) -> None:
     for split, sha in run.data_sha256().items():
         if recorded.get(split) and sha and recorded[split] != sha:
             path = run.cfg.train if split == "train" else run.cfg.valid
-            raise UserError(f"--resume: {path or run.train_ds.source} changed since the run in {run.out} was "
+            raise UserError(f"--resume: {path or run.data.train_ds.source} changed since the run in {run.out} was "
                             f"checkpointed (SHA-256 differs from {found.name}); resume with the original file or "
                             f"start again with --overwrite")
 

@@ -90,6 +90,14 @@ class Stepper:
                  f"{' on every process' if many else ''} (effective batch unchanged)")
 
 
+def optimizer_step(accelerator, model, optimizer, scheduler, max_grad_norm: float) -> None:
+    """After the gradients: clip their norm, step the weights and the schedule, clear the gradients."""
+    accelerator.clip_grad_norm_(model.parameters(), max_grad_norm)
+    optimizer.step()
+    scheduler.step()
+    optimizer.zero_grad(set_to_none=True)
+
+
 def any_rank(flag: bool, device) -> bool:
     """True on every process if `flag` is true on any (a collective: every rank must call it)."""
     t = torch.tensor([1.0 if flag else 0.0], device=device)

@@ -352,7 +352,7 @@ def test_targets_are_the_teachers_logits_of_the_same_row(which, request, tmp_pat
                                    precision="fp32", max_steps=1)
     with ExitStack() as held:  # what train() does before its first step: the run's rows, targets and task
         run = prepare(cfg, echo=lambda s: None, held=held, objective=objective)
-    texts, packed, width = run.train_ds.texts, run.y_train, run.task.width
+    texts, packed, width = run.data.train_ds.texts, run.data.y_train, run.task.width
     n_unlabelled = objective.n_unlabelled
     n_labelled = len(texts) - n_unlabelled
     extra = [t for t in more.read_text(encoding="utf-8").splitlines() if not is_empty_text(t)]
@@ -365,10 +365,10 @@ def test_targets_are_the_teachers_logits_of_the_same_row(which, request, tmp_pat
     want = {i: clf.logits([texts[i]])[0] for i in rows}
     for i in rows:
         np.testing.assert_allclose(packed[i, width:], want[i], atol=1e-4, err_msg=f"row {i}: teacher logits")
-        assert encode(run.tokenizer, [texts[i]], cfg.max_length, long_text=cfg.long_text)[0].tolist() \
-            == run.train_ids[i].tolist()
+        assert encode(run.learner.tokenizer, [texts[i]], cfg.max_length, long_text=cfg.long_text)[0].tolist() \
+            == run.data.train_ids[i].tolist()
         if i < n_labelled:
-            y = run.task.task.encode([run.train_ds.labels[i]], "row")[0]
+            y = run.task.task.encode([run.data.train_ds.labels[i]], "row")[0]
             assert np.array_equal(packed[i, :width].reshape(np.shape(y)), y), f"row {i}: label"
         else:
             assert np.isnan(packed[i, :width]).all(), f"row {i}: an unlabelled row has no label"
