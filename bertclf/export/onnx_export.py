@@ -41,6 +41,7 @@ import shutil
 import tempfile
 import time
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -73,6 +74,29 @@ SAMPLE_TEXTS = [
 ]
 
 
+@dataclass
+class Source:
+    """The trained directory, loaded once: its card, task, tokenizer and torch model, and torch's logits on the
+    sample texts that every graph is checked against."""
+    path: Path
+    config: dict
+    card: dict
+    labels: list
+    task: object            # bertclf.data.task: decides labels from probabilities (multi-label: thresholds)
+    tokenizer: object
+    model: object
+    pad_id: int
+    max_length: int
+    samples: list           # SAMPLE_TEXTS, or pairs of them for a sentence-pair model
+    sample_ids: list
+    sample_types: list | None
+    ref: np.ndarray         # torch's logits on the samples
+
+    @property
+    def partner(self) -> dict:
+        return self.card.get("ngram") or {}
+
+
 def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, opset: int = OPSET,
                 optimize: bool = True, smooth_alpha: float | None = SMOOTH_ALPHA, check: str | None = None,
                 min_agreement: float | None = None, variants: list[Variant] | None = None) -> dict:
@@ -86,18 +110,50 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
     t0 = time.time()
     onnx, ort = _import_onnx()
     src, out = _check_paths(model_dir, out_dir)
-    config = json.loads((src / "config.json").read_text())
-    if not config.get("id2label"):
-        raise UserError(f"{src}/config.json: no id2label; this is not a trained classifier")
+    source = load_source(src)
+    if min_agreement is None:
+        min_agreement = default_min_agreement(source.task.kind == "multi_label")
+    info = _describe_export(source, onnx, ort, opset, int8, optimize, smooth_alpha, check, min_agreement)
+    check_rows = None
+    if int8:  # the rows the int8 graph is checked on; read before anything is exported, so bad input fails fast
+        check_rows = _int8_check_rows(source, check)
+        info["cpu"] = cpu_summary()
+    try:
+        with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix=".bertclf-export.", dir=tmp.parent) as work:
+            work = Path(work)
+            fp32 = _export_fp32(source, work, opset, info["external_data"], optimize, info, log)
+            target = tmp / "model.onnx"
+            if int8:
+                chosen = _quantize(source, fp32, work, smooth_alpha, check_rows, min_agreement, variants,
+                                   info, log)
+                _save_as(chosen, target, info["external_data"])
+            else:
+                _save_as(fp32, target, info["external_data"])
+            new_card = _write_beside(source, tmp, info)
+            _check_directory(source, tmp, int8, info)
+            info["size_bytes"] = sum(f.stat().st_size for f in tmp.iterdir() if f.name.startswith("model.onnx"))
+            info["source_size_bytes"] = _weights_bytes(src)
+            info["seconds"] = round(time.time() - t0, 2)
+            write_card(tmp, new_card)
+    except OSError as e:
+        raise UserError(f"{out}: cannot write the export ({e.strerror or e}); choose a writable --out directory") from None
+    _log_result(out, info, int8, source.partner, log)
+    return {"out": str(out), **info}
 
-    import torch
 
+def load_source(src: Path) -> Source:
+    import torch  # noqa: F401  (loaded before transformers' model classes)
+
+    from bertclf.data.task import task_from_card
+    from bertclf.data.tokens import encode_rows
+    from bertclf.models.forward import predict_logits
     from bertclf.models.resolve import load_classifier, load_tokenizer
     from bertclf.rundir.layout import read_card
 
+    config = json.loads((src / "config.json").read_text())
+    if not config.get("id2label"):
+        raise UserError(f"{src}/config.json: no id2label; this is not a trained classifier")
     card = read_card(src)
-    from bertclf.data.task import task_from_card
-
     labels = [config["id2label"].get(str(i)) for i in range(len(config["id2label"]))]
     task = task_from_card(card, labels)  # multi-label: label sets over the stored thresholds
     ngram = card.get("ngram") or {}
@@ -105,131 +161,138 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
         from bertclf.models.ngram import component_task
 
         task = component_task(task, "encoder", ngram)
-    if min_agreement is None:
-        min_agreement = default_min_agreement(task.kind == "multi_label")
     max_length = card.get("max_length") or 128
     tokenizer = load_tokenizer(str(src))
     model = load_classifier(str(src)).eval()
     model.set_attn_implementation("eager")  # plain MatMul/Softmax attention: the pattern ORT's optimizer fuses
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
-    from bertclf.data.tokens import encode_rows
-
     pairs = (card.get("data") or {}).get("text_pair_col") is not None  # a sentence-pair model
     samples = list(zip(SAMPLE_TEXTS, SAMPLE_TEXTS[::-1])) if pairs else SAMPLE_TEXTS
     sample_ids, sample_types = encode_rows(tokenizer, *split_samples(samples), max_length)
-    from bertclf.models.forward import predict_logits
-
     ref = predict_logits(model, sample_ids, pad_id, batch_size=8, types=sample_types)
-    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if sample_types is not None else [])
-    n_params = sum(p.numel() for p in model.parameters())
-    large = n_params * 4 > LARGE_BYTES
-    info: dict = {"format": "onnx", "source": str(src.resolve()), "int8": bool(int8), "opset": opset,
-                  "onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
-                  "exporter": "torch.onnx.export (TorchScript, dynamo=False)", "inputs": inputs,
-                  "output": "logits", "external_data": large,
-                  "requested": {"optimize": optimize, "smooth": smooth_alpha, "check": check,
-                                "min_agreement": min_agreement if int8 else None}}
-    if int8:  # the rows the int8 graph is checked on; read before anything is exported, so bad input fails fast
-        from bertclf.export.validation_rows import check_rows
+    return Source(src, config, card, labels, task, tokenizer, model, pad_id, max_length, samples, sample_ids,
+                  sample_types, ref)
 
-        check_texts, check_y, check_from = check_rows(src, card, labels, check)
-        check_ids, check_types = encode_rows(tokenizer, *split_samples(check_texts), max_length)
-        info["cpu"] = cpu_summary()
 
+def _describe_export(source: Source, onnx, ort, opset: int, int8: bool, optimize: bool, smooth_alpha, check,
+                     min_agreement: float) -> dict:
+    """The export's record in bertclf.json, as far as it is known before anything is exported."""
+    import torch
+
+    n_params = sum(p.numel() for p in source.model.parameters())
+    inputs = ["input_ids", "attention_mask"] + (["token_type_ids"] if source.sample_types is not None else [])
+    return {"format": "onnx", "source": str(source.path.resolve()), "int8": bool(int8), "opset": opset,
+            "onnxruntime": ort.__version__, "onnx": onnx.__version__, "torch": torch.__version__,
+            "exporter": "torch.onnx.export (TorchScript, dynamo=False)", "inputs": inputs,
+            "output": "logits", "external_data": n_params * 4 > LARGE_BYTES, "parameters": n_params,
+            "requested": {"optimize": optimize, "smooth": smooth_alpha, "check": check,
+                          "min_agreement": min_agreement if int8 else None}}
+
+
+def _int8_check_rows(source: Source, check: str | None) -> tuple:
+    """(ids, types, labels, where they came from) of the rows the int8 graph is checked on."""
+    from bertclf.data.tokens import encode_rows
+    from bertclf.export.validation_rows import check_rows
+
+    texts, y, where = check_rows(source.path, source.card, source.labels, check)
+    ids, types = encode_rows(source.tokenizer, *split_samples(texts), source.max_length)
+    return ids, types, y, where
+
+
+def _export_fp32(source: Source, work: Path, opset: int, large: bool, optimize: bool, info: dict, log) -> Path:
+    """torch -> ONNX, fused by onnxruntime's optimizer when that keeps torch's logits; the fp32 graph's path."""
+    raw = work / "raw.onnx"
+    log(f"exporting {source.path} ({info['parameters'] / 1e6:.1f}M parameters) to ONNX, opset {opset} ...")
+    types2 = None if source.sample_types is None else source.sample_types[:2]
     try:
-        with atomic_dir(out) as tmp, tempfile.TemporaryDirectory(prefix=".bertclf-export.", dir=tmp.parent) as work:
-            work = Path(work)
-            raw = work / "raw.onnx"
-            log(f"exporting {src} ({n_params / 1e6:.1f}M parameters) to ONNX, opset {opset} ...")
-            try:
-                _torch_export(model, sample_ids[:2], pad_id, raw, opset, large,
-                              None if sample_types is None else sample_types[:2])
-            except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
-                first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
-                raise UserError(f"cannot export {src} to ONNX ({type(e).__name__}: {first}); "
-                                f"its architecture ({config.get('model_type')}) may not be exportable") from None
-            del model
+        _torch_export(source.model, source.sample_ids[:2], source.pad_id, raw, opset, large, types2)
+    except (RuntimeError, TypeError, ValueError, NotImplementedError) as e:
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0][:200]
+        raise UserError(f"cannot export {source.path} to ONNX ({type(e).__name__}: {first}); "
+                        f"its architecture ({source.config.get('model_type')}) may not be exportable") from None
+    source.model = None  # the torch weights are no longer needed: free them before quantizing
+    fp32, fused = raw, None
+    if optimize:
+        fp32, fused = _fuse(raw, work / "fused.onnx", source.config, large, source.sample_ids, source.pad_id,
+                            source.ref, log, source.sample_types)
+    diff = _max_diff(_run_samples(fp32, source), source.ref)
+    info["fp32_max_abs_logit_diff"] = diff
+    if not _close(diff, source.ref):
+        raise UserError(f"ONNX export of {source.path} does not reproduce torch: max |logit difference| {diff:.3g} "
+                        f"on {len(SAMPLE_TEXTS)} sample texts; please report this model's architecture")
+    info["fused"] = fused or {}
+    info["optimized"] = bool(fused)
+    return fp32
 
-            fp32, fused = raw, None
-            if optimize:
-                fp32, fused = _fuse(raw, work / "fused.onnx", config, large, sample_ids, pad_id, ref, log,
-                                    sample_types)
-            diff = _max_diff(_run(fp32, sample_ids, pad_id, ref.shape[1], sample_types), ref)
-            info["fp32_max_abs_logit_diff"] = diff
-            if not _close(diff, ref):
-                raise UserError(f"ONNX export of {src} does not reproduce torch: max |logit difference| {diff:.3g} "
-                                f"on {len(SAMPLE_TEXTS)} sample texts; please report this model's architecture")
-            info["fused"] = fused or {}
-            info["optimized"] = bool(fused)
 
-            target = tmp / "model.onnx"
-            if int8:
-                smoothed = 0
-                if smooth_alpha and not large:
-                    smoothed = smooth(fp32, work / "smooth.onnx", sample_ids, pad_id, smooth_alpha, sample_types)
-                    sdiff = _max_diff(_run(work / "smooth.onnx", sample_ids, pad_id, ref.shape[1], sample_types), ref)
-                    if _close(sdiff, ref):
-                        fp32 = work / "smooth.onnx"
-                    else:  # cannot happen in exact arithmetic; keep the plain graph if rounding says otherwise
-                        log(f"not smoothing: the smoothed graph differs from torch by {sdiff:.3g}")
-                        smoothed = 0
-                log(f"int8 dynamic quantization{f' after SmoothQuant ({smoothed} MatMuls)' if smoothed else ''}, "
-                    f"checked on {check_from} ...")
-                chosen, report = choose(fp32, work, check_ids, check_y, pad_id, ref.shape[1], min_agreement, large,
-                                        log, variants, decide=lambda z: task.decide(task.probs(z)),
-                                        types=check_types)
-                _save_as(chosen, target, large)
-                info["quantization"] = report.pop("quantization") | {
-                    "smoothquant_alpha": smooth_alpha if smoothed else None, "smoothed_nodes": smoothed}
-                info["int8_check"] = report | {"rows_from": check_from}
-            else:
-                _save_as(fp32, target, large)
+def _quantize(source: Source, fp32: Path, work: Path, smooth_alpha, check_rows: tuple, min_agreement: float,
+              variants, info: dict, log) -> Path:
+    """SmoothQuant (when it keeps torch's logits), then the first int8 variant that passes the agreement check."""
+    ref, smoothed = source.ref, 0
+    if smooth_alpha and not info["external_data"]:
+        smoothed = smooth(fp32, work / "smooth.onnx", source.sample_ids, source.pad_id, smooth_alpha,
+                          source.sample_types)
+        sdiff = _max_diff(_run_samples(work / "smooth.onnx", source), ref)
+        if _close(sdiff, ref):
+            fp32 = work / "smooth.onnx"
+        else:  # cannot happen in exact arithmetic; keep the plain graph if rounding says otherwise
+            log(f"not smoothing: the smoothed graph differs from torch by {sdiff:.3g}")
+            smoothed = 0
+    ids, types, y, where = check_rows
+    log(f"int8 dynamic quantization{f' after SmoothQuant ({smoothed} MatMuls)' if smoothed else ''}, "
+        f"checked on {where} ...")
+    task = source.task
+    chosen, report = choose(fp32, work, ids, y, source.pad_id, ref.shape[1], min_agreement, info["external_data"],
+                            log, variants, decide=lambda z: task.decide(task.probs(z)), types=types)
+    info["quantization"] = report.pop("quantization") | {
+        "smoothquant_alpha": smooth_alpha if smoothed else None, "smoothed_nodes": smoothed}
+    info["int8_check"] = report | {"rows_from": where}
+    return chosen
 
-            # the n-gram partner (bertclf/models/ngram.py) travels with the encoder: it runs in numpy beside onnxruntime,
-            # so predict, eval and serve on the export give the trained model's blend
-            for name in ("config.json",) + TOKENIZER_FILES + PARTNER_FILES:
-                if (src / name).is_file():
-                    shutil.copy2(src / name, tmp / name)
-            new_card = dict(card)
-            new_card.setdefault("labels", [config["id2label"].get(str(i)) for i in range(len(config["id2label"]))])
-            new_card.setdefault("max_length", max_length)
-            new_card["export"] = info
-            write_card(tmp, new_card)
 
-            # The end-to-end check: load the new directory the way users will, and compare with torch.
-            from bertclf.inference.classifier import Classifier
+def _write_beside(source: Source, tmp: Path, info: dict) -> dict:
+    """config, tokenizer and the n-gram partner (bertclf/models/ngram.py: it runs in numpy beside onnxruntime, so
+    predict, eval and serve on the export give the trained model's blend) beside model.onnx; the card."""
+    src = source.path
+    for name in ("config.json",) + TOKENIZER_FILES + PARTNER_FILES:
+        if (src / name).is_file():
+            shutil.copy2(src / name, tmp / name)
+    new_card = dict(source.card)
+    new_card.setdefault("labels", source.labels)
+    new_card.setdefault("max_length", source.max_length)
+    new_card["export"] = info
+    write_card(tmp, new_card)
+    return new_card
 
-            clf = Classifier.load(str(tmp), ngram=False)  # the encoder, against torch's encoder
-            got = clf.logits(samples, batch_size=8)
-            p_ref, p_got = clf.task.probs(ref), clf.task.probs(got)  # softmax, or sigmoid for multi-label
-            agree = agreement(clf.task.decide(p_got), clf.task.decide(p_ref))  # multi-label: per (text, label)
-            info["check"] = {"texts": len(SAMPLE_TEXTS), "max_abs_logit_diff": _max_diff(got, ref),
-                             "max_prob_diff": float(np.abs(p_got - p_ref).max()),
-                             "label_agreement": agree.pop("agreement"), **agree}
-            if not int8 and not _close(info["check"]["max_abs_logit_diff"], ref):
-                raise UserError(f"the exported directory does not reproduce torch (max |logit difference| "
-                                f"{info['check']['max_abs_logit_diff']:.3g}); please report this")
-            info["size_bytes"] = sum(f.stat().st_size for f in tmp.iterdir() if f.name.startswith("model.onnx"))
-            info["source_size_bytes"] = _weights_bytes(src)
-            info["seconds"] = round(time.time() - t0, 2)
-            write_card(tmp, new_card)
-            del clf
-    except OSError as e:
-        raise UserError(f"{out}: cannot write the export ({e.strerror or e}); choose a writable --out directory") from None
 
+def _check_directory(source: Source, tmp: Path, int8: bool, info: dict) -> None:
+    """The end-to-end check: load the new directory the way users will, and compare with torch."""
+    from bertclf.inference.classifier import Classifier
+
+    clf = Classifier.load(str(tmp), ngram=False)  # the encoder, against torch's encoder
+    ref = source.ref
+    got = clf.logits(source.samples, batch_size=8)
+    p_ref, p_got = clf.task.probs(ref), clf.task.probs(got)  # softmax, or sigmoid for multi-label
+    agree = agreement(clf.task.decide(p_got), clf.task.decide(p_ref))  # multi-label: per (text, label)
+    info["check"] = {"texts": len(SAMPLE_TEXTS), "max_abs_logit_diff": _max_diff(got, ref),
+                     "max_prob_diff": float(np.abs(p_got - p_ref).max()),
+                     "label_agreement": agree.pop("agreement"), **agree}
+    del clf
+    if not int8 and not _close(info["check"]["max_abs_logit_diff"], ref):
+        raise UserError(f"the exported directory does not reproduce torch (max |logit difference| "
+                        f"{info['check']['max_abs_logit_diff']:.3g}); please report this")
+
+
+def _log_result(out: Path, info: dict, int8: bool, partner: dict, log) -> None:
     if int8:
         log(summary(info["int8_check"]))
     c = info["check"]
     log(f"wrote {out}: model.onnx {info['size_bytes'] / 1e6:.1f} MB ({'int8' if int8 else 'fp32'}; torch weights "
         f"{info['source_size_bytes'] / 1e6:.1f} MB); vs torch on {c['texts']} texts: "
         f"{describe({'agreement': c['label_agreement']} | c, digits=1)}, max |prob diff| {c['max_prob_diff']:.2g}")
-    if ngram.get("kept"):
-        log(f"the n-gram partner ({', '.join(PARTNER_FILES)}, weight {ngram.get('weight')}) is copied beside "
+    if partner.get("kept"):
+        log(f"the n-gram partner ({', '.join(PARTNER_FILES)}, weight {partner.get('weight')}) is copied beside "
             f"model.onnx: predict, eval and serve on {out} blend it as the trained model does")
-    return {"out": str(out), **info}
-
-
-# --- steps ---------------------------------------------------------------------------------------------------
 
 
 def cpu_summary() -> dict:
@@ -350,6 +413,10 @@ def split_samples(items: list) -> tuple[list[str], list[str] | None]:
     if items and isinstance(items[0], tuple):
         return [a for a, _ in items], [b for _, b in items]
     return list(items), None
+
+
+def _run_samples(path: Path, source: Source) -> np.ndarray:
+    return _run(path, source.sample_ids, source.pad_id, source.ref.shape[1], source.sample_types)
 
 
 def _max_diff(a: np.ndarray, b: np.ndarray) -> float:
