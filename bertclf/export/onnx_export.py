@@ -142,8 +142,6 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
 
 
 def load_source(src: Path) -> Source:
-    import torch  # noqa: F401  (loaded before transformers' model classes)
-
     from bertclf.data.task import task_from_card
     from bertclf.data.tokens import encode_rows
     from bertclf.models.forward import predict_logits

@@ -3,12 +3,16 @@ from __future__ import annotations
 
 import csv
 import json
+import re
+from pathlib import Path
 
 import numpy as np
 import pytest
 
 from bertclf.cli import main
 from bertclf.data.metrics import expected_calibration_error
+
+from _cli import bertclf
 
 
 def _run(capsys, *args) -> str:
@@ -93,3 +97,56 @@ def test_integer_labels_read_as_ids_are_said_and_a_contradicting_order_refused(s
     assert cli(["eval", str(run), "--test", str(swapped), "--json"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith(f"bertclf: error: {swapped}") and "names" in err[0], err
+
+
+def test_eval_table_json_and_errors_file(trained_tiny_dir, nsmc_slices, tmp_path):
+    from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
+
+    from bertclf.data.dataset import read_labelled
+    from bertclf.inference.classifier import Classifier
+
+    ds = read_labelled(nsmc_slices["test"], "document", "label")
+    # fp32 on both sides: bf16 autocast (the default on AMX CPUs) gives scores that depend on the batch's padding
+    clf = Classifier.load(str(trained_tiny_dir), precision="fp32")
+    probs = clf.predict_proba(ds.texts)
+    y = np.array([clf.labels.index(lab) for lab in ds.labels])
+    pred = probs.argmax(1)
+    acc, macro = accuracy_score(y, pred), f1_score(y, pred, average="macro")
+    cm = confusion_matrix(y, pred)
+
+    errors = tmp_path / "errors.tsv"
+    r = bertclf("eval", trained_tiny_dir, "--test", nsmc_slices["test"], "--text-col", "document",
+                "--errors", errors, "--precision", "fp32")
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    weighted = f1_score(y, pred, average="weighted")
+    ece = expected_calibration_error(y, probs)
+    assert f"accuracy {acc:.4f}, weighted-F1 {weighted:.4f} on {len(ds)} rows, ECE {ece:.4f} (15 bins)" in lines
+    macro_line = next(ln for ln in lines if ln.startswith("macro"))
+    assert re.fullmatch(rf"macro\s+\d\.\d{{4}}\s+\d\.\d{{4}}\s+{macro:.4f}\s+{len(ds)}", macro_line), macro_line
+    at = lines.index("confusion matrix (rows: true, columns: predicted)")
+    for i, lab in enumerate(clf.labels):
+        assert lines[at + 2 + i].split() == [lab, *map(str, cm[i])]
+    assert lines[-1] == f"misclassified rows written to {errors}"
+
+    with open(errors, encoding="utf-8", newline="") as f:
+        rows = list(csv.reader(f, delimiter="\t"))
+    assert rows[0] == ["row", "line", "text", "label", "predicted", "score"] + [f"p_{lab}" for lab in clf.labels]
+    wrong = np.flatnonzero(pred != y)
+    assert len(rows) - 1 == len(wrong) == cm.sum() - np.trace(cm)
+    file_lines = Path(nsmc_slices["test"]).read_text(encoding="utf-8").splitlines()
+    for row, i in zip(rows[1:], wrong):
+        assert row[2:5] == [ds.texts[i], ds.labels[i], clf.labels[pred[i]]]
+        # the row and line find the text in the file (the slice has a header and no blank line or empty text)
+        cells = next(csv.reader([file_lines[int(row[1]) - 1]], delimiter="\t"))  # a wholly quoted cell unquoted
+        assert int(row[0]) == i and cells[1] == ds.texts[i]
+        np.testing.assert_allclose([float(v) for v in row[6:]], probs[i], atol=1e-6)
+        assert float(row[5]) == pytest.approx(probs[i].max(), abs=1e-6)
+
+    r = bertclf("eval", trained_tiny_dir, "--test", nsmc_slices["test"], "--text-col", "document", "--json",
+                "--precision", "fp32")
+    assert r.returncode == 0, r.stderr
+    rep = json.loads(r.stdout)
+    assert rep["n"] == len(ds) and rep["labels"] == clf.labels
+    assert rep["accuracy"] == pytest.approx(acc, abs=1e-12) and rep["macro_f1"] == pytest.approx(macro, abs=1e-12)
+    assert rep["confusion_matrix"] == cm.tolist()

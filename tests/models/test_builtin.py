@@ -233,3 +233,18 @@ print("RESULT " + json.dumps(out))
     assert out["cls_missing"] == ["classifier.bias", "classifier.weight"]
     assert out["fe_shape"][1] == 384
     assert out["clf"] == ["label", "score"]
+
+
+def test_models_list_and_path(me5_dir):
+    from _cli import bertclf
+
+    from bertclf.models.builtin import BUILTIN_MODELS
+
+    r = bertclf("models", "list")
+    assert r.returncode == 0, r.stderr
+    assert [ln.split("\t")[0] for ln in r.stdout.splitlines()] == list(BUILTIN_MODELS) and "me5-small" in r.stdout
+    r = bertclf("models", "path")
+    assert r.returncode == 0, r.stderr
+    path = Path(r.stdout.strip())
+    assert path == me5_dir and (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    assert bertclf("models", "path", "me5-small").stdout == r.stdout

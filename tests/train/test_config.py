@@ -79,8 +79,8 @@ def test_other_commands_take_the_same_flags_from_the_same_fields(command, names)
 
 
 def test_a_resume_setting_changed_is_refused_by_its_declaration_alone(tmp_path):
-    """The newest resume setting, --label-smoothing, has no case of its own in test_promises: its declaration
-    (range [0, 1)) gives the changed value there. Here: its consumer, the training loss, sees it."""
+    """The newest resume setting, --label-smoothing, has no case of its own in tests/rundir/test_resume.py: its
+    declaration (range [0, 1)) gives the changed value there. Here: its consumer, the training loss, sees it."""
     import torch
 
     from bertclf.data.task import make_task

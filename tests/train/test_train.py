@@ -1,5 +1,5 @@
 """The training loop on a tiny random-weight BERT with the real tokenizer: output format, accumulation, early
-stopping, and refusals. Kill-and-resume is tested in test_crash_resume.py."""
+stopping, and refusals. Resuming is tests/rundir/test_resume.py; kill-and-resume, tests/rundir/test_crash_resume.py."""
 import json
 import shutil
 from dataclasses import replace
@@ -7,15 +7,10 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from bertclf.train.callbacks import TrainCallback
 from bertclf.errors import UserError
-from bertclf.train.loop import TrainConfig, train
+from bertclf.train.loop import train
 
-
-def tiny_cfg(out, slices, model, **kw):
-    base = dict(out=str(out), train=str(slices["train"]), test=str(slices["test"]), text_col="document",
-                model=str(model), epochs=1, batch_size=16, lr=2e-3, seed=0)
-    return TrainConfig(**(base | kw))
+from tiny_runs import tiny_cfg
 
 
 def test_output_is_a_standard_hf_directory(trained_tiny_dir):
@@ -95,75 +90,6 @@ def test_test_sample_scores_a_stratified_share_of_the_test_rows(tiny_model_dir, 
     assert card["metrics"]["test"]["n"] == 250 and card["data"]["test"]["rows"] == 250
     assert main(["train", "--train", str(nsmc_slices["train"]), "--model", str(tiny_model_dir),
                  "--out", str(tmp_path / "bad"), "--test-sample", "0"]) == 2
-
-
-class _StopAt(TrainCallback):
-    """A callback that crashes the run (an exception, as a bug or a lost node would) after step `step`."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, step):
-        if step == self.step:
-            raise RuntimeError(f"crash after step {step}")
-
-
-class _ResumeAccepted(Exception):
-    pass
-
-
-class _StopAtBegin(TrainCallback):
-    """Ends the run where it would take its first step: every resume check passed. `started`: the steps it began at."""
-
-    def __init__(self):
-        self.started = []
-
-    def on_train_begin(self, run):
-        self.started.append(run.state.step)
-        raise _ResumeAccepted
-
-
-def test_resume_refuses_a_changed_training_file(tiny_model_dir, nsmc_slices, tmp_path, monkeypatch):
-    """--resume compares the training file's SHA-256 with the one in the checkpoint, not only its path: a file
-    replaced between the crash and the resume is refused with one line; the original file is accepted."""
-    data = tmp_path / "train.tsv"
-    shutil.copy(nsmc_slices["train"], data)
-    cfg = dict(out=tmp_path / "run", slices={"train": data, "test": nsmc_slices["test"]}, model=tiny_model_dir,
-               max_steps=5, checkpoint_every=2, sample=0.2)
-    with pytest.raises(RuntimeError, match="crash after step 3"):
-        train(tiny_cfg(**cfg), echo=lambda s: None, callbacks=[_StopAt(3)])
-    original = data.read_bytes()
-    lines = original.decode("utf-8").splitlines(keepends=True)
-    data.write_text(lines[0] + lines[2] + lines[1] + "".join(lines[3:]), encoding="utf-8")  # same rows, reordered
-    with pytest.raises(UserError, match=r"--resume: .*train\.tsv changed since .*SHA-256 differs"):
-        train(tiny_cfg(**cfg, resume=True), echo=lambda s: None)
-
-    data.write_bytes(original)
-    with pytest.raises(_ResumeAccepted):  # past every resume check
-        train(tiny_cfg(**cfg, resume=True), echo=lambda s: None, callbacks=[_StopAtBegin()])
-
-
-def test_resume_auto_continues_a_checkpoint_or_starts_fresh(tiny_model_dir, nsmc_slices, trained_tiny_dir, tmp_path,
-                                                            monkeypatch):
-    """--resume auto: the same command resumes where a complete checkpoint exists, starts fresh where none does
-    (an empty folder, or a run killed before its first checkpoint), and never replaces a finished model."""
-    out = tmp_path / "run"
-    cfg = dict(out=out, slices=nsmc_slices, model=tiny_model_dir, max_steps=5, checkpoint_every=2, sample=0.2)
-    with pytest.raises(RuntimeError, match="crash after step 2"):  # before its first checkpoint: fresh start next
-        train(tiny_cfg(**cfg, resume="auto"), echo=lambda s: None, callbacks=[_StopAt(2)])
-    assert (out / "train_log.jsonl").exists() and not (out / "checkpoints").exists()
-    with pytest.raises(RuntimeError, match="crash after step 3"):
-        train(tiny_cfg(**cfg, resume="auto"), echo=lambda s: None, callbacks=[_StopAt(3)])
-
-    begin = _StopAtBegin()
-    lines = []
-    with pytest.raises(_ResumeAccepted):
-        train(tiny_cfg(**cfg, resume="auto"), echo=lines.append, callbacks=[begin])
-    assert begin.started == [2] and "resumed from step-00000002: step 2, epoch 1" in lines
-    with pytest.raises(UserError, match="finished model"):
-        train(tiny_cfg(trained_tiny_dir, nsmc_slices, tiny_model_dir, resume="auto"), echo=lambda s: None)
-    with pytest.raises(UserError, match="--resume"):
-        train(tiny_cfg(**cfg, resume="yes"), echo=lambda s: None)
 
 
 def test_one_run_per_output_folder(tiny_model_dir, nsmc_slices, tmp_path):
