@@ -271,7 +271,7 @@ def add_train_flags(parser, names=None, defaults: dict | None = None, helps: dic
                 if key in meta:
                     kw[key] = meta[key]
             if "required" in meta and names is None:
-                kw["required"] = meta["required"]
+                kw["required"] = meta["required"] and f.name not in defaults  # --config may give it
         group.add_argument(meta.get("flag") or "--" + f.name.replace("_", "-"), **kw)
 
 
