@@ -53,6 +53,29 @@ def _train_flags(sub, config: dict | None = None) -> None:
     add_train_flags(t, defaults=config)  # one flag per TrainConfig field (bertclf/train/config.py)
 
 
+def _tune_flags(sub, config: dict | None = None) -> None:
+    from bertclf.tune.cli_flags import TUNE_FIELDS, searched_helps, tune_defaults
+
+    t = sub.add_parser("tune", help="search the training recipe (Optuna): the best model, its score beside the "
+                       "defaults', and the command that reruns it",
+                       description="Trials of `bertclf train` on the same validation split, chosen by Optuna's TPE "
+                       "sampler and stopped early by its median pruner, over the learning rate, epochs, batch size, "
+                       "warmup, weight decay, class weights, n-gram partner and max length (each range fitted to "
+                       "the data). Any train flag given here holds for every trial and is not searched. The study "
+                       "is kept in DIR/study.db: running tune again continues it.")
+    t.add_argument("--out", metavar="DIR", required=not (config or {}).get("out"), default=(config or {}).get("out"),
+                   help="the search's folder: study.db, best/ (the best model), best.json, best.yaml, logs/")
+    t.add_argument("--trials", type=int, default=10, metavar="N",
+                   help="finished trials the study holds at the end, counting earlier runs' (default 10)")
+    t.add_argument("--timeout", type=number, metavar="S", help="start no trial after S seconds")
+    t.add_argument("--storage", metavar="URL", help="the study's database (default sqlite:///DIR/study.db); one URL "
+                   "shared by several processes or machines (e.g. postgresql://...) spreads the trials over them")
+    t.add_argument("--study", metavar="NAME", help="the study's name in --storage (default bertclf)")
+    t.add_argument("--config", metavar="FILE", help="YAML or JSON file of train flags that hold for every trial "
+                   "(a flag given here wins over it)")
+    add_train_flags(t, TUNE_FIELDS, defaults=tune_defaults(config), helps=searched_helps(), grouped=True)
+
+
 def _eval_flags(sub) -> None:
     e = sub.add_parser("eval", help="score a trained model on labelled data")
     e.add_argument("model_dir", metavar="DIR")
@@ -207,12 +230,13 @@ def _audit_flags(sub) -> None:
     _read_flags(au)
 
 
-def build_parser(config: dict | None = None) -> Parser:
-    """config: the values of train's --config FILE, the defaults beneath its flags."""
+def build_parser(config: dict | None = None, config_of: str = "train") -> Parser:
+    """config: the values of --config FILE given to command `config_of`, the defaults beneath its flags."""
     p = Parser(prog="bertclf", description="Fine-tune transformer encoders for text classification.")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    _train_flags(sub, config)
+    _train_flags(sub, config if config_of == "train" else None)
+    _tune_flags(sub, config if config_of == "tune" else None)
     for add in (_eval_flags, _predict_flags, _models_flags, _trim_vocab_flags,
                 _baseline_flags, _serve_flags, _export_flags, _distill_flags, _report_flags, _audit_flags):
         add(sub)
@@ -239,6 +263,15 @@ def cmd_train(a) -> int:
     card = train(cfg)
     if card:  # the main process (the others return {}) writes the report
         _write_report(a.out)
+    return 0
+
+
+def cmd_tune(a) -> int:
+    from bertclf.tune.cli_flags import TUNE_FIELDS
+    from bertclf.tune.run import tune
+
+    tune({name: getattr(a, name) for name in TUNE_FIELDS}, a.out, trials=a.trials, timeout=a.timeout,
+         storage=a.storage, study_name=a.study)
     return 0
 
 
@@ -418,9 +451,9 @@ def cmd_audit(a) -> int:
     return 0
 
 
-CONFIG_COMMANDS = ("train",)  # the commands whose flags --config FILE may give
+CONFIG_COMMANDS = ("train", "tune")  # the commands whose flags --config FILE may give
 COMMANDS = {"baseline": cmd_baseline, "serve": cmd_serve, "export": cmd_export, "report": cmd_report,
-            "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
+            "train": cmd_train, "tune": cmd_tune, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
             "trim-vocab": cmd_trim_vocab, "audit": cmd_audit, "distill": cmd_distill}
 
 
@@ -428,7 +461,7 @@ def parse(argv=None) -> argparse.Namespace:
     """Parse the command line. predict's texts may follow its options (`predict DIR --batch-size 8 "text"`);
     anything else unrecognised is an error that points to the command's own help."""
     argv = list(sys.argv[1:] if argv is None else argv)
-    args, extra = build_parser(_config_values(argv)).parse_known_args(argv)
+    args, extra = build_parser(_config_values(argv), argv[0] if argv else "train").parse_known_args(argv)
     if args.command == "predict" and extra and not any(x.startswith("-") for x in extra):
         args.texts = list(args.texts) + extra
     elif extra:

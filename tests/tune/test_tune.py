@@ -1,0 +1,165 @@
+"""`bertclf tune` on the tiny model: trials of real training runs in an Optuna study kept in SQLite, the best
+model kept with the command that reruns it, a killed search continued, pruned trials recorded, one study shared
+by two processes. Each trial trains 4 steps on 285 NSMC rows."""
+import json
+import os
+import shlex
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import optuna
+import pytest
+
+from bertclf.cli import main, parse
+from bertclf.rundir import layout as rundir
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture(autouse=True)
+def no_bars(monkeypatch):
+    monkeypatch.setenv("BERTCLF_NO_PROGRESS", "1")
+
+
+def tune_args(tiny_model_dir, nsmc_slices, out, *extra) -> list[str]:
+    return ["tune", "--train", str(nsmc_slices["train"]), "--text-col", "document", "--model", str(tiny_model_dir),
+            "--sample", "0.1", "--max-steps", "4", "--eval-every", "2", "--out", str(out), *extra]
+
+
+def load(url: str, name: str = "bertclf"):
+    return optuna.load_study(study_name=name, storage=url)
+
+
+def states(study) -> list[str]:
+    return [t.state.name for t in study.trials]
+
+
+def test_a_search_keeps_the_best_model_and_the_command_that_reruns_it(tiny_model_dir, nsmc_slices, tmp_path,
+                                                                        capsys):
+    out = tmp_path / "search"
+    assert main(tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "3")) == 0
+    printed = capsys.readouterr().out
+    study = load(f"sqlite:///{out / 'study.db'}")
+    assert states(study) == ["COMPLETE"] * 3
+    assert [line.split(":")[0] for line in printed.splitlines() if line.startswith("trial ")] == \
+        ["trial 0 (defaults)", "trial 1", "trial 2"]
+    # trial 0 is `bertclf train`'s defaults on this CPU
+    defaults = {"lr": 1e-4, "batch_size": 32, "epochs": 2, "warmup": 0.06, "weight_decay": 0.01,
+                "class_weights": "none", "ngram": "auto", "max_length": 128}
+    assert study.trials[0].params == {k: v for k, v in defaults.items() if k in study.trials[1].params}
+    best = json.loads((out / "best.json").read_text())
+    assert best["score"] == study.best_value and best["trial"] == study.best_trial.number
+    assert best["defaults"]["score"] == study.trials[0].value and best["valid_rows"] == 15
+    assert f"rerun it: {best['command']}" in printed and "the defaults (trial 0): " in printed
+    assert rundir.has_card(out / "best") and list((out / "trials").iterdir()) == []  # the others' models deleted
+    assert rundir.read_card(out / "best")["args"]["out"] == str(out / "trials" / f"trial-{best['trial']:04d}")
+
+    # the recipe file and the command are the same settings; rerun, the command gives the trial's score
+    argv = shlex.split(best["command"])[1:]
+    assert vars(parse(["train", "--config", best["config"], "--out", str(out / "rerun")])) | {"config": None} == \
+        vars(parse(argv)) | {"config": None}
+    assert main(argv) == 0
+    card = rundir.read_card(out / "rerun")
+    assert card["metrics"]["valid"]["accuracy"] == best["score"]
+
+    # enough trials: running it again only reports; another metric is another search, refused
+    capsys.readouterr()
+    assert main(tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "3")) == 0
+    assert "trial " not in capsys.readouterr().out.split("searching")[1].split("best:")[0]
+    assert main(tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "4", "--metric", "macro_f1")) == 2
+    err = capsys.readouterr().err
+    assert f"--out {out}: its study 'bertclf' searches another task: --metric (None there, macro_f1 here)" in err
+    assert len(load(f"sqlite:///{out / 'study.db'}").trials) == 3
+
+
+def cli(*args) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(REPO) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return subprocess.Popen([sys.executable, "-m", "bertclf", *map(str, args)], stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, env=env, cwd=REPO)
+
+
+def complete_trials(db: Path) -> int:
+    try:
+        with sqlite3.connect(db, timeout=10) as con:
+            return con.execute("SELECT count(*) FROM trials WHERE state = 'COMPLETE'").fetchone()[0]
+    except sqlite3.OperationalError:  # not created yet
+        return 0
+
+
+def test_a_killed_search_continues_to_the_total(tiny_model_dir, nsmc_slices, tmp_path, capsys):
+    out = tmp_path / "search"
+    proc = cli(*tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "3"))
+    deadline = time.time() + 120
+    while complete_trials(out / "study.db") < 1 and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGKILL)  # no chance to clean up: the next trial may be in flight
+    log = proc.communicate()[0]
+    assert proc.returncode == -signal.SIGKILL, log
+    killed = load(f"sqlite:///{out / 'study.db'}")
+    assert 1 <= states(killed).count("COMPLETE") < 3, log
+    in_flight = [t.number for t in killed.trials if t.state.name == "RUNNING"]
+
+    assert main(tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "3")) == 0
+    printed = capsys.readouterr().out
+    study = load(f"sqlite:///{out / 'study.db'}")
+    assert states(study).count("COMPLETE") == 3 and "RUNNING" not in states(study)
+    for n in in_flight:  # the killed process's trial: failed, its folder gone
+        assert study.trials[n].state.name == "FAIL"
+        assert f"trial {n}: its process died while it trained; marked failed" in printed
+    assert list((out / "trials").iterdir()) == [] and rundir.has_card(out / "best")
+    assert json.loads((out / "best.json").read_text())["score"] == study.best_value
+
+
+class PruneTrialOne(optuna.pruners.BasePruner):
+    """The search's pruner decides from the reported validation scores; this one gives up on trial 1."""
+
+    def prune(self, study, trial) -> bool:
+        return trial.number == 1
+
+
+def test_a_pruned_trial_is_recorded_and_leaves_no_model(tiny_model_dir, nsmc_slices, tmp_path):
+    from bertclf.tune.cli_flags import TUNE_FIELDS
+    from bertclf.tune.run import tune
+
+    a = parse(tune_args(tiny_model_dir, nsmc_slices, tmp_path / "search"))
+    lines = []
+    info = tune({k: getattr(a, k) for k in TUNE_FIELDS}, a.out, trials=2, echo=lines.append, pruner=PruneTrialOne())
+    study = load(f"sqlite:///{tmp_path / 'search' / 'study.db'}")
+    assert states(study) == ["COMPLETE", "PRUNED"]
+    assert list(study.trials[1].intermediate_values) == [1]  # stopped at its first validation (step 2 of 4)
+    assert any(line.startswith("trial 1: ") and " -> pruned at validation 1 (" in line for line in lines), lines
+    assert info["trial"] == 0 and info["study"]["pruned"] == 1
+    assert list((tmp_path / "search" / "trials").iterdir()) == []
+    assert rundir.read_card(tmp_path / "search" / "best")["args"]["out"].endswith("trial-0000")
+
+
+def test_two_processes_add_trials_to_one_shared_study(tiny_model_dir, nsmc_slices, tmp_path):
+    url = f"sqlite:///{tmp_path / 'shared.db'}"
+    procs = [cli(*tune_args(tiny_model_dir, nsmc_slices, tmp_path / name, "--trials", "4", "--storage", url,
+                            "--study", "shared")) for name in ("a", "b")]
+    logs = [p.communicate(timeout=300)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], logs
+    study = load(url, "shared")
+    done = [t for t in study.trials if t.state.name == "COMPLETE"]
+    assert len(done) >= 4 and "RUNNING" not in states(study)
+    assert {t.user_attrs["owner"]["pid"] for t in done} == {p.pid for p in procs}, logs
+    assert sum(bool(t.user_attrs.get("defaults")) for t in study.trials) == 1  # one defaults trial in the study
+
+
+def test_tune_takes_train_flags_and_a_config_beneath_them(tmp_path, capsys):
+    f = tmp_path / "fixed.yaml"
+    f.write_text("train: t.tsv\nlr: 1e-3\nmetric: weighted_f1\nout: runs/t\n", encoding="utf-8")
+    a = parse(["tune", "--config", str(f), "--max-steps", "5", "--seed", "3"])
+    assert (a.lr, a.metric, a.max_steps, a.seed, a.out, a.trials) == (1e-3, "weighted_f1", 5, 3, "runs/t", 10)
+    assert a.epochs is None and a.warmup is None and a.max_length is None  # searched
+    assert parse(["tune", "--config", str(f), "--lr", "2e-4"]).lr == 2e-4
+    f.write_text("train: t.tsv\nresume: true\n", encoding="utf-8")
+    assert main(["tune", "--config", str(f), "--out", "o"]) == 2
+    assert "tune --config: resume is not for a search" in capsys.readouterr().err
+    f.write_text("train: t.tsv\ntrails: 5\n", encoding="utf-8")
+    assert main(["tune", "--config", str(f), "--out", "o"]) == 2
+    assert f"--config {f}: unknown key 'trails'" in capsys.readouterr().err
