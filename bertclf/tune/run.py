@@ -65,7 +65,7 @@ def tune(fixed: dict, out, trials: int = 10, timeout: float | None = None, stora
     space, sha = search_space(fixed, out, echo)
     (out / LOGS).mkdir(parents=True, exist_ok=True)
     url = S.storage_url(out, storage)
-    study, store = S.open_study(url, study_name or S.DEFAULT_STUDY,
+    study, store, created = S.open_study(url, study_name or S.DEFAULT_STUDY,
                                 pruner or optuna.pruners.MedianPruner(n_startup_trials=2))
     S.check_same_task(study, fixed, sha, f"--storage {url}" if storage else f"--out {out}")
     metric = fixed.get("metric") or ("macro_f1" if fixed.get("multi_label") else "accuracy")
@@ -77,8 +77,8 @@ def tune(fixed: dict, out, trials: int = 10, timeout: float | None = None, stora
     # reproducible alone; another live process of the study draws other random points
     study.sampler = optuna.samplers.TPESampler(n_startup_trials=5, seed=(fixed.get("seed") or 0) * 1000
                                                + len(study.trials) + (os.getpid() if others else 0))
-    if not study.trials:  # trial 0: `bertclf train`'s defaults, the score to beat
-        study.enqueue_trial(space.default_params(), user_attrs={"defaults": True}, skip_if_exists=True)
+    if created:  # trial 0: `bertclf train`'s defaults, the score to beat
+        study.enqueue_trial(space.default_params(), user_attrs={"defaults": True})
     echo(f"searching {space.describe()}; study '{study.study_name}' in {url}: {len(S.finished(study))} of {trials} "
          f"trials done")
     run_trials(job, trials, timeout)

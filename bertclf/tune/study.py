@@ -24,7 +24,9 @@ def storage_url(out: Path, storage: str | None) -> str:
 
 
 def open_study(url: str, name: str, pruner):
-    """The study `name` in the storage at `url`, created if new (maximizing the validation score)."""
+    """(the study `name` in the storage at `url`, its storage, whether this process created it): created if new,
+    maximizing the validation score. Of processes starting together exactly one creates it (the database
+    refuses a second study of the name)."""
     import optuna
     import sqlalchemy.exc
 
@@ -33,9 +35,11 @@ def open_study(url: str, name: str, pruner):
     for attempt in range(3):  # processes starting together race to create the tables of a new database
         try:
             storage = optuna.storages.RDBStorage(url, engine_kwargs=kwargs)
-            study = optuna.create_study(storage=storage, study_name=name, direction="maximize", pruner=pruner,
-                                        load_if_exists=True)
-            return study, storage
+            try:
+                return optuna.create_study(storage=storage, study_name=name, direction="maximize",
+                                           pruner=pruner), storage, True
+            except optuna.exceptions.DuplicatedStudyError:
+                return optuna.load_study(storage=storage, study_name=name, pruner=pruner), storage, False
         except sqlalchemy.exc.OperationalError as e:
             if attempt == 2:
                 raise UserError(f"--storage {url}: cannot open the study ({str(e).splitlines()[0][:200]})") from None

@@ -90,30 +90,6 @@ def complete_trials(db: Path) -> int:
         return 0
 
 
-def test_a_killed_search_continues_to_the_total(tiny_model_dir, nsmc_slices, tmp_path, capsys):
-    out = tmp_path / "search"
-    proc = cli(*tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "3"))
-    deadline = time.time() + 120
-    while complete_trials(out / "study.db") < 1 and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.1)
-    proc.send_signal(signal.SIGKILL)  # no chance to clean up: the next trial may be in flight
-    log = proc.communicate()[0]
-    assert proc.returncode == -signal.SIGKILL, log
-    killed = load(f"sqlite:///{out / 'study.db'}")
-    assert 1 <= states(killed).count("COMPLETE") < 3, log
-    in_flight = [t.number for t in killed.trials if t.state.name == "RUNNING"]
-
-    assert main(tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "3")) == 0
-    printed = capsys.readouterr().out
-    study = load(f"sqlite:///{out / 'study.db'}")
-    assert states(study).count("COMPLETE") == 3 and "RUNNING" not in states(study)
-    for n in in_flight:  # the killed process's trial: failed, its folder gone
-        assert study.trials[n].state.name == "FAIL"
-        assert f"trial {n}: its process died while it trained; marked failed" in printed
-    assert list((out / "trials").iterdir()) == [] and rundir.has_card(out / "best")
-    assert json.loads((out / "best.json").read_text())["score"] == study.best_value
-
-
 class PruneTrialOne(optuna.pruners.BasePruner):
     """The search's pruner decides from the reported validation scores; this one gives up on trial 1."""
 
@@ -137,17 +113,42 @@ def test_a_pruned_trial_is_recorded_and_leaves_no_model(tiny_model_dir, nsmc_sli
     assert rundir.read_card(tmp_path / "search" / "best")["args"]["out"].endswith("trial-0000")
 
 
-def test_two_processes_add_trials_to_one_shared_study(tiny_model_dir, nsmc_slices, tmp_path):
-    url = f"sqlite:///{tmp_path / 'shared.db'}"
-    procs = [cli(*tune_args(tiny_model_dir, nsmc_slices, tmp_path / name, "--trials", "4", "--storage", url,
-                            "--study", "shared")) for name in ("a", "b")]
-    logs = [p.communicate(timeout=300)[0] for p in procs]
-    assert [p.returncode for p in procs] == [0, 0], logs
-    study = load(url, "shared")
-    done = [t for t in study.trials if t.state.name == "COMPLETE"]
-    assert len(done) >= 4 and "RUNNING" not in states(study)
-    assert {t.user_attrs["owner"]["pid"] for t in done} == {p.pid for p in procs}, logs
-    assert sum(bool(t.user_attrs.get("defaults")) for t in study.trials) == 1  # one defaults trial in the study
+def wait_for_complete(db: Path, n: int, proc: subprocess.Popen) -> None:
+    deadline = time.time() + 120
+    while complete_trials(db) < n and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.1)
+    assert complete_trials(db) >= n, proc.communicate()[0] if proc.poll() is not None else "timed out"
+
+
+def test_two_processes_share_a_study_and_a_killed_one_is_continued(tiny_model_dir, nsmc_slices, tmp_path, capsys):
+    """A tune in another process; one here joins its study through --storage once it has a trial (both add
+    trials); then the other is killed, most likely inside a trial, and a third tune continues its search to
+    the total, marking the killed trial failed and removing its folder."""
+    db, a = tmp_path / "shared.db", tmp_path / "a"
+    shared = ("--storage", f"sqlite:///{db}", "--study", "shared")
+    other = cli(*tune_args(tiny_model_dir, nsmc_slices, a, "--trials", "100", *shared))
+    wait_for_complete(db, 1, other)
+    assert main(tune_args(tiny_model_dir, nsmc_slices, tmp_path / "b", "--trials", "3", *shared)) == 0
+    other.send_signal(signal.SIGKILL)  # no chance to clean up: its next trial is likely in flight
+    log = other.communicate()[0]
+    assert other.returncode == -signal.SIGKILL, log
+    study = load(f"sqlite:///{db}", "shared")
+    pids = [t.user_attrs["owner"]["pid"] for t in study.trials]
+    assert pids[0] == other.pid and os.getpid() in pids, log  # trial 0 (the defaults) by the other process
+    assert [bool(t.user_attrs.get("defaults")) for t in study.trials].count(True) == 1
+    in_flight = [t.number for t in study.trials if t.state.name == "RUNNING"]
+    total = len([t for t in study.trials if t.state.name == "COMPLETE"]) + 2
+    capsys.readouterr()
+
+    assert main(tune_args(tiny_model_dir, nsmc_slices, a, "--trials", str(total), *shared)) == 0
+    printed = capsys.readouterr().out
+    study = load(f"sqlite:///{db}", "shared")
+    assert states(study).count("COMPLETE") == total and "RUNNING" not in states(study)
+    for n in in_flight:  # the killed process's trial: failed, its folder gone
+        assert study.trials[n].state.name == "FAIL"
+        assert f"trial {n}: its process died while it trained; marked failed" in printed
+    assert list((a / "trials").iterdir()) == [] and rundir.has_card(a / "best")
+    assert json.loads((a / "best.json").read_text())["study"]["finished"] == total
 
 
 def test_tune_takes_train_flags_and_a_config_beneath_them(tmp_path, capsys):
