@@ -83,7 +83,19 @@ def tune(fixed: dict, out, trials: int = 10, timeout: float | None = None, stora
          f"trials done")
     run_trials(job, trials, timeout)
     with S.folder_lock(out):
-        return write_best(job, final=True)
+        info = write_best(job, final=True)
+    if info:
+        write_page(job, info)
+    return info
+
+
+def write_page(job: Job, info: dict) -> None:
+    try:  # the page is a bonus: never fail a finished search over it
+        from bertclf.tune.report import write_tune_report
+
+        job.echo(f"report: {write_tune_report(job.study, job.out, info)}")
+    except Exception as e:  # noqa: BLE001
+        job.echo(f"report not written: {type(e).__name__}: {e}")
 
 
 def search_space(fixed: dict, out: Path, echo) -> tuple[Space, dict]:

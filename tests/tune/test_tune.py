@@ -58,6 +58,13 @@ def test_a_search_keeps_the_best_model_and_the_command_that_reruns_it(tiny_model
     assert rundir.has_card(out / "best") and list((out / "trials").iterdir()) == []  # the others' models deleted
     assert rundir.read_card(out / "best")["args"]["out"] == str(out / "trials" / f"trial-{best['trial']:04d}")
 
+    # the page: every trial, the importances (3 complete trials), the command; its numbers as JSON
+    page = (out / "report.html").read_text(encoding="utf-8")
+    data = json.loads(page.split('<script type="application/json" id="report-data">')[1].split("</script>")[0])
+    assert [t["number"] for t in data["trials"]] == [0, 1, 2] and data["best"]["command"] == best["command"]
+    assert set(data["importance"]) <= set(study.trials[1].params) and 'id="fig-trials"' in page
+    assert f"report: {out / 'report.html'}" in printed
+
     # the recipe file and the command are the same settings; rerun, the command gives the trial's score
     argv = shlex.split(best["command"])[1:]
     assert vars(parse(["train", "--config", best["config"], "--out", str(out / "rerun")])) | {"config": None} == \
@@ -70,6 +77,8 @@ def test_a_search_keeps_the_best_model_and_the_command_that_reruns_it(tiny_model
     capsys.readouterr()
     assert main(tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "3")) == 0
     assert "trial " not in capsys.readouterr().out.split("searching")[1].split("best:")[0]
+    assert main(tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "5", "--timeout", "1e-9")) == 0
+    assert "--timeout 1e-09: 0 s passed, no trial started after it" in capsys.readouterr().out
     assert main(tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "4", "--metric", "macro_f1")) == 2
     err = capsys.readouterr().err
     assert f"--out {out}: its study 'bertclf' searches another task: --metric (None there, macro_f1 here)" in err
