@@ -63,10 +63,12 @@ def tune(fixed: dict, out, trials: int = 10, timeout: float | None = None, stora
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory; choose another path")
     space, sha = search_space(fixed, out, echo)
-    (out / LOGS).mkdir(parents=True, exist_ok=True)
     url = S.storage_url(out, storage)
+    if storage is None:  # SQLite makes the file, not its folder
+        out.mkdir(parents=True, exist_ok=True)
     study, store, created = S.open_study(url, study_name or S.DEFAULT_STUDY,
-                                pruner or optuna.pruners.MedianPruner(n_startup_trials=2))
+                                         pruner or optuna.pruners.MedianPruner(n_startup_trials=2))
+    (out / LOGS).mkdir(parents=True, exist_ok=True)
     S.check_same_task(study, fixed, sha, f"--storage {url}" if storage else f"--out {out}")
     metric = fixed.get("metric") or ("macro_f1" if fixed.get("multi_label") else "accuracy")
     job = Job(out, fixed, space, metric, study, store, url, echo)
@@ -210,7 +212,7 @@ def run_trials(job: Job, target: int, timeout: float | None) -> None:
                 job.echo(f"--timeout {timeout:g}: {time.time() - t0:.0f} s passed, no trial started after it")
                 break
             job.study.optimize(lambda trial: objective(job, trial), n_trials=1, catch=(UserError,),
-                               callbacks=[after_trial])
+                               callbacks=[after_trial], gc_after_trial=True)  # one model in memory at a time
             if job.failures >= MAX_FAILURES:
                 raise UserError(f"tune: {job.failures} trials in a row failed; the last: {job.last_error} (each "
                                 f"trial's log is in {job.out / LOGS})")

@@ -173,3 +173,16 @@ def test_tune_takes_train_flags_and_a_config_beneath_them(tmp_path, capsys):
     f.write_text("train: t.tsv\ntrails: 5\n", encoding="utf-8")
     assert main(["tune", "--config", str(f), "--out", "o"]) == 2
     assert f"--config {f}: unknown key 'trails'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("extra, message", [
+    (("--trials", "0"), "--trials: must be >= 1, got 0"),
+    (("--timeout", "-1"), "--timeout: must be > 0 seconds, got -1.0"),
+    (("--storage", "nosuchdb://x"), "--storage nosuchdb://x: not a database URL Optuna can use"),
+    (("--lr", "5"), "tune: argument --lr: must be in (0, 1), got 5"),
+])
+def test_bad_tune_input_is_one_line_and_writes_nothing(tiny_model_dir, nsmc_slices, tmp_path, capsys, extra, message):
+    assert main(tune_args(tiny_model_dir, nsmc_slices, tmp_path / "search", *extra)) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bertclf: error: ") and message in err and err.count("\n") == 1, err
+    assert not (tmp_path / "search").exists()
