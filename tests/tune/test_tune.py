@@ -186,3 +186,23 @@ def test_bad_tune_input_is_one_line_and_writes_nothing(tiny_model_dir, nsmc_slic
     err = capsys.readouterr().err
     assert err.startswith("bertclf: error: ") and message in err and err.count("\n") == 1, err
     assert not (tmp_path / "search").exists()
+
+
+def test_the_rerun_command_and_the_recipe_file_give_back_every_setting(tmp_path):
+    """Switches (on, --no- for those on by default), lists, floats at full precision, names with spaces."""
+    from bertclf.train.config import TrainConfig
+    from bertclf.tune.recipe import train_command, write_config
+
+    values = {"train": "my data.tsv", "out": "ignored", "columns": "id,text,labels", "multi_label": True,
+              "label_sep": ";", "calibrate": False, "trim_vocab": False, "lr": 2.6668021767031695e-05,
+              "epochs": 3, "batch_size": 64, "warmup": 0.0070206, "ngram": "off", "max_length": 256,
+              "class_weights": "auto", "metric": "macro_f1", "seed": 7}
+    argv = shlex.split(train_command(values, "runs/again"))
+    assert argv[:2] == ["bertclf", "train"]
+    a = parse(argv[1:])
+    write_config(tmp_path / "r.yaml", values)
+    b = parse(["train", "--config", str(tmp_path / "r.yaml"), "--out", "runs/again"])
+    for name, v in values.items():
+        if name != "out":
+            assert getattr(a, name) == v == getattr(b, name), name
+    assert a.out == b.out == "runs/again" and a.warmup != TrainConfig.warmup
