@@ -43,9 +43,37 @@ def _long_text_flags(p) -> None:
                    "previous one (default max-length / 4)")
 
 
-def _train_flags(sub) -> None:
+CONFIG_HELP = ("YAML or JSON file of these flags (keys: the flag names, e.g. max_length: 256); a flag given here "
+               "wins over it. A finished run's DIR/bertclf.json reruns that run (give a new --out)")
+
+
+def _train_flags(sub, config: dict | None = None) -> None:
     t = sub.add_parser("train", help="fine-tune a model", description="Fine-tune a pretrained encoder on labelled text.")
-    add_train_flags(t)  # one flag per TrainConfig field (bertclf/train/config.py)
+    t.add_argument("--config", metavar="FILE", help=CONFIG_HELP)
+    add_train_flags(t, defaults=config)  # one flag per TrainConfig field (bertclf/train/config.py)
+
+
+def _tune_flags(sub, config: dict | None = None) -> None:
+    from bertclf.tune.cli_flags import TUNE_FIELDS, searched_helps, tune_defaults
+
+    t = sub.add_parser("tune", help="search the training recipe (Optuna): the best model, its score beside the "
+                       "defaults', and the command that reruns it",
+                       description="Trials of `bertclf train` on the same validation split, chosen by Optuna's TPE "
+                       "sampler and stopped early by its median pruner, over the learning rate, epochs, batch size, "
+                       "warmup, weight decay, class weights, n-gram partner and max length (each range fitted to "
+                       "the data). Any train flag given here holds for every trial and is not searched. The study "
+                       "is kept in DIR/study.db: running tune again continues it.")
+    t.add_argument("--out", metavar="DIR", required=not (config or {}).get("out"), default=(config or {}).get("out"),
+                   help="the search's folder: study.db, best/ (the best model), best.json, best.yaml, logs/")
+    t.add_argument("--trials", type=int, default=10, metavar="N",
+                   help="finished trials the study holds at the end, counting earlier runs' (default 10)")
+    t.add_argument("--timeout", type=number, metavar="S", help="start no trial after S seconds")
+    t.add_argument("--storage", metavar="URL", help="the study's database (default sqlite:///DIR/study.db); one URL "
+                   "shared by several processes or machines (e.g. postgresql://...) spreads the trials over them")
+    t.add_argument("--study", metavar="NAME", help="the study's name in --storage (default bertclf)")
+    t.add_argument("--config", metavar="FILE", help="YAML or JSON file of train flags that hold for every trial "
+                   "(a flag given here wins over it)")
+    add_train_flags(t, TUNE_FIELDS, defaults=tune_defaults(config), helps=searched_helps(), grouped=True)
 
 
 def _eval_flags(sub) -> None:
@@ -202,11 +230,14 @@ def _audit_flags(sub) -> None:
     _read_flags(au)
 
 
-def build_parser() -> Parser:
+def build_parser(config: dict | None = None, config_of: str = "train") -> Parser:
+    """config: the values of --config FILE given to command `config_of`, the defaults beneath its flags."""
     p = Parser(prog="bertclf", description="Fine-tune transformer encoders for text classification.")
     p.add_argument("--version", action="version", version=_version())
     sub = p.add_subparsers(dest="command", metavar="COMMAND", parser_class=Parser)
-    for add in (_train_flags, _eval_flags, _predict_flags, _models_flags, _trim_vocab_flags,
+    _train_flags(sub, config if config_of == "train" else None)
+    _tune_flags(sub, config if config_of == "tune" else None)
+    for add in (_eval_flags, _predict_flags, _models_flags, _trim_vocab_flags,
                 _baseline_flags, _serve_flags, _export_flags, _distill_flags, _report_flags, _audit_flags):
         add(sub)
     return p
@@ -223,9 +254,24 @@ def cmd_train(a) -> int:
 
     from bertclf.train.loop import TrainConfig, train
 
-    card = train(TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)}))
+    cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
+    if a.config:
+        from bertclf.train.config_file import rerun_notes
+
+        for note in rerun_notes(a.config, cfg):
+            print(f"bertclf: note: rerun of {a.config}: {note}", file=sys.stderr)
+    card = train(cfg)
     if card:  # the main process (the others return {}) writes the report
         _write_report(a.out)
+    return 0
+
+
+def cmd_tune(a) -> int:
+    from bertclf.tune.cli_flags import TUNE_FIELDS
+    from bertclf.tune.run import tune
+
+    tune({name: getattr(a, name) for name in TUNE_FIELDS}, a.out, trials=a.trials, timeout=a.timeout,
+         storage=a.storage, study_name=a.study)
     return 0
 
 
@@ -405,15 +451,17 @@ def cmd_audit(a) -> int:
     return 0
 
 
+CONFIG_COMMANDS = ("train", "tune")  # the commands whose flags --config FILE may give
 COMMANDS = {"baseline": cmd_baseline, "serve": cmd_serve, "export": cmd_export, "report": cmd_report,
-            "train": cmd_train, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
+            "train": cmd_train, "tune": cmd_tune, "eval": cmd_eval, "predict": cmd_predict, "models": cmd_models,
             "trim-vocab": cmd_trim_vocab, "audit": cmd_audit, "distill": cmd_distill}
 
 
 def parse(argv=None) -> argparse.Namespace:
     """Parse the command line. predict's texts may follow its options (`predict DIR --batch-size 8 "text"`);
     anything else unrecognised is an error that points to the command's own help."""
-    args, extra = build_parser().parse_known_args(argv)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args, extra = build_parser(_config_values(argv), argv[0] if argv else "train").parse_known_args(argv)
     if args.command == "predict" and extra and not any(x.startswith("-") for x in extra):
         args.texts = list(args.texts) + extra
     elif extra:
@@ -421,6 +469,20 @@ def parse(argv=None) -> argparse.Namespace:
         raise UserError(f"{args.command + ': ' if args.command else ''}unrecognized arguments: {' '.join(extra)}; "
                         f"see '{where} -h'")
     return args
+
+
+def _config_values(argv: list[str]) -> dict | None:
+    """train --config FILE: the file's flag values, read before the command line is parsed (they are its defaults)."""
+    if not argv or argv[0] not in CONFIG_COMMANDS:
+        return None
+    pre = Parser(prog=f"bertclf {argv[0]}", add_help=False)
+    pre.add_argument("--config")
+    config = pre.parse_known_args(argv[1:])[0].config
+    if not config:
+        return None
+    from bertclf.train.config_file import read_config_file
+
+    return read_config_file(config)
 
 
 def main(argv=None) -> int:

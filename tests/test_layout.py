@@ -9,7 +9,7 @@ PACKAGE = Path(__file__).resolve().parents[1] / "bertclf"
 
 # the data's way, bottom to top; a stage imports from lower ranks (and itself) only
 RANK = {"errors": 0, "cpu": 0, "io": 1, "data": 2, "rundir": 3, "models": 4, "train": 5, "inference": 6,
-        "serve": 7, "export": 7, "report": 7, "distill": 8, "audit": 8, "cli": 9, "__main__": 10}
+        "serve": 7, "export": 7, "report": 7, "distill": 8, "audit": 8, "tune": 8, "cli": 9, "__main__": 10}
 
 
 def bertclf_imports(path: Path):

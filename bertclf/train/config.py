@@ -232,10 +232,12 @@ def config_from_dict(d: dict) -> TrainConfig:
 RESUME_NOTE = " (same on --resume)"  # how `bertclf train --help` marks the settings --resume compares
 
 
-def add_train_flags(parser, names=None, defaults: dict | None = None, helps: dict | None = None) -> None:
+def add_train_flags(parser, names=None, defaults: dict | None = None, helps: dict | None = None,
+                    grouped: bool = False) -> None:
     """Flags made from TrainConfig fields: --field-name with its type, default, help and choices. `train` takes
-    every field; another command (eval, baseline, audit, distill) takes the fields `names` it shares, with its
-    own `defaults` (e.g. None: "the teacher's") and `helps` where its meaning differs."""
+    every field; another command (eval, baseline, audit, distill, tune) takes the fields `names` it shares, with
+    its own `defaults` (e.g. None: "the teacher's") and `helps` where its meaning differs; grouped: in train's
+    help sections (for a command taking most of them)."""
     import argparse
 
     hints = _hints()
@@ -243,8 +245,8 @@ def add_train_flags(parser, names=None, defaults: dict | None = None, helps: dic
     chosen = [f for f in fields(TrainConfig) if names is None or f.name in names]
     if names is not None and len(chosen) != len(set(names)):
         raise ValueError(f"no TrainConfig field: {sorted(set(names) - {f.name for f in chosen})}")
-    groups = ({name: parser.add_argument_group(name) for name in (DATA, LABELS, RECIPE, RUN)} if names is None
-              else {})
+    groups = ({name: parser.add_argument_group(name) for name in (DATA, LABELS, RECIPE, RUN)}
+              if names is None or grouped else {})
     for f in chosen:
         meta = dict(f.metadata)
         group = groups.get(meta["group"], parser)
@@ -271,7 +273,7 @@ def add_train_flags(parser, names=None, defaults: dict | None = None, helps: dic
                 if key in meta:
                     kw[key] = meta[key]
             if "required" in meta and names is None:
-                kw["required"] = meta["required"]
+                kw["required"] = meta["required"] and f.name not in defaults  # --config may give it
         group.add_argument(meta.get("flag") or "--" + f.name.replace("_", "-"), **kw)
 
 

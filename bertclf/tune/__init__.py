@@ -1,0 +1,1 @@
+"""`bertclf tune`: search the training recipe with Optuna (bertclf/tune/run.py)."""
