@@ -221,11 +221,15 @@ def _version() -> str:
 def cmd_train(a) -> int:
     from dataclasses import fields
 
+    from bertclf.train.callbacks import TrainCallback
     from bertclf.train.loop import TrainConfig, train
 
-    card = train(TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)}))
-    if card:  # the main process (the others return {}) writes the report
-        _write_report(a.out)
+    class ReportPage(TrainCallback):  # written before the trackers (--report-to) take it as an artifact
+        def on_train_end(self, run, card):
+            if card:  # the main process (the others have {}) writes the report
+                _write_report(run.out)
+
+    train(TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)}), callbacks=[ReportPage()])
     return 0
 
 
