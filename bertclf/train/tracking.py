@@ -214,7 +214,12 @@ class TensorBoard:
         return f"tensorboard event files in {Path(self.tracker.logging_dir)} (see them: tensorboard --logdir {out})"
 
     def params(self, values: dict) -> None:
-        self.tracker.store_init_configuration(values)
+        from torch.utils.tensorboard.summary import hparams
+
+        # by hand: accelerate's store_init_configuration (add_hparams) files them as a second, timestamped run
+        for summary in hparams(values, {}):
+            self.tracker.writer.file_writer.add_summary(summary)
+        self.tracker.writer.flush()
 
     def log(self, values: dict, step: int) -> None:
         self.tracker.log(values, step=step)
@@ -311,6 +316,7 @@ class WandB:
     name = "wandb"
 
     def start(self, out, record: dict, resumed: int) -> bool:
+        import wandb
         from accelerate.tracking import WandBTracker
 
         reopened = bool(resumed and record.get("id"))
@@ -320,7 +326,8 @@ class WandB:
         folder = rundir.tracking_dir(out)
         folder.mkdir(parents=True, exist_ok=True)
         self.tracker = WandBTracker(os.environ.get("WANDB_PROJECT", PROJECT), name=Path(out).name, id=run_id,
-                                    resume="allow", dir=str(folder), mode=self.mode)
+                                    resume="allow", dir=str(folder), mode=self.mode,
+                                    settings=wandb.Settings(silent=True))  # its banner and summary: our one line
         self.tracker.start()
         self.record = {"id": run_id, "logged": record.get("logged", {}) if reopened else {}}
         return reopened
@@ -343,8 +350,12 @@ class WandB:
             logged |= dict.fromkeys(new, step)
 
     def files(self, out, paths) -> None:
-        for p in paths:
-            self.tracker.run.save(str(p), base_path=str(out), policy="now")
+        import shutil
+
+        run = self.tracker.run
+        for p in paths:  # copied into the run's folder: the offline run keeps them as they are now
+            shutil.copyfile(p, Path(run.dir) / p.name)
+            run.save(str(Path(run.dir) / p.name), base_path=run.dir, policy="now")
 
     def finish(self, status: str) -> None:
         self.tracker.run.finish(exit_code=0 if status == "FINISHED" else 1)

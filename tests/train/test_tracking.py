@@ -69,11 +69,16 @@ def _windows(log: list[dict]) -> dict[int, dict]:
     return {r["step"]: r for r in log if "loss" in r}
 
 
-def _tb_scalars(out: Path) -> dict[str, list[tuple[int, float]]]:
+def _tb_events(out: Path):
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     acc = EventAccumulator(str(rundir.tracking_dir(out) / "tensorboard"), size_guidance={"scalars": 0})
     acc.Reload()
+    return acc
+
+
+def _tb_scalars(out: Path) -> dict[str, list[tuple[int, float]]]:
+    acc = _tb_events(out)
     return {tag: [(e.step, e.value) for e in acc.Scalars(tag)] for tag in acc.Tags()["scalars"]}
 
 
@@ -90,6 +95,19 @@ def test_tensorboard_reads_each_log_window_and_validation_at_its_step(tracked):
         scalars["valid/accuracy"] and [s for s, _ in scalars["valid/accuracy"]] == [4, 8]
     assert scalars["test/accuracy"] == [(8, pytest.approx(card["metrics"]["test"]["accuracy"]))]
     assert scalars["calibration/temperature"] == [(8, pytest.approx(card["calibration"]["temperature"]))]
+
+
+def test_tensorboard_holds_the_resolved_settings_as_hparams_of_the_same_run(tracked):
+    from tensorboard.plugins.hparams import plugin_data_pb2
+
+    out, card, _, _ = tracked
+    data = plugin_data_pb2.HParamsPluginData()
+    data.ParseFromString(_tb_events(out).PluginTagToContent("hparams")["_hparams_/session_start_info"])
+    hparams = data.session_start_info.hparams
+    assert hparams["lr"].number_value == pytest.approx(2e-3) and hparams["report_to"].string_value == "all"
+    assert hparams["data.train.sha256"].string_value == card["data"]["train"]["sha256"]
+    assert hparams["resolved.precision"].string_value == card["training"]["precision"]
+    assert sorted(p.name for p in (rundir.tracking_dir(out) / "tensorboard").iterdir() if p.is_dir()) == []
 
 
 def test_mlflow_holds_params_metrics_artifacts_and_the_registered_model(tracked, mlflow_store):
