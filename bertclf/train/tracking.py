@@ -362,3 +362,65 @@ class WandB:
 
 
 BACKENDS = {"tensorboard": TensorBoard, "mlflow": MLflow, "wandb": WandB}
+
+
+class EvalRun:
+    """`bertclf eval DIR --report-to mlflow [--run-id ID]`: the scores of an evaluation added to an existing
+    MLflow run (default: the run that trained DIR, from DIR/tracking/runs.json), under eval/<data name>/ at the
+    model's last training step, with the whole report as eval/<data name>.json. Checked before the scoring:
+    the flags, the package and the run (a server that is down: one warning line, the scores are still printed)."""
+
+    def __init__(self, report_to: str, run_id: str | None, model_dir, say=print):
+        names = parse_report_to(report_to)
+        if names not in ((), ("mlflow",)):
+            raise UserError(f"eval --report-to: {','.join(names)}: eval logs to an existing MLflow run only; give "
+                            f"--report-to mlflow (with --run-id ID, or the run that trained {model_dir})")
+        if run_id and not names:
+            raise UserError("eval --run-id: names the MLflow run to log to: add --report-to mlflow")
+        self.say, self.run_id, self.client = say, run_id, None
+        if not names:
+            return
+        check_installed(names)
+        self.run_id = run_id or (rundir.read_tracked_runs(model_dir).get("mlflow") or {}).get("run_id")
+        if not self.run_id:
+            raise UserError(f"eval --report-to mlflow: {model_dir} was not trained with --report-to mlflow; give "
+                            f"the MLflow run to log to with --run-id ID")
+        self.step = (rundir.read_card(model_dir).get("training") or {}).get("steps") or 0
+        self._open()
+
+    def _open(self) -> None:
+        import mlflow
+        from mlflow.exceptions import MlflowException
+
+        uri = mlflow.get_tracking_uri()
+        try:
+            check_reachable(uri)
+        except ConnectionError as e:
+            self.say(f"warning: --report-to mlflow: {e}; the scores are printed but not logged")
+            return
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        try:
+            client.get_run(self.run_id)
+        except MlflowException:
+            raise UserError(f"--run-id {self.run_id}: no such MLflow run in {uri}; give the id of an existing run "
+                            f"(MLFLOW_TRACKING_URI chooses the store)") from None
+        self.client = client
+
+    def log(self, report: dict, data_name: str) -> None:
+        import time
+
+        from mlflow.entities import Metric
+
+        if self.client is None:
+            return
+        now = int(time.time() * 1000)
+        values = numbers({k: v for k, v in report.items() if k not in ("per_class", "per_label")}, f"eval/{data_name}")
+        try:
+            self.client.log_batch(self.run_id, metrics=[Metric(k, v, now, self.step) for k, v in values.items()])
+            self.client.log_text(self.run_id, json.dumps(report, indent=2, ensure_ascii=False, default=str),
+                                 f"eval/{data_name}.json")
+        except Exception as e:  # noqa: BLE001 (the scores are printed anyway)
+            self.say(f"warning: --report-to mlflow: logging to run {self.run_id} failed ({type(e).__name__}: "
+                     f"{(str(e).strip().splitlines() or [''])[0][:300]}); the scores are printed but not logged")
+            return
+        self.say(f"tracking: eval/{data_name}/* logged to mlflow run {self.run_id} at step {self.step}")

@@ -138,6 +138,25 @@ def test_mlflow_holds_params_metrics_artifacts_and_the_registered_model(tracked,
     assert version.run_id == run_id and version.source.endswith("/model")
 
 
+def test_eval_logs_its_scores_to_the_run_that_trained_the_model(tracked, mlflow_store, nsmc_slices, capsys):
+    import mlflow
+
+    out = tracked[0]
+    run_id = rundir.read_tracked_runs(out)["mlflow"]["run_id"]
+    assert main(["eval", str(out), "--test", str(nsmc_slices["test"]), "--text-col", "document", "--json",
+                 "--report-to", "mlflow"]) == 0
+    printed = capsys.readouterr()
+    rep = json.loads(printed.out)
+    assert f"tracking: eval/test/* logged to mlflow run {run_id} at step 8" in printed.err
+    client = mlflow.MlflowClient(tracking_uri=mlflow_store)
+    (m,) = client.get_metric_history(run_id, "eval/test/accuracy")
+    assert (m.step, m.value) == (8, pytest.approx(rep["accuracy"])) and rep["n"] == 500
+    assert "eval/test.json" in {a.path for a in client.list_artifacts(run_id, "eval")}
+    assert main(["eval", str(out), "--test", str(nsmc_slices["test"]), "--report-to", "mlflow",
+                 "--run-id", "0" * 32]) == 2
+    assert capsys.readouterr().err.startswith(f"bertclf: error: --run-id {'0' * 32}: no such MLflow run in ")
+
+
 def test_wandb_writes_an_offline_run_with_the_card(tracked):
     out, _, _, printed = tracked
     run_id = rundir.read_tracked_runs(out)["wandb"]["id"]
