@@ -223,17 +223,22 @@ def test_bad_tracking_flags_are_one_line(extra, message, tmp_path, capsys):
 
 
 def test_a_killed_and_resumed_run_is_one_tracked_run_with_each_step_once(mlflow_store, tiny_model_dir,
-                                                                        nsmc_slices, tmp_path):
+                                                                        nsmc_slices, tmp_path, monkeypatch):
     """Killed (SIGKILL) after step 7: steps 2, 4, 6 logged, checkpoint at 4. --resume restarts at step 4 and logs
     6, 8, 10: TensorBoard hides the killed run's step 6 (purge_step), MLflow's history already has it."""
     import mlflow
 
+    for key in ("WANDB_MODE", "WANDB_API_KEY"):  # W&B offline
+        monkeypatch.delenv(key, raising=False)
     out = tmp_path / "run"
     args = _args(nsmc_slices, tiny_model_dir, out, "--max-steps", 10, "--checkpoint-every", 4,
-                 "--report-to", "mlflow,tensorboard")
+                 "--report-to", "all")
     env = dict(os.environ, BERTCLF_NO_PROGRESS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
                PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])),
                **{PAUSE_ENV: "step:7"})
+    # a W&B service this process started (the module's first run) is not the killed run's: on its own machine
+    # a killed run's service dies with it, while a shared one would keep the run id "in use"
+    env.pop("WANDB_SERVICE", None)
     proc = subprocess.Popen(HOOKED + args, cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
                             text=True)
     try:
@@ -243,7 +248,7 @@ def test_a_killed_and_resumed_run_is_one_tracked_run_with_each_step_once(mlflow_
     finally:
         proc.kill()  # SIGKILL: the trackers are not closed, the MLflow run stays RUNNING
         proc.wait(timeout=60)
-    run_id = rundir.read_tracked_runs(out)["mlflow"]["run_id"]
+    run_id, wandb_id = (rundir.read_tracked_runs(out)[k][i] for k, i in (("mlflow", "run_id"), ("wandb", "id")))
     client = mlflow.MlflowClient(tracking_uri=mlflow_store)
     assert [m.step for m in client.get_metric_history(run_id, "train/loss")] == [2, 4, 6]
     assert client.get_run(run_id).info.status == "RUNNING"
@@ -261,3 +266,6 @@ def test_a_killed_and_resumed_run_is_one_tracked_run_with_each_step_once(mlflow_
     scalars = _tb_scalars(out)
     assert [(s, pytest.approx(windows[s]["loss"], rel=1e-6)) for s in (2, 4, 6, 8, 10)] == scalars["train/loss"]
     assert [s for s, _ in scalars["valid/accuracy"]] == [4, 8, 10]
+    # W&B: the same run id continued in a second offline session, which logged from step 8 on
+    assert len(list((rundir.tracking_dir(out) / "wandb").glob(f"offline-run-*-{wandb_id}"))) == 2
+    assert rundir.read_tracked_runs(out)["wandb"]["logged"]["train/loss"] == 10
