@@ -33,10 +33,14 @@ def _args(slices, model, out: Path, *extra) -> list[str]:
 
 @pytest.fixture(scope="module")
 def mlflow_store(tmp_path_factory):
-    """MLFLOW_TRACKING_URI: a fresh sqlite store for this module (artifacts beside it)."""
+    """MLFLOW_TRACKING_URI: a fresh sqlite store for this module, with the experiment's artifacts beside it
+    (MLflow's default artifact root is ./mlruns in the working folder: the repository here)."""
+    import mlflow
+
     d = tmp_path_factory.mktemp("mlflow")
     before = os.environ.get("MLFLOW_TRACKING_URI")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{d / 'mlflow.db'}"
+    mlflow.MlflowClient().create_experiment("bertclf", artifact_location=(d / "artifacts").as_uri())
     yield os.environ["MLFLOW_TRACKING_URI"]
     if before is None:
         os.environ.pop("MLFLOW_TRACKING_URI")
