@@ -90,6 +90,9 @@ def _eval_flags(sub) -> None:
     e.add_argument("--precision", default="auto", help=PRECISION_HELP)
     _long_text_flags(e)
     _read_flags(e)
+    add_train_flags(e, ("report_to",), helps={"report_to": "mlflow: log the scores to an existing MLflow run "
+                                              "(--run-id, default: the run that trained DIR) under eval/NAME/"})
+    e.add_argument("--run-id", metavar="ID", help="with --report-to mlflow: the MLflow run to log the scores to")
 
 
 def _predict_flags(sub) -> None:
@@ -252,6 +255,7 @@ def _version() -> str:
 def cmd_train(a) -> int:
     from dataclasses import fields
 
+    from bertclf.train.callbacks import TrainCallback
     from bertclf.train.loop import TrainConfig, train
 
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
@@ -260,9 +264,13 @@ def cmd_train(a) -> int:
 
         for note in rerun_notes(a.config, cfg):
             print(f"bertclf: note: rerun of {a.config}: {note}", file=sys.stderr)
-    card = train(cfg)
-    if card:  # the main process (the others return {}) writes the report
-        _write_report(a.out)
+
+    class ReportPage(TrainCallback):  # written before the trackers (--report-to) take it as an artifact
+        def on_train_end(self, run, card):
+            if card:  # the main process (the others have {}) writes the report
+                _write_report(run.out)
+
+    train(cfg, callbacks=[ReportPage()])
     return 0
 
 
@@ -287,7 +295,9 @@ def _write_report(out) -> None:
 def cmd_eval(a) -> int:
     from bertclf.inference.evaluate import evaluate
     from bertclf.data.metrics import format_report
+    from bertclf.train.tracking import EvalRun
 
+    tracked = EvalRun(a.report_to, a.run_id, a.model_dir, say=lambda s: print(s, file=sys.stderr))
     rep = evaluate(a.model_dir, data=a.data, test=a.test, text_col=a.text_col, label_col=a.label_col,
                    data_dir=a.data_dir, errors=a.errors, batch_size=a.batch_size, encoding=a.encoding,
                    columns=parse_columns(a.columns), log=lambda s: print(s, file=sys.stderr), precision=a.precision,
@@ -298,6 +308,7 @@ def cmd_eval(a) -> int:
         print(format_report(rep))
         if a.errors:
             print(f"misclassified rows written to {a.errors}")
+    tracked.log(rep, a.data or os.path.splitext(os.path.basename(a.test))[0])
     return 0
 
 

@@ -9,6 +9,8 @@
     DIR/checkpoints/base-model/ the --trim-vocab base model (bertclf distill: the student's start), kept for --resume
     DIR/checkpoints/distill/    bertclf distill: the teacher's logits and the distillation settings, for --resume
     DIR/.bertclf.lock           held (OS file lock) while a run trains in DIR
+    DIR/tracking/               --report-to: TensorBoard event files, W&B offline runs, and runs.json (the
+                                tracked runs' ids, which --resume reopens); never part of the model
 plus the standard Hugging Face files (config.json, model.safetensors, tokenizer files) of the final model.
 """
 from __future__ import annotations
@@ -34,6 +36,8 @@ BEST = "best"
 BASE_MODEL = "base-model"
 DISTILL = "distill"
 FINAL_STAGING = "final"  # checkpoints/final: the final model's files before they move up into DIR
+TRACKING = "tracking"
+TRACKED_RUNS = "runs.json"
 
 
 def checkpoints_dir(run_dir) -> Path:
@@ -64,6 +68,23 @@ def base_model_dir(run_dir) -> Path:
 
 def distill_dir(run_dir) -> Path:
     return checkpoints_dir(run_dir) / DISTILL
+
+
+def tracking_dir(run_dir) -> Path:
+    return Path(run_dir) / TRACKING
+
+
+def read_tracked_runs(run_dir) -> dict:
+    """DIR/tracking/runs.json: each tracker's run id (and what it needs to reopen it), {} when there is none."""
+    f = tracking_dir(run_dir) / TRACKED_RUNS
+    try:
+        return json.loads(f.read_text())
+    except (OSError, ValueError):  # none yet, or torn: the trackers start new runs
+        return {}
+
+
+def write_tracked_runs(run_dir, runs: dict) -> None:
+    write_json(tracking_dir(run_dir) / TRACKED_RUNS, runs)
 
 
 def has_card(run_dir) -> bool:
@@ -168,13 +189,14 @@ def prepare(out, resume: bool, overwrite: bool) -> Path:
 
 
 def clear_previous_run(out) -> None:
-    """--overwrite: the old run's log, card (the "finished" mark) and checkpoints go, so that none can pass for
-    this run's: retention keeps the highest step numbers, and --resume would pick the old run's newest."""
+    """--overwrite: the old run's log, card (the "finished" mark), checkpoints and tracker files go, so that none
+    can pass for this run's: retention keeps the highest step numbers, --resume would pick the old run's newest,
+    and TensorBoard would draw the old run's curves under the new one."""
     import shutil
 
     remove_log(out)
     remove_card(out)
-    for old in step_checkpoints(out) + [best_dir(out)]:
+    for old in step_checkpoints(out) + [best_dir(out), tracking_dir(out)]:
         shutil.rmtree(old, ignore_errors=True)
 
 

@@ -21,6 +21,10 @@ class TrainCallback:
     def on_step_end(self, step: int) -> None:
         """After optimizer step `step`, before its logging, validation and checkpoint."""
 
+    def on_log(self, step: int, metrics: dict) -> None:
+        """A log window closed at `step` (main process only): its mean loss and accuracy, lr, samples/s,
+        tokens/s and epoch, the numbers of its train_log.jsonl record."""
+
     def on_evaluate(self, step: int, report: dict) -> None:
         """After the validation at `step` is scored, before the best checkpoint is written."""
 
@@ -37,6 +41,10 @@ class TrainCallback:
 
     def on_checkpoint_saved(self, step: int) -> None:
         """After checkpoints/step-N is complete and older ones are pruned."""
+
+    def on_train_end(self, run, card: dict) -> None:
+        """The run finished: the final model is written to run.out with its card (the main process's `card`: the
+        bertclf.json written, with the test metrics and calibration; {} on the other processes)."""
 
 
 class Events:

@@ -139,6 +139,13 @@ class TrainConfig:
                              "if it has a complete checkpoint, else start fresh (one command for restart loops)", RUN,
                              optional_choice="auto", resume=False)
     overwrite: bool = opt(False, "replace what --out holds", RUN, resume=False)
+    report_to: str = opt("none", "send the run to experiment trackers: none, all, or a comma-separated list of "
+                         "tensorboard (event files in OUT/tracking/tensorboard), mlflow (MLFLOW_TRACKING_URI, else "
+                         "MLflow's local default) and wandb (offline in OUT/tracking/wandb unless WANDB_MODE or "
+                         "WANDB_API_KEY is set); --resume continues the same tracked runs", RUN,
+                         metavar="NAMES", resume=False)
+    register: str | None = opt(None, "with --report-to mlflow: register the finished model directory as a new "
+                               "version of this model in MLflow's model registry", RUN, metavar="NAME", resume=False)
     # calibrate and ngram act only when the run finishes: a resumed run may change them
     calibrate: bool = opt(True, "fit a temperature on the validation rows and fold it into the classifier, so "
                           "every probability the model gives is calibrated (single-label; --no-calibrate: off)",
@@ -208,6 +215,12 @@ def validate_config(cfg: TrainConfig) -> None:
         bad("group-col", "groups the validation split of --train, and --valid FILE is given (no split): drop one")
     if not cfg.label_sep:
         bad("label-sep", "must not be empty; give the character between the labels of a cell, e.g. ','")
+    from bertclf.train.tracking import check_installed, parse_report_to
+
+    trackers = parse_report_to(cfg.report_to)
+    if cfg.register and "mlflow" not in trackers:
+        bad("register", "registers the model in MLflow's model registry: add --report-to mlflow")
+    check_installed(trackers)
     from bertclf.io.rows import check_encoding, parse_columns
 
     check_encoding(cfg.encoding)

@@ -26,12 +26,12 @@ from bertclf.rundir import layout as rundir
 from bertclf.train.callbacks import Events
 from bertclf.train.config import RESUME_KEYS, TrainConfig, config_from_dict, validate_config  # noqa: F401 (re-exported)
 from bertclf.io.disk_space import tensor_bytes, writing
-from bertclf.errors import UserError
 from bertclf.train.finish import finish
 from bertclf.train.meter import Meter, check_finite
 from bertclf.train.preemption import Preemption
 from bertclf.train.prepare import Run, load_data, prepare  # noqa: F401 (load_data re-exported)
 from bertclf.train.stepper import Stepper, optimizer_step
+from bertclf.train.tracking import Tracking
 from bertclf.train.validation import validate
 
 
@@ -42,10 +42,13 @@ def train(cfg: TrainConfig, echo=print, callbacks=(), objective=None) -> dict:
     objective: see prepare() (bertclf distill trains a student with the teacher's loss in this same loop)."""
     t_start = time.time()
     validate_config(cfg)
-    events = Events(callbacks)
+    tracking = Tracking.for_config(cfg, echo)  # --report-to: after the callbacks given (a report page written)
+    events = Events([*callbacks, tracking] if tracking else callbacks)
     with contextlib.ExitStack() as held:  # the output folder's lock (one run per folder), for the whole run
         run = prepare(cfg, echo, held, objective)
         run.events = events  # the final model write (finish.py) tells them of its moments too
+        if tracking:
+            held.push(tracking.exit)  # each tracked run ends, finished or not, before the lock is released
         events.on_train_begin(run)
         # a full disk outside the checkpoint and model writes (which name their own folder): the log, the lock
         next_checkpoint = lambda: tensor_bytes(run.unwrapped().state_dict(),  # noqa: E731
@@ -53,7 +56,9 @@ def train(cfg: TrainConfig, echo=print, callbacks=(), objective=None) -> dict:
         with Preemption() as preemption, writing("the run's files", run.out, next_checkpoint,
                                                  "the next checkpoint's weights and optimizer state",
                                                  lambda: ckpt.after_disk_full(run.out)):
-            return run_loop(run, events, preemption, t_start)
+            card = run_loop(run, events, preemption, t_start)
+            events.on_train_end(run, card)
+            return card
 
 
 def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
@@ -101,12 +106,13 @@ def log_window(run: Run, meter: Meter, epoch: int, n_batches: int, progress, t_s
     check_finite(run, meter)  # checked when logged, not every step: it is a host sync
     state, w = run.state, meter.flush()
     state.train_seconds += w["seconds"]
+    numbers = dict(epoch=state.epoch + state.batch_in_epoch / n_batches, loss=w["loss"], acc=w["acc"],
+                   lr=run.learner.scheduler.get_last_lr()[0], samples_per_s=w["samples_per_s"],
+                   tokens_per_s=w["tokens_per_s"])
     run.log(f"[Epoch {epoch + 1}/{run.plan.n_epochs}] step {state.step} -> loss {w['loss']:.4f}, acc {w['acc']:.4f} "
-            f"({w['samples_per_s']:.0f} samples/s)",
-            step=state.step, epoch=state.epoch + state.batch_in_epoch / n_batches, loss=w["loss"], acc=w["acc"],
-            lr=run.learner.scheduler.get_last_lr()[0], samples_per_s=w["samples_per_s"],
-            tokens_per_s=w["tokens_per_s"],
-            elapsed_s=time.time() - t_start)
+            f"({w['samples_per_s']:.0f} samples/s)", step=state.step, **numbers, elapsed_s=time.time() - t_start)
+    if run.main:
+        run.events.on_log(state.step, numbers)
     progress.set_postfix(loss=f"{w['loss']:.3f}", samples_s=f"{w['samples_per_s']:.0f}")
 
 
