@@ -59,6 +59,7 @@ def tune(fixed: dict, out, trials: int = 10, timeout: float | None = None, stora
         raise UserError(f"--trials: must be >= 1, got {trials}")
     if timeout is not None and timeout <= 0:
         raise UserError(f"--timeout: must be > 0 seconds, got {timeout}")
+    check_trackers(fixed)
     out = Path(out)
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a directory; choose another path")
@@ -83,12 +84,65 @@ def tune(fixed: dict, out, trials: int = 10, timeout: float | None = None, stora
         study.enqueue_trial(space.default_params(), user_attrs={"defaults": True})
     echo(f"searching {space.describe()}; study '{study.study_name}' in {url}: {len(S.finished(study))} of {trials} "
          f"trials done")
-    run_trials(job, trials, timeout)
-    with S.folder_lock(out):
-        info = write_best(job, final=True)
+    with study_run(job, fixed, trials) as tracked:
+        run_trials(job, trials, timeout)
+        with S.folder_lock(out):
+            info = write_best(job, final=True)
+        tracked(info)
     if info:
         write_page(job, info)
     return info
+
+
+def check_trackers(fixed: dict) -> None:
+    from bertclf.train.tracking import parse_report_to
+
+    local = [n for n in parse_report_to(fixed.get("report_to")) if n != "mlflow"]
+    if local:
+        raise UserError(f"tune --report-to {local[0]}: its files would live in each trial's folder, which tune "
+                        f"deletes; a search reports to mlflow (each trial a run nested under the search's run)")
+
+
+@contextlib.contextmanager
+def study_run(job: Job, fixed: dict, trials: int):
+    """--report-to mlflow: one MLflow run for the search, each trial's run nested under it (bertclf/train/tracking.py
+    nests a run started inside an active one); the search's settings as its parameters, the best score and the
+    defaults' as its metrics at the end. Yields a function taking best.json's content. A tracker that fails is
+    one warning line and the search goes on untracked, as in train."""
+    from bertclf.train.tracking import PROJECT, check_reachable, parse_report_to
+
+    names = parse_report_to(fixed.get("report_to"))
+    if "mlflow" not in names:
+        yield lambda info: None
+        return
+    import mlflow
+
+    try:
+        check_reachable(mlflow.get_tracking_uri())
+        mlflow.set_experiment(os.environ.get("MLFLOW_EXPERIMENT_NAME") or PROJECT)
+        parent = mlflow.start_run(run_name=f"tune {job.study.study_name} ({job.out.name})")
+        mlflow.log_params({"tune.trials": trials, "tune.metric": job.metric, "tune.space": job.space.describe(),
+                           **{f"fixed.{k}": v for k, v in fixed.items() if v is not None}})
+    except Exception as e:  # noqa: BLE001 (the search never depends on a tracker)
+        job.echo(f"warning: --report-to mlflow: {type(e).__name__}: {e}; the search goes on without mlflow")
+        yield lambda info: None
+        return
+    job.echo(f"mlflow: the search is run {parent.info.run_id}; each trial is a run nested under it")
+
+    def record(info: dict) -> None:
+        d = info.get("defaults") or {}
+        mlflow.log_metrics({k: v for k, v in {"best/score": info.get("score"), "defaults/score": d.get("score"),
+                                              "best/trial": info.get("trial")}.items() if v is not None})
+        for name in (BEST_FILE, BEST_CONFIG):
+            if (job.out / name).is_file():
+                mlflow.log_artifact(str(job.out / name))
+
+    status = "FAILED"
+    try:
+        yield record
+        status = "FINISHED"
+    finally:
+        mlflow.end_run(status=status)
 
 
 def write_page(job: Job, info: dict) -> None:

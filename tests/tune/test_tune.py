@@ -180,6 +180,7 @@ def test_tune_takes_train_flags_and_a_config_beneath_them(tmp_path, capsys):
     (("--timeout", "-1"), "--timeout: must be > 0 seconds, got -1.0"),
     (("--storage", "nosuchdb://x"), "--storage nosuchdb://x: not a database URL Optuna can use"),
     (("--lr", "5"), "tune: argument --lr: must be in (0, 1), got 5"),
+    (("--report-to", "tensorboard"), "tune --report-to tensorboard: its files would live in each trial's folder"),
 ])
 def test_bad_tune_input_is_one_line_and_writes_nothing(tiny_model_dir, nsmc_slices, tmp_path, capsys, extra, message):
     assert main(tune_args(tiny_model_dir, nsmc_slices, tmp_path / "search", *extra)) == 2
@@ -206,3 +207,36 @@ def test_the_rerun_command_and_the_recipe_file_give_back_every_setting(tmp_path)
         if name != "out":
             assert getattr(a, name) == v == getattr(b, name), name
     assert a.out == b.out == "runs/again" and a.warmup != TrainConfig.warmup
+
+
+def test_a_search_reported_to_mlflow_nests_each_trial_under_its_run(tiny_model_dir, nsmc_slices, tmp_path, capsys,
+                                                                     monkeypatch):
+    """--report-to mlflow: one run for the search (its settings, the best and the defaults' scores, best.json),
+    and each trial's training run nested under it with that trial's validation score."""
+    from mlflow.tracking import MlflowClient
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_EXPERIMENT_NAME", "tune-test")
+    import mlflow
+
+    mlflow.create_experiment("tune-test", artifact_location=(tmp_path / "artifacts").as_uri())
+    out = tmp_path / "search"
+    assert main(tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "2", "--report-to", "mlflow")) == 0
+    printed = capsys.readouterr().out
+    client = MlflowClient(uri)
+    runs = client.search_runs([client.get_experiment_by_name("tune-test").experiment_id])
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and f"mlflow: the search is run {parents[0].info.run_id}" in printed
+    parent = parents[0]
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parent.info.run_id]
+    assert len(children) == 2 and len(runs) == 3
+    best = json.loads((out / "best.json").read_text())
+    assert parent.data.metrics["best/score"] == pytest.approx(best["score"])
+    assert parent.data.metrics["defaults/score"] == pytest.approx(best["defaults"]["score"])
+    assert parent.data.params["tune.trials"] == "2" and parent.info.status == "FINISHED"
+    assert {a.path for a in client.list_artifacts(parent.info.run_id)} >= {"best.json", "best.yaml"}
+    study = load(f"sqlite:///{out / 'study.db'}")
+    metric = "final/valid/" + best["metric"]
+    scores = sorted(r.data.metrics.get(metric, r.data.metrics.get("valid/score", -1)) for r in children)
+    assert scores == pytest.approx(sorted(t.value for t in study.trials)), [r.data.metrics for r in children]
