@@ -27,8 +27,7 @@ How:
      accuracy). The variants: 7-bit weights first on CPUs without VNNI (their u8s8 AVX2 kernels saturate on
      8 bits), full 8-bit weights first where VNNI/AMX is present, then fp32 embeddings, then fp32 FFN output
      products. The first variant that passes is kept and named in bertclf.json ("int8_check"); if none does,
-     nothing is written (UserError). Measured on a me5-small fine-tuned on 5,000 NSMC reviews, labels
-     agreeing with torch on 2,000 test reviews: no smoothing 96.7%, alpha 0.5 97.3%, alpha 0.75 98.3%.
+     nothing is written (UserError). Why SmoothQuant at alpha 0.75: benchmarks/RESULTS.md ("CPU inference", the int8 variants table).
   4. Checked before the directory appears: the fp32 graph must give torch's logits on sample texts
      (max |diff| <= 1e-3 + 1e-3 * max |logit|); for int8 the agreement (the same measures as above) and the
      largest probability difference against torch on the same texts are recorded in bertclf.json.

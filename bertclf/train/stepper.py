@@ -76,7 +76,7 @@ class Stepper:
         return loss, correct, nonfinite
 
     def _back_off(self, state) -> None:
-        """The tutorial's author was stuck at batch 2: instead, halve the micro-batch and accumulate twice as many."""
+        """Halve the micro-batch and accumulate twice as many: the effective batch, and so the recipe, stays."""
         self.optimizer.zero_grad(set_to_none=True)
         if self.device.type == "cuda":
             torch.cuda.empty_cache()
