@@ -125,7 +125,7 @@ def _batches(pa, kind: str, f: Path, need: list[str], text_cols: list[str], col_
         if kind == "parquet":
             import pyarrow.parquet as pq
 
-            pf = pq.ParquetFile(f)
+            pf = pq.ParquetFile(f, pre_buffer=False)  # pre-buffering would read every row group's bytes first
             schema = pf.schema_arrow
             _check_schema(pa, f, schema, need, text_cols, col_flags)
             yield from pf.iter_batches(batch_size=BATCH_ROWS, columns=need)
