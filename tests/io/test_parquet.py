@@ -78,6 +78,21 @@ def test_every_columnar_source_reads_as_the_tsv(sources):
     assert sha["folder"] == sha["glob"] != sha["parquet"]  # a folder and its glob: the same files hashed together
 
 
+def test_a_changed_or_added_part_changes_the_hash(sources, tmp_path):
+    """What --resume compares: any part rewritten, or one more part, is other data."""
+    from bertclf.io.rows import sha256_data
+
+    parts = tmp_path / "parts"
+    parts.mkdir()
+    table = sources["table"]
+    pq.write_table(table.slice(0, 10), parts / "a.parquet")
+    first = sha256_data(parts)
+    pq.write_table(table.slice(0, 10).set_column(2, "label", pa.array([1] * 10)), parts / "a.parquet")
+    second = sha256_data(parts)
+    pq.write_table(table.slice(10, 5), parts / "b.parquet")
+    assert len({first, second, sha256_data(parts)}) == 3
+
+
 def test_rows_stream_a_batch_at_a_time(sources, tmp_path, monkeypatch):
     """predict's path: the first row comes before the file is read; Arrow holds a batch, not the file."""
     import bertclf.io.columnar as columnar
