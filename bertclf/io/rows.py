@@ -110,6 +110,8 @@ def iter_rows(path: str | os.PathLike, need: list[str], fmt: str | None = None, 
 
         yield from iter_table_rows(path, need, text_cols or need[:1], col_flags, fmt)
         return
+    if fmt in COLUMNAR:
+        raise UserError(f"--format {fmt}: stdin is read as text; give the {fmt} file's path instead of '-'")
     stdin = str(path) == "-"
     where = "stdin" if stdin else str(path)
     if not stdin:
