@@ -97,8 +97,8 @@ def _eval_flags(sub) -> None:
 
 def _predict_flags(sub) -> None:
     pr = sub.add_parser("predict", help="classify texts", description="Classify texts given as arguments, "
-                        "in a TSV/CSV/JSONL/plain-lines file, or on stdin (one text per line unless --format says "
-                        "otherwise); prints or writes JSONL (CSV by extension). Empty texts are skipped.")
+                        "in a TSV/CSV/JSONL/plain-lines/Parquet file, or on stdin (one text per line unless --format "
+                        "says otherwise); prints or writes JSONL (CSV by extension). Empty texts are skipped.")
     pr.add_argument("model_dir", metavar="DIR")
     pr.add_argument("texts", nargs="*", metavar="TEXT")
     pr.add_argument("--input", metavar="FILE", help="file to classify ('-' for stdin)")
@@ -215,7 +215,8 @@ def _audit_flags(sub) -> None:
                         description="Out-of-fold probabilities for every row (TF-IDF + logistic regression, or a transformer "
                         "fine-tuned per fold with --model), then "
                         "cleanlab's confident learning; writes the suspect rows, most suspect first, and an HTML page.")
-    au.add_argument("--train", required=True, metavar="FILE", help="labelled TSV/CSV/JSONL file to audit")
+    au.add_argument("--train", required=True, metavar="FILE",
+                    help="labelled TSV/CSV/JSONL/Parquet file (or Parquet folder/glob) to audit")
     au.add_argument("--text-col", help="text column (default: text)")
     add_train_flags(au, ("text_pair_col", "group_col"), helps={
         "text_pair_col": "second text column: sentence pairs",

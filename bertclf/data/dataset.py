@@ -18,7 +18,7 @@ import numpy as np
 from bertclf.errors import UserError
 from bertclf.io.files import atomic_file, cache_dir, sha256_file
 from bertclf.data.labels import LabelMap, label_order  # noqa: F401 (labels.py; re-exported)
-from bertclf.io.rows import file_format, iter_rows  # noqa: F401 (file_format: re-exported)
+from bertclf.io.rows import at_row, file_format, iter_rows, sha256_data  # noqa: F401 (file_format: re-exported)
 
 # --- NSMC ---------------------------------------------------------------------------------------------------
 
@@ -174,7 +174,8 @@ def read_labelled(path: str | os.PathLike, text_col: str = "text", label_col: st
     if group_col:
         flags += "/--group-col"
     texts, labels, pairs, groups, dropped, rows = [], [], [], [], 0, 0
-    for n, row in iter_rows(path, need, fmt=fmt, encoding=encoding, columns=columns, col_flags=flags):
+    for n, row in iter_rows(path, need, fmt=fmt, encoding=encoding, columns=columns, col_flags=flags,
+                            text_cols=[c for c in (text_col, pair_col) if c]):
         rows += 1
         t = row[text_col]
         if is_empty_text(t) or (pair_col and is_empty_text(row[pair_col])):
@@ -188,17 +189,17 @@ def read_labelled(path: str | os.PathLike, text_col: str = "text", label_col: st
         if label_col:
             lab = unicodedata.normalize("NFC", row[label_col].strip())
             if lab == "" and not allow_empty_label:
-                raise UserError(f"{path}, line {n}: empty label in column '{label_col}'; fill it in or remove the row")
+                raise UserError(f"{at_row(path, n, fmt)}: empty label in column '{label_col}'; fill it in or remove the row")
             if label_names and lab != "":
                 if lab not in label_names:
-                    raise UserError(f"{path}, line {n}: label '{lab}' is not one of {', '.join(label_names)}")
+                    raise UserError(f"{at_row(path, n, fmt)}: label '{lab}' is not one of {', '.join(label_names)}")
                 lab = label_names[lab]
         texts.append(t)
         labels.append(lab)
     if not texts:
         both = f"columns '{text_col}' and '{pair_col}'" if pair_col else f"column '{text_col}'"
         raise UserError(f"{path}: no rows with text in {both}")
-    return Dataset(texts, labels, source=str(path), sha256=sha256_file(path), dropped_empty=dropped, rows_read=rows,
+    return Dataset(texts, labels, source=str(path), sha256=sha256_data(path, fmt), dropped_empty=dropped, rows_read=rows,
                    pairs=pairs if pair_col else None, groups=groups if group_col else None)
 
 

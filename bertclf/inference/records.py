@@ -45,7 +45,8 @@ def iter_texts(path: str, text_col: str | None, fmt: str | None = None, encoding
     col = text_col or "text"
     if pair_col:
         for _line, row in iter_rows(path, [col, pair_col], fmt=fmt, encoding=encoding, columns=columns,
-                                    col_flags="--text-col/--text-pair-col (this model reads sentence pairs)"):
+                                    col_flags="--text-col/--text-pair-col (this model reads sentence pairs)",
+                                    text_cols=[col, pair_col]):
             yield row[col], row[pair_col]
         return
     if not columns and _is_text_list(path, col, fmt, encoding):

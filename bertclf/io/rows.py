@@ -30,7 +30,8 @@ from typing import Callable, Iterator
 
 from bertclf.errors import UserError
 
-FORMATS = ("tsv", "csv", "jsonl", "lines")
+FORMATS = ("tsv", "csv", "jsonl", "lines", "parquet", "arrow")
+COLUMNAR = ("parquet", "arrow")  # read by bertclf.io.columnar (pyarrow, record batches); rows are numbered, not lines
 MAX_WARNINGS = 5  # literal-quote warnings shown per file; the rest are counted in one closing line
 
 csv.field_size_limit(min(sys.maxsize, 2**31 - 1))  # a review may be long; the default limit is 128 KiB
@@ -45,8 +46,32 @@ def file_format(path: Path) -> str:
         return "csv"
     if ext in (".jsonl", ".ndjson", ".json"):
         return "jsonl"
-    raise UserError(f"{path}: unknown file type {ext or '(none)'}; use .tsv/.txt (tab), .csv or .jsonl, "
-                    f"or name the format with --format")
+    if ext in (".parquet", ".pq"):
+        return "parquet"
+    if ext == ".arrow":
+        return "arrow"
+    raise UserError(f"{path}: unknown file type {ext or '(none)'}; use .tsv/.txt (tab), .csv, .jsonl, .parquet "
+                    f"or .arrow, or name the format with --format")
+
+
+def is_columnar_source(path, fmt: str | None = None) -> bool:
+    """Whether iter_rows reads `path` with pyarrow: a Parquet/Arrow file, a folder or a glob of them."""
+    from bertclf.io.columnar import is_columnar
+
+    return fmt in COLUMNAR or (fmt is None and is_columnar(path))
+
+
+def at_row(path, n: int, fmt: str | None = None) -> str:
+    """Where a row is, for a message: "FILE, line N" in a text file, "FILE, row N" in a Parquet/Arrow source."""
+    return f"{path}, {'row' if is_columnar_source(path, fmt) else 'line'} {n}"
+
+
+def sha256_data(path, fmt: str | None = None) -> str:
+    """SHA-256 of a data file, or of a Parquet/Arrow folder's or glob's files together (columnar.sha256_source)."""
+    from bertclf.io.columnar import sha256_source
+    from bertclf.io.files import sha256_file
+
+    return sha256_source(path) if is_columnar_source(path, fmt) else sha256_file(path)
 
 
 def check_encoding(encoding: str) -> str:
@@ -71,12 +96,22 @@ def parse_columns(spec: str | list[str] | None) -> list[str] | None:
 
 def iter_rows(path: str | os.PathLike, need: list[str], fmt: str | None = None, encoding: str = "utf-8",
               columns: list[str] | None = None, warn: Callable[[str], None] | None = None,
-              col_flags: str = "--text-col/--label-col") -> Iterator[tuple[int, dict[str, str]]]:
+              col_flags: str = "--text-col/--label-col",
+              text_cols: list[str] | None = None) -> Iterator[tuple[int, dict[str, str]]]:
     """(line number, {column: raw string}) for every non-blank row, streamed; `need` are the columns returned.
 
     `path` "-" is stdin (format "lines" unless `fmt` says otherwise). Errors are one-line UserErrors naming
     the file and line; `col_flags` names the flags that choose columns, for the message of a missing one.
+    A Parquet/Arrow source (file, folder or glob; bertclf.io.columnar) yields its 1-based row numbers instead
+    of lines; `text_cols` (default: need[0]) are the columns that must hold strings there.
     """
+    if str(path) != "-" and is_columnar_source(path, fmt):
+        from bertclf.io.columnar import iter_table_rows
+
+        yield from iter_table_rows(path, need, text_cols or need[:1], col_flags, fmt)
+        return
+    if fmt in COLUMNAR:
+        raise UserError(f"--format {fmt}: stdin is read as text; give the {fmt} file's path instead of '-'")
     stdin = str(path) == "-"
     where = "stdin" if stdin else str(path)
     if not stdin:
@@ -246,7 +281,7 @@ def row_positions(path, text_col: str, keep: Callable[[str], bool], encoding: st
     rows from lines. Rereads the file (a second pass costs less than carrying positions through every reader)."""
     rows, lines = [], []
     need = [text_col] + ([pair_col] if pair_col else [])  # a pair's row is kept when both of its texts are
-    for i, (n, r) in enumerate(iter_rows(path, need, fmt=fmt, encoding=encoding, columns=columns)):
+    for i, (n, r) in enumerate(iter_rows(path, need, fmt=fmt, encoding=encoding, columns=columns, text_cols=need)):
         if all(keep(r[c]) for c in need):
             rows.append(i)
             lines.append(n)

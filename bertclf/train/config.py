@@ -61,7 +61,8 @@ class TrainConfig:
     out: str = opt(MISSING, "output directory (a Hugging Face model directory)", RECIPE, required=True, resume=False)
     data: str | None = opt(None, "builtin dataset: nsmc", DATA, choices=("nsmc",), resume=True,
                            hint="the builtin dataset is nsmc; for your own file use --train FILE")
-    train: str | None = opt(None, "labelled TSV/CSV/JSONL file", DATA, metavar="FILE", resume=True)
+    train: str | None = opt(None, "labelled TSV/CSV/JSONL/Parquet file (or a folder or glob of Parquet files, or a "
+                                   "datasets.save_to_disk folder)", DATA, metavar="FILE", resume=True)
     valid: str | None = opt(None, "validation file (default: a stratified split of --train)", DATA, metavar="FILE",
                             resume=True)
     test: str | None = opt(None, "test file, scored once at the end", DATA, metavar="FILE", resume=False)

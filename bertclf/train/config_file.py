@@ -102,6 +102,14 @@ def _checked(f, value, where: str):
     return value
 
 
+def _sha_or_none(file: str, sha256_data) -> str | None:
+    """The data's SHA-256 (a file, or a Parquet folder or glob), or None where it is gone (the read says so)."""
+    try:
+        return sha256_data(file)
+    except (UserError, OSError):
+        return None
+
+
 def rerun_notes(path: str, cfg: TrainConfig) -> list[str]:
     """A rerun from a finished run's bertclf.json: what differs from that run (its data, the bertclf and library
     versions, settings overridden on the command line); [] for a plain config file."""
@@ -109,16 +117,16 @@ def rerun_notes(path: str, cfg: TrainConfig) -> list[str]:
     if not is_card(raw):
         return []
     from bertclf import __version__
-    from bertclf.io.files import sha256_file
+    from bertclf.io.rows import sha256_data
     from bertclf.rundir.card import versions
 
     notes = []
     recorded = raw.get("data") or {}
     for split, file in (("train", cfg.train), ("valid", cfg.valid)):
         sha = (recorded.get(split) or {}).get("sha256")
-        if sha and file and Path(file).is_file() and sha256_file(file) != sha:
-            notes.append(f"the {split} data differs: {file} has SHA-256 {sha256_file(file)[:12]}, the run's had "
-                         f"{sha[:12]}")
+        now_sha = _sha_or_none(file, sha256_data) if sha and file else None
+        if now_sha and now_sha != sha:
+            notes.append(f"the {split} data differs: {file} has SHA-256 {now_sha[:12]}, the run's had {sha[:12]}")
     then = raw.get("versions") or {"bertclf": raw.get("bertclf_version")}
     now = versions() | {"bertclf": __version__}
     notes += [f"{lib} {then[lib]} -> {now[lib]}" for lib in ("bertclf", "torch", "transformers")
