@@ -15,6 +15,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from bertclf.data.tokens import encode, encode_pairs, pair_cut
 from bertclf.errors import UserError
 
 MODES = ("truncate", "head-tail", "window")
@@ -81,8 +82,6 @@ def encode_long(tokenizer, texts: list[str], max_length: int, mode: str = "trunc
 def encode_pair_rows(tokenizer, texts: list[str], pairs: list[str], max_length: int, mode: str) -> Encoded:
     """A pair model's inputs: one per pair, cut longest-first (head-tail and window chunks are defined for one
     text: which side would a chunk take from?)."""
-    from bertclf.data.tokens import encode_pairs, pair_cut
-
     if mode != "truncate":
         raise UserError(f"--long-text {mode}: not supported for sentence pairs (a pair is cut longest-first at "
                         f"--max-length); drop --long-text or use truncate")
@@ -126,3 +125,14 @@ def per_text(logits: np.ndarray, enc: Encoded) -> np.ndarray:
     sums = np.zeros((enc.n_texts, logits.shape[1]), dtype=np.float64)
     np.add.at(sums, enc.doc, logits)
     return (sums / np.bincount(enc.doc, minlength=enc.n_texts)[:, None]).astype(np.float32)
+
+
+def encode_rows(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, long_text: str = "truncate"
+                ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
+    """(token ids, token type ids or None) of a dataset's rows: single texts (encode; long_text "head-tail": the
+    first and last tokens of a longer text) or pairs (encode_pairs)."""
+    if pairs is not None:
+        return encode_pairs(tokenizer, texts, pairs, max_length)
+    if long_text == "head-tail":
+        return encode_long(tokenizer, texts, max_length, "head-tail").ids, None
+    return encode(tokenizer, texts, max_length), None

@@ -11,14 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def encode(tokenizer, texts: list[str], max_length: int, chunk: int = 4096,
-           long_text: str = "truncate") -> list[np.ndarray]:
-    """Token ids per text (with special tokens), truncated to max_length, as int32 arrays (long_text "head-tail":
-    the first and last tokens of a longer text, bertclf/data/long_text.py)."""
-    if long_text == "head-tail":
-        from bertclf.data.long_text import encode_long
-
-        return encode_long(tokenizer, texts, max_length, "head-tail", chunk=chunk).ids
+def encode(tokenizer, texts: list[str], max_length: int, chunk: int = 4096) -> list[np.ndarray]:
+    """Token ids per text (with special tokens), truncated to max_length, as int32 arrays (other ways to fit a
+    long text: bertclf/data/long_text.py)."""
     out: list[np.ndarray] = []
     for start in range(0, len(texts), chunk):
         enc = tokenizer(texts[start:start + chunk], truncation=True, max_length=max_length,
@@ -50,14 +45,6 @@ def encode_pairs(tokenizer, texts: list[str], pairs: list[str], max_length: int,
         if types:
             types_out.extend(np.asarray(x, dtype=np.int32) for x in enc["token_type_ids"])
     return ids_out, (types_out if types else None)
-
-
-def encode_rows(tokenizer, texts: list[str], pairs: list[str] | None, max_length: int, long_text: str = "truncate"
-                ) -> tuple[list[np.ndarray], list[np.ndarray] | None]:
-    """(token ids, token type ids or None) of a dataset's rows: single texts (encode) or pairs (encode_pairs)."""
-    if pairs is None:
-        return encode(tokenizer, texts, max_length, long_text=long_text), None
-    return encode_pairs(tokenizer, texts, pairs, max_length)
 
 
 def pair_cut(tokenizer, texts: list[str], pairs: list[str], ids: list[np.ndarray], max_length: int

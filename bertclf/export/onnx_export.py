@@ -142,7 +142,7 @@ def export_onnx(model_dir: str, out_dir: str, int8: bool = False, log=print, ops
 
 def load_source(src: Path) -> Source:
     from bertclf.data.task import task_from_card
-    from bertclf.data.tokens import encode_rows
+    from bertclf.data.long_text import encode_rows
     from bertclf.models.forward import predict_logits
     from bertclf.models.resolve import load_classifier, load_tokenizer
     from bertclf.rundir.layout import read_card
@@ -188,7 +188,7 @@ def _describe_export(source: Source, onnx, ort, opset: int, int8: bool, optimize
 
 def _int8_check_rows(source: Source, check: str | None) -> tuple:
     """(ids, types, labels, where they came from) of the rows the int8 graph is checked on."""
-    from bertclf.data.tokens import encode_rows
+    from bertclf.data.long_text import encode_rows
     from bertclf.export.validation_rows import check_rows
 
     texts, y, where = check_rows(source.path, source.card, source.labels, check)

@@ -17,7 +17,8 @@ from bertclf.rundir.card import build_card, device_name
 from bertclf.io.disk_space import writing
 from bertclf.train.scoring import gathered_logits, score_ids
 from bertclf.train.preemption import StopSignal
-from bertclf.data.tokens import encode_rows, lengths
+from bertclf.data.long_text import encode_rows
+from bertclf.data.tokens import lengths
 
 
 def finish(run, stop_reason: str | None, t_start: float, preemption=None) -> dict:

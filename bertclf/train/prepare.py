@@ -24,7 +24,8 @@ from bertclf.train.meter import Logger
 from bertclf.models.resolve import load_classifier, load_tokenizer, resolve
 from bertclf.models.precision import autocast_dtype, pick_precision
 from bertclf.train.state import TrainState
-from bertclf.data.tokens import encode_rows, lengths, pair_cut
+from bertclf.data.long_text import encode_rows
+from bertclf.data.tokens import lengths, pair_cut
 
 if TYPE_CHECKING:
     from accelerate import Accelerator

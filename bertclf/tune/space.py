@@ -105,7 +105,8 @@ def worth_trying_lengths(token_lengths: np.ndarray, position_limit: int | None) 
 
 def token_lengths(tokenizer, texts: list[str], pairs: list[str] | None, seed: int) -> np.ndarray:
     """Tokens per row (up to 1024) of a seeded sample of the training rows."""
-    from bertclf.data.tokens import encode_rows, lengths
+    from bertclf.data.long_text import encode_rows
+    from bertclf.data.tokens import lengths
 
     rng = np.random.default_rng(seed)
     idx = rng.choice(len(texts), size=min(LENGTH_SAMPLE, len(texts)), replace=False)
