@@ -49,6 +49,20 @@ def pytest_make_collect_report(collector):
         report.longrepr = f"CI is set, so skipping {collector.nodeid} fails the run: {reason}"
 
 
+# The longest test files, longest first. `make test`'s workers take whole files in collection order, so these
+# start at once on both workers and the short files fill in around them, instead of one worker finishing a
+# ten-minute fine-tune alone at the end (seconds per file: the suite's --durations).
+LONGEST_FIRST = ("tests/models/test_me5_finetune.py", "tests/test_pairs.py", "tests/models/test_me5_tasks.py",
+                 "tests/inference/test_ray_predict.py", "tests/export/test_export.py", "tests/test_mutation_gate.py",
+                 "tests/train/test_distributed.py", "tests/inference/test_engine_equivalence.py",
+                 "tests/serve/test_server_memory.py", "tests/test_task_matrix.py")
+
+
+def pytest_collection_modifyitems(session, config, items):
+    rank = {path: i for i, path in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(Path(str(item.fspath)).relative_to(REPO).as_posix(), len(rank)))
+
+
 def nsmc_dir_or_none() -> Path | None:
     for d in (os.environ.get("BERTCLF_DATA_DIR"), REPO.parent / "shared" / "data" / "nsmc"):
         if d and (Path(d) / "ratings_train.txt").is_file() and (Path(d) / "ratings_test.txt").is_file():
@@ -123,12 +137,12 @@ def trained_tiny_dir(tiny_model_dir, nsmc_slices, tmp_path_factory) -> Path:
     return out
 
 
-# The real me5-small fine-tune the slow tests share (tests/models/test_me5_finetune.py holds its accuracy floor;
-# tests/models/test_me5_finetune.py also measures faithfulness on it): 5,000 NSMC training reviews (rows 10,000-14,999), one
-# epoch, scored on 1,000 test reviews (rows 10,000-10,999). fp32: its floor was measured in fp32 (0.820), and
-# the int8 export test's floor (97% agreement) holds with margin only there: trained in bf16 (0.819, 25 s faster
-# on the AMX dev machine) its int8 export agreed with torch on 97.3% of 5,000 reviews, accuracy -0.38 pt.
-ME5_NSMC_TRAIN = dict(epochs=1, batch_size=32, lr=1e-4, seed=0, trim_vocab=True, max_length=96, precision="fp32")
+# The real me5-small fine-tune the slow tests share (tests/models/test_me5_finetune.py holds its accuracy floor
+# and measures faithfulness and the int8 export on it): 5,000 NSMC training reviews (rows 10,000-14,999), one
+# epoch, scored on 1,000 test reviews (rows 10,000-10,999). Precision auto: bf16 where the CPU has it natively
+# (2.4x fp32's speed on Zen 4, one thread), fp32 elsewhere; in bf16 it scored 0.819 (fp32 0.820) and its int8
+# export agreed with torch on 97.3% of 5,000 reviews, accuracy -0.38 pt (AMX dev machine).
+ME5_NSMC_TRAIN = dict(epochs=1, batch_size=32, lr=1e-4, seed=0, trim_vocab=True, max_length=96)
 
 
 @pytest.fixture(scope="session")

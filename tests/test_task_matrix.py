@@ -17,7 +17,7 @@ import pytest
 from bertclf.cli import main
 
 from _server_process import ServerProcess  # noqa: E402
-from test_card_defaults import encodes_in_cp949  # noqa: E402
+from tiny_runs import encodes_in_cp949  # noqa: E402
 
 KOTE = Path(__file__).resolve().parents[2] / "shared" / "data" / "kote"
 TRAIN_ROWS, TEST_ROWS = 400, 40

@@ -154,8 +154,7 @@ def test_local_engine_every_form_and_batch(tasks, task_name, form, batch, tmp_pa
             check_jsonl([json.loads(x) for x in out.read_text(encoding="utf-8").splitlines()], task)
 
 
-@pytest.mark.parametrize("task_name", ["single", "multi-label"])
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("task_name, workers", [("single", 1), ("multi-label", 2)])  # each task, each pool size
 def test_ray_engine(tasks, ray_env, task_name, workers, tmp_path, capsys):
     task = tasks[task_name]
     for form, output in (("tsv", "out.jsonl"), ("jsonl", "out.csv")):

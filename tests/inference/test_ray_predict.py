@@ -201,7 +201,7 @@ def assert_each_row_scored_alone(recs: list[dict], texts: list[str], alone: dict
         assert all(abs(rec["probabilities"][k] - p) <= tol for k, p in want.items()), rec
 
 
-@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("workers", [2])  # two workers, whose blocks meet around the empty rows
 def test_ray_writes_the_local_records_around_empty_rows(ray_env, trained_tiny_dir, gappy, local_gappy, gappy_alone,
                                                         tmp_path, workers):
     """Before, every empty row shifted the Ray predictions after it by one row (and the first empty row made

@@ -13,6 +13,8 @@ import pytest
 from bertclf.cli import main
 from bertclf.io.data_spec import READ_KEYS
 
+from tiny_runs import encodes_in_cp949
+
 COLUMNS = "id,review,stars"
 FLAGS = {"text_col": ["--text-col", "review"], "label_col": ["--label-col", "stars"],
          "columns": ["--columns", COLUMNS], "encoding": ["--encoding", "cp949"],
@@ -29,14 +31,6 @@ def _headerless_cp949(src, out, start: int, n: int):
     body = [f"{i}\t{t}\t{'good' if lab == '1' else 'bad'}" for i, t, lab in rows if encodes_in_cp949(t)]
     out.write_bytes(("\n".join(body) + "\n").encode("cp949"))
     return out
-
-
-def encodes_in_cp949(text: str) -> bool:
-    try:
-        text.encode("cp949")
-        return True
-    except UnicodeEncodeError:
-        return False
 
 
 @pytest.fixture(scope="module")
