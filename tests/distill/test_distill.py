@@ -342,7 +342,7 @@ def test_targets_are_the_teachers_logits_of_the_same_row(which, request, tmp_pat
     from bertclf.distill.run import distill_setup
     from bertclf.inference.classifier import Classifier
     from bertclf.train.prepare import prepare
-    from bertclf.data.tokens import encode
+    from bertclf.data.long_text import encode_rows
 
     if which == "single_label":
         teacher, more = request.getfixturevalue("trained_tiny_dir"), request.getfixturevalue("unlabelled_file")
@@ -365,8 +365,8 @@ def test_targets_are_the_teachers_logits_of_the_same_row(which, request, tmp_pat
     want = {i: clf.logits([texts[i]])[0] for i in rows}
     for i in rows:
         np.testing.assert_allclose(packed[i, width:], want[i], atol=1e-4, err_msg=f"row {i}: teacher logits")
-        assert encode(run.learner.tokenizer, [texts[i]], cfg.max_length, long_text=cfg.long_text)[0].tolist() \
-            == run.data.train_ids[i].tolist()
+        ids = encode_rows(run.learner.tokenizer, [texts[i]], None, cfg.max_length, cfg.long_text)[0][0]
+        assert ids.tolist() == run.data.train_ids[i].tolist()
         if i < n_labelled:
             y = run.task.task.encode([run.data.train_ds.labels[i]], "row")[0]
             assert np.array_equal(packed[i, :width].reshape(np.shape(y)), y), f"row {i}: label"
