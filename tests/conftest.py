@@ -63,18 +63,6 @@ def pytest_collection_modifyitems(session, config, items):
     items.sort(key=lambda item: rank.get(Path(str(item.fspath)).relative_to(REPO).as_posix(), len(rank)))
 
 
-@pytest.fixture
-def two_threads():
-    """The real me5-small fine-tunes run on two threads although their worker has one: the other worker spends
-    part of its time waiting on the servers and CLI processes it starts, and a fine-tune fills those gaps."""
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)
-    yield
-    torch.set_num_threads(before)
-
-
 def nsmc_dir_or_none() -> Path | None:
     for d in (os.environ.get("BERTCLF_DATA_DIR"), REPO.parent / "shared" / "data" / "nsmc"):
         if d and (Path(d) / "ratings_train.txt").is_file() and (Path(d) / "ratings_test.txt").is_file():
@@ -166,13 +154,6 @@ def me5_nsmc_run(me5_dir, nsmc_dir, tmp_path_factory) -> tuple[Path, dict]:
     tr = write_nsmc_slice(nsmc_dir, "train", d / "train.tsv", 10_000, 5000)
     te = write_nsmc_slice(nsmc_dir, "test", d / "test.tsv", 10_000, 1000)
     out = d / "run"
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(2)  # as the two_threads fixture does for the other fine-tunes
-    try:
-        card = train(TrainConfig(out=str(out), train=str(tr), test=str(te), text_col="document", model="me5-small",
-                                 **ME5_NSMC_TRAIN), echo=print)
-    finally:
-        torch.set_num_threads(before)
+    card = train(TrainConfig(out=str(out), train=str(tr), test=str(te), text_col="document", model="me5-small",
+                             **ME5_NSMC_TRAIN), echo=print)
     return out, card

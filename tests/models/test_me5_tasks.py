@@ -23,7 +23,7 @@ def write(path: Path, header, rows) -> Path:
     return path
 
 
-def test_me5_hate_speech_with_class_weights(me5_dir, tmp_path, two_threads):
+def test_me5_hate_speech_with_class_weights(me5_dir, tmp_path):
     src = SHARED / "korean-hate-speech" / "train.tsv"
     if not src.is_file():
         pytest.skip("korean-hate-speech not in ../shared/data")
@@ -39,7 +39,7 @@ def test_me5_hate_speech_with_class_weights(me5_dir, tmp_path, two_threads):
     assert card["classification"]["class_weights"]["hate"] > card["classification"]["class_weights"]["none"]
 
 
-def test_me5_kote_multi_label(me5_dir, tmp_path, two_threads):
+def test_me5_kote_multi_label(me5_dir, tmp_path):
     kote = SHARED / "kote"
     if not (kote / "val.tsv").is_file():
         pytest.skip("KOTE not in ../shared/data")
