@@ -17,6 +17,8 @@ sys.path.insert(0, str(REPO / "tests" / "support"))  # the tests' shared helpers
 if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on the two cores: one thread each
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # inherited by the CLI processes the tests start
     os.environ.setdefault("MKL_NUM_THREADS", "1")
+    os.environ.setdefault("BERTCLF_THREADS", "1")  # onnxruntime's sessions: two spinning threads slowed the other
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # worker's fine-tune 3-4x (KOTE 80 s alone, 330 s)
 
 
 def in_ci() -> bool:

@@ -200,7 +200,7 @@ def smooth(src: Path, dst: Path, ids: list[np.ndarray], pad_id: int, alpha: floa
     from onnx import TensorProto, helper, numpy_helper
 
     from bertclf.data.batches import collate
-    from bertclf.inference.onnx_model import import_onnxruntime
+    from bertclf.inference.onnx_model import import_onnxruntime, session_options
 
     ort = import_onnxruntime()
     m = onnx.load(str(src))
@@ -222,9 +222,8 @@ def smooth(src: Path, dst: Path, ids: list[np.ndarray], pad_id: int, alpha: floa
     probe.CopyFrom(m)
     have = {o.name for o in probe.graph.output}
     probe.graph.output.extend(helper.make_tensor_value_info(x, TensorProto.FLOAT, None) for x in names if x not in have)
-    so = ort.SessionOptions()
+    so = session_options(spin=False)  # the threads the other sessions use (BERTCLF_THREADS), none left spinning
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL  # keep the probed tensors
-    so.log_severity_level = 3
     sess = ort.InferenceSession(probe.SerializeToString(), so, providers=["CPUExecutionProvider"])
     del probe
     amax: dict[str, np.ndarray] = {}
