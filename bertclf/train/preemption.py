@@ -52,6 +52,9 @@ class Preemption:
 
     def _note(self, signum, frame):
         self.received = self.received or signal.Signals(signum).name
+        previous = self._previous.get(signum)
+        if callable(previous):  # a caller that runs several trainings (tune) hears of the signal too
+            previous(signum, frame)
         if self._interrupt:
             self._interrupt = False  # once: the handler that catches it must not be interrupted in turn
             raise StopSignal(self.received)

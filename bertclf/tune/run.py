@@ -15,8 +15,11 @@ several processes or machines), so running tune again continues it: --trials N c
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
+import signal
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +29,7 @@ from bertclf.io.files import atomic_dir, write_json
 from bertclf.rundir import layout as rundir
 from bertclf.train.callbacks import TrainCallback
 from bertclf.train.config import TrainConfig, validate_config
+from bertclf.train.preemption import SIGNALS, Preempted, StopSignal
 from bertclf.tune import study as S
 from bertclf.tune.recipe import train_command, write_config
 from bertclf.tune.space import Space, make_space, token_lengths
@@ -46,6 +50,7 @@ class Job:
     echo: object
     failures: int = 0
     last_error: str = ""
+    stop: "StopRequest | None" = None
 
 
 def tune(fixed: dict, out, trials: int = 10, timeout: float | None = None, storage: str | None = None,
@@ -213,6 +218,11 @@ def objective(job: Job, trial) -> float:
             card = train_quietly(TrainConfig(**values), log, watcher)
     except BaseException as e:  # pruned, failed or interrupted: no half-trained model stays behind
         shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(e, (Preempted, StopSignal)):  # the search stops; this trial is run again when it continues
+            trial.set_user_attr("error", f"stopped by {job.stop.received if job.stop else 'a signal'}; queued again")
+            job.study.enqueue_trial(trial.params, user_attrs={k: v for k, v in trial.user_attrs.items()
+                                                              if k == "defaults"})
+            raise TrialStopped(trial.number) from None
         if isinstance(e, UserError):
             trial.set_user_attr("error", str(e))
         raise
@@ -261,15 +271,77 @@ def run_trials(job: Job, target: int, timeout: float | None) -> None:
             bar.refresh()
             job.echo(line) if bar.disable else tqdm.write(line)
 
-        while len(S.finished(job.study)) < target:
-            if timeout is not None and time.time() - t0 >= timeout:
-                job.echo(f"--timeout {timeout:g}: {time.time() - t0:.0f} s passed, no trial started after it")
-                break
-            job.study.optimize(lambda trial: objective(job, trial), n_trials=1, catch=(UserError,),
-                               callbacks=[after_trial], gc_after_trial=True)  # one model in memory at a time
-            if job.failures >= MAX_FAILURES:
-                raise UserError(f"tune: {job.failures} trials in a row failed; the last: {job.last_error} (each "
-                                f"trial's log is in {job.out / LOGS})")
+        with StopRequest() as job.stop:
+            while len(S.finished(job.study)) < target:
+                if timeout is not None and time.time() - t0 >= timeout:
+                    job.echo(f"--timeout {timeout:g}: {time.time() - t0:.0f} s passed, no trial started after it")
+                    break
+                run_one_trial(job, after_trial, target)
+
+
+def run_one_trial(job: Job, after_trial, target: int) -> None:
+    """One trial (unless a stop signal came first); a stop signal during it ends the search (Preempted)."""
+    if job.stop.received:
+        raise job.stop.stopped("between trials", job, target)
+    try:
+        job.study.optimize(lambda trial: objective(job, trial), n_trials=1, catch=(UserError,),
+                           callbacks=[after_trial], gc_after_trial=True)  # one model in memory at a time
+    except TrialStopped as e:
+        raise job.stop.stopped(f"in trial {e.number}, which is queued again", job, target) from None
+    if job.stop.received:  # it came while the trial's model was being finished: the trial is kept
+        raise job.stop.stopped("after a trial", job, target)
+    if job.failures >= MAX_FAILURES:
+        raise UserError(f"tune: {job.failures} trials in a row failed; the last: {job.last_error} (each "
+                        f"trial's log is in {job.out / LOGS})")
+
+
+class TrialStopped(Exception):
+    """A trial ended by a stop signal (not a UserError, so that Optuna's catch lets it end the search)."""
+
+    def __init__(self, number: int):
+        super().__init__(number)
+        self.number = number
+
+
+class HideStoppedTrial(logging.Filter):
+    """Optuna warns with a traceback when a trial raises; a stopped trial gets tune's one line instead."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not (record.exc_info and isinstance(record.exc_info[1], TrialStopped))
+
+
+logging.getLogger("optuna.study._optimize").addFilter(HideStoppedTrial())
+
+
+class StopRequest:
+    """SIGTERM / SIGUSR1 during a search: the trial in flight stops as `bertclf train` does (its folder is
+    deleted and it is queued again), a trial that finishes anyway is kept, and the search ends with exit code 75;
+    the same command continues it. Installed around each trial, and heard through train's own handler, which
+    passes a signal on to the one it replaced (bertclf/train/preemption.py). Main thread only."""
+
+    def __init__(self):
+        self.received: str | None = None
+        self._previous = {}
+
+    def __enter__(self):
+        if threading.current_thread() is threading.main_thread():
+            for name in SIGNALS:
+                sig = getattr(signal, name, None)
+                if sig is not None:
+                    self._previous[sig] = signal.signal(sig, self._note)
+        return self
+
+    def __exit__(self, *exc):
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler)
+        return False
+
+    def _note(self, signum, frame):
+        self.received = self.received or signal.Signals(signum).name
+
+    def stopped(self, where: str, job: Job, target: int) -> Preempted:
+        return Preempted(f"tune: stopped by {self.received} {where}; {len(S.finished(job.study))} of {target} trials "
+                         f"done: run the same command to continue the search")
 
 
 def trial_line(job: Job, ft) -> str:
@@ -334,7 +406,8 @@ def write_best(job: Job, final: bool = False) -> dict:
         if final:
             job.echo(f"no trial finished with a model ({len(done)} pruned or failed); see {job.out / LOGS}")
         return {}
-    defaults = next((t for t in job.study.trials if t.user_attrs.get("defaults")), None)
+    tried = [t for t in job.study.trials if t.user_attrs.get("defaults")]  # more than one if a stop requeued it
+    defaults = next((t for t in tried if t.state.name == "COMPLETE"), tried[-1] if tried else None)
     command = train_command(best.user_attrs["settings"], str(job.out / "rerun"))
     info = {"score": best.value, "metric": job.metric, "trial": best.number, "params": best.params,
             "valid_rows": best.user_attrs.get("valid_rows"), "test_score": best.user_attrs.get("test_score"),

@@ -160,6 +160,34 @@ def test_two_processes_share_a_study_and_a_killed_one_is_continued(tiny_model_di
     assert json.loads((a / "best.json").read_text())["study"]["finished"] == total
 
 
+def test_a_stop_signal_ends_the_search_and_the_same_command_continues_it(tiny_model_dir, nsmc_slices, tmp_path,
+                                                                         capsys):
+    """SIGTERM at step 2 of trial 0 (the defaults): the search stops with exit code 75 and one line, leaving no
+    trial folder or model; the trial is failed and queued again, so the same command runs the defaults first and
+    completes the search."""
+    from _cli import HOOKED, train_env
+
+    out = tmp_path / "search"
+    args = tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "2")
+    p = subprocess.run(HOOKED + args, cwd=REPO, env=train_env(BERTCLF_TEST_SIGNAL_AT="0:2:SIGTERM"),
+                       capture_output=True, text=True, timeout=300)
+    log = p.stdout + p.stderr
+    assert p.returncode == 75 and "Traceback" not in log, log[-3000:]
+    assert "tune: stopped by SIGTERM in trial 0, which is queued again; 0 of 2 trials done: run the same command " \
+           "to continue the search" in p.stderr, log[-3000:]
+    study = load(f"sqlite:///{out / 'study.db'}")
+    assert states(study) == ["FAIL", "WAITING"] and study.trials[1].system_attrs["fixed_params"] == study.trials[0].params
+    assert study.trials[1].user_attrs.get("defaults") is True
+    assert list((out / "trials").iterdir()) == [] and not (out / "best").exists()
+
+    assert main(args) == 0
+    printed = capsys.readouterr().out
+    study = load(f"sqlite:///{out / 'study.db'}")
+    assert states(study) == ["FAIL", "COMPLETE", "COMPLETE"], printed
+    assert printed.startswith("data:") and "trial 1 (defaults): " in printed
+    assert json.loads((out / "best.json").read_text())["defaults"]["trial"] == 1
+
+
 def test_tune_takes_train_flags_and_a_config_beneath_them(tmp_path, capsys):
     f = tmp_path / "fixed.yaml"
     f.write_text("train: t.tsv\nlr: 1e-3\nmetric: weighted_f1\nout: runs/t\n", encoding="utf-8")
