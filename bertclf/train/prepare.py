@@ -176,6 +176,43 @@ def types_note(tokenizer) -> str:
         "; no token type ids (the tokenizer's pair template marks the sides by its separators alone)"
 
 
+STORE_FROM_ROWS = 100_000  # --token-store auto: a store from this many training rows (seconds of tokenizing)
+
+
+def uses_store(cfg: TrainConfig, n_train: int) -> bool:
+    return cfg.token_store == "on" or (cfg.token_store == "auto" and n_train >= STORE_FROM_ROWS)
+
+
+def tokenize(cfg: TrainConfig, tokenizer, train_ds, valid_ds, test_ds, accelerator, say):
+    """((train ids, types), (validation ids, types), rows repeated from training): token ids as lists of arrays,
+    or, with a token store (bertclf/data/token_store.py), as views into its memory maps: the node's main
+    process builds the store (or finds it), then the other processes open it."""
+    if not uses_store(cfg, len(train_ds)):
+        train = encode_rows(tokenizer, train_ds.texts, train_ds.pairs, cfg.max_length, cfg.long_text)
+        valid = encode_rows(tokenizer, valid_ds.texts, valid_ds.pairs, cfg.max_length, cfg.long_text)
+        return train, valid, {"valid": D.texts_in(valid_ds, train_ds),
+                              "test": D.texts_in(test_ds, train_ds) if test_ds else None}
+    from bertclf.data.token_store import open_or_build, repeats_in, text_hashes
+
+    stores = []
+    for ds in (train_ds, valid_ds):
+        with accelerator.local_main_process_first():
+            stores.append(open_or_build(tokenizer, ds.texts, ds.pairs, cfg.max_length, cfg.long_text, log=say,
+                                        builds=accelerator.is_local_main_process))
+    train, valid = stores
+    test_in = repeats_in(text_hashes(test_ds.texts, test_ds.pairs), train.hashes) if test_ds else None
+    return (train.ids, train.types), (valid.ids, valid.types), {"valid": repeats_in(valid.hashes, train.hashes),
+                                                                 "test": test_in}
+
+
+def say_repeats(in_train: dict, valid_ds, test_ds, say) -> None:
+    if in_train["valid"] or in_train["test"]:
+        say("repeated texts: also in the training rows: " + ", ".join(
+            f"{n} of {len(ds)} {name}" for name, n, ds in (("validation", in_train["valid"], valid_ds),
+                                                            ("test", in_train["test"], test_ds)) if n)
+            + " (exact repeats; their scores are partly scores on training texts)")
+
+
 def load_data(cfg: TrainConfig, log=print):
     """(train, valid, test or None) datasets, as the config asks (bertclf.data.dataset reads and checks them)."""
     return D.load_training_data(cfg, log=log)
@@ -228,12 +265,6 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
         + (f"; dropped {train_ds.dropped_empty} empty train" + (f" / {test_ds.dropped_empty} empty test" if test_ds
                                                                  else "") + " rows"
            if cfg.data == "nsmc" or train_ds.dropped_empty else ""))
-    in_train = {"valid": D.texts_in(valid_ds, train_ds), "test": D.texts_in(test_ds, train_ds) if test_ds else None}
-    if in_train["valid"] or in_train["test"]:
-        say("repeated texts: also in the training rows: " + ", ".join(
-            f"{n} of {len(ds)} {name}" for name, n, ds in (("validation", in_train["valid"], valid_ds),
-                                                            ("test", in_train["test"], test_ds)) if n)
-            + " (exact repeats; their scores are partly scores on training texts)")
     base = resolve(cfg.model, log=say)
     check_max_length(cfg.max_length, base)  # a hub model's positions are known only once it is resolved
     if cfg.trim_vocab:
@@ -243,12 +274,13 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
     model = load_classifier(base, labels.id2label)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    # tokenize once, up front
+    # tokenize once, up front (or open the token store a previous run or the main process wrote)
     t0 = time.time()
-    train_ids, train_types = encode_rows(tokenizer, train_ds.texts, train_ds.pairs, cfg.max_length, cfg.long_text)
-    valid_ids, valid_types = encode_rows(tokenizer, valid_ds.texts, valid_ds.pairs, cfg.max_length, cfg.long_text)
+    (train_ids, train_types), (valid_ids, valid_types), in_train = tokenize(cfg, tokenizer, train_ds, valid_ds,
+                                                                            test_ds, accelerator, say)
     train_len = lengths(train_ids)
     say(f"tokenized in {time.time() - t0:.1f}s: " + describe_cut(tokenizer, train_ds, train_ids, cfg.max_length))
+    say_repeats(in_train, valid_ds, test_ds, say)
 
     plan = make_plan(cfg, batch_size, lr, train_len, world, rank)
     say(f"model {cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; device {device}"
