@@ -87,11 +87,15 @@ def content_hash(texts: list[str], pairs: list[str] | None) -> str:
 def tokenizer_fingerprint(tokenizer) -> str:
     """The tokenizer's definition (its tokenizer.json without the truncation and padding a call last set) and
     the inputs it gives: two tokenizers with one fingerprint give the same ids."""
+    known = getattr(tokenizer, "_bertclf_fingerprint", None)
+    if known:  # a 250,000-piece tokenizer.json takes a second to serialise and parse
+        return known
     spec = json.loads(tokenizer.backend_tokenizer.to_str())
     spec.pop("truncation", None)
     spec.pop("padding", None)
     extra = [type(tokenizer).__name__, list(getattr(tokenizer, "model_input_names", ()))]
-    return hashlib.sha256(json.dumps([spec, extra], sort_keys=True).encode()).hexdigest()
+    tokenizer._bertclf_fingerprint = hashlib.sha256(json.dumps([spec, extra], sort_keys=True).encode()).hexdigest()
+    return tokenizer._bertclf_fingerprint
 
 
 def text_hashes(texts: list[str], pairs: list[str] | None = None) -> np.ndarray:
