@@ -269,7 +269,7 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
     check_max_length(cfg.max_length, base)  # a hub model's positions are known only once it is resolved
     if cfg.trim_vocab:
         base = trimmed_base(base, out, train_ds.all_texts() + valid_ds.all_texts(), accelerator, say,
-                            reuse=resuming)
+                            reuse=resuming, cached=uses_store(cfg, len(train_ds)))
     tokenizer = load_tokenizer(base)
     model = load_classifier(base, labels.id2label)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -404,13 +404,49 @@ def check_same_data(run: Run, recorded: dict, found: Path) -> None:
                             f"start again with --overwrite")
 
 
-def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say, reuse: bool = False) -> str:
+def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say, reuse: bool = False,
+                 cached: bool = False) -> str:
     """Trim the vocabulary to the pieces the training texts use (once per run; reused on resume only: an
-    --overwrite run may train on other texts)."""
+    --overwrite run may train on other texts). cached (runs with a token store): the trim is kept in the bertclf
+    cache under (source model, texts) and copied from there by a later run on the same rows, which then does not
+    tokenize every text again to count its pieces."""
     from bertclf.models.vocab_trim import trim_vocab
 
     target = rundir.base_model_dir(out)
     if accelerator.is_main_process and not (reuse and (target / "config.json").is_file()):
-        trim_vocab(base, texts, target, log=say)
+        if not cached:
+            trim_vocab(base, texts, target, log=say)
+        else:
+            kept = trim_cache_dir(base, texts)
+            if (kept / "config.json").is_file():
+                say(f"vocabulary: the trim of these texts, reused ({kept})")
+            else:
+                trim_vocab(base, texts, kept, log=say)
+            import shutil
+
+            from bertclf.io.files import atomic_dir
+
+            with atomic_dir(target) as tmp:
+                shutil.copytree(kept, tmp, dirs_exist_ok=True)
     accelerator.wait_for_everyone()
     return str(target)
+
+
+TRIM_FORMAT = 1  # bump when trim_vocab's output for the same model and texts changes
+
+
+def trim_cache_dir(base: str, texts: list[str]) -> Path:
+    """Where the trim of `base` to `texts` is kept: keyed by the source model's files (tokenizer and config by
+    content, weights by size and modification time) and the texts' content hash."""
+    import hashlib
+    import json
+
+    from bertclf.data.token_store import content_hash
+    from bertclf.io.files import cache_dir, sha256_file
+
+    src = Path(base)
+    model = {p.name: ([p.stat().st_size, p.stat().st_mtime_ns] if p.suffix in (".safetensors", ".bin")
+                      else sha256_file(p)) for p in sorted(src.iterdir()) if p.is_file()}
+    key = json.dumps({"format": TRIM_FORMAT, "model": [str(src.resolve()), model],
+                      "texts": content_hash(texts, None)}, sort_keys=True)
+    return cache_dir() / "trimmed" / hashlib.sha256(key.encode()).hexdigest()[:32]

@@ -49,12 +49,13 @@ def _losses(run_dir: Path) -> list[float]:
 
 
 def test_training_from_the_store_equals_training_in_memory(tiny_model_dir, nsmc_slices, tmp_path, monkeypatch):
-    """Same batches, same losses, same weights, bit for bit; a second run reuses the store, changed rows build
-    another."""
+    """Same batches, same losses, same weights, bit for bit (vocabulary trimmed, as for the builtin models); a
+    second run reuses the store and the trim, changed rows build another store."""
     from safetensors.torch import load_file
 
     monkeypatch.setenv("BERTCLF_CACHE", str(tmp_path / "cache"))
-    kw = dict(sample=0.2, max_steps=6, log_every=1, precision="fp32", test=None, ngram="off", calibrate=False)
+    kw = dict(sample=0.2, max_steps=6, log_every=1, precision="fp32", test=None, ngram="off", calibrate=False,
+              trim_vocab=True)
     said = {}
     for name, mode in (("memory", "off"), ("store", "on"), ("again", "on")):
         said[name] = []
@@ -68,6 +69,8 @@ def test_training_from_the_store_equals_training_in_memory(tiny_model_dir, nsmc_
     assert len(built) == 2 and all("built in" in s for s in built), built  # training and validation rows
     again = [s for s in said["again"] if s.startswith("token store:")]
     assert len(again) == 2 and all("reused" in s for s in again), again
+    assert any(s.startswith("vocabulary: the trim of these texts, reused") for s in said["again"])
+    assert not any(s.startswith("vocabulary: the trim") for s in said["store"] + said["memory"])
     assert not any(s.startswith("token store:") for s in said["memory"])
     # changed training texts (every one gains a word): new stores, not the ones built for the old file
     changed = tmp_path / "changed.tsv"
