@@ -97,17 +97,24 @@ def main() -> None:
     valid = write_corpus(work / "valid-1000.parquet", 1000, start=10_000_000)
     cpu = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")), "?")
     print(f"machine: {cpu}, {os.cpu_count()} cores; {a.procs} process(es), {a.steps} steps of me5-small")
+    table = []
     for size in [int(float(s)) for s in a.sizes.split(",")]:
         corpus = write_corpus(work / f"corpus-{size}.parquet", size)
         cache = work / f"cache-{size}"
         shutil.rmtree(cache, ignore_errors=True)
         row = {"rows": size, "parquet_mb": round(corpus.stat().st_size / 1e6, 1)}
-        row["cold"] = run_train(corpus, valid, work / "run", cache, True, a.procs, a.steps)
-        row["warm"] = run_train(corpus, valid, work / "run", cache, True, a.procs, a.steps)
+        for name, store in (("cold", True), ("warm", True)) + ((("memory", False),) if a.no_store else ()):
+            row[name] = run_train(corpus, valid, work / "run", cache, store, a.procs, a.steps)
+            print(json.dumps({"rows": size, name: row[name]}, ensure_ascii=False), flush=True)  # as they come
         row["store"] = store_numbers(cache)
-        if a.no_store:
-            row["memory"] = run_train(corpus, valid, work / "run", cache, False, a.procs, a.steps)
-        print(json.dumps(row, ensure_ascii=False), flush=True)
+        table.append(row)
+    print("| rows | store B/row | build rows/s | first step cold / warm (s) | wall cold / warm (s) | peak RSS "
+          "cold / warm (MB) | ids in memory: first step (s), RSS (MB) |\n|---|---|---|---|---|---|---|")
+    for r in table:
+        mem = f"{r['memory']['first_step_s']}, {r['memory']['rss_mb']}" if "memory" in r else "-"
+        print(f"| {r['rows']:,} | {r['store']['bytes_per_row']} | {r['store']['build_rows_per_s']:,} | "
+              f"{r['cold']['first_step_s']} / {r['warm']['first_step_s']} | {r['cold']['wall_s']} / "
+              f"{r['warm']['wall_s']} | {r['cold']['rss_mb']} / {r['warm']['rss_mb']} | {mem} |")
 
 
 if __name__ == "__main__":
