@@ -43,6 +43,26 @@ def test_store_rows_are_encode_rows_token_for_token(tiny_model_dir, rows, tmp_pa
     assert TS.repeats_in(TS.text_hashes(same), TS.text_hashes(rows[:1])) == 2
 
 
+def test_pair_rows_keep_their_token_type_ids(tiny_model_dir, rows, tmp_path):
+    """Sentence pairs through a tokenizer with BERT's pair template: ids and token type ids as encode_pairs."""
+    from tokenizers.processors import TemplateProcessing
+
+    tok = load_tokenizer(str(tiny_model_dir))
+    cls, sep = tok.cls_token, tok.sep_token
+    tok.backend_tokenizer.post_processor = TemplateProcessing(
+        single=f"{cls}:0 $A:0 {sep}:0", pair=f"{cls}:0 $A:0 {sep}:0 $B:1 {sep}:1",
+        special_tokens=[(cls, tok.cls_token_id), (sep, tok.sep_token_id)])
+    tok.model_input_names = ["input_ids", "token_type_ids", "attention_mask"]
+    texts, pairs = rows[:300], rows[300:600]
+    ids, types = encode_rows(tok, texts, pairs, 24)
+    store = TS.open_or_build(tok, texts, pairs, 24, "truncate", log=lambda s: None, root=tmp_path)
+    assert all(np.array_equal(store.ids[i], ids[i]) and np.array_equal(store.types[i], types[i])
+               for i in range(len(ids)))
+    assert any(store.types[i].any() for i in range(len(ids)))
+    assert TS.repeats_in(TS.text_hashes(texts[:5], pairs[:5]), store.hashes) == 5
+    assert TS.repeats_in(TS.text_hashes(texts[:5], pairs[1:6]), store.hashes) == 0
+
+
 def _losses(run_dir: Path) -> list[float]:
     lines = [json.loads(x) for x in (run_dir / "train_log.jsonl").read_text().splitlines()]
     return [r["loss"] for r in lines if "loss" in r]
