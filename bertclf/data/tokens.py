@@ -51,7 +51,7 @@ def pair_cut(tokenizer, texts: list[str], pairs: list[str], ids: list[np.ndarray
              ) -> tuple[int, int, int]:
     """(pairs longer than max_length, first texts shortened, second texts shortened): of the pairs kept at
     max_length tokens, each side's kept tokens (the fast tokenizer's sequence ids) against its whole length."""
-    full = [i for i, x in enumerate(ids) if len(x) >= max_length]
+    full = np.flatnonzero(lengths(ids) >= max_length).tolist()
     if not full:
         return 0, 0, 0
     a = [texts[i] for i in full]
@@ -67,5 +67,8 @@ def pair_cut(tokenizer, texts: list[str], pairs: list[str], ids: list[np.ndarray
     return either, cut_a, cut_b
 
 
-def lengths(ids: list[np.ndarray]) -> np.ndarray:
+def lengths(ids) -> np.ndarray:
+    """Tokens per row of a list of arrays, or of a token store's rows (token_store.TokenRows: from its offsets)."""
+    if hasattr(ids, "offsets"):
+        return np.diff(ids.offsets).astype(np.int64)
     return np.fromiter((len(x) for x in ids), dtype=np.int64, count=len(ids))

@@ -160,6 +160,10 @@ class TrainConfig:
                          "first and last tokens); predict, eval and serve also have window", RECIPE,
                          choices=("truncate", "head-tail"), resume=True,
                          hint="window is for predict, eval and serve")
+    token_store: str = opt("auto", "tokenize the training and validation rows once into memory-mapped arrays in "
+                           "the bertclf cache, which later runs and every process reuse (auto: from "
+                           "100,000 training rows; on; off: token ids in memory); the same batches either way",
+                           RUN, choices=("auto", "on", "off"), resume=False)
 
 
 # Settings that must match for --resume to continue the same run: the fields declared resume=True.

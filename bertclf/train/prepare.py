@@ -176,6 +176,43 @@ def types_note(tokenizer) -> str:
         "; no token type ids (the tokenizer's pair template marks the sides by its separators alone)"
 
 
+STORE_FROM_ROWS = 100_000  # --token-store auto: a store from this many training rows (seconds of tokenizing)
+
+
+def uses_store(cfg: TrainConfig, n_train: int) -> bool:
+    return cfg.token_store == "on" or (cfg.token_store == "auto" and n_train >= STORE_FROM_ROWS)
+
+
+def tokenize(cfg: TrainConfig, tokenizer, train_ds, valid_ds, test_ds, accelerator, say):
+    """((train ids, types), (validation ids, types), rows repeated from training): token ids as lists of arrays,
+    or, with a token store (bertclf/data/token_store.py), as views into its memory maps: the node's main
+    process builds the store (or finds it), then the other processes open it."""
+    if not uses_store(cfg, len(train_ds)):
+        train = encode_rows(tokenizer, train_ds.texts, train_ds.pairs, cfg.max_length, cfg.long_text)
+        valid = encode_rows(tokenizer, valid_ds.texts, valid_ds.pairs, cfg.max_length, cfg.long_text)
+        return train, valid, {"valid": D.texts_in(valid_ds, train_ds),
+                              "test": D.texts_in(test_ds, train_ds) if test_ds else None}
+    from bertclf.data.token_store import open_or_build, repeats_in, text_hashes
+
+    stores = []
+    for ds in (train_ds, valid_ds):
+        with accelerator.local_main_process_first():
+            stores.append(open_or_build(tokenizer, ds.texts, ds.pairs, cfg.max_length, cfg.long_text, log=say,
+                                        builds=accelerator.is_local_main_process))
+    train, valid = stores
+    test_in = repeats_in(text_hashes(test_ds.texts, test_ds.pairs), train.hashes) if test_ds else None
+    return (train.ids, train.types), (valid.ids, valid.types), {"valid": repeats_in(valid.hashes, train.hashes),
+                                                                 "test": test_in}
+
+
+def say_repeats(in_train: dict, valid_ds, test_ds, say) -> None:
+    if in_train["valid"] or in_train["test"]:
+        say("repeated texts: also in the training rows: " + ", ".join(
+            f"{n} of {len(ds)} {name}" for name, n, ds in (("validation", in_train["valid"], valid_ds),
+                                                            ("test", in_train["test"], test_ds)) if n)
+            + " (exact repeats; their scores are partly scores on training texts)")
+
+
 def load_data(cfg: TrainConfig, log=print):
     """(train, valid, test or None) datasets, as the config asks (bertclf.data.dataset reads and checks them)."""
     return D.load_training_data(cfg, log=log)
@@ -228,27 +265,22 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
         + (f"; dropped {train_ds.dropped_empty} empty train" + (f" / {test_ds.dropped_empty} empty test" if test_ds
                                                                  else "") + " rows"
            if cfg.data == "nsmc" or train_ds.dropped_empty else ""))
-    in_train = {"valid": D.texts_in(valid_ds, train_ds), "test": D.texts_in(test_ds, train_ds) if test_ds else None}
-    if in_train["valid"] or in_train["test"]:
-        say("repeated texts: also in the training rows: " + ", ".join(
-            f"{n} of {len(ds)} {name}" for name, n, ds in (("validation", in_train["valid"], valid_ds),
-                                                            ("test", in_train["test"], test_ds)) if n)
-            + " (exact repeats; their scores are partly scores on training texts)")
     base = resolve(cfg.model, log=say)
     check_max_length(cfg.max_length, base)  # a hub model's positions are known only once it is resolved
     if cfg.trim_vocab:
         base = trimmed_base(base, out, train_ds.all_texts() + valid_ds.all_texts(), accelerator, say,
-                            reuse=resuming)
+                            reuse=resuming, cached=uses_store(cfg, len(train_ds)))
     tokenizer = load_tokenizer(base)
     model = load_classifier(base, labels.id2label)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    # tokenize once, up front
+    # tokenize once, up front (or open the token store a previous run or the main process wrote)
     t0 = time.time()
-    train_ids, train_types = encode_rows(tokenizer, train_ds.texts, train_ds.pairs, cfg.max_length, cfg.long_text)
-    valid_ids, valid_types = encode_rows(tokenizer, valid_ds.texts, valid_ds.pairs, cfg.max_length, cfg.long_text)
+    (train_ids, train_types), (valid_ids, valid_types), in_train = tokenize(cfg, tokenizer, train_ds, valid_ds,
+                                                                            test_ds, accelerator, say)
     train_len = lengths(train_ids)
     say(f"tokenized in {time.time() - t0:.1f}s: " + describe_cut(tokenizer, train_ds, train_ids, cfg.max_length))
+    say_repeats(in_train, valid_ds, test_ds, say)
 
     plan = make_plan(cfg, batch_size, lr, train_len, world, rank)
     say(f"model {cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; device {device}"
@@ -372,13 +404,49 @@ def check_same_data(run: Run, recorded: dict, found: Path) -> None:
                             f"start again with --overwrite")
 
 
-def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say, reuse: bool = False) -> str:
+def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say, reuse: bool = False,
+                 cached: bool = False) -> str:
     """Trim the vocabulary to the pieces the training texts use (once per run; reused on resume only: an
-    --overwrite run may train on other texts)."""
+    --overwrite run may train on other texts). cached (runs with a token store): the trim is kept in the bertclf
+    cache under (source model, texts) and copied from there by a later run on the same rows, which then does not
+    tokenize every text again to count its pieces."""
     from bertclf.models.vocab_trim import trim_vocab
 
     target = rundir.base_model_dir(out)
     if accelerator.is_main_process and not (reuse and (target / "config.json").is_file()):
-        trim_vocab(base, texts, target, log=say)
+        if not cached:
+            trim_vocab(base, texts, target, log=say)
+        else:
+            kept = trim_cache_dir(base, texts)
+            if (kept / "config.json").is_file():
+                say(f"vocabulary: the trim of these texts, reused ({kept})")
+            else:
+                trim_vocab(base, texts, kept, log=say)
+            import shutil
+
+            from bertclf.io.files import atomic_dir
+
+            with atomic_dir(target) as tmp:
+                shutil.copytree(kept, tmp, dirs_exist_ok=True)
     accelerator.wait_for_everyone()
     return str(target)
+
+
+TRIM_FORMAT = 1  # bump when trim_vocab's output for the same model and texts changes
+
+
+def trim_cache_dir(base: str, texts: list[str]) -> Path:
+    """Where the trim of `base` to `texts` is kept: keyed by the source model's files (tokenizer and config by
+    content, weights by size and modification time) and the texts' content hash."""
+    import hashlib
+    import json
+
+    from bertclf.data.token_store import content_hash
+    from bertclf.io.files import cache_dir, sha256_file
+
+    src = Path(base)
+    model = {p.name: ([p.stat().st_size, p.stat().st_mtime_ns] if p.suffix in (".safetensors", ".bin")
+                      else sha256_file(p)) for p in sorted(src.iterdir()) if p.is_file()}
+    key = json.dumps({"format": TRIM_FORMAT, "model": [str(src.resolve()), model],
+                      "texts": content_hash(texts, None)}, sort_keys=True)
+    return cache_dir() / "trimmed" / hashlib.sha256(key.encode()).hexdigest()[:32]
