@@ -85,6 +85,11 @@ class CompiledForward:
             torch.cuda.synchronize()
         self.first_seconds[key] = time.perf_counter() - t0
 
+    def record(self) -> dict:
+        """For the model card: the shapes (rows x tokens) this process compiled and their first steps' seconds."""
+        return {"shapes": [f"{r}x{w}" for r, w in sorted(self.first_seconds)],
+                "first_steps_s": round(sum(self.first_seconds.values()), 2), "widths": list(self.widths)}
+
     def summary(self) -> str:
         shapes = ", ".join(f"{r}x{w}" for r, w in sorted(self.first_seconds))
         return (f"torch.compile: {len(self.first_seconds)} shape(s) compiled (rows x tokens: {shapes or 'none'}), "

@@ -102,6 +102,7 @@ def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
     progress.close()
     if compiled:
         run.say(compiled.summary())
+        run.compiled = compiled.record()
     check_finite(run, meter)  # the final model is never a diverged one either
     if stop_reason:
         run.say(stop_reason)
