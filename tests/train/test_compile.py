@@ -89,3 +89,33 @@ def test_compile_refuses_a_bad_value_with_one_line(capsys, tmp_path):
     status = main(["train", "--train", "x.tsv", "--out", str(tmp_path / "o"), "--compile", "yes"])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 2 and len(err) == 1 and "--compile" in err[0] and "'yes'" in err[0], err
+
+
+def test_static_padding_changes_no_loss(tiny_model_dir):
+    """The padding a compiled step adds (width rounded up to a static width, rows of one pad token each) leaves the
+    real rows' logits, and so the loss, as the eager batch has them, to float rounding."""
+    import numpy as np
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from bertclf.data.batches import collate
+    from bertclf.models.forward import prepared_mask, takes_prepared_mask
+
+    model = AutoModelForSequenceClassification.from_pretrained(tiny_model_dir, num_labels=2).eval()
+    rng = np.random.default_rng(0)
+    ids = [rng.integers(5, 500, size=n) for n in (5, 9, 13)]
+    rows, labels = np.arange(3), np.array([0, 1, 1])
+    plain = collate(ids, rows, 1, labels)
+    padded = collate(ids, rows, 1, labels, widths=static_widths(64), pad_rows_to=8)
+    assert plain["input_ids"].shape == (3, 16) and padded["input_ids"].shape == (8, 16)
+    assert padded["attention_mask"][3:].sum(1).tolist() == [1] * 5 and padded["labels"].tolist() == [0, 1, 1]
+    wider = collate(ids, rows, 1, labels, widths=(24, 64), pad_rows_to=8)
+    assert wider["input_ids"].shape == (8, 24)
+    assert takes_prepared_mask(model)  # BERT in transformers 5: masks built by masking_utils
+    with torch.no_grad():
+        want = model(input_ids=plain["input_ids"], attention_mask=plain["attention_mask"]).logits
+        for batch in (padded, wider):
+            got = model(input_ids=batch["input_ids"], attention_mask=prepared_mask(batch["attention_mask"])).logits
+            assert torch.allclose(got[:3], want, atol=1e-5)
+            loss = torch.nn.functional.cross_entropy
+            assert loss(got[:3], batch["labels"]).item() == pytest.approx(loss(want, plain["labels"]).item(), rel=1e-5)
