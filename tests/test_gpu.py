@@ -1,5 +1,6 @@
 """GPU smoke test: a tiny bf16 run on CUDA is killed, resumed and used for prediction. It executes what a CPU
-never does: bf16 autocast, fused AdamW, the CUDA RNG state in checkpoints, the CUDA predict path.
+never does: bf16 autocast, fused AdamW, the CUDA RNG state in checkpoints, the CUDA predict path, and with
+--compile on the compiled step in CUDA graphs (mode reduce-overhead) through a kill and a resume.
 Run with `pytest -m gpu`; skipped, with the reason, where there is no CUDA device. BERTCLF_TEST_GPU_DRY_RUN=1 runs it
 on the CPU (bf16 autocast there), to check the test itself before device time is spent."""
 from __future__ import annotations
@@ -9,8 +10,6 @@ import os
 import re
 import subprocess
 import sys
-import time
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,10 +17,8 @@ import torch
 
 from bertclf.rundir import layout as rundir
 
-from train_hooks import PAUSE_ENV, PAUSE_MARK  # noqa: E402
+from _cli import REPO, kill_at, train_env
 
-REPO = Path(__file__).resolve().parents[1]
-HOOKED = [sys.executable, str(REPO / "tests" / "support" / "hooked_train.py")]  # the CLI plus the test callbacks (pause)
 DRY_RUN = os.environ.get("BERTCLF_TEST_GPU_DRY_RUN") == "1"
 
 pytestmark = [pytest.mark.gpu,
@@ -29,44 +26,29 @@ pytestmark = [pytest.mark.gpu,
                                  reason="no CUDA device: the gpu tests need one (BERTCLF_TEST_GPU_DRY_RUN=1: on the CPU)")]
 
 
-def _env(**extra) -> dict:
-    env = dict(os.environ, BERTCLF_NO_PROGRESS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    env.pop(PAUSE_ENV, None)
-    return env | extra
-
-
-def _kill_at(argv, point: str, log_dir: Path, timeout: float = 600) -> None:
-    """Run until the BERTCLF_TEST_PAUSE_AT hook pauses at `point`, then SIGKILL."""
-    err = log_dir / "killed.err"
-    with open(log_dir / "killed.out", "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen(argv, cwd=REPO, env=_env(**{PAUSE_ENV: point}), stdout=o, stderr=e)
-    deadline = time.monotonic() + timeout
-    try:
-        while f"{PAUSE_MARK} {point}" not in err.read_text():
-            assert proc.poll() is None, f"the run exited ({proc.returncode}) before {point}: {err.read_text()[-2000:]}"
-            assert time.monotonic() < deadline, f"the run did not reach {point} in {timeout:.0f} s"
-            time.sleep(0.05)
-    finally:
-        proc.kill()
-        proc.wait()
-
-
-def _train(slices, model, out, *extra):
-    return HOOKED + ["train", "--train", str(slices["train"]), "--text-col", "document",
+def _train(slices, model, out, *extra) -> list[str]:
+    """`bertclf train`'s arguments (after the program)."""
+    return ["train", "--train", str(slices["train"]), "--text-col", "document",
             "--model", str(model), "--sample", "0.25", "--epochs", "1", "--max-steps", "30", "--batch-size", "16",
             "--lr", "2e-3", "--seed", "0", "--precision", "bf16", "--checkpoint-every", "10", "--eval-every", "10",
             "--log-every", "5", "--out", str(out), *extra]
 
 
-def test_bf16_train_kill_resume_predict_on_cuda(tiny_model_dir, nsmc_slices, tmp_path):
+def _bertclf(*args, timeout: float = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bertclf", *map(str, args)], cwd=REPO, env=train_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+@pytest.mark.parametrize("compiled", ["off", "on"])
+def test_bf16_train_kill_resume_predict_on_cuda(compiled, tiny_model_dir, nsmc_slices, tmp_path):
+    """--compile on: CUDA graphs (one process), the kill and the resume included."""
     out = tmp_path / "run"
-    _kill_at(_train(nsmc_slices, tiny_model_dir, out), "step:15", tmp_path)  # SIGKILL after step 15
+    kill_at(_train(nsmc_slices, tiny_model_dir, out, "--compile", compiled), "step:15", tmp_path)  # after step 15
     assert [p.name for p in rundir.step_checkpoints(out)] == ["step-00000010"]
-    r = subprocess.run(_train(nsmc_slices, tiny_model_dir, out, "--resume"), cwd=REPO, env=_env(),
-                       capture_output=True, text=True, timeout=600)
+    r = _bertclf(*_train(nsmc_slices, tiny_model_dir, out, "--compile", compiled, "--resume"))
     assert r.returncode == 0, r.stderr[-3000:]
     assert re.search(r"resumed from step-00000010: step 10", r.stdout), r.stdout[-2000:]
+    assert ("torch.compile: " in r.stdout) == (compiled == "on"), r.stdout[-2000:]
     card = json.loads((out / "bertclf.json").read_text())
     assert card["training"]["precision"] == "bf16" and card["training"]["steps"] == 30
     steps = [json.loads(x)["step"] for x in (out / "train_log.jsonl").read_text().splitlines()
@@ -78,8 +60,7 @@ def test_bf16_train_kill_resume_predict_on_cuda(tiny_model_dir, nsmc_slices, tmp
     weights = load_file(out / "model.safetensors")
     assert all(torch.isfinite(t).all() for t in weights.values())
     texts = ["정말 재밌어요 최고", "시간 아깝다 최악"]
-    p = subprocess.run([sys.executable, "-m", "bertclf", "predict", str(out), *texts], cwd=REPO, env=_env(),
-                       capture_output=True, text=True, timeout=300)
+    p = _bertclf("predict", out, *texts, timeout=300)
     assert p.returncode == 0, p.stderr[-2000:]
     rows = [json.loads(x) for x in p.stdout.splitlines()]
     assert len(rows) == 2

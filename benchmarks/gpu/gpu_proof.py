@@ -1,5 +1,7 @@
-"""One lent GPU, one command: speed against HF Trainer, a profile, the recipe picked on validation with 3 seeds,
-`bertclf eval`/`predict` on a result, and the best model brought back.
+"""One lent GPU, one command: speed against HF Trainer (today's eager step, and the compiled step at batch 256 and
+1024, one epoch of all of NSMC each, test accuracy), profiles of the eager and the compiled step (GPU busy share),
+the recipe picked on validation with 3 seeds, `bertclf eval`/`predict` on a result, predict's texts/s, and the best
+model brought back.
 
 GPU time comes in ~15-minute windows, start-up included, so this runs the phases in order of importance
 against one deadline, writes what it has measured to OUT/summary.json after every phase, and scales the
@@ -119,30 +121,41 @@ class Proof:
         cmd = [sys.executable, "-m", "benchmarks.training.train_speed", "--gpu", "--variants", self.args.speed_variants,
                "--data-dir", str(self.inputs / "nsmc"), "--model-dir", str(self.inputs / "model"),
                "--hf-train-rows", str(a.hf_train_rows), "--json", str(LOGS / "speed.json")]
-        if a.dry_run:
-            cmd += ["--train-rows", "400", "--test-rows", "200"]
+        if a.dry_run:  # --max-length 16: one compiled shape (me5-small compiles for a minute per shape on a CPU)
+            cmd += ["--train-rows", "400", "--test-rows", "200", "--max-length", "16"]
         self.run(cmd, "speed.log", self.left() - 60)
         res = json.loads((LOGS / "speed.json").read_text())
         print((LOGS / "speed.log").read_text()[-1500:], flush=True)
         return {"results": res["results"]}
 
-    def profile(self):
+    def profile(self, compiled: bool = False):
+        """Steps/s at batch 256, 512 and 1024 and the profile of the default batch's steps (today's eager path);
+        compiled: the compiled step's at batch 256 and 1024, each profiled (GPU busy share)."""
+        name = "profile-compiled" if compiled else "profile"
         cmd = [sys.executable, "-m", "benchmarks.training.gpu_profile", "--data-dir", str(self.inputs / "nsmc"),
-               "--model", str(self.inputs / "model"), "--json", str(LOGS / "profile.json")]
+               "--model", str(self.inputs / "model"), "--json", str(LOGS / f"{name}.json")]
+        if compiled:
+            cmd += ["--compile", "--batch-sizes", "256,1024", "--profile-batch-sizes", "256,1024"]
         if self.args.dry_run:
-            cmd += ["--sample", "0.003", "--steps", "3", "--warmup", "1", "--batch-sizes", "32,64"]
-        self.run(cmd, "profile.log", min(150, self.left() - 30))
-        res = json.loads((LOGS / "profile.json").read_text())
+            cmd += ["--sample", "0.003", "--steps", "3", "--warmup", "1", "--batch-sizes", "32,64",
+                    "--profile-batch-sizes", "32"] + (["--max-length", "16"] if compiled else [])
+        self.run(cmd, f"{name}.log", min(240 if compiled else 150, self.left() - 30))
+        res = json.loads((LOGS / f"{name}.json").read_text())
         print(res["profiled"]["table"][:3000], flush=True)
-        return {k: v for k, v in res.items() if k != "profiled"} | {
-            "profiled": {k: v for k, v in res["profiled"].items() if k != "table"}}
+        without_tables = lambda d: {k: v for k, v in d.items() if k != "table"}  # noqa: E731
+        return {k: v for k, v in res.items() if k not in ("profiled", "profiled_by_batch")} | {
+            "profiled": without_tables(res["profiled"]),
+            "profiled_by_batch": {bs: without_tables(d) for bs, d in res.get("profiled_by_batch", {}).items()}}
+
+    def profile_compiled(self):
+        return self.profile(compiled=True)
 
     def recipes(self):
         single = self.single_speed()
         busy = ((self.summary["phases"].get("profile") or {}).get("profiled") or {}).get("gpu_busy_share")
         gain = min(4.0, 0.7 / busy) if busy else 4.0  # parallel runs fill the GPU's idle time, up to a point
         rows = 142_496 if not self.args.dry_run else 600
-        reserve = 75 if {"check", "bring_back"} & set(self.args.phases.split(",")) else 10
+        reserve = 75 if {"check", "predict_speed", "bring_back"} & set(self.args.phases.split(",")) else 10
         available = self.left() - reserve  # eval, predict and packing the model after this
         plan = None
         options = ((CANDIDATES, SEEDS), (CANDIDATES[:2], SEEDS), (CANDIDATES[:1], SEEDS), (CANDIDATES[:1], SEEDS[:1]))
@@ -185,8 +198,18 @@ class Proof:
 
     def single_speed(self) -> float:
         results = (self.summary["phases"].get("speed") or {}).get("results") or []
-        rates = [r["samples_per_s"] for r in results if r["variant"] == "bertclf"]
-        return rates[0] if rates else (self.args.assume_speed if not self.args.dry_run else 20.0)
+        # the recipes run the defaults: compiled on a GPU (--compile auto), today's eager path elsewhere
+        default = "bertclf-compiled" if self.on_gpu() else "bertclf-eager"
+        if self.args.dry_run:  # its runs stop after 3 steps: a CPU's measured samples/s would skip them
+            return 20.0
+        rates = {r["variant"]: r["samples_per_s"] for r in results}
+        return rates.get(default) or rates.get("bertclf") or self.args.assume_speed
+
+    @staticmethod
+    def on_gpu() -> bool:
+        import torch
+
+        return torch.cuda.is_available()
 
     def read_run(self, tag: str, rc: int) -> dict:
         card = RUNS / tag / "bertclf.json"
@@ -248,6 +271,28 @@ class Proof:
         return results | {"eval_accuracy": rep.get("accuracy"), "eval_report": {k: v for k, v in rep.items()
                                                                                if not isinstance(v, (list, dict))}}
 
+    def predict_speed(self):
+        """Texts per second of the trained model on NSMC's test reviews (all 49,997; a dry run 200), in this
+        process after a warm-up, at predict's default batch (64) and at 512: the model's load is not counted."""
+        import torch
+
+        from bertclf.inference.classifier import Classifier
+
+        clf = Classifier.load(str(RUNS / self.trained_run()))
+        lines = (self.inputs / "nsmc/ratings_test.txt").read_text(encoding="utf-8").splitlines()[1:]
+        texts = [ln.split("\t")[1] for ln in lines if ln.count("\t") == 2]
+        texts = texts[:200] if self.args.dry_run else texts
+        res = {"texts": len(texts), "precision": clf.precision, "device": str(next(clf.model.parameters()).device)}
+        for batch in (64, 512):
+            clf.predict_proba(texts[:1000], batch_size=batch)  # warm-up: kernels chosen, memory pooled
+            if torch.cuda.is_available():
+                torch.cuda.synchronize()
+            t0 = time.perf_counter()
+            clf.predict_proba(texts, batch_size=batch)
+            res[f"texts_per_s_batch_{batch}"] = round(len(texts) / (time.perf_counter() - t0), 1)
+        print(f"predict: {res}", flush=True)
+        return res
+
     def trained_run(self) -> str:
         rec = self.summary["phases"].get("recipes") or {}
         if rec.get("best_run"):
@@ -303,28 +348,34 @@ def reassemble(src: str, to: str) -> None:
 def main():
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out")
-    p.add_argument("--budget", type=float, default=420, help="seconds for everything (the device call's limit "
-                                                             "less a margin)")
+    p.add_argument("--budget", type=float, help="seconds for everything (the device call's limit less a margin; "
+                                                "default 420, a dry run 1500: a CPU compiles me5-small slowly)")
     p.add_argument("--inputs", default="/tmp/in", help="where gpu/gpu_pack.py's inputs are (unpacked here if absent)")
     p.add_argument("--hf-train-rows", type=int, default=30000, help="HF Trainer's slice of the training rows")
     p.add_argument("--dry-run", action="store_true", help="tiny sizes, on any machine")
-    p.add_argument("--phases", default="speed,profile,recipes,check,bring_back", help="which measuring phases")
+    p.add_argument("--phases", default="speed,profile,profile_compiled,recipes,check,predict_speed,bring_back",
+                   help="which measuring phases")
     p.add_argument("--candidates", help="recipes to try instead of CANDIDATES: name:flags;name:flags")
     p.add_argument("--seeds", default="42,1,2", help="seeds of --candidates")
     p.add_argument("--assume-speed", type=float, default=3000, help="samples/s of one run when no speed phase ran")
-    p.add_argument("--speed-variants", default="bertclf,bertclf-b1024,hf-trainer", help="training/train_speed.py's --variants")
+    p.add_argument("--speed-variants", default="bertclf-eager,bertclf-compiled,bertclf-b1024-compiled,hf-trainer",
+                   help="training/train_speed.py's --variants (-eager: today's path, --compile off; -compiled: on)")
     p.add_argument("--reassemble", metavar="DIR", help="a brought-back model's files -> --to MODEL_DIR")
     p.add_argument("--to")
     args = p.parse_args()
     if args.reassemble:
         return reassemble(args.reassemble, args.to)
+    args.budget = args.budget or (1500 if args.dry_run else 420)
     if args.dry_run:
         args.hf_train_rows = min(args.hf_train_rows, 200)
+        # 380 training rows: batch 1024 would be one step of 1024 rows, mostly padding; 64 takes the same path
+        args.speed_variants = args.speed_variants.replace("-b1024-", "-b64-")
     proof = Proof(args)
     try:
         proof.phase("unpack", proof.unpack)
         proof.phase("env", proof.env)
-        for name, min_left in (("speed", 120), ("profile", 150), ("recipes", 120), ("check", 40), ("bring_back", 15)):
+        for name, min_left in (("speed", 120), ("profile", 150), ("profile_compiled", 150), ("recipes", 120),
+                               ("check", 40), ("predict_speed", 40), ("bring_back", 15)):
             if name in args.phases.split(","):
                 proof.phase(name, getattr(proof, name), min_left=min_left)
     finally:

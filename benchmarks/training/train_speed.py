@@ -17,6 +17,9 @@ Variants:
   (d) bertclf-fp32 / bertclf-bf16: `bertclf train` with --precision forced (add them with --variants; on a
                   CPU with AMX / AVX-512 BF16 `bertclf` alone already trains in bf16)
   (e) bertclf-bN  `bertclf train --batch-size N` (e.g. bertclf-b1024)
+  (f) ...-eager / ...-compiled: any bertclf variant with --compile off / on (its default, auto, compiles the
+                  step on a GPU only): bertclf-eager is the path before --compile, bertclf-b1024-compiled the
+                  compiled step at batch 1024
 The model is me5-small with its vocabulary trimmed to the training texts (the same for all three).
 
 --precision-rounds N: the training step alone (batch 32 of NSMC reviews, AdamW, bertclf's length-bucketed
@@ -127,16 +130,26 @@ def run_bertclf(args, model_dir, train, valid, test, device, files):
     from bertclf.train.loop import TrainConfig, train as bertclf_train
 
     out = Path(tempfile.mkdtemp()) / "run"
-    precision = {"bertclf-fp32": "fp32", "bertclf-bf16": "bf16"}.get(args.variant, "auto")
-    sized = re.fullmatch(r"bertclf-b(\d+)", args.variant)  # bertclf-b1024: --batch-size 1024
-    batch = int(sized.group(1)) if sized else None
     card = bertclf_train(TrainConfig(out=str(out), train=str(files["train"]), valid=str(files["valid"]),
-                                     text_col="text", model=model_dir, epochs=1, precision=precision,
-                                     batch_size=batch),
+                                     text_col="text", model=model_dir, epochs=1,
+                                     **bertclf_flags(args.variant, args.max_length)),
                          echo=lambda s: None)
+    args.compiled = card["training"].get("compiled")  # the shapes and their first steps' seconds, into the result
     # scored like the other variants: the saved Hugging Face directory, in fp32
     model = AutoModelForSequenceClassification.from_pretrained(str(out))
     return model, AutoTokenizer.from_pretrained(str(out)), card["training"]["train_seconds"]
+
+
+def bertclf_flags(variant: str, max_length: int | None = None) -> dict:
+    """bertclf[-fp32|-bf16][-bN][-eager|-compiled]: --precision, --batch-size N, --compile off or on (else auto:
+    on for CUDA); max_length: --max-length (None: the default)."""
+    m = re.fullmatch(r"bertclf(?:-(fp32|bf16))?(?:-b(\d+))?(?:-(eager|compiled))?", variant)
+    if m is None:
+        raise SystemExit(f"unknown variant {variant!r}: bertclf[-fp32|-bf16][-bN][-eager|-compiled], hf-trainer "
+                         f"or tutorial")
+    return {"precision": m[1] or "auto", "batch_size": int(m[2]) if m[2] else None,
+            "compile": {"eager": "off", "compiled": "on"}.get(m[3], "auto")} | (
+        {"max_length": max_length} if max_length else {})
 
 
 def child(args):
@@ -162,7 +175,8 @@ def child(args):
         real_tokens = int(lengths(encode(tok, train.texts, 128)).sum())
         res = {"variant": args.variant, "rows": len(train), "wall_s": wall, "samples_per_s": len(train) / wall,
                "tokens_per_s": real_tokens / wall, "peak_mem_mb": peak_mem_mb(),
-               "valid_acc": accuracy(model, tok, valid, device), "test_acc": accuracy(model, tok, test, device)}
+               "valid_acc": accuracy(model, tok, valid, device), "test_acc": accuracy(model, tok, test, device),
+               "compiled": getattr(args, "compiled", None)}
         # the whole process: reading data, tokenizing, model load, training, scoring validation and test
         res["process_s"] = time.time() - t_process
     print("RESULT " + json.dumps(res), flush=True)
@@ -228,6 +242,8 @@ def main():
                                       "tutorial's batch-2 loop needs ~45 min for full NSMC; run it on --train-rows)")
     p.add_argument("--precision-rounds", type=int, help="time fp32 vs bf16 training steps, alternating, N rounds")
     p.add_argument("--round-steps", type=int, default=5, help="training steps per precision per round")
+    p.add_argument("--max-length", type=int, help="bertclf variants' --max-length (a dry run: 16, one compiled "
+                                                      "shape); default theirs, 128")
     p.add_argument("--variant", help=argparse.SUPPRESS)
     p.add_argument("--json", help="also write the results here")
     args = p.parse_args()
@@ -262,7 +278,7 @@ def main():
     for v in args.variants.split(","):
         cmd = [sys.executable, "-m", __spec__.name, "--variant", v, "--model-dir", args.model_dir, "--data-dir", args.data_dir,
                "--gpu" if args.gpu else "--cpu"]  # the child's default sizes follow the mode
-        for k in ("train_rows", "test_rows", "hf_train_rows"):
+        for k in ("train_rows", "test_rows", "hf_train_rows", "max_length"):
             if getattr(args, k):
                 cmd += [f"--{k.replace('_', '-')}", str(getattr(args, k))]
         print(f"running {v} ...", flush=True)
@@ -274,10 +290,10 @@ def main():
         results.append(json.loads(line[0][7:]))
     print(f"\ndevice: {device}; one epoch")
     base = next((r for r in results if r["variant"] == "hf-trainer"), None)
-    print(f"{'variant':<11} {'rows':>7} {'samples/s':>10} {'tokens/s':>10} {'wall s':>8} {'peak MB':>8} {'valid':>7} {'test':>7} {'x HF':>6} {'process s':>9}")
+    print(f"{'variant':<22} {'rows':>7} {'samples/s':>10} {'tokens/s':>10} {'wall s':>8} {'peak MB':>8} {'valid':>7} {'test':>7} {'x HF':>6} {'process s':>9}")
     for r in results:
         ratio = r["samples_per_s"] / base["samples_per_s"] if base else float("nan")
-        print(f"{r['variant']:<11} {r['rows']:>7} {r['samples_per_s']:>10.1f} {r['tokens_per_s']:>10.0f} {r['wall_s']:>8.1f} "
+        print(f"{r['variant']:<22} {r['rows']:>7} {r['samples_per_s']:>10.1f} {r['tokens_per_s']:>10.0f} {r['wall_s']:>8.1f} "
               f"{r['peak_mem_mb']:>8.0f} {r['valid_acc']:>7.4f} {r['test_acc']:>7.4f} {ratio:>6.2f} {r.get('process_s', float('nan')):>9.1f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"device": device, "cpu": None if torch.cuda.is_available()

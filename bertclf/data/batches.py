@@ -48,20 +48,26 @@ def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarr
 
 
 def collate(ids: list[np.ndarray], rows: np.ndarray, pad_id: int, labels: np.ndarray | None = None,
-            multiple: int = 8, types: list[np.ndarray] | None = None) -> dict[str, torch.Tensor]:
+            multiple: int = 8, types: list[np.ndarray] | None = None, widths: tuple[int, ...] | None = None,
+            pad_rows_to: int | None = None) -> dict[str, torch.Tensor]:
     """Pad rows to the batch's longest (rounded up to a multiple of 8 for tensor cores). types: the rows' token
-    type ids (sentence pairs), padded with 0, or None: the model's default (all 0)."""
+    type ids (sentence pairs), padded with 0, or None: the model's default (all 0).
+    Static shapes (a compiled step, bertclf/train/compiled.py): widths: pad to the smallest of these that holds the
+    longest row instead; pad_rows_to: add padding rows up to this many (one attended pad token each, so their
+    attention is finite; labels cover the real rows only: the caller keeps the first len(rows) outputs)."""
     seqs = [ids[i] for i in rows]
     width = max(len(s) for s in seqs)
-    width = -(-width // multiple) * multiple
-    input_ids = np.full((len(seqs), width), pad_id, dtype=np.int64)
-    mask = np.zeros((len(seqs), width), dtype=np.int64)
+    width = next(w for w in widths if w >= width) if widths else -(-width // multiple) * multiple
+    n = max(len(seqs), pad_rows_to or 0)
+    input_ids = np.full((n, width), pad_id, dtype=np.int64)
+    mask = np.zeros((n, width), dtype=np.int64)
+    mask[len(seqs):, 0] = 1
     for r, s in enumerate(seqs):
         input_ids[r, :len(s)] = s
         mask[r, :len(s)] = 1
     batch = {"input_ids": torch.from_numpy(input_ids), "attention_mask": torch.from_numpy(mask)}
     if types is not None:
-        type_ids = np.zeros((len(seqs), width), dtype=np.int64)
+        type_ids = np.zeros((n, width), dtype=np.int64)
         for r, i in enumerate(rows):
             type_ids[r, :len(types[i])] = types[i]
         batch["token_type_ids"] = torch.from_numpy(type_ids)
@@ -69,6 +75,17 @@ def collate(ids: list[np.ndarray], rows: np.ndarray, pad_id: int, labels: np.nda
         y = labels[rows]  # class ids, or multi-hot rows (multi-label) kept as float for BCE
         batch["labels"] = torch.from_numpy(y.astype(np.int64) if y.ndim == 1 else y.astype(np.float32))
     return batch
+
+
+def static_widths(max_length: int, smallest: int = 16) -> tuple[int, ...]:
+    """The padded widths of a compiled step: 16, 24, 32, 48, 64, 96, 128, ... (each 1.5x or 1.33x the one
+    before, multiples of 8) below max_length, and max_length itself: 7 widths at the default 128, 11 at 512.
+    At most a third of a batch is padding the rounding added, and every width is compiled once."""
+    widths, w = [], smallest
+    while w < max_length:
+        widths.append(w)
+        w = w * 3 // 2 if w & (w - 1) == 0 else w * 4 // 3  # a power of two x1.5, else x4/3 to the next power
+    return (*widths, max_length)
 
 
 def split_micro(rows: np.ndarray, n_micro: int) -> list[np.ndarray]:

@@ -31,3 +31,20 @@ def predict_logits(model, ids: list[np.ndarray], pad_id: int, batch_size: int = 
     finally:
         model.train(was_training)
     return out
+
+
+def takes_prepared_mask(model) -> bool:
+    """Whether `model` (unwrapped) takes a 4D boolean attention mask as it is: its attention is SDPA and its
+    module builds masks with transformers.masking_utils, which returns a 4D mask untouched. Then a compiled step
+    is handed the mask ready-made, and no mask building (in older transformers a data-dependent check,
+    `torch.all(mask == 1)`, that splits the graph: transformers #28827, #36123) is traced."""
+    import sys
+
+    module = sys.modules.get(type(getattr(model, "base_model", model)).__module__)
+    return (getattr(model.config, "_attn_implementation", None) == "sdpa"
+            and hasattr(module, "create_bidirectional_mask"))
+
+
+def prepared_mask(mask: torch.Tensor) -> torch.Tensor:
+    """A (rows, tokens) 0/1 attention mask as SDPA's (rows, 1, 1, tokens) boolean mask: True = attended."""
+    return mask[:, None, None, :].bool()

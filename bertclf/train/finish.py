@@ -83,7 +83,8 @@ def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=
                   "stop_reason": stop_reason or "finished", "wall_time_s": wall, "train_seconds": state.train_seconds,
                   "samples_per_s": state.samples_seen / train_s, "tokens_per_s": state.tokens_seen / train_s,
                   "device": device_name(run.accelerator.device), "processes": run.world,
-                  "precision": "fp32" if run.mixed == "no" else run.mixed, "global_batch": plan.eff_batch * run.world},
+                  "precision": "fp32" if run.mixed == "no" else run.mixed, "global_batch": plan.eff_batch * run.world,
+                  "compiled": run.compiled},
         classification=task.card(), calibration=calibration, ngram=ngram_record) | run.card_extra
     task.configure(model.config)  # id2label, label2id, problem_type (transformers.pipeline scores as we do)
     with writing("the n-gram partner", out, lambda: partner.nbytes() if partner else 0, "its arrays and vocabulary",

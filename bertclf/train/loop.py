@@ -7,6 +7,7 @@ every N steps, report test accuracy); each speed and safety trick is named where
                GPUs and CPUs that have it (fp16 + loss scaling on older GPUs, fp32 elsewhere) · exact resume
   batches.py   length-bucketed batches with dynamic padding
   stepper.py   gradient accumulation · on CUDA out-of-memory halve the micro-batch (the effective batch stays)
+  compiled.py  --compile: the forward compiled once per static shape (batches padded to a few widths)
   meter.py     no per-step host syncs (numbers leave the GPU only when logged)
   validation.py  validation each epoch or every N steps, sharded over processes; the best weights kept
   checkpoint.py  atomic checkpoints, best checkpoint kept; early stopping below
@@ -26,6 +27,7 @@ from bertclf.rundir import layout as rundir
 from bertclf.train.callbacks import Events
 from bertclf.train.config import RESUME_KEYS, TrainConfig, config_from_dict, validate_config  # noqa: F401 (re-exported)
 from bertclf.io.disk_space import tensor_bytes, writing
+from bertclf.train.compiled import compiled_forward
 from bertclf.train.finish import finish
 from bertclf.train.meter import Meter, check_finite
 from bertclf.train.preemption import Preemption
@@ -66,8 +68,10 @@ def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
     cfg = run.cfg
     model, optimizer, scheduler = run.learner.model, run.learner.optimizer, run.learner.scheduler
     data, plan, state = run.data, run.plan, run.state
+    compiled = compiled_forward(run)  # None unless --compile
     stepper = Stepper(model, optimizer, run.accelerator, data.train_ids, data.y_train, run.learner.pad_id,
-                      plan.eff_batch, cfg.grad_accum, events, run.task, say=run.say, types=data.train_types)
+                      plan.eff_batch, cfg.grad_accum, events, run.task, say=run.say, types=data.train_types,
+                      compiled=compiled)
     meter = Meter(run.accelerator, run.world, state.window)
     progress = make_progress(plan.total_steps, state.step, run.main)
     model.train()
@@ -96,6 +100,9 @@ def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
             if step >= plan.total_steps or stop_reason or epoch_end:
                 break
     progress.close()
+    if compiled:
+        run.say(compiled.summary())
+        run.compiled = compiled.record()
     check_finite(run, meter)  # the final model is never a diverged one either
     if stop_reason:
         run.say(stop_reason)

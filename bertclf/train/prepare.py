@@ -115,6 +115,7 @@ class Run:
     state: TrainState
     events: Events = field(default_factory=Events)  # bertclf.train.callbacks: train() sets the run's callbacks
     card_extra: dict = field(default_factory=dict)  # more model-card fields (bertclf distill: distilled_from)
+    compiled: dict | None = None  # --compile: the shapes compiled and their first steps' seconds (the card's)
 
     @property
     def labels(self):

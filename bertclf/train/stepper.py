@@ -22,12 +22,14 @@ DDP_TYPES = ("MULTI_GPU", "MULTI_CPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "M
 
 class Stepper:
     def __init__(self, model, optimizer, accelerator, ids, labels, pad_id: int, eff_batch: int, grad_accum: int,
-                 events, task, say=print, types=None):
+                 events, task, say=print, types=None, compiled=None):
         """task: bertclf.data.task.SingleLabel | MultiLabel, whose loss (class weights, BCE) and correct count apply;
-        types: the rows' token type ids (sentence pairs) or None."""
+        types: the rows' token type ids (sentence pairs) or None; compiled: a bertclf.train.compiled.CompiledForward
+        (--compile): the forward that runs, and the static shapes its batches are padded to."""
         self.model, self.optimizer, self.acc, self.task = model, optimizer, accelerator, task
         self.ids, self.labels, self.pad_id, self.types = ids, labels, pad_id, types
         self.eff_batch, self.grad_accum, self.events, self.say = eff_batch, grad_accum, events, say
+        self.compiled, self.forward = compiled, compiled or model
         self.device, self.world, self.rank = accelerator.device, accelerator.num_processes, accelerator.process_index
         self.agreed_backoff = self.world > 1 and accelerator.distributed_type in DDP_TYPES
 
@@ -58,13 +60,12 @@ class Stepper:
         try:
             micro = split_micro(rows, n_micro)
             for i, part in enumerate(micro):
-                batch = {k: v.to(self.device, non_blocking=True)
-                         for k, v in collate(self.ids, part, self.pad_id, self.labels, types=self.types).items()}
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in self._collate(part, n_micro).items()}
                 # DDP all-reduces gradients inside the last backward; with agreed back-off we do it after.
                 sync = i == len(micro) - 1 and not self.agreed_backoff
                 y = batch.pop("labels")  # the loss is the task's (class weights, BCE), not the model's
-                with contextlib.nullcontext() if sync else self.acc.no_sync(self.model):
-                    logits = self.model(**batch).logits
+                with self._timed(batch), contextlib.nullcontext() if sync else self.acc.no_sync(self.model):
+                    logits = self.forward(**batch).logits[:len(part)]  # the real rows (compiled: padding rows after)
                     part_loss = self.task.loss(logits, y)
                     self.acc.backward(part_loss * (len(part) / len(rows)))
                 self.events.on_backward(step, i, self.rank)
@@ -74,6 +75,15 @@ class Stepper:
         except torch.OutOfMemoryError:
             return None  # this frame, and with it the attempt's activations, is freed before the retry
         return loss, correct, nonfinite
+
+    def _collate(self, part, n_micro: int) -> dict:
+        if self.compiled is None:
+            return collate(self.ids, part, self.pad_id, self.labels, types=self.types)
+        static = self.compiled.shape(math.ceil(self.eff_batch / n_micro))  # every micro-batch padded to the same rows
+        return self.compiled.prepare(collate(self.ids, part, self.pad_id, self.labels, types=self.types, **static))
+
+    def _timed(self, batch):
+        return self.compiled.timed(batch) if self.compiled else contextlib.nullcontext()
 
     def _back_off(self, state) -> None:
         """Halve the micro-batch and accumulate twice as many: the effective batch, and so the recipe, stays."""

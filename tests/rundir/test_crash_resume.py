@@ -9,7 +9,6 @@ NaN/inf loss stops the run with one line (exit 2) while the last checkpoint stay
 from __future__ import annotations
 
 import json
-import os
 import re
 import shutil
 import subprocess
@@ -23,6 +22,7 @@ import pytest
 from bertclf.rundir import checkpoint as ckpt
 from bertclf.rundir import layout as rundir
 
+from _cli import train_env  # one thread each: the reference run and the killed runs share the cores
 from train_hooks import PAUSE_ENV, PAUSE_MARK  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[2]
@@ -33,14 +33,6 @@ TIMING = ("elapsed_s", "samples_per_s", "tokens_per_s")
 # 750 of the slice's 3,000 rows: 712 train (45 steps of 16 per epoch) + 38 validation. 60 steps cross the epoch
 # boundary at step 45; checkpoints every 10 steps, validation every 20, log lines every 5.
 STEPS = 60
-
-
-def _env(**extra) -> dict:
-    env = dict(os.environ, BERTCLF_NO_PROGRESS="1", HF_HUB_OFFLINE="1", PYTHONUNBUFFERED="1",
-               OMP_NUM_THREADS="1",  # the reference run and the killed runs share the cores; same threads in all
-               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
-    env.pop(PAUSE_ENV, None)
-    return env | extra
 
 
 def _args(slices, model, out: Path, *extra: str) -> list[str]:
@@ -68,7 +60,7 @@ class Killed:
         tag = point.replace(":", "-")
         self.out_path, self.err_path = log_dir / f"{tag}.out", log_dir / f"{tag}.err"
         with open(self.out_path, "w") as o, open(self.err_path, "w") as e:
-            proc = subprocess.Popen(HOOKED + args, cwd=REPO, env=_env(**{PAUSE_ENV: point}), stdout=o, stderr=e)
+            proc = subprocess.Popen(HOOKED + args, cwd=REPO, env=train_env(**{PAUSE_ENV: point}), stdout=o, stderr=e)
         deadline = time.monotonic() + timeout
         try:
             while f"{PAUSE_MARK} {point}" not in self.err_path.read_text():
@@ -93,7 +85,7 @@ class Reference:
     def __init__(self, slices, model, out: Path, extra: tuple[str, ...]):
         self.out, self.err_path = out, out.parent / "reference.err"
         with open(self.err_path, "w") as e:
-            self.proc = subprocess.Popen(CLI + _args(slices, model, out, *extra), cwd=REPO, env=_env(),
+            self.proc = subprocess.Popen(CLI + _args(slices, model, out, *extra), cwd=REPO, env=train_env(),
                                          stdout=subprocess.DEVNULL, stderr=e)
 
     def finished(self) -> Path:
@@ -128,7 +120,7 @@ TWO_BESTS = ("--eval-every", "10", "--valid-frac", "0.3")
 def _resume_matches_the_reference(argv: list[str], run: Path, reference: Reference) -> str:
     """`--resume` the killed run to its end: exit 0, and the same model.safetensors bytes and train_log.jsonl
     (minus timings) as the uninterrupted run. Returns its stdout."""
-    r = subprocess.run(CLI + argv + ["--resume"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(CLI + argv + ["--resume"], cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0 and "Traceback" not in r.stderr, r.stderr[-3000:]
     ref_out = reference.finished()
     assert rundir.has_card(run) and not rundir.checkpoints_dir(run).exists()
@@ -215,7 +207,7 @@ def test_kill_at_every_kind_of_moment_then_resume_is_bit_identical(tiny_model_di
         f.write('{"step": 51, "loss": 0.4')  # a line cut short by a crash (power loss, full disk)
 
     # 7. the last resume skips the broken checkpoint, says so, and finishes
-    r = subprocess.run(CLI + argv + ["--resume"], cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
+    r = subprocess.run(CLI + argv + ["--resume"], cwd=REPO, env=train_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     assert "Traceback" not in r.stderr
     assert re.search(r"checkpoint step-00000050 is unusable \(optimizer\.pt fails its checksum", r.stdout), \
@@ -313,7 +305,7 @@ def test_atomic_dir_killed_between_its_renames_keeps_the_old_folder(tmp_path):
             (tmp / "w").write_text("new")
     """)
     for attempt in range(2):
-        r = subprocess.run([sys.executable, "-c", child], cwd=REPO, env=_env())
+        r = subprocess.run([sys.executable, "-c", child], cwd=REPO, env=train_env())
         assert r.returncode == -9
         assert not target.exists()
         assert [p.relative_to(tmp_path).as_posix() for p in tmp_path.glob(".best.*.old/d/w")]
@@ -505,7 +497,7 @@ def test_a_preempted_run_says_stopped_not_error(tiny_model_dir, nsmc_slices, tmp
 
     out = tmp_path / "run"
     r = subprocess.run(HOOKED + _args(nsmc_slices, tiny_model_dir, out, "--max-steps", "6"), cwd=REPO,
-                       env=_env(**{SIGNAL_ENV: "0:3:SIGTERM"}), capture_output=True, text=True, timeout=300)
+                       env=train_env(**{SIGNAL_ENV: "0:3:SIGTERM"}), capture_output=True, text=True, timeout=300)
     last = r.stderr.strip().splitlines()[-1]
     assert r.returncode == 75 and last.startswith("bertclf: stopped by SIGTERM after step 3: "), r.stderr[-2000:]
     assert "error" not in last and "Traceback" not in r.stderr

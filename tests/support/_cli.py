@@ -37,17 +37,17 @@ def bertclf(*args, timeout: float = 600, **env) -> subprocess.CompletedProcess:
 HOOKED = [sys.executable, str(REPO / "tests" / "support" / "hooked_train.py")]  # the CLI plus the test callbacks
 
 
-def kill_at(args, point: str, log_dir: Path, timeout: float = 600) -> None:
-    """Run `bertclf ARGS` (with the test callbacks) until the BERTCLF_TEST_PAUSE_AT hook pauses at `point`, then
-    SIGKILL it."""
+def kill_at(args, point: str, log_dir: Path, timeout: float = 600, env_extra: dict | None = None) -> None:
+    """Run `bertclf ARGS` (with the test callbacks) in train_env(**env_extra) until the BERTCLF_TEST_PAUSE_AT hook
+    pauses at `point`, then SIGKILL it."""
     import time
 
     from train_hooks import PAUSE_ENV, PAUSE_MARK
 
     err = log_dir / f"killed-{point.replace(':', '-')}.err"
     with open(err.with_suffix(".out"), "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen(HOOKED + [*map(str, args)], cwd=REPO, env=train_env(**{PAUSE_ENV: point}), stdout=o,
-                                stderr=e)
+        proc = subprocess.Popen(HOOKED + [*map(str, args)], cwd=REPO,
+                                env=train_env(**(env_extra or {}), **{PAUSE_ENV: point}), stdout=o, stderr=e)
     deadline = time.monotonic() + timeout
     try:
         while f"{PAUSE_MARK} {point}" not in err.read_text():
