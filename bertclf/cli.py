@@ -31,6 +31,9 @@ def _read_flags(p) -> None:
 BATCH_HELP = (f"texts per forward pass (default {INFERENCE_BATCH}; eval and predict agree exactly at the same "
               f"batch size)")
 PAIR_COL_HELP = "second text column of a sentence-pair model's file (default: the training's)"
+COMPILE_HELP = ("auto | on | off: torch.compile the model, each batch padded to a few fixed shapes (CUDA graphs on "
+                "a GPU; auto: on for CUDA, off on CPUs, where compiling takes tens of seconds per shape: "
+                "docs/compile.md)")
 PRECISION_HELP = "auto | fp32 | bf16 (auto: bf16 on AMX / AVX-512 BF16 CPUs and bf16 GPUs, else fp32)"
 
 
@@ -88,6 +91,7 @@ def _eval_flags(sub) -> None:
     e.add_argument("--errors", metavar="FILE", help="write misclassified rows with probabilities (TSV/CSV)")
     e.add_argument("--batch-size", type=int, default=INFERENCE_BATCH, help=BATCH_HELP)
     e.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    e.add_argument("--compile", default="auto", choices=("auto", "on", "off"), help=COMPILE_HELP)
     _long_text_flags(e)
     _read_flags(e)
     add_train_flags(e, ("report_to",), helps={"report_to": "mlflow: log the scores to an existing MLflow run "
@@ -111,6 +115,7 @@ def _predict_flags(sub) -> None:
     pr.add_argument("--batch-size", type=int, default=INFERENCE_BATCH, help=BATCH_HELP)
     pr.add_argument("--shard", metavar="I/N", help="only rows whose index modulo N is I (split work over N workers)")
     pr.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    pr.add_argument("--compile", default="auto", choices=("auto", "on", "off"), help=COMPILE_HELP)
     pr.add_argument("--format", choices=FORMATS, help="format of --input (default: by extension; stdin: lines)")
     pr.add_argument("--explain", action="store_true", help="print the words that drove each prediction (Captum "
                     "Integrated Gradients: ~32 passes per text; torch models only); with --output, JSONL of all words")
@@ -164,6 +169,7 @@ def _serve_flags(sub) -> None:
     s.add_argument("--max-chars", type=int, default=10000, help="characters per text")
     s.add_argument("--max-body-bytes", type=int, default=1 << 20, help="request body size")
     s.add_argument("--precision", default="auto", help=PRECISION_HELP)
+    s.add_argument("--compile", default="auto", choices=("auto", "on", "off"), help=COMPILE_HELP)
     _long_text_flags(s)
 
 
@@ -302,7 +308,7 @@ def cmd_eval(a) -> int:
     rep = evaluate(a.model_dir, data=a.data, test=a.test, text_col=a.text_col, label_col=a.label_col,
                    data_dir=a.data_dir, errors=a.errors, batch_size=a.batch_size, encoding=a.encoding,
                    columns=parse_columns(a.columns), log=lambda s: print(s, file=sys.stderr), precision=a.precision,
-                   long_text=a.long_text, stride=a.stride, text_pair_col=a.text_pair_col)
+                   long_text=a.long_text, stride=a.stride, text_pair_col=a.text_pair_col, compile=a.compile)
     if a.json:
         print(json.dumps(rep, indent=2, ensure_ascii=False))
     else:
@@ -335,7 +341,8 @@ def cmd_predict(a) -> int:
             raise UserError("predict: --explain runs on the local engine only (Captum needs the torch model in this "
                             "process); drop --engine ray, or --explain for plain predictions on Ray")
         return _predict_on_ray(a)
-    clf = Classifier.load(a.model_dir, precision=a.precision, long_text=a.long_text, stride=a.stride)
+    clf = Classifier.load(a.model_dir, precision=a.precision, long_text=a.long_text, stride=a.stride,
+                          compile="off" if a.explain else a.compile)  # Captum runs the eager model
     if a.explain:
         from bertclf.inference.explain import explain_to
 
@@ -346,6 +353,8 @@ def cmd_predict(a) -> int:
     predict_to(clf, texts=a.texts or None, input_path=a.input or ("-" if not a.texts else None),
                output_path=a.output, text_col=a.text_col, batch_size=a.batch_size, shard=shard, fmt=a.format,
                encoding=a.encoding, columns=columns, text_pair_col=a.text_pair_col)
+    if clf.compiled is not None:
+        print(clf.compiled.summary(), file=sys.stderr)
     return 0
 
 
@@ -416,7 +425,7 @@ def cmd_serve(a) -> int:
 
     serve(a.model_dir, host=a.host, port=a.port, max_batch=a.max_batch, max_wait_ms=a.max_wait_ms,
           max_texts=a.max_texts, max_chars=a.max_chars, max_body_bytes=a.max_body_bytes, precision=a.precision,
-          long_text=a.long_text, stride=a.stride)
+          long_text=a.long_text, stride=a.stride, compile=a.compile)
     return 0
 
 

@@ -1,7 +1,7 @@
-"""One lent GPU, one command: speed against HF Trainer (today's eager step, and the compiled step at batch 256 and
-1024, one epoch of all of NSMC each, test accuracy), profiles of the eager and the compiled step (GPU busy share),
-the recipe picked on validation with 3 seeds, `bertclf eval`/`predict` on a result, predict's texts/s, and the best
-model brought back.
+"""One lent GPU, one command: speed against HF Trainer (today's eager step, the compiled step at batch 256 and
+1024, and compiled with --precision bf16-weights; one epoch of all of NSMC each, test accuracy), profiles of the
+eager and the compiled step (GPU busy share), the recipe picked on validation with 3 seeds, `bertclf eval`/`predict`
+on a result, predict's texts/s (eager, and compiled with CUDA graphs), and the best model brought back.
 
 GPU time comes in ~15-minute windows, start-up included, so this runs the phases in order of importance
 against one deadline, writes what it has measured to OUT/summary.json after every phase, and scales the
@@ -273,25 +273,36 @@ class Proof:
 
     def predict_speed(self):
         """Texts per second of the trained model on NSMC's test reviews (all 49,997; a dry run 200), in this
-        process after a warm-up, at predict's default batch (64) and at 512: the model's load is not counted."""
-        import torch
-
+        process after a warm-up, at predict's default batch (64) and at 512, eager; then compiled (--compile on:
+        static shapes, CUDA graphs on a GPU) at 512, warmed up on all the texts so every shape is compiled before
+        the timed pass (a dry run: at 64, --max-length 16, one width). The model's load is not counted."""
         from bertclf.inference.classifier import Classifier
 
-        clf = Classifier.load(str(RUNS / self.trained_run()))
         lines = (self.inputs / "nsmc/ratings_test.txt").read_text(encoding="utf-8").splitlines()[1:]
         texts = [ln.split("\t")[1] for ln in lines if ln.count("\t") == 2]
         texts = texts[:200] if self.args.dry_run else texts
+        clf = Classifier.load(str(RUNS / self.trained_run()), compile="off")
         res = {"texts": len(texts), "precision": clf.precision, "device": str(next(clf.model.parameters()).device)}
         for batch in (64, 512):
-            clf.predict_proba(texts[:1000], batch_size=batch)  # warm-up: kernels chosen, memory pooled
-            if torch.cuda.is_available():
-                torch.cuda.synchronize()
-            t0 = time.perf_counter()
-            clf.predict_proba(texts, batch_size=batch)
-            res[f"texts_per_s_batch_{batch}"] = round(len(texts) / (time.perf_counter() - t0), 1)
+            res[f"texts_per_s_batch_{batch}"] = self.texts_per_s(clf, texts, batch, texts[:1000])
+        # a CPU compiles me5-small for ~a minute per shape: the dry run keeps to one width and one batch size
+        batch, max_length = (64, 16) if self.args.dry_run else (512, None)
+        clf = Classifier.load(str(RUNS / self.trained_run()), compile="on", max_length=max_length)
+        res[f"texts_per_s_batch_{batch}_compiled"] = self.texts_per_s(clf, texts, batch, texts)
+        res["compiled"] = clf.compiled.record() | ({"max_length": max_length} if max_length else {})
         print(f"predict: {res}", flush=True)
         return res
+
+    @staticmethod
+    def texts_per_s(clf, texts: list[str], batch: int, warm_up: list[str]) -> float:
+        import torch
+
+        clf.predict_proba(warm_up, batch_size=batch)  # kernels chosen, memory pooled, shapes compiled
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        clf.predict_proba(texts, batch_size=batch)
+        return round(len(texts) / (time.perf_counter() - t0), 1)
 
     def trained_run(self) -> str:
         rec = self.summary["phases"].get("recipes") or {}
@@ -358,8 +369,10 @@ def main():
     p.add_argument("--candidates", help="recipes to try instead of CANDIDATES: name:flags;name:flags")
     p.add_argument("--seeds", default="42,1,2", help="seeds of --candidates")
     p.add_argument("--assume-speed", type=float, default=3000, help="samples/s of one run when no speed phase ran")
-    p.add_argument("--speed-variants", default="bertclf-eager,bertclf-compiled,bertclf-b1024-compiled,hf-trainer",
-                   help="training/train_speed.py's --variants (-eager: today's path, --compile off; -compiled: on)")
+    p.add_argument("--speed-variants", default="bertclf-eager,bertclf-compiled,bertclf-bf16w-compiled,"
+                   "bertclf-b1024-compiled,hf-trainer",
+                   help="training/train_speed.py's --variants (-eager: today's path, --compile off; -compiled: on; "
+                        "-bf16w: --precision bf16-weights)")
     p.add_argument("--reassemble", metavar="DIR", help="a brought-back model's files -> --to MODEL_DIR")
     p.add_argument("--to")
     args = p.parse_args()

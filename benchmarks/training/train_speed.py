@@ -15,7 +15,8 @@ Variants:
   (b) tutorial    the tutorial's loop: Adam lr 1e-5, batch 2, fp32, tokenize inside the loop
   (c) bertclf     `bertclf train` with its defaults
   (d) bertclf-fp32 / bertclf-bf16: `bertclf train` with --precision forced (add them with --variants; on a
-                  CPU with AMX / AVX-512 BF16 `bertclf` alone already trains in bf16)
+                  CPU with AMX / AVX-512 BF16 `bertclf` alone already trains in bf16); bertclf-bf16w:
+                  --precision bf16-weights (the model held in bf16, fp32 master weights, no autocast)
   (e) bertclf-bN  `bertclf train --batch-size N` (e.g. bertclf-b1024)
   (f) ...-eager / ...-compiled: any bertclf variant with --compile off / on (its default, auto, compiles the
                   step on a GPU only): bertclf-eager is the path before --compile, bertclf-b1024-compiled the
@@ -141,13 +142,13 @@ def run_bertclf(args, model_dir, train, valid, test, device, files):
 
 
 def bertclf_flags(variant: str, max_length: int | None = None) -> dict:
-    """bertclf[-fp32|-bf16][-bN][-eager|-compiled]: --precision, --batch-size N, --compile off or on (else auto:
-    on for CUDA); max_length: --max-length (None: the default)."""
-    m = re.fullmatch(r"bertclf(?:-(fp32|bf16))?(?:-b(\d+))?(?:-(eager|compiled))?", variant)
+    """bertclf[-fp32|-bf16|-bf16w][-bN][-eager|-compiled]: --precision (bf16w: bf16-weights), --batch-size N,
+    --compile off or on (else auto: on for CUDA); max_length: --max-length (None: the default)."""
+    m = re.fullmatch(r"bertclf(?:-(fp32|bf16w|bf16))?(?:-b(\d+))?(?:-(eager|compiled))?", variant)
     if m is None:
-        raise SystemExit(f"unknown variant {variant!r}: bertclf[-fp32|-bf16][-bN][-eager|-compiled], hf-trainer "
-                         f"or tutorial")
-    return {"precision": m[1] or "auto", "batch_size": int(m[2]) if m[2] else None,
+        raise SystemExit(f"unknown variant {variant!r}: bertclf[-fp32|-bf16|-bf16w][-bN][-eager|-compiled], "
+                         f"hf-trainer or tutorial")
+    return {"precision": {"bf16w": "bf16-weights"}.get(m[1], m[1] or "auto"), "batch_size": int(m[2]) if m[2] else None,
             "compile": {"eager": "off", "compiled": "on"}.get(m[3], "auto")} | (
         {"max_length": max_length} if max_length else {})
 

@@ -19,6 +19,9 @@ kept) scores texts by the blend: logits() are the blend's, in the task's link sp
 
 precision="auto" (the default) runs torch in bf16 autocast where the device multiplies bf16 natively (AMX /
 AVX-512 BF16 CPUs, bf16 GPUs), fp32 elsewhere; "fp32" or "bf16" force it (bertclf/models/precision.py).
+
+compile="auto" (the default) runs the torch model through torch.compile on CUDA (CUDA graphs), each batch padded
+to a few static shapes (bertclf/inference/compiled.py); "on" compiles on a CPU too, "off" never.
 """
 from __future__ import annotations
 
@@ -51,6 +54,7 @@ class Classifier:
         self.long_text = long_text or (self.card.get("args") or {}).get("long_text") or "truncate"
         self.stride = check_long_text(self.long_text, stride, max_length, tokenizer)
         self.autocast_dtype = autocast_dtype  # torch backend: None = fp32
+        self.compiled = None  # the compiled forward (bertclf/inference/compiled.py), or None: eager
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
         self.task = task_from_card(self.card, labels)  # single/multi-label, label values, thresholds
         self.pair_col = (self.card.get("data") or {}).get("text_pair_col")  # a sentence-pair model's, else None
@@ -67,10 +71,13 @@ class Classifier:
     @classmethod
     def load(cls, path: str, device: str | None = None, max_length: int | None = None,
              precision: str = "auto", long_text: str | None = None, stride: int | None = None,
-             ngram: bool = True) -> "Classifier":
-        """ngram=False: the encoder alone, also when the model was trained with an n-gram partner."""
+             ngram: bool = True, compile: str = "auto") -> "Classifier":
+        """ngram=False: the encoder alone, also when the model was trained with an n-gram partner.
+        compile: auto | on | off (auto: on for CUDA)."""
         if long_text is not None or stride is not None:  # a bad flag fails before the model loads
             check_long_text(long_text or "truncate", stride, max_length or 512)
+        if compile not in ("auto", "on", "off"):
+            raise UserError(f"--compile: must be auto, on or off, got {compile!r}")
         p = check_model_dir(Path(path))
         card = read_card(p)
         config = json.loads((p / "config.json").read_text())
@@ -104,7 +111,12 @@ class Classifier:
             backend = "torch"
         # bertclf export copies the partner's files beside model.onnx; an export made before that has none
         partner = NG.load_for(p, card, required=backend == "torch") if ngram else None
-        return cls(tokenizer, model, labels, max_length, card, str(p), backend, dtype, long_text, stride, partner)
+        clf = cls(tokenizer, model, labels, max_length, card, str(p), backend, dtype, long_text, stride, partner)
+        if backend == "torch" or compile == "on":
+            from bertclf.inference.compiled import compiled_inference
+
+            clf.compiled = compiled_inference(model, clf.max_length, device, compile, backend)
+        return clf
 
     @property
     def precision(self) -> str:
@@ -137,7 +149,7 @@ class Classifier:
                 logits = self.model.predict_logits(enc.ids, self.pad_id, batch_size, types=enc.types)
             else:
                 logits = predict_logits(self.model, enc.ids, self.pad_id, batch_size,
-                                        autocast_dtype=self.autocast_dtype, types=enc.types)
+                                        autocast_dtype=self.autocast_dtype, types=enc.types, compiled=self.compiled)
             logits = per_text(logits, enc)
             if self.partner is not None:
                 ngram_probs = self.partner.probs(texts[start:start + BLOCK_ROWS])

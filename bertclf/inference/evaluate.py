@@ -21,7 +21,7 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
              label_col: str | None = None, data_dir: str | None = None, errors: str | None = None,
              batch_size: int = INFERENCE_BATCH, log=print, precision: str = "auto", encoding: str = "utf-8",
              columns: list[str] | None = None, long_text: str | None = None, stride: int | None = None,
-             text_pair_col: str | None = None) -> dict:
+             text_pair_col: str | None = None, compile: str = "auto") -> dict:
     """The classification report of `model_dir` on NSMC test or a labelled file (empty texts dropped, and said;
     texts over the model's max_length counted and said; long_text / stride: bertclf/data/long_text.py)."""
     check_batch_size(batch_size)
@@ -33,7 +33,7 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
         raise UserError(f"--data: unknown dataset '{data}'; the builtin dataset is 'nsmc', or use --test FILE")
     from bertclf.inference.classifier import Classifier
 
-    clf = Classifier.load(model_dir, precision=precision, long_text=long_text, stride=stride)
+    clf = Classifier.load(model_dir, precision=precision, long_text=long_text, stride=stride, compile=compile)
     if text_pair_col and clf.pair_col is None:
         raise UserError(f"--text-pair-col {text_pair_col}: {model_dir} reads single texts (trained without "
                         f"--text-pair-col); drop the flag or use a model trained on pairs")
@@ -69,6 +69,8 @@ def evaluate(model_dir: str, data: str | None = None, test: str | None = None, t
     rep["data"] = ds.summary()
     rep["model"] = str(model_dir)
     rep["precision"] = clf.precision
+    if clf.compiled is not None:  # the shapes compiled and their first batches' seconds, compiling included
+        rep["compiled"] = clf.compiled.record()
     rep["long_text"] = {"mode": clf.long_text, "max_length": clf.max_length, "rows_longer": cut}
     if clf.long_text == "window":
         rep["long_text"]["stride"] = clf.stride

@@ -10,8 +10,11 @@ from bertclf.data.tokens import lengths
 
 @torch.no_grad()
 def predict_logits(model, ids: list[np.ndarray], pad_id: int, batch_size: int = 64, device=None,
-                   autocast_dtype=None, progress=None, types: list[np.ndarray] | None = None) -> np.ndarray:
-    """Logits (n, num_labels) as float32, in the order of `ids` (types: sentence pairs' token type ids)."""
+                   autocast_dtype=None, progress=None, types: list[np.ndarray] | None = None,
+                   compiled=None) -> np.ndarray:
+    """Logits (n, num_labels) as float32, in the order of `ids` (types: sentence pairs' token type ids).
+    compiled: the model's compiled forward (bertclf/inference/compiled.py), each batch padded to one of its
+    static shapes; the padding rows' logits are dropped."""
     was_training = model.training
     model.eval()
     device = device or next(model.parameters()).device
@@ -20,11 +23,16 @@ def predict_logits(model, ids: list[np.ndarray], pad_id: int, batch_size: int = 
     try:
         for rows in length_sorted_batches(lengths(ids), batch_size):
             # Multiple-of-8 widths feed GPU tensor cores; a CPU only pays for the extra padding.
-            batch = {k: v.to(device, non_blocking=True)
-                     for k, v in collate(ids, rows, pad_id, multiple=8 if device.type == "cuda" else 1,
-                                           types=types).items()}
+            shape = compiled.shape(len(rows), batch_size) if compiled is not None else {
+                "multiple": 8 if device.type == "cuda" else 1}
+            batch = {k: v.to(device, non_blocking=True) for k, v in collate(ids, rows, pad_id, types=types,
+                                                                            **shape).items()}
             with torch.autocast(device.type, dtype=autocast_dtype, enabled=autocast_dtype is not None):
-                logits = model(**batch).logits
+                if compiled is None:
+                    logits = model(**batch).logits
+                else:
+                    with compiled.timed(batch):
+                        logits = compiled(**compiled.prepare(batch)).logits[:len(rows)]
             out[rows] = logits.float().cpu().numpy()
             if progress is not None:
                 progress(len(rows))

@@ -4,6 +4,8 @@ auto: bf16 autocast on GPUs that have it (fp16 on older GPUs) and on CPUs that m
 AVX-512 BF16: bertclf.cpu); fp32 on other CPUs, where bf16 is emulated and slower than fp32. bf16 can be
 forced on any CPU (slow without native support, but it runs: that is how it is tested on AVX2 machines).
 fp16 autocast needs a GPU (CPU fp16 kernels are slow, and fp16 training needs loss scaling).
+bf16-weights (training only): the model held in bf16, no autocast, fp32 master weights in the optimizer
+(bertclf/train/master_weights.py); scoring during training runs in bf16 autocast, as bf16's does.
 """
 from __future__ import annotations
 
@@ -12,17 +14,22 @@ import torch
 from bertclf import cpu
 from bertclf.errors import UserError
 
-CHOICES = ("auto", "fp32", "bf16", "fp16")
+CHOICES = ("auto", "fp32", "bf16", "fp16", "bf16-weights")
 INFERENCE_CHOICES = ("auto", "fp32", "bf16")
 
 
 def pick_precision(requested: str) -> str:
-    """Accelerate's mixed_precision name ("no", "bf16", "fp16") for training; Accelerate autocasts the
-    forward pass in it, on a CPU too (Accelerator(mixed_precision="bf16", cpu=True))."""
+    """The training precision: Accelerate's mixed_precision name ("no", "bf16", "fp16"), in which Accelerate
+    autocasts the forward pass, on a CPU too (Accelerator(mixed_precision="bf16", cpu=True)); or "bf16-weights"
+    (accelerate_mixed: "no", no autocast)."""
     _check(requested, CHOICES, "--precision")
     on_gpu = torch.cuda.is_available()
     if requested == "fp32":
         return "no"
+    if requested == "bf16-weights":
+        if on_gpu and not torch.cuda.is_bf16_supported():
+            raise UserError("--precision bf16-weights: this GPU has no bf16; use --precision fp16 or auto")
+        return requested
     if requested == "fp16" and not on_gpu:
         raise UserError("--precision fp16: needs a CUDA GPU; on a CPU use --precision bf16, fp32 or auto")
     if requested in ("bf16", "fp16"):
@@ -35,8 +42,13 @@ def pick_precision(requested: str) -> str:
 
 
 def autocast_dtype(mixed: str):
-    """The torch.autocast dtype for an accelerate mixed_precision name; None for fp32."""
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}.get(mixed)
+    """The torch.autocast dtype of scoring for a training precision (pick_precision's); None for fp32."""
+    return {"bf16": torch.bfloat16, "fp16": torch.float16, "bf16-weights": torch.bfloat16}.get(mixed)
+
+
+def accelerate_mixed(mixed: str) -> str:
+    """Accelerate's mixed_precision for a training precision: bf16-weights trains without autocast."""
+    return "no" if mixed == "bf16-weights" else mixed
 
 
 def inference_dtype(requested: str, device) -> torch.dtype | None:

@@ -256,7 +256,8 @@ def _bind(host: str, port: int) -> socket.socket:
 
 def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: int = 64, max_wait_ms: float = 5.0,
           max_texts: int = 256, max_chars: int = 10000, max_body_bytes: int = 1 << 20, log=None,
-          precision: str = "auto", long_text: str | None = None, stride: int | None = None) -> None:
+          precision: str = "auto", long_text: str | None = None, stride: int | None = None,
+          compile: str = "auto") -> None:
     """Load the model, listen on host:port and serve until SIGINT/SIGTERM. Bad settings or a bad model
     directory raise UserError before anything listens. long_text / stride: texts over the model's max_length
     (bertclf/data/long_text.py; window scores a text's chunks in one call and averages their logits)."""
@@ -283,13 +284,17 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
     try:
         from bertclf.inference.classifier import Classifier
 
-        clf = Classifier.load(model_dir, precision=precision, long_text=long_text, stride=stride)
+        clf = Classifier.load(model_dir, precision=precision, long_text=long_text, stride=stride, compile=compile)
         _share_cores(clf)
+        compiled, clf.compiled = clf.compiled, None
         try:  # fail now, not on the first request, if the model cannot run
+            # eagerly: the compiled forward runs in the batcher's thread only (CUDA graph trees are per thread,
+            # pytorch #123177), each shape compiled by its first micro-batch
             clf.logits([("warm-up", "warm-up") if clf.pair_col else "warm-up"], batch_size=1)
         except Exception as e:
             raise UserError(f"{model_dir}: the model failed on a test input ({type(e).__name__}: {e}); "
                             "re-train or re-export it") from None
+        clf.compiled = compiled
         app = create_app(clf, max_batch=max_batch, max_wait_ms=max_wait_ms, max_texts=max_texts,
                          max_chars=max_chars, max_body_bytes=max_body_bytes, model_dir=str(model_dir))
         try:
@@ -302,7 +307,7 @@ def serve(model_dir: str, host: str = "127.0.0.1", port: int = 8000, max_batch: 
         raise
     bound_host, bound_port = sock.getsockname()[:2]
     shown = f"[{bound_host}]" if ":" in bound_host else bound_host
-    log(f"bertclf: serving {model_dir} ({clf.backend} {clf.precision}, labels: {', '.join(map(str, clf.labels))}) on "
+    log(f"bertclf: serving {model_dir} ({clf.backend} {clf.precision}{', compiled' if clf.compiled else ''}, labels: {', '.join(map(str, clf.labels))}) on "
         f"http://{shown}:{bound_port} - demo page at /, POST /predict /explain, GET /health /info /docs")
     config = uvicorn.Config(app, log_level=os.environ.get("BERTCLF_LOG_LEVEL", "warning"), access_log=False,
                             timeout_graceful_shutdown=10, lifespan="on")

@@ -112,8 +112,9 @@ class TrainConfig:
     seed: int = opt(42, "seed of sampling, splits, batches and dropout", RECIPE, resume=True)
     max_steps: int | None = opt(None, "stop after this many optimizer steps", RECIPE, resume=True, range=AT_LEAST_1)
     precision: str = opt("auto", "numeric precision (auto: bf16 on GPUs and on CPUs with native bf16 (AMX / "
-                         "AVX-512 BF16), fp16 on older GPUs, else fp32)", RECIPE,
-                         choices=("auto", "fp32", "bf16", "fp16"), resume=True)
+                         "AVX-512 BF16), fp16 on older GPUs, else fp32); bf16 autocasts per op, bf16-weights holds "
+                         "the model in bf16 (no casts) with fp32 master weights in the optimizer", RECIPE,
+                         choices=("auto", "fp32", "bf16", "fp16", "bf16-weights"), resume=True)
     grad_accum: int = opt(1, "micro-batches per optimizer step", RECIPE, resume=True, range=AT_LEAST_1)
     compile: str = opt("auto", "torch.compile the training step, its batches padded to a few fixed shapes (at most 7 "
                        "widths per micro-batch size at --max-length 128), each compiled once; the run says how many "

@@ -17,6 +17,7 @@ from bertclf.rundir.card import build_card, device_name
 from bertclf.io.disk_space import writing
 from bertclf.train.scoring import gathered_logits, score_ids
 from bertclf.train.preemption import StopSignal
+from bertclf.train.master_weights import to_full_precision
 from bertclf.data.long_text import encode_rows
 from bertclf.data.tokens import lengths
 
@@ -35,6 +36,7 @@ def _write_final_model(run, stop_reason: str | None, t_start: float, preemption=
     data = run.data
     cfg, state, plan, out, say = run.cfg, run.state, run.plan, run.out, run.say
     model = run.unwrapped()
+    to_full_precision(model, run.learner.optimizer)  # bf16-weights: the fp32 master weights become the model
     best = ckpt.load_best(out, model)
     score = dict(pad_id=run.learner.pad_id, batch_size=cfg.eval_batch_size, autocast_dtype=run.autocast_dtype)
     names, task = run.labels.names, run.task

@@ -22,7 +22,7 @@ from bertclf.train.config import RESUME_KEYS, TrainConfig, trims_vocab
 from bertclf.errors import UserError
 from bertclf.train.meter import Logger
 from bertclf.models.resolve import load_classifier, load_tokenizer, resolve
-from bertclf.models.precision import autocast_dtype, pick_precision
+from bertclf.models.precision import accelerate_mixed, autocast_dtype, pick_precision
 from bertclf.train.state import TrainState
 from bertclf.data.long_text import encode_rows
 from bertclf.data.tokens import lengths, pair_cut
@@ -238,7 +238,7 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
     mixed = pick_precision(cfg.precision)
     if not torch.distributed.is_initialized():  # a second train() in one process (a notebook) may pick another
         AcceleratorState._reset_state()         # precision; Accelerate keeps the first one's state otherwise
-    accelerator = Accelerator(mixed_precision=mixed, cpu=not on_gpu)
+    accelerator = Accelerator(mixed_precision=accelerate_mixed(mixed), cpu=not on_gpu)
     device, world, rank = accelerator.device, accelerator.num_processes, accelerator.process_index
     main = accelerator.is_main_process
     say = echo if main else (lambda *a, **k: None)
@@ -290,7 +290,7 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
         f"{plan.total_steps} steps over {plan.n_epochs} epoch(s)")
     if not resuming:  # a resumed run loads its head from the checkpoint
         task.init_head(model, y_train)
-    optimizer, scheduler = make_optimizer(cfg, model, plan)
+    optimizer, scheduler = make_optimizer(cfg, model, plan, bf16_weights=mixed == "bf16-weights")
     model, optimizer = accelerator.prepare(model, optimizer)
 
     data = TrainingData(train_ds, valid_ds, test_ds, y_train, y_valid, y_test, train_ids, valid_ids, train_len,
@@ -317,10 +317,11 @@ def make_plan(cfg: TrainConfig, batch_size: int, lr: float, train_len, world: in
                 eval_every=cfg.eval_every or steps_per_epoch)
 
 
-def make_optimizer(cfg: TrainConfig, model, plan: Plan):
+def make_optimizer(cfg: TrainConfig, model, plan: Plan, bf16_weights: bool = False):
     """AdamW (no weight decay on biases and LayerNorm) with linear warmup and decay; the freshly initialised
     classification head (every parameter outside the pretrained encoder) at max(peak lr, HEAD_LR): a random
-    layer needs larger steps than pretrained weights that fine-tuning should only nudge."""
+    layer needs larger steps than pretrained weights that fine-tuning should only nudge. bf16_weights: over fp32
+    master copies of the weights, the model cast to bf16 (bertclf/train/master_weights.py)."""
     from transformers import get_linear_schedule_with_warmup
 
     prefix = getattr(model, "base_model_prefix", "") + "."
@@ -331,10 +332,14 @@ def make_optimizer(cfg: TrainConfig, model, plan: Plan):
         groups.setdefault((decays, head), []).append(p)
     # fused: one kernel for all parameters, on GPUs and CPUs (2 CPU cores, 23.6M parameters: 18 ms per step
     # instead of foreach's 83, benchmarks/training/step_parts.py; a tenth of a bf16 training step at batch 32)
-    optimizer = torch.optim.AdamW([{"params": ps, "weight_decay": cfg.weight_decay if decays else 0.0,
-                                    "lr": max(plan.lr, HEAD_LR) if head else plan.lr}
-                                   for (decays, head), ps in sorted(groups.items())],
-                                  lr=plan.lr, fused=True)
+    param_groups = [{"params": ps, "weight_decay": cfg.weight_decay if decays else 0.0,
+                     "lr": max(plan.lr, HEAD_LR) if head else plan.lr} for (decays, head), ps in sorted(groups.items())]
+    if bf16_weights:
+        from bertclf.train.master_weights import MasterWeightsAdamW
+
+        optimizer = MasterWeightsAdamW(param_groups, lr=plan.lr, fused=True)
+    else:
+        optimizer = torch.optim.AdamW(param_groups, lr=plan.lr, fused=True)
     scheduler = get_linear_schedule_with_warmup(optimizer, int(cfg.warmup * plan.total_steps), plan.total_steps)
     return optimizer, scheduler
 

@@ -9,6 +9,7 @@ from bertclf.rundir import checkpoint as ckpt
 from bertclf.train.meter import Meter, check_finite
 from bertclf.train.scoring import score_ids
 from bertclf.train.state import selection_tolerance
+from bertclf.train.master_weights import full_precision
 
 
 def validate(run, meter: Meter, events) -> str | None:
@@ -20,7 +21,8 @@ def validate(run, meter: Meter, events) -> str | None:
     score = run.task.score(report)
     kept, note = select(run, score)
     if kept and run.main:
-        ckpt.save_best(run.out, run.unwrapped(), {"step": step, "valid": report}, on_write=events.on_checkpoint_write)
+        with full_precision(run.unwrapped(), run.learner.optimizer) as model:  # bf16-weights: the fp32 masters
+            ckpt.save_best(run.out, model, {"step": step, "valid": report}, on_write=events.on_checkpoint_write)
     log_validation(run, report, score, kept, note)
     meter.exclude(time.time() - t_eval)  # evaluation time is not training throughput
     if run.cfg.patience and run.state.evals_without_improvement >= run.cfg.patience:

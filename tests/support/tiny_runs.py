@@ -17,3 +17,16 @@ def encodes_in_cp949(text: str) -> bool:
         return True
     except UnicodeEncodeError:
         return False
+
+
+def without_dropout(model_dir, out):
+    """A copy of a model directory with every dropout at 0: only such a model gives the same losses on paths
+    that draw dropout masks differently (compiled: inductor's own generator; bf16 weights: other tensors)."""
+    import json
+    import shutil
+
+    shutil.copytree(model_dir, out)
+    config = json.loads((out / "config.json").read_text())
+    config |= {"hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0, "classifier_dropout": 0.0}
+    (out / "config.json").write_text(json.dumps(config))
+    return out
