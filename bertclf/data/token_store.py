@@ -16,7 +16,8 @@ another), offsets.bin (int64, n + 1: row i is ids[offsets[i]:offsets[i + 1]]), l
 
 The key is (rows' content, tokenizer, max length, long-text mode, pairs or not, FORMAT): another file, another
 tokenizer (a trimmed vocabulary is another tokenizer) or another --max-length is another store. The folder is
-written by atomic_dir: an interrupted build leaves a hidden .tmp folder, never a store that opens.
+written by atomic_dir: an interrupted build leaves a hidden .tmp folder, never a store that opens; the next build
+removes such folders once nothing in them has changed for a day (STALE_BUILD_S).
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ from bertclf.io.files import atomic_dir, cache_dir, write_json
 FORMAT = 1            # bump when the layout or what a row holds changes: old stores are then never opened
 BUILD_ROWS = 65_536   # rows tokenized per step of a build: bounded memory for the per-row arrays in flight
 HASH_ROWS = 65_536
+STALE_BUILD_S = 86_400  # a build folder untouched this long was left by a killed build: the next build removes it
 
 
 @dataclass
@@ -131,6 +133,7 @@ def open_or_build(tokenizer, texts: list[str], pairs: list[str] | None, max_leng
         raise UserError(f"token store {path}: missing after the main process built it; is the bertclf cache "
                         f"(BERTCLF_CACHE) on a disk every process sees?")
     t0 = time.time()
+    remove_stale_builds(path.parent)
     try:
         with atomic_dir(path, replace=False) as tmp:
             meta = write_arrays(tmp, tokenizer, texts, pairs, max_length, long_text)
@@ -142,6 +145,23 @@ def open_or_build(tokenizer, texts: list[str], pairs: list[str] | None, max_leng
     log(f"token store: {len(store):,} rows, {meta['bytes'] / 1e6:.1f} MB, built in {meta['build_seconds']:.1f} s "
         f"({len(store) / max(meta['build_seconds'], 1e-9):,.0f} rows/s; {path})")
     return store
+
+
+def remove_stale_builds(root: Path, max_age_s: float = STALE_BUILD_S) -> list[Path]:
+    """Remove the hidden .KEY.*.tmp folders of builds that were killed (nothing in them written for max_age_s:
+    a live build appends to its files all along); returns what was removed."""
+    import shutil
+
+    now, removed = time.time(), []
+    for tmp in root.glob(".*.tmp") if root.is_dir() else ():
+        try:
+            newest = max([tmp.stat().st_mtime] + [f.stat().st_mtime for f in tmp.iterdir()])
+        except OSError:  # another process removed it (or it finished) meanwhile
+            continue
+        if now - newest > max_age_s:
+            shutil.rmtree(tmp, ignore_errors=True)
+            removed.append(tmp)
+    return removed
 
 
 def write_arrays(folder: Path, tokenizer, texts, pairs, max_length: int, long_text: str) -> dict:

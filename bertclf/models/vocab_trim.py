@@ -210,21 +210,31 @@ def _remap_tokenizer_json(tok_json: dict, kept: np.ndarray, old_to_new: dict[int
 
 
 def _trimmed_weights(src: Path, kept: np.ndarray, n_tokens: int):
-    """The model's weights with only the `kept` rows of the word embedding (and of any tied output layer)."""
-    weights, metadata = _load_weights(src)
-    emb_keys = [k for k in weights if k.endswith("word_embeddings.weight")]
+    """The model's weights with only the `kept` rows of the word embedding (and of any tied output layer).
+    Those tensors are read a run of consecutive kept rows at a time, never whole: the full 250k-row embedding
+    (384 MB for me5-small) is not held in memory beside its trimmed copy."""
+    import torch
+
+    shapes, metadata = _weight_shapes(src)
+    emb_keys = [k for k in shapes if k.endswith("word_embeddings.weight")]
     if len(emb_keys) != 1:
         raise UserError(f"{src}: expected one BERT-style word embedding (*word_embeddings.weight), "
                         f"found {emb_keys or 'none'}")
-    rows = weights[emb_keys[0]].shape[0]
+    rows = shapes[emb_keys[0]][1][0]
     if rows < n_tokens:
         raise UserError(f"{src}: the embedding has {rows} rows but the tokenizer has {n_tokens} tokens")
-    import torch
-    index = torch.from_numpy(kept)
-    for k, t in list(weights.items()):
-        if t.ndim >= 1 and t.shape[0] == rows and (
-                k == emb_keys[0] or "decoder" in k or "lm_head" in k or k.endswith("predictions.bias")):
-            weights[k] = t.index_select(0, index).contiguous()
+    cuts = np.flatnonzero(np.diff(kept) != 1) + 1  # runs of consecutive kept ids: [a, b) each
+    runs = [(int(r[0]), int(r[-1]) + 1) for r in np.split(kept, cuts) if len(r)]
+    weights = {}
+    for k, (shard, shape) in shapes.items():
+        by_row = len(shape) >= 1 and shape[0] == rows and (
+            k == emb_keys[0] or "decoder" in k or "lm_head" in k or k.endswith("predictions.bias"))
+        with safe_open_pt(shard) as f:
+            if by_row:
+                part = f.get_slice(k)
+                weights[k] = torch.cat([part[a:b] for a, b in runs]).contiguous()
+            else:
+                weights[k] = f.get_tensor(k)
     return weights, metadata
 
 
@@ -307,22 +317,30 @@ def _remap_processor(proc: dict, m: dict[int, int]) -> None:
                 spec["ids"] = [m.get(i, i) for i in spec["ids"]]
 
 
-def _load_weights(src: Path):
-    from safetensors import safe_open
+def _weight_shards(src: Path) -> list[Path]:
     if (src / "model.safetensors").is_file():
-        shards = [src / "model.safetensors"]
-    elif (src / "model.safetensors.index.json").is_file():
+        return [src / "model.safetensors"]
+    if (src / "model.safetensors.index.json").is_file():
         index = json.loads((src / "model.safetensors.index.json").read_text(encoding="utf-8"))
-        shards = [src / s for s in sorted(set(index["weight_map"].values()))]
-    else:
-        raise UserError(f"{src}: no model.safetensors (vocabulary trimming reads safetensors weights only)")
-    weights, metadata = {}, {"format": "pt"}
-    for shard in shards:
-        with safe_open(str(shard), framework="pt") as f:
+        return [src / s for s in sorted(set(index["weight_map"].values()))]
+    raise UserError(f"{src}: no model.safetensors (vocabulary trimming reads safetensors weights only)")
+
+
+def _weight_shapes(src: Path) -> tuple[dict[str, tuple[Path, list[int]]], dict]:
+    """name -> (its shard, its shape), in the files' order, and the files' metadata; no tensor is read."""
+    shapes, metadata = {}, {"format": "pt"}
+    for shard in _weight_shards(src):
+        with safe_open_pt(shard) as f:
             metadata.update(f.metadata() or {})
             for k in f.keys():
-                weights[k] = f.get_tensor(k)
-    return weights, metadata
+                shapes[k] = (shard, list(f.get_slice(k).get_shape()))
+    return shapes, metadata
+
+
+def safe_open_pt(shard: Path):
+    from safetensors import safe_open
+
+    return safe_open(str(shard), framework="pt")
 
 
 def _dir_bytes(path: Path) -> int:

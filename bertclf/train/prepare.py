@@ -273,6 +273,10 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
                             reuse=resuming, cached=uses_store(cfg, len(train_ds)))
     tokenizer = load_tokenizer(base)
     model = load_classifier(base, labels.id2label)
+    if cfg.low_memory:
+        from bertclf.train.low_memory import use_low_memory
+
+        say("--low-memory: " + ("; ".join(use_low_memory(model)) or "nothing applies to this model"))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
     # tokenize once, up front (or open the token store a previous run or the main process wrote)

@@ -162,3 +162,21 @@ def test_a_damaged_store_is_refused_in_one_line(tiny_model_dir, rows, tmp_path):
         f.truncate(8)
     with pytest.raises(UserError, match="ids.bin does not match meta.json"):
         TS.open_or_build(tok, rows[:50], None, 32, "truncate", log=lambda s: None, root=tmp_path)
+
+
+def test_a_build_removes_the_folders_of_builds_killed_long_ago(tiny_model_dir, rows, tmp_path):
+    """A killed build's hidden .tmp folder is removed by the next build once nothing in it changed for a day;
+    a folder a build still writes to (a fresh file in it, however old the folder) is left alone."""
+    tok = load_tokenizer(str(tiny_model_dir))
+    day_ago = __import__("time").time() - TS.STALE_BUILD_S - 60
+    folders = {name: tmp_path / f".{name}.x1y2.tmp" for name in ("killed", "live", "fresh")}
+    for name, folder in folders.items():
+        folder.mkdir()
+        (folder / "ids.bin").write_bytes(b"\0" * 64)
+        if name != "fresh":
+            os.utime(folder, (day_ago, day_ago))
+        if name == "killed":
+            os.utime(folder / "ids.bin", (day_ago, day_ago))
+    store = TS.open_or_build(tok, rows[:20], None, 32, "truncate", log=lambda s: None, root=tmp_path)
+    assert len(store) == 20
+    assert not folders["killed"].exists() and folders["live"].is_dir() and folders["fresh"].is_dir()

@@ -25,6 +25,9 @@
     BERTCLF_TEST_DISK_FULL_AT=NAME:STEP  raise OSError(ENOSPC) at that moment of a write, as a full disk would
                                      (NAME: checkpoint-write, best-write or final-write, as above): for machines
                                      where the tests cannot mount a small tmpfs (not root).
+    BERTCLF_TEST_ROWS_READ=DIR        each process writes DIR/rows-RANK.json when training ends: the training row
+                                     indices it read to build its batches, in order, the type of its training
+                                     token ids and, for a token store, the file its ids are memory-mapped from.
 
 tests/support/hooked_train.py installs them; the package itself never reads these variables.
 """
@@ -41,6 +44,7 @@ PAUSE_MARK = "bertclf-test: paused at"
 OOM_ENV = "BERTCLF_TEST_OOM_AT"
 SIGNAL_ENV = "BERTCLF_TEST_SIGNAL_AT"
 DISK_FULL_ENV = "BERTCLF_TEST_DISK_FULL_AT"
+ROWS_READ_ENV = "BERTCLF_TEST_ROWS_READ"
 
 
 class PauseAt(TrainCallback):
@@ -115,6 +119,8 @@ def from_env() -> list[TrainCallback]:
         hooks.append(SignalAt(os.environ[SIGNAL_ENV]))
     if os.environ.get(DISK_FULL_ENV):
         hooks.append(DiskFullAt(os.environ[DISK_FULL_ENV]))
+    if os.environ.get(ROWS_READ_ENV):
+        hooks.append(RowsRead(os.environ[ROWS_READ_ENV]))
     return hooks
 
 
@@ -127,3 +133,38 @@ class ForwardPreHook(TrainCallback):
 
     def on_train_begin(self, run):
         run.unwrapped().register_forward_pre_hook(self.hook, with_kwargs=True)
+
+
+class _Recording:
+    """The training token ids as the loop sees them, noting each row index read."""
+
+    def __init__(self, ids, read: list):
+        self.ids, self.read = ids, read
+
+    def __len__(self):
+        return len(self.ids)
+
+    def __getitem__(self, i):
+        self.read.append(int(i))
+        return self.ids[i]
+
+
+class RowsRead(TrainCallback):
+    """Records the training rows this process reads (the stepper is built after on_train_begin, from run.data)."""
+
+    def __init__(self, folder: str):
+        self.folder, self.read, self.kind, self.mapped = folder, [], None, None
+
+    def on_train_begin(self, run):
+        ids = run.data.train_ids
+        mapped = getattr(getattr(ids, "flat", None), "filename", None)
+        self.kind, self.mapped = type(ids).__name__, mapped and str(mapped)
+        run.data.train_ids = _Recording(ids, self.read)
+
+    def on_train_end(self, run, card):
+        import json
+
+        rank = run.accelerator.process_index
+        with open(os.path.join(self.folder, f"rows-{rank}.json"), "w") as f:
+            json.dump({"rows": self.read, "kind": self.kind, "mapped": self.mapped, "n_train": len(run.data.train_len)},
+                      f)

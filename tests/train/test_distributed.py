@@ -370,3 +370,29 @@ def test_stop_signal_checkpoints_and_resume_auto_is_exact(runs, nodrop_model, ns
         assert [r["step"] for r in got] == [r["step"] for r in want]
         for a, b in zip(got, want):  # the cut window's sums: equal up to float32 rounding with 2 processes
             assert a == {k: pytest.approx(v, rel=1e-6) if isinstance(v, float) else v for k, v in b.items()}
+
+
+def test_two_processes_read_disjoint_rows_from_one_token_store(tiny_model_dir, nsmc_slices, tmp_path):
+    """With the token store, the node's main process builds it once and both ranks memory-map that one store;
+    each rank reads only its half of every global batch: disjoint rows, together the epoch's rows, each once."""
+    cache, seen = tmp_path / "cache", tmp_path / "rows"
+    seen.mkdir()
+    args = ["train", "--train", str(nsmc_slices["train"]), "--text-col", "document", "--model", str(tiny_model_dir),
+            "--epochs", "1", "--batch-size", str(BATCH), "--sample", "0.2", "--valid-frac", "0.2", "--seed", "0",
+            "--token-store", "on", "--ngram", "off", "--no-calibrate", "--precision", "fp32",
+            "--out", str(tmp_path / "two")]
+    out = finish(start(torchrun(hooked=True) + args, tmp_path / "two.log",
+                       env={"BERTCLF_CACHE": str(cache), "BERTCLF_TEST_ROWS_READ": str(seen)}))
+    ranks = [json.loads((seen / f"rows-{r}.json").read_text()) for r in range(WORLD)]
+    n_train = ranks[0]["n_train"]
+    assert n_train > 300 and all(r["kind"] == "TokenRows" for r in ranks), ranks[0]["kind"]
+    stores = sorted(p for p in (cache / "token-store").iterdir())
+    assert len(stores) == 2 and not any(p.name.startswith(".") for p in stores)  # training + validation rows
+    assert ranks[0]["mapped"] == ranks[1]["mapped"] and Path(ranks[0]["mapped"]).parent in stores
+    built = [ln for ln in out.splitlines() if ln.startswith("token store:")]
+    assert len(built) == 2 and all("built in" in ln for ln in built), built
+    read = [r["rows"] for r in ranks]
+    assert all(len(r) == len(set(r)) for r in read)  # no row twice in the epoch on one rank
+    assert not set(read[0]) & set(read[1])
+    assert sorted(read[0] + read[1]) == list(range(n_train))
+    assert abs(len(read[0]) - len(read[1])) <= 1
