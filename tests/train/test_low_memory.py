@@ -22,8 +22,14 @@ def _losses(run_dir) -> list[float]:
     return [r["loss"] for r in map(json.loads, (run_dir / "train_log.jsonl").read_text().splitlines()) if "loss" in r]
 
 
-def test_low_memory_trains_the_same_weights(tiny_model_dir, nsmc_slices, tmp_path):
+def test_low_memory_trains_the_same_weights(tiny_model_dir, nsmc_slices, tmp_path, monkeypatch):
     from safetensors.torch import load_file
+
+    from bertclf.train import low_memory
+
+    # the allocator setting lasts for the process: this worker's later tests keep glibc's own (the subprocess
+    # test below checks the setting itself)
+    monkeypatch.setattr(low_memory, "fix_mmap_threshold", lambda: False)
 
     kw = dict(sample=0.1, max_steps=4, log_every=1, precision="fp32", test=None, ngram="off", calibrate=False)
     seen, said = {}, {}
@@ -40,3 +46,13 @@ def test_low_memory_trains_the_same_weights(tiny_model_dir, nsmc_slices, tmp_pat
     assert a.keys() == b.keys() and all(bool((a[k] == b[k]).all()) for k in a)
     # the saved model is a plain model: nothing about checkpointing in its config
     assert "checkpointing" not in (tmp_path / "low" / "config.json").read_text()
+
+
+def test_the_mmap_threshold_is_fixed_in_a_glibc_process():
+    import platform
+    import subprocess
+    import sys
+
+    code = "from bertclf.train.low_memory import fix_mmap_threshold; print(fix_mmap_threshold())"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
+    assert out == str(platform.libc_ver()[0] == "glibc"), out
