@@ -36,9 +36,8 @@ MUTANTS = [
            "    if model is not None:\n        fold_temperature(model, t)\n        fold_temperature(model, t)\n",
            ("tests/train/test_calibration.py::test_calibrated_logits_times_t_are_the_uncalibrated_twins_and_held_out_ece_falls",)),
     Mutant("training ignores --long-text head-tail", "bertclf/train/prepare.py",
-           "train_ids, train_types = encode_rows(tokenizer, train_ds.texts, train_ds.pairs, cfg.max_length, "
-           "cfg.long_text)",
-           "train_ids, train_types = encode_rows(tokenizer, train_ds.texts, train_ds.pairs, cfg.max_length)",
+           "train = encode_rows(tokenizer, train_ds.texts, train_ds.pairs, cfg.max_length, cfg.long_text)",
+           "train = encode_rows(tokenizer, train_ds.texts, train_ds.pairs, cfg.max_length)",
            ("tests/data/test_long_text.py::test_training_feeds_the_model_the_head_tail_ids_of_long_texts",)),
     Mutant("the multi-label audit scores the rows it was fitted on", "bertclf/audit/multilabel.py",
            "probs[held] = fit_multilabel(texts[fit], y[fit], seed)(texts[held])",

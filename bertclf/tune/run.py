@@ -206,10 +206,10 @@ class PruneOnValidation(TrainCallback):
 
 
 def objective(job: Job, trial) -> float:
+    trial.set_user_attr("owner", S.owner())  # first: a process killed after this is known to have held the trial
     params = job.space.suggest(trial)
     folder = job.out / TRIALS / f"trial-{trial.number:04d}"
     values = settings(job.fixed, params, str(folder))
-    trial.set_user_attr("owner", S.owner())
     trial.set_user_attr("dir", str(folder))
     trial.set_user_attr("settings", values)
     watcher = PruneOnValidation(trial)

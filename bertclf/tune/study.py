@@ -3,6 +3,7 @@ and the trials of processes that died (killed between or inside trials)."""
 from __future__ import annotations
 
 import contextlib
+import datetime
 import fcntl
 import os
 import shutil
@@ -89,6 +90,9 @@ def live_elsewhere(trial) -> bool:
     return o.get("pid") != os.getpid() and (o.get("host") != socket.gethostname() or _alive(o.get("pid")))
 
 
+UNOWNED_S = 60  # a running trial with no owner this long after its start was never started by a living tune
+
+
 def fail_dead_trials(study, storage) -> list[int]:
     """Trials left running by a process of this machine that died (a killed tune): marked failed, their folders
     removed. Returns their numbers."""
@@ -96,9 +100,13 @@ def fail_dead_trials(study, storage) -> list[int]:
 
     study_id = storage.get_study_id_from_name(study.study_name)
     dead = []
+    now = datetime.datetime.now()
     for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
         o = t.user_attrs.get("owner") or {}
-        if o.get("host") == socket.gethostname() and not _alive(o.get("pid")) and o.get("pid") != os.getpid():
+        # no owner: its process died between Optuna creating the trial and tune's first line (milliseconds)
+        unowned = not o and t.datetime_start is not None and (now - t.datetime_start).total_seconds() > UNOWNED_S
+        if unowned or (o.get("host") == socket.gethostname() and not _alive(o.get("pid"))
+                       and o.get("pid") != os.getpid()):
             storage.set_trial_state_values(storage.get_trial_id_from_study_id_trial_number(study_id, t.number),
                                            TrialState.FAIL)
             if t.user_attrs.get("dir"):

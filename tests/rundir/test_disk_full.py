@@ -22,7 +22,8 @@ from bertclf.rundir import checkpoint as ckpt
 from bertclf.rundir import layout as rundir
 from bertclf.io.disk_space import DISK_FULL_EXIT, DiskFull, is_disk_full
 
-from test_crash_resume import CLI, HOOKED, REPO, STEPS, Reference, _args, _env, _steps  # noqa: E402
+from _cli import train_env  # noqa: E402
+from test_crash_resume import CLI, HOOKED, REPO, STEPS, Reference, _args, _steps  # noqa: E402
 from train_hooks import DISK_FULL_ENV, SIGNAL_ENV  # noqa: E402
 
 # fp32: compared byte for byte with the reference on any CPU; --select best: the best checkpoint is not rewritten
@@ -76,7 +77,7 @@ class Disk:
 
 
 def _run(argv: list[str], hooked: bool = True, **env) -> subprocess.CompletedProcess:
-    return subprocess.run((HOOKED if hooked else CLI) + argv, cwd=REPO, env=_env(**env), capture_output=True,
+    return subprocess.run((HOOKED if hooked else CLI) + argv, cwd=REPO, env=train_env(**env), capture_output=True,
                           text=True, timeout=600)
 
 

@@ -129,6 +129,19 @@ def wait_for_complete(db: Path, n: int, proc: subprocess.Popen) -> None:
     assert complete_trials(db) >= n, proc.communicate()[0] if proc.poll() is not None else "timed out"
 
 
+def wait_for_a_trial_of(proc: subprocess.Popen, db: Path) -> None:
+    """Until `proc` holds a running trial (its owner stamp written)."""
+    deadline = time.time() + 120
+    while proc.poll() is None and time.time() < deadline:
+        with sqlite3.connect(db, timeout=10) as con:
+            owners = con.execute("SELECT a.value_json FROM trials t JOIN trial_user_attributes a ON "
+                                 "a.trial_id = t.trial_id WHERE t.state = 'RUNNING' AND a.key = 'owner'").fetchall()
+        if any(json.loads(v)["pid"] == proc.pid for (v,) in owners):
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"no running trial of process {proc.pid}")
+
+
 def test_two_processes_share_a_study_and_a_killed_one_is_continued(tiny_model_dir, nsmc_slices, tmp_path, capsys):
     """A tune in another process; one here joins its study through --storage once it has a trial (both add
     trials); then the other is killed, most likely inside a trial, and a third tune continues its search to
@@ -138,7 +151,8 @@ def test_two_processes_share_a_study_and_a_killed_one_is_continued(tiny_model_di
     other = cli(*tune_args(tiny_model_dir, nsmc_slices, a, "--trials", "100", *shared))
     wait_for_complete(db, 1, other)
     assert main(tune_args(tiny_model_dir, nsmc_slices, tmp_path / "b", "--trials", "3", *shared)) == 0
-    other.send_signal(signal.SIGKILL)  # no chance to clean up: its next trial is likely in flight
+    wait_for_a_trial_of(other, db)
+    other.send_signal(signal.SIGKILL)  # no chance to clean up: its trial is in flight
     log = other.communicate()[0]
     assert other.returncode == -signal.SIGKILL, log
     study = load(f"sqlite:///{db}", "shared")
