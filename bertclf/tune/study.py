@@ -59,7 +59,8 @@ def check_same_task(study, fixed: dict, data_sha256: dict, where: str) -> None:
         study.set_user_attr("settings", settings)
         study.set_user_attr("data_sha256", data_sha256)
         return
-    differ = sorted(k for k in set(recorded) | set(settings) if recorded.get(k) != settings.get(k))
+    # a setting the recording bertclf did not have yet (a newer flag) is the same task at its default
+    differ = sorted(k for k in set(recorded) | set(settings) if recorded.get(k, flag_default(k)) != settings.get(k))
     named = [f"--{k.replace('_', '-')} ({recorded.get(k)} there, {settings.get(k)} here)" for k in differ]
     old_sha = study.user_attrs.get("data_sha256") or {}
     named += [f"the {split} data (SHA-256 {old_sha.get(split, '-')[:12]} there, {sha[:12]} here)"
@@ -68,6 +69,15 @@ def check_same_task(study, fixed: dict, data_sha256: dict, where: str) -> None:
         raise UserError(f"{where}: its study '{study.study_name}' searches another task: {'; '.join(named)} differ; "
                         f"give the same flags and data to continue it, or another --out (or --study NAME) for a new "
                         f"search")
+
+
+def flag_default(name: str):
+    from dataclasses import MISSING, fields
+
+    from bertclf.train.config import TrainConfig
+
+    f = next((f for f in fields(TrainConfig) if f.name == name), None)
+    return None if f is None or f.default is MISSING else f.default
 
 
 def owner() -> dict:

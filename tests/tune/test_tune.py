@@ -202,6 +202,19 @@ def test_a_stop_signal_ends_the_search_and_the_same_command_continues_it(tiny_mo
     assert json.loads((out / "best.json").read_text())["defaults"]["trial"] == 1
 
 
+def test_a_study_recorded_before_a_flag_existed_continues_at_its_default(tiny_model_dir, nsmc_slices, tmp_path):
+    """An older bertclf recorded the study's settings without a flag added since (here --compile): continuing it
+    with that flag at its default is the same task; another value is refused."""
+    out = tmp_path / "search"
+    assert main(tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "1")) == 0
+    study = load(f"sqlite:///{out / 'study.db'}")
+    older = {k: v for k, v in study.user_attrs["settings"].items() if k != "compile"}
+    study.set_user_attr("settings", older)
+    assert main(tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "1", "--compile", "off")) == 2
+    assert main(tune_args(tiny_model_dir, nsmc_slices, out, "--trials", "2")) == 0
+    assert states(load(f"sqlite:///{out / 'study.db'}")).count("COMPLETE") == 2
+
+
 def test_tune_takes_train_flags_and_a_config_beneath_them(tmp_path, capsys):
     f = tmp_path / "fixed.yaml"
     f.write_text("train: t.tsv\nlr: 1e-3\nmetric: weighted_f1\nout: runs/t\n", encoding="utf-8")
