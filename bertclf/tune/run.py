@@ -18,8 +18,6 @@ import contextlib
 import logging
 import os
 import shutil
-import signal
-import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +27,7 @@ from bertclf.io.files import atomic_dir, write_json
 from bertclf.rundir import layout as rundir
 from bertclf.train.callbacks import TrainCallback
 from bertclf.train.config import TrainConfig, validate_config
-from bertclf.train.preemption import SIGNALS, Preempted, StopSignal
+from bertclf.train.preemption import Preempted, Preemption, StopSignal
 from bertclf.tune import study as S
 from bertclf.tune.recipe import train_command, write_config
 from bertclf.tune.space import Space, make_space, token_lengths
@@ -313,31 +311,11 @@ class HideStoppedTrial(logging.Filter):
 logging.getLogger("optuna.study._optimize").addFilter(HideStoppedTrial())
 
 
-class StopRequest:
+class StopRequest(Preemption):
     """SIGTERM / SIGUSR1 during a search: the trial in flight stops as `bertclf train` does (its folder is
     deleted and it is queued again), a trial that finishes anyway is kept, and the search ends with exit code 75;
-    the same command continues it. Installed around each trial, and heard through train's own handler, which
-    passes a signal on to the one it replaced (bertclf/train/preemption.py). Main thread only."""
-
-    def __init__(self):
-        self.received: str | None = None
-        self._previous = {}
-
-    def __enter__(self):
-        if threading.current_thread() is threading.main_thread():
-            for name in SIGNALS:
-                sig = getattr(signal, name, None)
-                if sig is not None:
-                    self._previous[sig] = signal.signal(sig, self._note)
-        return self
-
-    def __exit__(self, *exc):
-        for sig, handler in self._previous.items():
-            signal.signal(sig, handler)
-        return False
-
-    def _note(self, signum, frame):
-        self.received = self.received or signal.Signals(signum).name
+    the same command continues it. Train's own handler notes the signal: installed around the search's loop, and
+    heard during a trial through train's handler, which passes a signal on to the one it replaced. Main thread only."""
 
     def stopped(self, where: str, job: Job, target: int) -> Preempted:
         return Preempted(f"tune: stopped by {self.received} {where}; {len(S.finished(job.study))} of {target} trials "
