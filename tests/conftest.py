@@ -21,6 +21,30 @@ if os.environ.get("PYTEST_XDIST_WORKER"):  # `make test` runs two workers on the
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")  # worker's fine-tune 3-4x (KOTE 80 s alone, 330 s)
 
 
+def pytest_configure(config):
+    """With pytest-xdist workers: a folder for their locks (tests/support/whole_cpu.py), made before they start."""
+    if not os.environ.get("PYTEST_XDIST_WORKER") and (config.getoption("numprocesses", None) or 0) > 0:
+        import tempfile
+
+        os.environ["BERTCLF_TEST_LOCKS"] = tempfile.mkdtemp(prefix="bertclf-test-locks-")
+
+
+def pytest_unconfigure(config):
+    if not os.environ.get("PYTEST_XDIST_WORKER") and os.environ.get("BERTCLF_TEST_LOCKS"):
+        import shutil
+
+        shutil.rmtree(os.environ.pop("BERTCLF_TEST_LOCKS"), ignore_errors=True)
+
+
+@pytest.fixture(autouse=True)
+def _cpu_turn(request):
+    """Tests marked whole_cpu (real fine-tunes) run alone on both threads; the others wait for them."""
+    from whole_cpu import machine_shared, whole_cpu
+
+    with whole_cpu() if request.node.get_closest_marker("whole_cpu") else machine_shared():
+        yield
+
+
 def in_ci() -> bool:
     return os.environ.get("CI", "").strip().lower() not in ("", "0", "false", "no")
 
@@ -156,6 +180,9 @@ def me5_nsmc_run(me5_dir, nsmc_dir, tmp_path_factory) -> tuple[Path, dict]:
     tr = write_nsmc_slice(nsmc_dir, "train", d / "train.tsv", 10_000, 5000)
     te = write_nsmc_slice(nsmc_dir, "test", d / "test.tsv", 10_000, 1000)
     out = d / "run"
-    card = train(TrainConfig(out=str(out), train=str(tr), test=str(te), text_col="document", model="me5-small",
-                             **ME5_NSMC_TRAIN), echo=print)
+    from whole_cpu import whole_cpu
+
+    with whole_cpu():
+        card = train(TrainConfig(out=str(out), train=str(tr), test=str(te), text_col="document", model="me5-small",
+                                 **ME5_NSMC_TRAIN), echo=print)
     return out, card

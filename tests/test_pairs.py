@@ -516,6 +516,7 @@ ME5_NLI_FLOOR = 0.53
 
 
 @pytest.mark.slow
+@pytest.mark.whole_cpu
 def test_me5_small_learns_premise_disjoint_nli(kornli, tmp_path):
     """The done-when recipe, defaults only, on benchmarks/quality/datasets.py's NLI split (80% of the 1,670 premises for
     training, the other 20% held out whole): me5-small, 2 epochs on 4,008 pairs.

@@ -10,7 +10,7 @@ import pytest
 
 from bertclf.train.loop import TrainConfig, train
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.whole_cpu]
 SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "data"
 TRAIN = dict(model="me5-small", epochs=1, batch_size=32, seed=0, max_length=96)
 
