@@ -99,7 +99,10 @@ def outer_settings(cfg: TrainConfig) -> dict:
 
 def check_same_outer_settings(out: Path, settings: dict) -> None:
     path = rundir.texts_dir(out) / SETTINGS_FILE
-    saved = json.loads(path.read_text()) if path.is_file() else {}
+    if not path.is_file():
+        raise UserError(f"--resume: --texts differs from the run in {out} (it was started without --texts); repeat "
+                        f"its settings, or start again with --overwrite")
+    saved = json.loads(path.read_text())
     changed = [("the --texts file's content" if k == "texts_sha256" else "--" + k.replace("_", "-"))
                for k in settings if k in saved and saved[k] != settings[k]]
     if changed:
@@ -125,11 +128,11 @@ def train_with_texts(cfg: TrainConfig, echo, callbacks) -> dict:
     resuming, overwrite = resume_or_start(cfg)
     out = rundir.prepare(cfg.out, resuming, overwrite) if is_main() else Path(cfg.out)
     settings = outer_settings(cfg)
+    if resuming and is_main():
+        check_same_outer_settings(out, settings)
     with rundir.lock(out) if is_main() else _nothing():
         if is_main():
-            if resuming:
-                check_same_outer_settings(out, settings)
-            else:
+            if not resuming:
                 rundir.clear_previous_run(out)
             write_json(rundir.texts_dir(out) / SETTINGS_FILE, settings)
         echo(f"--texts {cfg.texts}: {len(texts)} unlabelled texts; pass 1 trains on the labelled rows, pass 2 on "

@@ -172,3 +172,21 @@ def test_texts_with_what_it_cannot_serve_is_one_line(texts_data, tiny_model_dir,
                  *flags]) == 2
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1, err
+
+
+def test_resuming_a_texts_run_without_texts_is_one_line(texts_data, tiny_model_dir, tmp_path, capsys):
+    """The other way round from tests/rundir/test_resume.py's --texts case: a --texts run under way, resumed as a
+    plain run, is refused before anything in OUT changes."""
+    from bertclf.cli import main
+    from bertclf.distill.self_train import SETTINGS_FILE, outer_settings
+    from bertclf.io.files import write_json
+    from bertclf.rundir import layout
+
+    out = tmp_path / "run"
+    write_json(layout.texts_dir(out) / SETTINGS_FILE, outer_settings(config(texts_data, tiny_model_dir, out)))
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(["train", "--train", str(texts_data["train"]), "--text-col", "document", "--model",
+                 str(tiny_model_dir), "--out", str(out), "--resume"]) == 2
+    err = capsys.readouterr().err
+    assert "--resume: --texts differs from the run in" in err and len(err.strip().splitlines()) == 1, err
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
