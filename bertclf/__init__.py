@@ -11,8 +11,12 @@ def __getattr__(name):  # lazy: `import bertclf` stays fast and torch-free until
         from bertclf.inference.classifier import Classifier
 
         return Classifier
-    if name in ("TrainConfig", "train"):
-        from bertclf.train import loop as _train
+    if name == "TrainConfig":
+        from bertclf.train.config import TrainConfig
 
-        return getattr(_train, name)
+        return TrainConfig
+    if name == "train":  # one fine-tune, or two passes with --texts (bertclf/distill/self_train.py)
+        from bertclf.distill.self_train import train
+
+        return train
     raise AttributeError(name)

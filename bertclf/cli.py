@@ -262,8 +262,9 @@ def _version() -> str:
 def cmd_train(a) -> int:
     from dataclasses import fields
 
+    from bertclf.distill.self_train import train
     from bertclf.train.callbacks import TrainCallback
-    from bertclf.train.loop import TrainConfig, train
+    from bertclf.train.loop import TrainConfig
 
     cfg = TrainConfig(**{f.name: getattr(a, f.name) for f in fields(TrainConfig)})
     if a.config:
@@ -277,7 +278,11 @@ def cmd_train(a) -> int:
             if card:  # the main process (the others have {}) writes the report
                 _write_report(run.out)
 
-    train(cfg, callbacks=[ReportPage()])
+    if cfg.texts:  # each pass is a run of its own: the report is the kept model's, written once at the end
+        train(cfg)
+        _write_report(cfg.out)
+    else:
+        train(cfg, callbacks=[ReportPage()])
     return 0
 
 

@@ -3,6 +3,7 @@ RESULTS.md, the lead as the training rows grow, and a linear probe of the frozen
 
     python -m benchmarks.quality.datasets --work /tmp/ds baselines                   # TF-IDF + LR alone
     python -m benchmarks.quality.datasets --work /tmp/ds run hate bias kote nsmc     # long: real fine-tunes
+    python -m benchmarks.quality.datasets --work /tmp/dt --nsmc-texts 12000 run nsmc  # NSMC 4k + train --texts
     python -m benchmarks.quality.datasets --work /tmp/ds table [--write]             # the table (into RESULTS.md)
     python -m benchmarks.quality.datasets --work /tmp/curve curve nsmc --rows 2000 4000 8000 16000
     python -m benchmarks.quality.datasets --work /tmp/ds probe nsmc [--prefix "query: "]
@@ -73,8 +74,9 @@ def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         w.writerows(rows)
 
 
-def make_splits(work: Path, nsmc_test_frac: float, seed: int = 42) -> dict[str, tuple[Path, Path]]:
-    """Seeded held-out splits of the shared files, as TSV files with a header, under `work`."""
+def make_splits(work: Path, nsmc_test_frac: float, seed: int = 42, nsmc_texts: int = 0) -> dict[str, tuple]:
+    """Seeded held-out splits of the shared files, as TSV files with a header, under `work`. nsmc_texts: also
+    WORK/nsmc_texts.tsv, that many other ratings_train.txt reviews, labels dropped (splits["nsmc_texts"])."""
     from bertclf.data import dataset as D
 
     work.mkdir(parents=True, exist_ok=True)
@@ -103,6 +105,11 @@ def make_splits(work: Path, nsmc_test_frac: float, seed: int = 42) -> dict[str, 
     write_tsv(work / "nsmc_train.tsv", ["document", "label"], [[train.texts[i], inv[train.labels[i]]] for i in take])
     write_tsv(work / "nsmc_test.tsv", ["document", "label"], [[t, inv[lab]] for t, lab in zip(test.texts, test.labels)])
     out["nsmc"] = (work / "nsmc_train.tsv", work / "nsmc_test.tsv")
+    if nsmc_texts:  # unlabelled reviews for `train --texts`: never a training or test row
+        rest = np.setdiff1d(np.arange(len(train)), take)
+        more = np.random.default_rng(seed).choice(rest, min(nsmc_texts, len(rest)), replace=False)
+        write_tsv(work / "nsmc_texts.tsv", ["document"], [[train.texts[i]] for i in sorted(more)])
+        out["nsmc_texts"] = work / "nsmc_texts.tsv"
     # KorNLI: whole premises on each side (each premise has three hypotheses, one per label)
     nli = D.read_labelled(SHARED / "kornli" / "xnli.test.ko.tsv", "sentence1", "gold_label", pair_col="sentence2",
                           group_col="sentence1")
@@ -177,6 +184,7 @@ def run_task(name: str, train: Path, test: Path, work: Path, extra: list[str]) -
            "encoder": sides["encoder"], "ngram": sides["ngram"],
            "ngram_partner": ng and {k: ng.get(k) for k in ("kept", "weight", "valid", "lowest_loss_weight")},
            "bertclf_train_seconds": train_s, "extra_flags": extra, "args": card["args"],
+           "texts": card.get("texts"),  # train --texts: both passes' scores, which was kept
            "valid": card["metrics"]["valid"] and {k: card["metrics"]["valid"].get(k)
                                                   for k in ("accuracy", "macro_f1", "weighted_f1", "micro_f1")},
            "commit": subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=REPO, capture_output=True,
@@ -343,6 +351,8 @@ def main() -> None:
     ap.add_argument("--work", type=Path, required=True, help="folder for the splits, runs and per-task results")
     ap.add_argument("--nsmc-test-frac", type=float, default=0.1, help="share of NSMC test to score on")
     ap.add_argument("--train-flags", default="", help="extra `bertclf train` flags (a recipe other than the defaults)")
+    ap.add_argument("--nsmc-texts", type=int, default=0, metavar="N",
+                    help="run nsmc: also train with --texts: N other reviews of ratings_train.txt, labels dropped")
     ap.add_argument("--write", action="store_true", help="table: also write it into benchmarks/RESULTS.md")
     ap.add_argument("--rows", type=int, nargs="+", help="curve: training rows of each point")
     ap.add_argument("--prefix", default="", help='probe: prepended to every text, e.g. "query: "')
@@ -355,13 +365,14 @@ def main() -> None:
             ap.error(f"{a.action} takes one task of {', '.join(allowed)}")
         if a.action == "curve" and not a.rows:
             ap.error("curve needs --rows N [N ...]")
-    splits = make_splits(a.work, a.nsmc_test_frac) if a.action != "table" else {}
+    splits = make_splits(a.work, a.nsmc_test_frac, nsmc_texts=a.nsmc_texts) if a.action != "table" else {}
     if a.action == "baselines":
         for name in a.tasks:
             print(name, json.dumps(run_baseline(name, *splits[name], a.work) | {"report": None}), flush=True)
     if a.action == "run":
         for name in a.tasks:
-            res = run_task(name, *splits[name], a.work, a.train_flags.split())
+            texts = ["--texts", str(splits["nsmc_texts"])] if name == "nsmc" and a.nsmc_texts else []
+            res = run_task(name, *splits[name], a.work, a.train_flags.split() + texts)
             print(json.dumps(res | {"args": None}), flush=True)
     if a.action == "curve":
         curve(a.tasks[0], a.rows, a.work, splits)

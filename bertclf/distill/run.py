@@ -241,7 +241,8 @@ def distill_setup(teacher_dir: str, layers: int, out: str, texts=None, text_col=
     cfg = config_from_dict(args | {k: v for k, v in recipe.items() if v is not None} | {
         "out": out, "model": str(rundir.base_model_dir(out)), "trim_vocab": False, "precision": precision,
         "max_steps": max_steps, "checkpoint_every": checkpoint_every,  # never the teacher's: other rows, other run
-        "resume": resume, "overwrite": overwrite})
+        "resume": resume, "overwrite": overwrite,
+        "texts": None})  # a teacher trained with train --texts: the student's texts are distill's own --texts
     data = card.get("data") or {}
     read = {"text_col": text_col or data.get("text_col") or "text", "fmt": fmt, "encoding": encoding,
             "columns": columns}

@@ -8,6 +8,8 @@
     DIR/checkpoints/best/       the best validation score's weights so far
     DIR/checkpoints/base-model/ the --trim-vocab base model (bertclf distill: the student's start), kept for --resume
     DIR/checkpoints/distill/    bertclf distill: the teacher's logits and the distillation settings, for --resume
+    DIR/checkpoints/texts/      train --texts: its settings and the two passes' run directories (pass-1, pass-2,
+                                each laid out as DIR is); the kept pass's files become DIR's at the end
     DIR/.bertclf.lock           held (OS file lock) while a run trains in DIR
     DIR/tracking/               --report-to: TensorBoard event files, W&B offline runs, and runs.json (the
                                 tracked runs' ids, which --resume reopens); never part of the model
@@ -35,6 +37,7 @@ CHECKPOINTS = "checkpoints"
 BEST = "best"
 BASE_MODEL = "base-model"
 DISTILL = "distill"
+TEXTS = "texts"
 FINAL_STAGING = "final"  # checkpoints/final: the final model's files before they move up into DIR
 TRACKING = "tracking"
 TRACKED_RUNS = "runs.json"
@@ -68,6 +71,43 @@ def base_model_dir(run_dir) -> Path:
 
 def distill_dir(run_dir) -> Path:
     return checkpoints_dir(run_dir) / DISTILL
+
+
+def texts_dir(run_dir) -> Path:
+    return checkpoints_dir(run_dir) / TEXTS
+
+
+def pass_dir(run_dir, n: int) -> Path:
+    """train --texts: the run directory of pass n (1: the labelled rows; 2: with the unlabelled texts)."""
+    return texts_dir(run_dir) / f"pass-{n}"
+
+
+def is_resumable(run_dir) -> bool:
+    """A step checkpoint, a checkpoint being written, or a --texts run under way."""
+    return bool(step_checkpoints(run_dir) or (checkpoints_dir(run_dir) / "config.json").is_file()
+                or texts_dir(run_dir).is_dir())
+
+
+def adopt_model_dir(run_dir, src, card: dict) -> None:
+    """Make the finished model directory `src` (a --texts pass under DIR/checkpoints/texts) the model in DIR: its
+    files hard-linked (copied where links fail) beside their final names and renamed into place, its card
+    replaced by `card`, written last (it marks DIR complete). `src` stays whole until then: a crash in between
+    leaves DIR without a card and the pass to adopt again on --resume."""
+    import shutil
+
+    run_dir, src = Path(run_dir), Path(src)
+    remove_card(run_dir)
+    for p in sorted(src.iterdir()):
+        if not p.is_file() or p.name in (CARD_FILE, LOCK_FILE):
+            continue
+        staged = run_dir / f".{p.name}.adopt.tmp"
+        staged.unlink(missing_ok=True)
+        try:
+            os.link(p, staged)
+        except OSError:  # another file system, or no hard links there
+            shutil.copy2(p, staged)
+        staged.replace(run_dir / p.name)
+    write_card(run_dir, card)
 
 
 def tracking_dir(run_dir) -> Path:
@@ -160,7 +200,7 @@ def prepare(out, resume: bool, overwrite: bool) -> Path:
         raise UserError(f"--out {out}: exists and is not a directory; choose another path")
     has_run = out.is_dir() and any(p.name != LOCK_FILE for p in out.iterdir())
     if resume:
-        if not step_checkpoints(out) and not (checkpoints_dir(out) / "config.json").is_file():
+        if not is_resumable(out):
             if has_card(out):
                 raise UserError(f"--resume: {out} holds a finished model, there is nothing to resume; choose a new "
                                 f"directory or --overwrite to train it again")
@@ -172,7 +212,7 @@ def prepare(out, resume: bool, overwrite: bool) -> Path:
         if has_card(out):  # finished: --resume has nothing to continue
             raise UserError(f"--out {out}: already holds a finished model; choose a new directory, or --overwrite "
                             f"to replace it")
-        resumable = step_checkpoints(out) or (checkpoints_dir(out) / "config.json").is_file()
+        resumable = is_resumable(out)
         raise UserError(f"--out {out}: already holds files of another run; choose a new directory"
                         + (", add --resume to continue it," if resumable else "") + " or --overwrite to replace it")
     created = [p for p in (out, *out.parents) if not p.exists()]  # deepest first
@@ -196,7 +236,7 @@ def clear_previous_run(out) -> None:
 
     remove_log(out)
     remove_card(out)
-    for old in step_checkpoints(out) + [best_dir(out), tracking_dir(out)]:
+    for old in step_checkpoints(out) + [best_dir(out), tracking_dir(out), texts_dir(out)]:
         shutil.rmtree(old, ignore_errors=True)
 
 

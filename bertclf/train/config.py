@@ -76,6 +76,11 @@ class TrainConfig:
     columns: list[str] | None = opt(None, "names of the columns of files without a header line, e.g. "
                                     "id,text,label (the first line is then a row)", DATA, parse="columns",
                                     metavar="A,B,...", resume=True)
+    texts: str | None = opt(None, "unlabelled texts (a text column, --text-col, or one text per line): after the "
+                            "normal run, a second fine-tune of --model on the labelled rows plus these, taught by the "
+                            "first model's soft labels as bertclf distill does; the second is kept only if it scores "
+                            "no lower on validation (twice the training time, and more with many texts)", DATA,
+                            metavar="FILE", resume=True)
     encoding: str = opt("utf-8", "text encoding of the data files, e.g. cp949 or euc-kr", DATA, resume=True)
     data_dir: str | None = opt(None, "folder holding NSMC's ratings_train.txt / ratings_test.txt", DATA, resume=False)
     sample: float = opt(1.0, "train on this fraction of the training rows (seeded)", DATA,
@@ -229,6 +234,8 @@ def validate_config(cfg: TrainConfig) -> None:
                          f"longest-first at --max-length: drop --long-text")
     if cfg.group_col and cfg.valid:
         bad("group-col", "groups the validation split of --train, and --valid FILE is given (no split): drop one")
+    if cfg.texts:
+        check_texts(cfg)
     if not cfg.label_sep:
         bad("label-sep", "must not be empty; give the character between the labels of a cell, e.g. ','")
     from bertclf.train.tracking import check_installed, parse_report_to
@@ -242,6 +249,19 @@ def validate_config(cfg: TrainConfig) -> None:
     check_encoding(cfg.encoding)
     cfg.columns = parse_columns(cfg.columns)
     check_max_length(cfg.max_length, cfg.model)
+
+
+def check_texts(cfg: TrainConfig) -> None:
+    """--texts with what it cannot serve: one line each (bertclf/distill/self_train.py runs the two passes)."""
+    from pathlib import Path
+
+    if cfg.text_pair_col:
+        raise UserError("--texts: unlabelled sentence pairs are not supported; drop --texts or --text-pair-col")
+    if cfg.report_to != "none":
+        raise UserError("--texts: --report-to is not supported with --texts yet (each pass is a run of its own); "
+                        "drop one of them")
+    if not Path(cfg.texts).is_file():
+        raise UserError(f"--texts {cfg.texts}: file not found; give a file with a text column or one text per line")
 
 
 def trims_vocab(cfg: TrainConfig) -> bool:

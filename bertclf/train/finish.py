@@ -147,9 +147,9 @@ def _ngram_partner(run, valid_logits: np.ndarray):
         say("n-gram partner: not fitted: no validation rows to choose its weight on")
         return None, {"mode": cfg.ngram, "kept": False, "reason": "no validation rows"}, None
     t0 = time.time()
+    texts, y = labelled_rows(data.train_ds, data.y_train, task)
     try:
-        partner = ngram.fit(data.train_ds.texts, data.y_train, len(run.labels.names), task.kind == "multi_label",
-                            cfg.seed)
+        partner = ngram.fit(texts, y, len(run.labels.names), task.kind == "multi_label", cfg.seed)
         valid_probs = partner.probs(data.valid_ds.texts)
     except ValueError as e:  # scikit-learn: one class only, no n-gram in two texts, ...
         say(f"n-gram partner: not fitted ({e})")
@@ -158,6 +158,16 @@ def _ngram_partner(run, valid_logits: np.ndarray):
     record |= {"features": partner.n_features, "fit_seconds": round(time.time() - t0, 2)}
     say(ngram.describe(record))
     return partner, record, (blend_logits, blend_report) if kept else None
+
+
+def labelled_rows(train_ds, y_train: np.ndarray, task) -> tuple[list[str], np.ndarray]:
+    """(texts, encoded labels) of the labelled training rows: all of them, except after train --texts' unlabelled
+    rows (labels None, after the labelled ones; y_train then packs the teacher's logits too), which the n-gram
+    partner cannot learn from."""
+    if None not in train_ds.labels:
+        return train_ds.texts, y_train
+    n = train_ds.labels.index(None)
+    return train_ds.texts[:n], task.encode(train_ds.labels[:n], train_ds.source)
 
 
 def _score_test(run, model, score: dict, blend=None, ngram_record: dict | None = None) -> tuple[dict, dict]:

@@ -43,6 +43,9 @@ def train(cfg: TrainConfig, echo=print, callbacks=(), objective=None) -> dict:
     validation and checkpoint write.
     objective: see prepare() (bertclf distill trains a student with the teacher's loss in this same loop)."""
     t_start = time.time()
+    if cfg.texts:  # a caller's mistake, not the user's: the two passes are run one level up
+        raise ValueError("cfg.texts: train it with bertclf.train (bertclf/distill/self_train.py), which runs the two "
+                         "passes; bertclf.train.loop.train runs one")
     validate_config(cfg)
     tracking = Tracking.for_config(cfg, echo)  # --report-to: after the callbacks given (a report page written)
     events = Events([*callbacks, tracking] if tracking else callbacks)

@@ -389,6 +389,9 @@ def refuse_changed_settings(out: Path, run_args: dict, derived: dict | None = No
     derived: setting -> the flag its default follows (the default lr follows --batch-size), so a setting the user
     never passed is named as what moved it."""
     found = ckpt.latest_checkpoint(out, log=lambda s: None)
+    if found is None and rundir.texts_dir(out).is_dir():  # before anything is written in `out`
+        raise UserError(f"--resume: --texts differs from the run in {out} (it trains with --texts, see "
+                        f"{rundir.texts_dir(out)}); repeat its settings, or start again with --overwrite")
     if found is None:
         return  # resume() says there is no checkpoint
     saved = ckpt.read_trainer_state(found)["args"]

@@ -10,7 +10,8 @@ from bertclf.train.config import TrainConfig
 # the TrainConfig fields tune may search (bertclf/tune/space.py); tune's flags for them default to None: searched
 SEARCHED = ("lr", "epochs", "batch_size", "warmup", "weight_decay", "class_weights", "ngram", "max_length")
 # train's flags that mean nothing for a search: each trial is a fresh run in its own folder under DIR
-NOT_TUNE = ("out", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "register")
+NOT_TUNE = ("out", "resume", "overwrite", "checkpoint_every", "keep_checkpoints", "register",
+            "texts")  # --texts: a second fine-tune per trial; tune the recipe, then train once with --texts
 TUNE_FIELDS = tuple(f.name for f in fields(TrainConfig) if f.name not in NOT_TUNE)
 
 

@@ -72,6 +72,10 @@ def changed_setting(key: str, r: dict, nsmc_slices, nsmc_dir) -> tuple[dict, lis
         names = r["dir"] / "names.txt"
         names.write_text("neg\npos\n", encoding="utf-8")
         return {}, ["--label-names", str(names)]
+    if key == "texts":  # a plain run resumed as a --texts run
+        more = r["dir"] / "more.txt"
+        more.write_text("정말 재밌어요\n시간 아깝다\n", encoding="utf-8")
+        return {}, ["--texts", str(more)]
     if key == "data":  # --data nsmc instead of --train FILE
         return {"--train": None}, ["--data", "nsmc", "--data-dir", str(nsmc_dir)]
     return derived_change(key)
