@@ -635,6 +635,14 @@ def test_baseline_and_audit_read_pairs_and_keep_groups_together(pair_slices, tmp
     assert r.returncode == 0, r.stderr[-2000:]
     header = out.read_text(encoding="utf-8").splitlines()[0].split("\t")
     assert header[:4] == ["row", "line", "text", "text_pair"]
+    # the page's most suspect rows: both texts, each in a column named after the file's
+    from report_pages import tables  # tests/support
+
+    with open(out, encoding="utf-8", newline="") as f:
+        flagged = list(csv.DictReader(f, delimiter="\t"))
+    shown = tables((tmp_path / "audit.html").read_text(encoding="utf-8"))["audit-rows"]
+    assert shown[0][:4] == ["row", "line", "sentence1", "sentence2"] and len(shown) > 1
+    assert [r[2:4] for r in shown[1:]] == [[r["text"], r["text_pair"]] for r in flagged[:len(shown) - 1]]
 
 
 def test_grouped_split_never_puts_a_group_on_both_sides():
