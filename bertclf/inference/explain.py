@@ -10,6 +10,9 @@ A word's score is its share of p(label | text) - p(label | baseline), where the 
 tokens and replaces every other token by padding (Integrated Gradients' completeness: the scores add up to that
 difference, up to `convergence_delta`). Positive pushed toward the label, negative away from it.
 
+A sentence-pair model's pair is attributed whole, as the model reads it, and each piece's score goes to a word of
+its own text: explain(clf, ("전제", "가설")) gives "tokens" (the first text's words) and "tokens_pair" (the second's).
+
 Integrated Gradients runs on `inputs_embeds`, not through a hook on the embedding layer (Captum's
 LayerIntegratedGradients): a hook would change the shared model under concurrent /predict batches in `serve`;
 this way the model is only read. Cost is bounded: `steps` forward+backward passes over at most `max_tokens`
