@@ -584,7 +584,10 @@ def test_demo_server_scores_both_texts_and_the_page_shades_both_boxes(explain_ru
                                ({"inputs": [{"text": a, "text_pair": b}]}, "one sentence pair")):
                 r = client.post("/explain", json=body)
                 assert r.status_code == 422 and says in r.json()["error"], r.text
-            assert '"explain": true' in client.get("/").text
+            page = client.get("/").text  # two boxes, the script posting the Inference API's pair form
+            assert 'id="text_pair"' in page and '"pair": true' in page and '"explain": true' in page
+            spec = client.get("/openapi.json").json()["components"]["schemas"]["ExplainRequest"]
+            assert spec["properties"]["inputs"]["required"] == ["text", "text_pair"]
         with chromium_driver() as browser:
             _browser_shades_both_boxes(browser, server.url, a, b, ex)
     finally:
