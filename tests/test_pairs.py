@@ -414,7 +414,8 @@ def test_bad_pair_input_is_one_line(pair_run, pair_slices, trained_tiny_dir, nsm
         (["predict", trained_tiny_dir, "--pair", "전제", "가설"], "reads single texts"),
         (["eval", trained_tiny_dir, "--test", pair_slices["test"], "--text-pair-col", "sentence2"],
          "reads single texts"),
-        (["predict", run, "--explain", "--pair", "전제", "가설"], "sentence pairs are not supported yet"),
+        (["predict", run, "--explain", "전제 하나"], "reads sentence pairs"),
+        (["predict", trained_tiny_dir, "--explain", "--pair", "전제", "가설"], "reads single texts"),
         (["eval", run, "--test", pair_slices["test"], "--long-text", "window"], "not supported for sentence pairs"),
         (["distill", run, "--layers", 1, "--out", tmp_path / "never"], "distilling pair models is not supported"),
     ]
@@ -426,25 +427,192 @@ def test_bad_pair_input_is_one_line(pair_run, pair_slices, trained_tiny_dir, nsm
 
 # ---------------------------------------------------------------- demo page, report
 
-def test_demo_page_has_two_boxes_for_a_pair_model_and_the_report_names_both_columns(pair_run):
-    """The page a pair model's server shows: two text boxes, its script posting the Inference API's pair form,
-    no word scores (501 from /explain, said on the page); the run report's table names both text columns."""
-    from fastapi.testclient import TestClient
-
-    from bertclf.inference.classifier import Classifier
-    from bertclf.serve.app import create_app
-
-    run, _ = pair_run
-    clf = Classifier.load(str(run), precision="fp32")
-    with TestClient(create_app(clf)) as client:
-        page = client.get("/").text
-        assert 'id="text"' in page and 'id="text_pair"' in page and '"pair": true' in page
-        r = client.post("/explain", json={"inputs": "전제"})
-        assert r.status_code == 501 and "sentence pairs" in r.json()["error"]
+def test_the_report_names_both_text_columns(pair_run):
     from bertclf.report import write_report
 
+    run, _ = pair_run
     html = Path(write_report([str(run)])).read_text(encoding="utf-8")
     assert "sentence1 / sentence2 / gold_label" in html and "validation split grouped by" in html
+
+
+# ---------------------------------------------------------------- word scores on both sides (--explain, demo)
+
+@pytest.fixture(scope="module")
+def explain_run(tiny_pair_model_dir, pair_slices, tmp_path_factory) -> Path:
+    """A pair run whose probabilities move with the words. The tiny model learns no NLI: trained, it settles on the
+    label prior (pair_run's fitted temperature, ~50, flattens it to 1/3), and its word scores are ~1e-7, float
+    noise. So: one step at a negligible rate (a run directory and card), then its random-start head scaled 100x;
+    its pairs' p(label) - p(label | baseline) are then ~1e-4, three orders over float32's rounding."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from bertclf.train.loop import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("explainrun") / "run"
+    train(TrainConfig(out=str(out), train=str(pair_slices["train"]), model=str(tiny_pair_model_dir), max_steps=1,
+                      batch_size=16, lr=1e-6, seed=0, max_length=64, precision="fp32", calibrate=False,
+                      ngram="off", group_col="sentence1", **PAIR_COLS), echo=lambda s: None)
+    model = AutoModelForSequenceClassification.from_pretrained(out)
+    with torch.no_grad():
+        model.classifier.weight.mul_(100)
+    model.save_pretrained(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def pair_clf(explain_run):
+    pytest.importorskip("captum")
+    from bertclf.inference.classifier import Classifier
+
+    return Classifier.load(str(explain_run), precision="fp32", compile="off")
+
+
+@pytest.fixture(scope="module")
+def test_pairs(pair_slices, pair_clf) -> list[tuple[str, str]]:
+    """Test pairs that fit in 40 tokens (room for a word more under the model's 64)."""
+    from bertclf.data.dataset import read_labelled
+
+    ds = read_labelled(pair_slices["test"], "sentence1", "gold_label", pair_col="sentence2")
+    return [(a, b) for a, b in zip(ds.texts, ds.pairs) if len(pair_clf.tokenizer(a, b)["input_ids"]) <= 40]
+
+
+def _assert_words_of(text: str, words: list[dict]) -> None:
+    assert [w["token"] for w in words] == text.split()
+    assert all(text[w["start"]:w["end"]] == w["token"] for w in words)
+
+
+def test_explain_scores_the_words_of_each_text_of_a_pair(pair_clf, test_pairs):
+    """The pair is attributed as the model reads it (its token type ids too: label and probability are
+    predict's), and each side's pieces land on that side's words: the scores of both sides add up to
+    p(label) - p(label | baseline), and a word only the second text has is scored there."""
+    from bertclf.inference.explain import explain
+
+    a, b = test_pairs[0]
+    extra = next(w for _, other in test_pairs[1:] for w in other.split() if w not in a and w not in b)
+    b = f"{b} {extra}"
+    ex = explain(pair_clf, (a, b))
+    _assert_words_of(a, ex["tokens"])
+    _assert_words_of(b, ex["tokens_pair"])
+    assert not ex["truncated"] and not ex["truncated_pair"]
+    want = pair_clf.predict((a, b))
+    # the segment ids were fed: predict's probability, and not the one without them
+    assert ex["label"] == want["label"] and ex["score"] == pytest.approx(want["score"], abs=1e-6)
+    assert abs(ex["score"] - _probability_without_token_types(pair_clf, a, b, ex["label"])) > 1e-4
+    diff = ex["score"] - ex["baseline_score"]
+    total = sum(w["score"] for w in ex["tokens"] + ex["tokens_pair"])
+    assert abs(diff) > 5e-5 and total == pytest.approx(diff, abs=0.05 * abs(diff) + 2 * ex["convergence_delta"])
+    assert ex["tokens_pair"][-1]["token"] == extra and ex["tokens_pair"][-1]["score"] != 0
+    assert any(w["score"] != 0 for w in ex["tokens"]) and any(w["score"] != 0 for w in ex["tokens_pair"][:-1])
+    # the dict form (the Inference API's) is the same pair
+    again = explain(pair_clf, {"text": a, "text_pair": b}, steps=8)
+    assert [w["token"] for w in again["tokens_pair"]] == b.split() and again["steps"] == 8
+
+
+def _probability_without_token_types(clf, a: str, b: str, label: str) -> float:
+    """p(label) of the pair with every token type id 0: what a path that dropped the segment ids would give."""
+    import torch
+
+    enc = clf.tokenizer(a, b, return_tensors="pt", return_token_type_ids=False)
+    with torch.no_grad():
+        probs = torch.softmax(clf.model(**enc).logits[0], -1)
+    return float(probs[clf.labels.index(label)])
+
+
+def test_explain_on_a_cut_pair_marks_the_side_that_was_cut(pair_clf, test_pairs):
+    """Cut longest-first, as predict cuts it: a long first text loses its tail, the short second text is whole."""
+    from bertclf.inference.explain import explain
+
+    a, b = test_pairs[0]
+    long_a = " ".join([a] * 6)
+    limit = 2 * len(pair_clf.tokenizer(b, add_special_tokens=False)["input_ids"]) + 8  # b fits beside a's cut
+    ex = explain(pair_clf, (long_a, b), steps=4, max_tokens=limit)
+    assert ex["truncated"] and not ex["truncated_pair"] and ex["max_tokens"] == limit
+    assert 0 < len(ex["tokens"]) < len(long_a.split())
+    assert [w["token"] for w in ex["tokens"]] == long_a.split()[:len(ex["tokens"])]
+    _assert_words_of(b, ex["tokens_pair"])
+
+
+def test_predict_explain_prints_and_writes_both_texts_words(explain_run, test_pairs, tmp_path, capsys):
+    """The terminal shows each text with its own words for and against; --output writes records with both
+    texts and both word lists (rows numbered as predict numbers them: a pair with an empty side is skipped)."""
+    from bertclf.cli import main
+
+    run = explain_run
+    (a, b), (c, d) = test_pairs[:2]
+    capsys.readouterr()
+    assert main(["predict", str(run), "--explain", "--precision", "fp32", "--pair", a, b]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[1] == f"  text: {a}" and lines[2].startswith("    toward ")
+    at = lines.index(f"  text_pair: {b}")
+    assert lines[at + 1].startswith("    toward ")
+    src, out = tmp_path / "pairs.jsonl", tmp_path / "explained.jsonl"
+    src.write_text("".join(json.dumps({"text": x, "text_pair": y}, ensure_ascii=False) + "\n"
+                           for x, y in ((a, b), (c, " "), (c, d))), encoding="utf-8")
+    assert main(["predict", str(run), "--explain", "--precision", "fp32", "--input", str(src),
+                 "--output", str(out)]) == 0
+    records = [json.loads(line) for line in out.read_text(encoding="utf-8").splitlines()]
+    assert [r["row"] for r in records] == [0, 2]
+    for r, (x, y) in zip(records, ((a, b), (c, d))):
+        assert (r["text"], r["text_pair"]) == (x, y)
+        _assert_words_of(x, r["tokens"])
+        _assert_words_of(y, r["tokens_pair"])
+
+
+def test_demo_server_scores_both_texts_and_the_page_shades_both_boxes(explain_run, test_pairs, tmp_path):
+    """A real `bertclf serve` of the pair model on 127.0.0.1: POST /explain takes the Inference API's pair form
+    and answers both texts' words; a single text is a 422 naming the pair form; in headless Chromium, both
+    boxes typed and Ctrl+Enter shade the words of both texts with the endpoint's scores."""
+    pytest.importorskip("captum")
+    from _server_process import ServerProcess
+    from headless_chromium import chromium_driver
+
+    a, b = test_pairs[3]
+    server = ServerProcess(explain_run, tmp_path, ["--precision", "fp32"])
+    try:
+        import httpx
+
+        with httpx.Client(base_url=server.url, timeout=120) as client:
+            r = client.post("/explain", json={"inputs": {"text": a, "text_pair": b}})
+            assert r.status_code == 200, r.text
+            ex = r.json()
+            _assert_words_of(a, ex["tokens"])
+            _assert_words_of(b, ex["tokens_pair"])
+            assert ex["label"] == client.post("/predict", json={"inputs": {"text": a, "text_pair": b}}
+                                              ).json()[0][0]["label"]
+            for body, says in (({"inputs": a}, "reads sentence pairs"),
+                               ({"inputs": {"text": a, "text_pair": " "}}, "inputs.text_pair is empty"),
+                               ({"inputs": [{"text": a, "text_pair": b}]}, "one sentence pair")):
+                r = client.post("/explain", json=body)
+                assert r.status_code == 422 and says in r.json()["error"], r.text
+            page = client.get("/").text  # two boxes, the script posting the Inference API's pair form
+            assert 'id="text_pair"' in page and '"pair": true' in page and '"explain": true' in page
+            spec = client.get("/openapi.json").json()["components"]["schemas"]["ExplainRequest"]
+            assert spec["properties"]["inputs"]["required"] == ["text", "text_pair"]
+        with chromium_driver() as browser:
+            _browser_shades_both_boxes(browser, server.url, a, b, ex)
+    finally:
+        server.terminate(timeout=30)
+    assert "Traceback" not in server.err.read_text()
+
+
+def _browser_shades_both_boxes(browser, url: str, a: str, b: str, ex: dict) -> None:
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    browser.get(url + "/")
+    browser.find_element(By.ID, "text").send_keys(a)
+    box = browser.find_element(By.ID, "text_pair")
+    box.send_keys(b)
+    box.send_keys(Keys.CONTROL, Keys.ENTER)
+    WebDriverWait(browser, 120).until(lambda d: d.find_elements(By.CSS_SELECTOR, "#shaded-pair .word"))
+    for box_id, text, words in (("shaded", a, ex["tokens"]), ("shaded-pair", b, ex["tokens_pair"])):
+        shown = browser.find_elements(By.CSS_SELECTOR, f"#{box_id} .word")
+        assert [w.text for w in shown] == text.split()
+        assert browser.find_element(By.ID, box_id).text == text
+        assert [float(w.get_attribute("data-score")) for w in shown] == pytest.approx(
+            [w["score"] for w in words], abs=1e-4)
+    assert browser.find_element(By.ID, "status").text == ""
 
 
 # ---------------------------------------------------------------- baseline and audit on pairs
@@ -470,6 +638,14 @@ def test_baseline_and_audit_read_pairs_and_keep_groups_together(pair_slices, tmp
     assert r.returncode == 0, r.stderr[-2000:]
     header = out.read_text(encoding="utf-8").splitlines()[0].split("\t")
     assert header[:4] == ["row", "line", "text", "text_pair"]
+    # the page's most suspect rows: both texts, each in a column named after the file's
+    from report_pages import tables  # tests/support
+
+    with open(out, encoding="utf-8", newline="") as f:
+        flagged = list(csv.DictReader(f, delimiter="\t"))
+    shown = tables((tmp_path / "audit.html").read_text(encoding="utf-8"))["audit-rows"]
+    assert shown[0][:4] == ["row", "line", "sentence1", "sentence2"] and len(shown) > 1
+    assert [r[2:4] for r in shown[1:]] == [[r["text"], r["text_pair"]] for r in flagged[:len(shown) - 1]]
 
 
 def test_grouped_split_never_puts_a_group_on_both_sides():

@@ -3,7 +3,9 @@
     POST /explain  {"inputs": "text", "parameters": {"target": LABEL, "steps": N}}
                    -> 200 {"label", "score", "tokens": [{"token", "score", "start", "end"}, ...], "truncated", ...}
                       word attributions from bertclf.inference.explain (positive = pushed toward the label)
-                   -> 422 not one text, empty, over --max-chars, unknown target, steps out of range
+                   a sentence-pair model: {"inputs": {"text": ..., "text_pair": ...}, ...}
+                   -> 200 the same, "tokens" the first text's words, "tokens_pair" (and "truncated_pair") the second's
+                   -> 422 not one text (pair), empty, over --max-chars, unknown target, steps out of range
                    -> 501 the server runs an ONNX export (no gradients) / 503 too many explanations queued
 
 The page is one HTML file from templates/demo.html (Jinja2, autoescaped) with its CSS and JavaScript inline,
@@ -73,8 +75,8 @@ def page_config(clf, default_fn: str, max_chars: int, explain_steps: int) -> dic
     return {"labels": list(map(str, clf.labels)), "multi_label": multi, "function_to_apply": default_fn,
             "thresholds": {lab: float(thresholds.get(lab, default_t)) for lab in map(str, clf.labels)},
             "max_chars": max_chars, "pair": getattr(clf, "pair_col", None) is not None,
-            # word scores: the torch model's gradients, for single texts (pairs: not yet, bertclf/inference/explain.py)
-            "explain": getattr(clf, "backend", "torch") == "torch" and getattr(clf, "pair_col", None) is None,
+            # word scores: the torch model's gradients (an ONNX export has none); a pair's on both texts
+            "explain": getattr(clf, "backend", "torch") == "torch",
             "explain_steps": explain_steps}
 
 
@@ -97,7 +99,8 @@ def add_demo_routes(app, clf, *, model_dir: str | None, default_fn: str, max_cha
     page = render_page(clf, model_dir, default_fn, max_chars, explain_steps)  # the card does not change: once
     worker = ThreadPoolExecutor(max_workers=1, thread_name_prefix="bertclf-explain")
     state = {"pending": 0, "stopped": False}
-    models = explain_models(list(map(str, clf.labels)), max_chars=max_chars, explain_steps=explain_steps)
+    models = explain_models(list(map(str, clf.labels)), max_chars=max_chars, explain_steps=explain_steps,
+                            pairs=getattr(clf, "pair_col", None) is not None)
     ExplainRequest, ExplainParameters, ErrorBody = models.ExplainRequest, models.ExplainParameters, models.ErrorBody
 
     def error(status: int, message: str, headers: dict | None = None):
@@ -113,7 +116,8 @@ def add_demo_routes(app, clf, *, model_dir: str | None, default_fn: str, max_cha
                           "One text per request; slower than /predict by about `steps` times.",
               responses={400: {"model": ErrorBody, "description": "the body is not (valid) JSON"},
                          413: {"model": ErrorBody, "description": "the body is larger than the server's limit"},
-                         422: {"model": ErrorBody, "description": "not one text, empty, too long, unknown target"},
+                         422: {"model": ErrorBody, "description": "not one text (a pair model: one pair), empty, "
+                                                                  "too long, unknown target"},
                          501: {"model": ErrorBody, "description": "the server runs an ONNX export: no gradients"},
                          503: {"model": ErrorBody, "description": "too many explanations queued; retry"}})
     async def explain_route(req: ExplainRequest):
@@ -122,8 +126,6 @@ def add_demo_routes(app, clf, *, model_dir: str | None, default_fn: str, max_cha
             explain_mod.require_torch(clf)
         except UserError as e:
             return error(501, str(e))
-        if getattr(clf, "pair_col", None) is not None:
-            return error(501, "word scores for sentence pairs are not supported yet; POST /predict classifies pairs")
         if state["stopped"]:
             return error(503, "the server is shutting down")
         if state["pending"] >= MAX_PENDING_EXPLAINS:
@@ -132,8 +134,8 @@ def add_demo_routes(app, clf, *, model_dir: str | None, default_fn: str, max_cha
         state["pending"] += 1
         try:
             result = await asyncio.get_running_loop().run_in_executor(
-                worker, lambda: explain_mod.explain(clf, req.inputs, target=p.target, steps=p.steps or explain_steps,
-                                                    max_tokens=explain_max_tokens))
+                worker, lambda: explain_mod.explain(clf, _classifier_input(req.inputs), target=p.target,
+                                                    steps=p.steps or explain_steps, max_tokens=explain_max_tokens))
         except UserError as e:
             return error(422, str(e))
         except RuntimeError as e:
@@ -149,13 +151,21 @@ def add_demo_routes(app, clf, *, model_dir: str | None, default_fn: str, max_cha
     return stop
 
 
-def explain_models(labels: list[str], *, max_chars: int, explain_steps: int) -> SimpleNamespace:
+def _classifier_input(inputs):
+    """The Classifier's form of a request's input: a text, or a pair {"text", "text_pair"} as (text, text_pair)."""
+    return (inputs["text"], inputs["text_pair"]) if isinstance(inputs, dict) else inputs
+
+
+def explain_models(labels: list[str], *, max_chars: int, explain_steps: int, pairs: bool = False) -> SimpleNamespace:
     """Pydantic models of POST /explain for this model's labels and the server's limits:
-    ExplainParameters, ExplainRequest, Word, Explanation, ErrorBody."""
+    ExplainParameters, ExplainRequest, Word, Explanation, ErrorBody. pairs: the model reads sentence pairs, one
+    {"text": ..., "text_pair": ...} per request."""
     from typing import Literal
 
     from pydantic import BaseModel, ConfigDict, Field, field_validator
     from pydantic.json_schema import WithJsonSchema
+
+    from bertclf.serve.schema import check_inputs, pair_schema
 
     class ExplainParameters(BaseModel):
         model_config = ConfigDict(extra="forbid")
@@ -171,13 +181,19 @@ def explain_models(labels: list[str], *, max_chars: int, explain_steps: int) -> 
 
     class ExplainRequest(BaseModel):
         model_config = ConfigDict(extra="forbid")
-        inputs: Annotated[Any, WithJsonSchema({"type": "string", "minLength": 1, "maxLength": max_chars,
-                                               "description": "one text"})]
+        inputs: Annotated[Any, WithJsonSchema(
+            {**pair_schema(max_chars), "description": 'one sentence pair {"text": ..., "text_pair": ...}'} if pairs
+            else {"type": "string", "minLength": 1, "maxLength": max_chars, "description": "one text"})]
         parameters: Optional[ExplainParameters] = None
 
         @field_validator("inputs", mode="before")
         @classmethod
         def _one_text(cls, v):
+            if pairs or isinstance(v, dict):  # the /predict checks, naming the side (inputs.text_pair) at fault
+                if not isinstance(v, (dict, str)):
+                    raise ValueError('inputs must be one sentence pair {"text": ..., "text_pair": ...}: /explain '
+                                     'explains one pair per request')
+                return check_inputs(v, max_texts=1, max_chars=max_chars, pairs=pairs)
             if not isinstance(v, str):
                 raise ValueError("inputs must be one text (a string): /explain explains one text per request")
             if not v:
@@ -200,8 +216,10 @@ def explain_models(labels: list[str], *, max_chars: int, explain_steps: int) -> 
         label: str
         score: float = Field(description="probability of the label for the text")
         baseline_score: float = Field(description="probability of the label with every word replaced by padding")
-        tokens: list[Word]
+        tokens: list[Word] = Field(description="the words of the text (a pair: of its first text)")
         truncated: bool = Field(description="the text was cut at max_tokens; later words are not scored")
+        tokens_pair: Optional[list[Word]] = Field(None, description="a pair model's: the words of the second text")
+        truncated_pair: Optional[bool] = Field(None, description="a pair model's: the second text was cut")
         steps: int
         max_tokens: int
         convergence_delta: float

@@ -5,26 +5,36 @@ from types import SimpleNamespace
 from typing import Annotated, Any, Literal, Optional, Union
 
 
+def one_text_schema(max_chars: int) -> dict:
+    """JSON Schema of one text within the server's limit. A text of only whitespace is empty, as for predict and
+    eval (bertclf.data.dataset.is_empty_text: Python's str.isspace, which also counts U+001C-U+001F and U+0085,
+    unlike the JSON Schema regex \\s)."""
+    return {"type": "string", "minLength": 1, "maxLength": max_chars, "pattern": "[^\\s\\u001c-\\u001f\\u0085]"}
+
+
+def pair_schema(max_chars: int) -> dict:
+    """JSON Schema of one sentence pair in the Inference API's form {"text": ..., "text_pair": ...}."""
+    text = one_text_schema(max_chars)
+    return {"type": "object", "properties": {"text": text, "text_pair": text}, "required": ["text", "text_pair"],
+            "additionalProperties": False}
+
+
 def api_models(*, max_texts: int, max_chars: int, default_fn: str, pairs: bool = False) -> SimpleNamespace:
     """Pydantic models for this server's limits: Parameters, PredictRequest, LabelScore, ErrorBody, Health, Info.
     pairs: the model reads sentence pairs, sent in the Inference API's form {"text": ..., "text_pair": ...}."""
     from pydantic import BaseModel, ConfigDict, Field, field_validator
     from pydantic.json_schema import WithJsonSchema
 
-    # a text of only whitespace is empty, as for predict and eval (bertclf.data.dataset.is_empty_text: Python's
-    # str.isspace, which also counts U+001C-U+001F and U+0085, unlike the JSON Schema regex \\s)
-    text_schema = {"type": "string", "minLength": 1, "maxLength": max_chars,
-                   "pattern": "[^\\s\\u001c-\\u001f\\u0085]"}
+    text_schema = one_text_schema(max_chars)
     inputs_schema = {
         "anyOf": [text_schema, {"type": "array", "items": text_schema, "minItems": 1, "maxItems": max_texts}],
         "title": "Inputs",
         "description": f"a text, or a list of 1 to {max_texts} texts; each 1 to {max_chars} characters",
     }
     if pairs:
-        pair_schema = {"type": "object", "properties": {"text": text_schema, "text_pair": text_schema},
-                       "required": ["text", "text_pair"], "additionalProperties": False}
+        pair = pair_schema(max_chars)
         inputs_schema = {
-            "anyOf": [pair_schema, {"type": "array", "items": pair_schema, "minItems": 1, "maxItems": max_texts}],
+            "anyOf": [pair, {"type": "array", "items": pair, "minItems": 1, "maxItems": max_texts}],
             "title": "Inputs",
             "description": f'a sentence pair {{"text": ..., "text_pair": ...}}, or a list of 1 to {max_texts} pairs; '
                            f"each text 1 to {max_chars} characters"}

@@ -195,23 +195,10 @@ def test_onnx_server_says_explain_needs_the_torch_model(trained_tiny_dir, tmp_pa
 
 @pytest.fixture(scope="module")
 def browser():
-    chromium = shutil.which("chromium") or "/usr/bin/chromium"
-    driver_path = shutil.which("chromedriver") or "/usr/bin/chromedriver"
-    if not (os.path.exists(chromium) and os.path.exists(driver_path)):
-        pytest.skip("chromium and chromium-driver not installed (apt-get install -y chromium chromium-driver)")
-    webdriver = pytest.importorskip("selenium.webdriver")
-    from selenium.webdriver.chrome.service import Service
+    from headless_chromium import chromium_driver  # tests/support
 
-    options = webdriver.ChromeOptions()
-    options.binary_location = chromium
-    for arg in ("--headless=new", "--disable-gpu", "--disable-dev-shm-usage", "--window-size=1200,900",
-                "--no-first-run", "--disable-background-networking", "--disable-component-update"):
-        options.add_argument(arg)
-    if hasattr(os, "geteuid") and os.geteuid() == 0:
-        options.add_argument("--no-sandbox")
-    driver = webdriver.Chrome(service=Service(driver_path), options=options)  # no Selenium Manager download
-    yield driver
-    driver.quit()
+    with chromium_driver() as driver:
+        yield driver
 
 
 def test_browser_types_a_review_and_sees_label_bars_and_shaded_words(server, browser, tmp_path):
