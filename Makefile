@@ -22,7 +22,8 @@ $(VENV)/.installed: pyproject.toml
 setup: $(VENV)/.installed
 
 # two pytest workers, one per core, each test file on one worker (its module fixtures built once): the suite
-# spends much of its time waiting on the CLI processes and servers it starts
+# spends much of its time waiting on the CLI processes and servers it starts; the real fine-tunes (marked
+# whole_cpu) take both cores in turn while the other worker waits (tests/support/whole_cpu.py)
 test: setup
 	BERTCLF_DATA_DIR=$(DATA_DIR) $(BIN)/python -m pytest -q -n 2 --dist loadfile --durations=15 $(PYTEST_ARGS)
 
