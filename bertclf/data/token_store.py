@@ -65,6 +65,7 @@ class TokenStore:
     lengths: np.ndarray   # int32 memory map
     hashes: np.ndarray    # uint64 memory map: text_hashes of the rows
     reused: bool
+    labels: np.ndarray | None = None  # a file's store (open_or_build_file): int32 per row, into meta["label_values"]
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -124,6 +125,14 @@ def open_or_build(tokenizer, texts: list[str], pairs: list[str] | None, max_leng
     """The store of these rows: opened if a complete one exists under the key, else built (builds=False: a
     process that waited for another to build it; a missing store is then an error, not a second build)."""
     key = key or store_key(tokenizer, texts, pairs, max_length, long_text)
+    write = lambda tmp: write_arrays(tmp, tokenizer, texts, pairs, max_length, long_text)  # noqa: E731
+    return open_or_write(key, write, log, root, builds)
+
+
+def open_or_write(key: str, write: Callable[[Path], dict], log: Callable[[str], None] = print,
+                  root: Path | None = None, builds: bool = True) -> TokenStore:
+    """The store under `key`: opened if complete, else written by write(folder) -> meta into a temporary folder
+    that becomes the store only once complete."""
     path = (root or store_root()) / key
     if (path / "meta.json").is_file():
         store = open_store(path)
@@ -136,11 +145,11 @@ def open_or_build(tokenizer, texts: list[str], pairs: list[str] | None, max_leng
     remove_stale_builds(path.parent)
     try:
         with atomic_dir(path, replace=False) as tmp:
-            meta = write_arrays(tmp, tokenizer, texts, pairs, max_length, long_text)
+            meta = write(tmp)
             meta["build_seconds"] = round(time.time() - t0, 2)
             write_json(tmp / "meta.json", meta)  # last: a folder with meta.json is complete
     except FileExistsError:  # another node's process (a shared cache) finished the same store first
-        return open_or_build(tokenizer, texts, pairs, max_length, long_text, log, root, builds, key)
+        return open_or_write(key, write, log, root, builds)
     store = open_store(path, reused=False)
     log(f"token store: {len(store):,} rows, {meta['bytes'] / 1e6:.1f} MB, built in {meta['build_seconds']:.1f} s "
         f"({len(store) / max(meta['build_seconds'], 1e-9):,.0f} rows/s; {path})")
@@ -197,7 +206,8 @@ def open_store(path: Path, reused: bool = True) -> TokenStore:
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
     n, total = meta["rows"], meta["tokens"]
     sizes = {"ids": (np.int32, total), "offsets": (np.int64, n + 1), "lengths": (np.int32, n),
-             "hashes": (np.uint64, n)} | ({"types": (np.int32, total)} if meta["types"] else {})
+             "hashes": (np.uint64, n)} | ({"types": (np.int32, total)} if meta["types"] else {}) | (
+             {"labels": (np.int32, n)} if "label_values" in meta else {})
     arrays = {}
     for name, (dtype, count) in sizes.items():
         f = path / f"{name}.bin"
@@ -207,7 +217,7 @@ def open_store(path: Path, reused: bool = True) -> TokenStore:
         arrays[name] = np.memmap(f, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
     ids = TokenRows(arrays["ids"], arrays["offsets"])
     types = TokenRows(arrays["types"], arrays["offsets"]) if meta["types"] else None
-    return TokenStore(path, meta, ids, types, arrays["lengths"], arrays["hashes"], reused)
+    return TokenStore(path, meta, ids, types, arrays["lengths"], arrays["hashes"], reused, arrays.get("labels"))
 
 
 def repeats_in(hashes: np.ndarray, train_hashes: np.ndarray) -> int:

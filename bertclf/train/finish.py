@@ -148,16 +148,31 @@ def _ngram_partner(run, valid_logits: np.ndarray):
         return None, {"mode": cfg.ngram, "kept": False, "reason": "no validation rows"}, None
     t0 = time.time()
     try:
-        partner = ngram.fit(data.train_ds.texts, data.y_train, len(run.labels.names), task.kind == "multi_label",
-                            cfg.seed)
-        valid_probs = partner.probs(data.valid_ds.texts)
+        texts, y = partner_rows(data.train_ds, data.y_train, cfg.seed, say)
+        partner = ngram.fit(texts, y, len(run.labels.names), task.kind == "multi_label", cfg.seed)
+        valid_probs = partner.probs(texts_of(data.valid_ds))
     except ValueError as e:  # scikit-learn: one class only, no n-gram in two texts, ...
         say(f"n-gram partner: not fitted ({e})")
         return None, {"mode": cfg.ngram, "kept": False, "reason": str(e)}, None
     kept, record, blend_logits, blend_report = ngram.judge(task, data.y_valid, valid_logits, valid_probs, cfg.ngram)
-    record |= {"features": partner.n_features, "fit_seconds": round(time.time() - t0, 2)}
+    record |= {"features": partner.n_features, "fit_seconds": round(time.time() - t0, 2), "fit_rows": len(texts)}
     say(ngram.describe(record))
     return partner, record, (blend_logits, blend_report) if kept else None
+
+
+def partner_rows(ds, y: np.ndarray, seed: int, say) -> tuple[list[str], np.ndarray]:
+    """The rows the n-gram partner is fitted on: all training rows, or a seeded random ngram.FIT_ROWS of them
+    (said in one line): TF-IDF's matrix and the fit grow with the rows, the partner's gain does not."""
+    if len(ds) <= ngram.FIT_ROWS:
+        return texts_of(ds), y
+    idx = np.sort(np.random.default_rng(seed).choice(len(ds), ngram.FIT_ROWS, replace=False))
+    say(f"n-gram partner: fitted on a random {ngram.FIT_ROWS:,} of the {len(ds):,} training rows ({ngram.FIT_WHY})")
+    return (ds.texts_at(idx) if hasattr(ds, "texts_at") else [ds.texts[i] for i in idx.tolist()]), y[idx]
+
+
+def texts_of(ds) -> list[str]:
+    """A split's texts: a Dataset's list, or a stored split's read back from its file (bertclf/data/file_store.py)."""
+    return ds.texts_at(np.arange(len(ds))) if hasattr(ds, "texts_at") else ds.texts
 
 
 def _score_test(run, model, score: dict, blend=None, ngram_record: dict | None = None) -> tuple[dict, dict]:
@@ -187,4 +202,4 @@ def _score_test(run, model, score: dict, blend=None, ngram_record: dict | None =
 
 def chars(ds) -> np.ndarray:
     """Characters per row (a pair: both texts), for the report's length plots."""
-    return np.array([len(t) for t in ds.texts]) + (np.array([len(t) for t in ds.pairs]) if ds.pairs else 0)
+    return np.array([len(t) for t in texts_of(ds)]) + (np.array([len(t) for t in ds.pairs]) if ds.pairs else 0)
