@@ -29,6 +29,10 @@ def load_streamed(cfg, accelerator, out, say, resuming: bool):
     texts, the store built by the node's main process (or reused), the split drawn from the label codes."""
     from bertclf.train.prepare import Loaded, TrainingData, say_data, say_repeats, trimmed_base
 
+    from bertclf.train.low_memory import fix_mmap_threshold, return_freed_memory
+
+    if cfg.low_memory:  # from the start, not from the model's load: the chunks of the build are large blocks
+        fix_mmap_threshold()
     multi = bool(cfg.multi_label)
     read = dict(encoding=cfg.encoding, columns=cfg.columns, allow_empty_label=multi)
     rows = FileRows(cfg.train, cfg.text_col, cfg.label_col, **read)
@@ -50,6 +54,7 @@ def load_streamed(cfg, accelerator, out, say, resuming: bool):
     with accelerator.local_main_process_first():
         store = open_or_build_file(tokenizer, rows, cfg.max_length, cfg.long_text, log=say,
                                    builds=accelerator.is_local_main_process)
+    return_freed_memory()  # what the trim's and the build's chunks left in the heaps
     train_ds, valid_ds = split(cfg, StoredDataset.of(store, rows).sample(cfg.sample, cfg.seed, multi), valid_file,
                                multi, say)
     task, (y_train, y_valid, y_test) = encode_labels(cfg, train_ds, valid_ds, test_ds)
@@ -57,11 +62,13 @@ def load_streamed(cfg, accelerator, out, say, resuming: bool):
     train_ids, valid_ids = train_ds.ids(), (valid_ds.ids() if valid_file is None else
                                         encode_rows(tokenizer, valid_file.texts, None, cfg.max_length,
                                                     cfg.long_text)[0])
-    train_len = train_ds.lengths().astype(np.int64)
+    train_len = np.array(train_ds.lengths(), dtype=np.int32)  # 4 bytes a row: the buckets' and meter's lengths
     train_hashes = np.sort(train_ds.hashes())  # sorted once: np.isin below does not sort 10^7 hashes per check
     in_train = {"valid": repeats_in(valid_ds.hashes() if valid_file is None else text_hashes(valid_file.texts),
                                     train_hashes),
                 "test": repeats_in(text_hashes(test_ds.texts), train_hashes) if test_ds else None}
+    del train_hashes
+    store.drop_pages(store.hashes, store.labels, store.lengths)  # read once above; training reads ids only
     say(f"tokenized in {time.time() - t0:.1f}s: mean {train_len.mean():.1f} tokens per training text, "
         f"{store.meta['cut'] / max(1, len(store)) * 100:.1f}% of the file's texts cut at --max-length "
         f"{cfg.max_length}")
