@@ -95,3 +95,40 @@ def test_the_ngram_partner_fits_on_a_bounded_sample(nsmc_slices, monkeypatch):
     assert len(texts) == len(y_fit) == 500 and len(set(texts)) > 450
     assert set(zip(texts, y_fit.tolist())) <= set(zip(ds.texts, y.tolist()))  # each text with its own label
     assert said == [f"n-gram partner: fitted on a random 500 of the 3,000 training rows ({ngram.FIT_WHY})"]
+
+
+class _CrashAfter(TrainCallback):
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, step):
+        if step == self.step:
+            raise RuntimeError(f"crash after step {step}")
+
+
+def test_a_streamed_run_resumes_exactly_and_refuses_a_changed_file(tiny_model_dir, nsmc_slices, tmp_path,
+                                                                    monkeypatch):
+    """Killed after step 3 (checkpoint at 2), resumed: the uninterrupted run's losses; the file rewritten with
+    its rows reordered (the same rows, another SHA-256, a new modification time) is refused in one line."""
+    import pytest
+
+    from bertclf.errors import UserError
+
+    monkeypatch.setenv("BERTCLF_CACHE", str(tmp_path / "cache"))
+    data = to_parquet(nsmc_slices["train"], tmp_path / "train.parquet", 0, 1200)
+    kw = dict(train=str(data), test=None, max_steps=5, checkpoint_every=2, log_every=1, precision="fp32",
+              ngram="off", calibrate=False, token_store="on")
+    cfg = lambda name, **more: tiny_cfg(tmp_path / name, nsmc_slices, tiny_model_dir, **kw, **more)  # noqa: E731
+    train(cfg("whole"), echo=lambda s: None)
+    with pytest.raises(RuntimeError, match="crash after step 3"):
+        train(cfg("resumed"), echo=lambda s: None, callbacks=[_CrashAfter(3)])
+    train(cfg("resumed", resume=True), echo=lambda s: None)
+    assert len(_losses(tmp_path / "whole")) == 5
+    assert _losses(tmp_path / "resumed") == _losses(tmp_path / "whole")
+
+    with pytest.raises(RuntimeError, match="crash after step 3"):
+        train(cfg("changed"), echo=lambda s: None, callbacks=[_CrashAfter(3)])
+    table = pq.read_table(data)
+    pq.write_table(table.take(list(range(1, len(table))) + [0]), data)
+    with pytest.raises(UserError, match=r"--resume: .*train\.parquet changed since .*SHA-256 differs"):
+        train(cfg("changed", resume=True), echo=lambda s: None)
