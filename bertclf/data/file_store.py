@@ -171,11 +171,12 @@ class SubsetRows:
 
 @dataclass
 class StoredDataset:
-    """Dataset's role for a file in a token store: rows are store rows (int64, ascending), the texts stay in the
-    file. pairs and groups are None (a file store holds single texts; --group-col reads in memory)."""
+    """Dataset's role for a file in a token store: rows are store rows (int64, ascending; None: all of them, no
+    8-byte index per row), the texts stay in the file. pairs and groups are None (a file store holds single
+    texts; --group-col reads in memory)."""
     store: TokenStore
     file: FileRows
-    rows: np.ndarray
+    rows: np.ndarray | None
     source: str
     is_part: bool = False
     pairs: None = None
@@ -183,10 +184,10 @@ class StoredDataset:
 
     @classmethod
     def of(cls, store: TokenStore, file: FileRows) -> "StoredDataset":
-        return cls(store, file, np.arange(len(store), dtype=np.int64), str(file.path))
+        return cls(store, file, None, str(file.path))
 
     def __len__(self) -> int:
-        return len(self.rows)
+        return len(self.store) if self.rows is None else len(self.rows)
 
     @property
     def sha256(self) -> str:
@@ -205,7 +206,7 @@ class StoredDataset:
         return self.store.meta["label_values"]
 
     def whole(self) -> bool:
-        return len(self.rows) == len(self.store)
+        return self.rows is None
 
     def codes(self) -> np.ndarray:
         """Per row: its label's index in label_values."""
@@ -221,10 +222,13 @@ class StoredDataset:
         return self.store.hashes if self.whole() else self.store.hashes[self.rows]
 
     def texts_at(self, idx: np.ndarray) -> list[str]:
-        return self.file.texts_at(self.rows[np.sort(np.asarray(idx, dtype=np.int64))])
+        idx = np.sort(np.asarray(idx, dtype=np.int64))
+        return self.file.texts_at(idx if self.whole() else self.rows[idx])
 
     def subset(self, idx: np.ndarray, source_note: str = "") -> "StoredDataset":
-        return replace(self, rows=self.rows[idx], source=self.source + source_note, is_part=True)
+        idx = np.asarray(idx, dtype=np.int64)
+        return replace(self, rows=idx if self.whole() else self.rows[idx], source=self.source + source_note,
+                       is_part=True)
 
     def split(self, frac: float, seed: int, multi_label: bool = False) -> tuple["StoredDataset", "StoredDataset"]:
         """(train, validation): dataset.split_valid's stratified split, drawn with numpy."""
