@@ -108,8 +108,9 @@ class _CrashAfter(TrainCallback):
 
 def test_a_streamed_run_resumes_exactly_and_refuses_a_changed_file(tiny_model_dir, nsmc_slices, tmp_path,
                                                                     monkeypatch):
-    """Killed after step 3 (checkpoint at 2), resumed: the uninterrupted run's losses; the file rewritten with
-    its rows reordered (the same rows, another SHA-256, a new modification time) is refused in one line."""
+    """Killed after step 3 (checkpoint at 2): the file rewritten with its rows reordered (the same rows, another
+    SHA-256, a new modification time) is refused in one line; the original bytes back, the resumed run ends
+    with the uninterrupted run's losses."""
     import pytest
 
     from bertclf.errors import UserError
@@ -122,13 +123,11 @@ def test_a_streamed_run_resumes_exactly_and_refuses_a_changed_file(tiny_model_di
     train(cfg("whole"), echo=lambda s: None)
     with pytest.raises(RuntimeError, match="crash after step 3"):
         train(cfg("resumed"), echo=lambda s: None, callbacks=[_CrashAfter(3)])
+    original, table = data.read_bytes(), pq.read_table(data)
+    pq.write_table(table.take(list(range(1, len(table))) + [0]), data)
+    with pytest.raises(UserError, match=r"--resume: .*train\.parquet changed since .*SHA-256 differs"):
+        train(cfg("resumed", resume=True), echo=lambda s: None)
+    data.write_bytes(original)
     train(cfg("resumed", resume=True), echo=lambda s: None)
     assert len(_losses(tmp_path / "whole")) == 5
     assert _losses(tmp_path / "resumed") == _losses(tmp_path / "whole")
-
-    with pytest.raises(RuntimeError, match="crash after step 3"):
-        train(cfg("changed"), echo=lambda s: None, callbacks=[_CrashAfter(3)])
-    table = pq.read_table(data)
-    pq.write_table(table.take(list(range(1, len(table))) + [0]), data)
-    with pytest.raises(UserError, match=r"--resume: .*train\.parquet changed since .*SHA-256 differs"):
-        train(cfg("changed", resume=True), echo=lambda s: None)
