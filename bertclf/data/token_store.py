@@ -23,9 +23,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import time
 import unicodedata
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -44,16 +45,37 @@ STALE_BUILD_S = 86_400  # a build folder untouched this long was left by a kille
 
 @dataclass
 class TokenRows:
-    """Ragged rows over flat arrays: row i is flat[offsets[i]:offsets[i + 1]]. Indexing gives a numpy view, so
-    collate and scoring read it as they read a list of arrays."""
+    """Ragged rows over flat arrays: row i is flat[offsets[i]:offsets[i + 1]]. Indexing gives a numpy array, so
+    collate and scoring read it as they read a list of arrays.
+
+    A store's rows (files given) are read with pread, not through the memory maps: a page fault on a map brings
+    in the pages around it too (the kernel's fault-around and readahead), and a process's RSS counts every
+    mapped page, so random batches grew a 3M-row run's RSS by ~30 MB a step. pread goes through the same page
+    cache, shared by the node's processes, and leaves nothing mapped."""
     flat: np.ndarray
     offsets: np.ndarray
+    files: tuple[Path, Path] | None = None  # (flat, offsets) files: rows read with pread
+    _fds: tuple[int, int] | None = field(default=None, repr=False, compare=False)
 
     def __len__(self) -> int:
         return len(self.offsets) - 1
 
     def __getitem__(self, i) -> np.ndarray:
-        return self.flat[self.offsets[i]:self.offsets[i + 1]]
+        if self.files is None:
+            return self.flat[self.offsets[i]:self.offsets[i + 1]]
+        if self._fds is None:
+            self._fds = tuple(os.open(f, os.O_RDONLY) for f in self.files)
+        flat_fd, offsets_fd = self._fds
+        lo, hi = np.frombuffer(os.pread(offsets_fd, 16, 8 * int(i)), np.int64).tolist()
+        size = self.flat.dtype.itemsize
+        return np.frombuffer(os.pread(flat_fd, size * (hi - lo), size * lo), self.flat.dtype)
+
+    def __del__(self):
+        for fd in self._fds or ():
+            try:
+                os.close(fd)
+            except OSError:
+                pass
 
 
 @dataclass
@@ -65,9 +87,20 @@ class TokenStore:
     lengths: np.ndarray   # int32 memory map
     hashes: np.ndarray    # uint64 memory map: text_hashes of the rows
     reused: bool
+    labels: np.ndarray | None = None  # a file's store (open_or_build_file): int32 per row, into meta["label_values"]
 
     def __len__(self) -> int:
         return len(self.lengths)
+
+    def drop_pages(self, *arrays: np.ndarray) -> None:
+        """Let the OS take back the pages a pass over these memory maps brought in (a process's RSS counts them:
+        24 MB of hashes at 3M rows); they stay readable, a later access reads them from the page cache again."""
+        import mmap
+
+        for a in arrays:
+            m = getattr(a, "_mmap", None)
+            if m is not None and hasattr(m, "madvise"):
+                m.madvise(mmap.MADV_DONTNEED)
 
 
 def store_root() -> Path:
@@ -124,6 +157,14 @@ def open_or_build(tokenizer, texts: list[str], pairs: list[str] | None, max_leng
     """The store of these rows: opened if a complete one exists under the key, else built (builds=False: a
     process that waited for another to build it; a missing store is then an error, not a second build)."""
     key = key or store_key(tokenizer, texts, pairs, max_length, long_text)
+    write = lambda tmp: write_arrays(tmp, tokenizer, texts, pairs, max_length, long_text)  # noqa: E731
+    return open_or_write(key, write, log, root, builds)
+
+
+def open_or_write(key: str, write: Callable[[Path], dict], log: Callable[[str], None] = print,
+                  root: Path | None = None, builds: bool = True) -> TokenStore:
+    """The store under `key`: opened if complete, else written by write(folder) -> meta into a temporary folder
+    that becomes the store only once complete."""
     path = (root or store_root()) / key
     if (path / "meta.json").is_file():
         store = open_store(path)
@@ -136,11 +177,11 @@ def open_or_build(tokenizer, texts: list[str], pairs: list[str] | None, max_leng
     remove_stale_builds(path.parent)
     try:
         with atomic_dir(path, replace=False) as tmp:
-            meta = write_arrays(tmp, tokenizer, texts, pairs, max_length, long_text)
+            meta = write(tmp)
             meta["build_seconds"] = round(time.time() - t0, 2)
             write_json(tmp / "meta.json", meta)  # last: a folder with meta.json is complete
     except FileExistsError:  # another node's process (a shared cache) finished the same store first
-        return open_or_build(tokenizer, texts, pairs, max_length, long_text, log, root, builds, key)
+        return open_or_write(key, write, log, root, builds)
     store = open_store(path, reused=False)
     log(f"token store: {len(store):,} rows, {meta['bytes'] / 1e6:.1f} MB, built in {meta['build_seconds']:.1f} s "
         f"({len(store) / max(meta['build_seconds'], 1e-9):,.0f} rows/s; {path})")
@@ -197,7 +238,8 @@ def open_store(path: Path, reused: bool = True) -> TokenStore:
     meta = json.loads((path / "meta.json").read_text(encoding="utf-8"))
     n, total = meta["rows"], meta["tokens"]
     sizes = {"ids": (np.int32, total), "offsets": (np.int64, n + 1), "lengths": (np.int32, n),
-             "hashes": (np.uint64, n)} | ({"types": (np.int32, total)} if meta["types"] else {})
+             "hashes": (np.uint64, n)} | ({"types": (np.int32, total)} if meta["types"] else {}) | (
+             {"labels": (np.int32, n)} if "label_values" in meta else {})
     arrays = {}
     for name, (dtype, count) in sizes.items():
         f = path / f"{name}.bin"
@@ -205,9 +247,10 @@ def open_store(path: Path, reused: bool = True) -> TokenStore:
             raise UserError(f"token store {path}: {f.name} does not match meta.json (damaged); delete the folder "
                             f"and run again")
         arrays[name] = np.memmap(f, dtype=dtype, mode="r", shape=(count,)) if count else np.zeros(0, dtype)
-    ids = TokenRows(arrays["ids"], arrays["offsets"])
-    types = TokenRows(arrays["types"], arrays["offsets"]) if meta["types"] else None
-    return TokenStore(path, meta, ids, types, arrays["lengths"], arrays["hashes"], reused)
+    read = lambda name: (path / f"{name}.bin", path / "offsets.bin") if n and total else None  # noqa: E731
+    ids = TokenRows(arrays["ids"], arrays["offsets"], read("ids"))
+    types = TokenRows(arrays["types"], arrays["offsets"], read("types")) if meta["types"] else None
+    return TokenStore(path, meta, ids, types, arrays["lengths"], arrays["hashes"], reused, arrays.get("labels"))
 
 
 def repeats_in(hashes: np.ndarray, train_hashes: np.ndarray) -> int:

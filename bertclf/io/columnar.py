@@ -108,15 +108,38 @@ def sha256_source(path) -> str:
 def iter_table_rows(path, need: list[str], text_cols: list[str], col_flags: str, fmt: str | None = None
                     ) -> Iterator[tuple[int, dict[str, str]]]:
     """(1-based row number, {column: string}) for every row of the source, a record batch at a time."""
+    for first, cols in iter_table_chunks(path, need, text_cols, col_flags, fmt):
+        for k, cells in enumerate(zip(*(cols[c] for c in need))):
+            yield first + k, dict(zip(need, cells))
+
+
+def iter_table_chunks(path, need: list[str], text_cols: list[str], col_flags: str, fmt: str | None = None
+                      ) -> Iterator[tuple[int, dict[str, list[str]]]]:
+    """(1-based number of the chunk's first row, {column: its cells as strings}) per record batch: the rows
+    as iter_table_rows gives them, without a dict per row (the token store's build streams millions)."""
     pa = _pyarrow()
     kind, files = source_files(path, fmt)
     n = 0
     for f in files:
         for batch in _batches(pa, kind, f, need, text_cols, col_flags):
-            cols = [batch.column(c).to_pylist() for c in need]
-            for cells in zip(*cols):
-                n += 1
-                yield n, {c: "" if v is None else str(v) for c, v in zip(need, cells)}
+            cols = {c: ["" if v is None else str(v) for v in batch.column(c).to_pylist()] for c in need}
+            yield n + 1, cols
+            n += batch.num_rows
+
+
+def count_rows(path, fmt: str | None = None) -> int:
+    """Rows in a source from its metadata (Parquet footers; Arrow record batch headers), without reading cells."""
+    pa = _pyarrow()
+    kind, files = source_files(path, fmt)
+    try:
+        if kind == "parquet":
+            import pyarrow.parquet as pq
+
+            return sum(pq.ParquetFile(f).metadata.num_rows for f in files)
+        return sum(batch.num_rows for f in files for batch in _arrow_reader(pa, f))
+    except (pa.ArrowException, OSError) as e:
+        raise UserError(f"{files[0]}: not a {kind} file or it is damaged ({str(e).splitlines()[0]}); "
+                        f"re-write it") from None
 
 
 def _batches(pa, kind: str, f: Path, need: list[str], text_cols: list[str], col_flags: str):

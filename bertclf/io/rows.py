@@ -286,3 +286,61 @@ def row_positions(path, text_col: str, keep: Callable[[str], bool], encoding: st
             rows.append(i)
             lines.append(n)
     return rows, lines
+
+
+def iter_row_chunks(path, need: list[str], rows: int, fmt: str | None = None, encoding: str = "utf-8",
+                    columns: list[str] | None = None, col_flags: str = "--text-col/--label-col",
+                    text_cols: list[str] | None = None) -> Iterator[tuple[list[int], dict[str, list[str]]]]:
+    """iter_rows in chunks of about `rows` rows: (the rows' line or row numbers, {column: cells}), so that a
+    caller streaming millions of rows holds one chunk of Python strings at a time."""
+    numbers: list[int] = []
+    cols: dict[str, list[str]] = {c: [] for c in need}
+
+    def add(first_numbers, part):
+        numbers.extend(first_numbers)
+        for c in need:
+            cols[c].extend(part[c])
+
+    if str(path) != "-" and is_columnar_source(path, fmt):
+        from bertclf.io.columnar import iter_table_chunks
+
+        parts = ((range(first, first + len(part[need[0]])), part)
+                 for first, part in iter_table_chunks(path, need, text_cols or need[:1], col_flags, fmt))
+    else:
+        parts = (([n], {c: [row[c]] for c in need})
+                 for n, row in iter_rows(path, need, fmt, encoding, columns, col_flags=col_flags, text_cols=text_cols))
+    for first_numbers, part in parts:
+        add(first_numbers, part)
+        if len(numbers) >= rows:
+            yield numbers, cols
+            numbers, cols = [], {c: [] for c in need}
+    if numbers:
+        yield numbers, cols
+
+
+def sha256_data_cached(path, fmt: str | None = None) -> str:
+    """sha256_data, computed once per file version: kept in the bertclf cache under the files' (path, size,
+    modification time), so a second run or a resumed run on a 10 GB corpus does not read it all again. A file
+    rewritten in place changes its modification time, so it is hashed again."""
+    import hashlib
+
+    from bertclf.io.columnar import source_files
+    from bertclf.io.files import cache_dir, write_json
+
+    files = source_files(path, fmt)[1] if is_columnar_source(path, fmt) else [Path(path)]
+    try:
+        stats = [[str(f.resolve()), f.stat().st_size, f.stat().st_mtime_ns] for f in files]
+    except OSError:
+        return sha256_data(path, fmt)  # the reader names the missing file
+    key = hashlib.sha256(json.dumps([fmt, stats]).encode()).hexdigest()[:32]
+    known = cache_dir() / "sha256" / f"{key}.json"
+    try:
+        return json.loads(known.read_text(encoding="utf-8"))["sha256"]
+    except (OSError, ValueError, KeyError):
+        pass
+    digest = sha256_data(path, fmt)
+    try:
+        write_json(known, {"files": stats, "sha256": digest})
+    except OSError:  # a read-only cache: the hash is still right, only not kept
+        pass
+    return digest

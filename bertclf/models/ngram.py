@@ -146,6 +146,14 @@ def vectorizer_params(vec) -> dict:
     return params
 
 
+# The partner is fitted on at most this many training rows (bertclf/train/finish.py: a seeded random sample
+# beyond). Measured with char 1-4 gram TF-IDF on joined NSMC review pairs (/usr/bin/time peak, 2 cores): 50k rows
+# 0.53 GB and 23 s, 200k rows 1.33 GB and 94 s: ~6.6 KB and ~0.5 ms per row, so 3M rows would need ~20 GB. 150k
+# keeps every corpus up to NSMC's size as it was, and the partner matters most where the encoder has few rows.
+FIT_ROWS = 150_000
+FIT_WHY = "its TF-IDF fit takes ~6.6 KB per row; beyond 150k rows it would outgrow the encoder's training"
+
+
 def fit(texts, y: np.ndarray, n_labels: int, multi_label: bool, seed: int = 42) -> NgramPartner:
     """`bertclf baseline`'s model (bertclf/models/baseline.py: tfidf_lr, fit_multilabel_model) fitted on texts / y (label
     ids, or multi-hot rows). scikit-learn's ValueError (one class, an empty vocabulary) passes up."""

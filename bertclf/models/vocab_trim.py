@@ -60,12 +60,14 @@ def trim_vocab(src_dir: str | os.PathLike, texts: Iterable[str], out_dir: str | 
     if model.get("type") != "Unigram":
         raise UserError(f"{src / 'tokenizer.json'}: vocabulary trimming needs a Unigram (sentencepiece) "
                         f"tokenizer, this one is {model.get('type')!r}")
-    texts = [t for t in texts if isinstance(t, str)]
+    if not isinstance(texts, TextChunks):
+        texts = [t for t in texts if isinstance(t, str)]
     t0 = time.perf_counter()
     plan = _plan(tok_json, texts)
+    n_texts = len(texts)
     kept = plan["kept_ids"]
     old_to_new = {int(o): n for n, o in enumerate(kept.tolist())}
-    log(f"trimming vocabulary of {src.name}: {len(texts):,} texts use {plan['used']:,} pieces; "
+    log(f"trimming vocabulary of {src.name}: {n_texts:,} texts use {plan['used']:,} pieces; "
         f"keeping {len(kept):,} of {plan['pieces_before']:,}")
 
     _remap_tokenizer_json(tok_json, kept, old_to_new)
@@ -90,7 +92,8 @@ def trim_vocab(src_dir: str | os.PathLike, texts: Iterable[str], out_dir: str | 
         if tok_cfg is not None:
             files.write_json(tmp / "tokenizer_config.json", tok_cfg)
         if verify:
-            _verify_written(plan["tokenizer"], tmp / "tokenizer.json", texts, kept, verify)
+            _verify_written(plan["tokenizer"], tmp / "tokenizer.json",
+                            texts.first if isinstance(texts, TextChunks) else texts, kept, verify)
         stats = {
             "pieces_before": plan["pieces_before"],
             "pieces_after": int(len(kept)),
@@ -98,9 +101,9 @@ def trim_vocab(src_dir: str | os.PathLike, texts: Iterable[str], out_dir: str | 
             "bytes_after": 0,  # filled below (the note itself counts)
             "weights_bytes_before": weights_before,
             "weights_bytes_after": (tmp / "model.safetensors").stat().st_size,
-            "texts": len(texts),
+            "texts": n_texts,
         }
-        files.write_json(tmp / "bertclf_trim.json", _trim_note(src, texts, stats, plan, tok_json))
+        files.write_json(tmp / "bertclf_trim.json", _trim_note(src, n_texts, stats, plan, tok_json))
         stats["bytes_after"] = _dir_bytes(tmp)
     stats["out_dir"] = str(out)
     log(f"wrote {out}: {stats['pieces_after']:,} pieces, {stats['bytes_after'] / 1e6:.0f} MB "
@@ -261,12 +264,12 @@ def _verify_written(old_tok, tokenizer_path: Path, texts: list[str], kept: np.nd
     _verify(old_tok, new_tok, sample, kept)
 
 
-def _trim_note(src: Path, texts: list[str], stats: dict, plan: dict, tok_json: dict) -> dict:
+def _trim_note(src: Path, n_texts: int, stats: dict, plan: dict, tok_json: dict) -> dict:
     """bertclf_trim.json: what was kept and why, and the id map back to the source."""
     note = {
         "source": str(src.resolve()),
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
-        "corpus_texts": len(texts),
+        "corpus_texts": n_texts,
         **{k: v for k, v in stats.items() if k != "bytes_after"},
         "kept": {
             "used_by_corpus": plan["used"],
@@ -283,12 +286,36 @@ def _trim_note(src: Path, texts: list[str], stats: dict, plan: dict, tok_json: d
     return note
 
 
-def _used_ids(tok, texts: list[str], batch: int = 8192) -> np.ndarray:
+def _used_ids(tok, texts, batch: int = 8192) -> np.ndarray:
     seen: set[int] = set()
-    for i in range(0, len(texts), batch):
-        for enc in tok.encode_batch(texts[i:i + batch], add_special_tokens=False):
+    parts = texts.batches(batch) if isinstance(texts, TextChunks) else (
+        texts[i:i + batch] for i in range(0, len(texts), batch))
+    for part in parts:
+        for enc in tok.encode_batch(part, add_special_tokens=False):
             seen.update(enc.ids)
     return np.array(sorted(seen), dtype=np.int64)
+
+
+class TextChunks:
+    """A corpus too large for one list (a training file streamed): chunks() gives its texts a list at a time,
+    once per pass. After a pass, len() is its count and `first` its first texts (what the trim re-checks)."""
+
+    def __init__(self, chunks: Callable[[], Iterable[list[str]]], keep_first: int = 2000):
+        self.chunks, self.keep_first = chunks, keep_first
+        self.count, self.first = 0, []
+
+    def __len__(self) -> int:
+        return self.count
+
+    def batches(self, batch: int) -> Iterable[list[str]]:
+        self.count, self.first = 0, []
+        for chunk in self.chunks():
+            chunk = [t for t in chunk if isinstance(t, str)]
+            self.count += len(chunk)
+            if len(self.first) < self.keep_first:
+                self.first += chunk[:self.keep_first - len(self.first)]
+            for i in range(0, len(chunk), batch):
+                yield chunk[i:i + batch]
 
 
 def _verify(old_tok, new_tok, texts: list[str], kept: np.ndarray, batch: int = 8192) -> None:

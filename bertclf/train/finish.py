@@ -147,27 +147,41 @@ def _ngram_partner(run, valid_logits: np.ndarray):
         say("n-gram partner: not fitted: no validation rows to choose its weight on")
         return None, {"mode": cfg.ngram, "kept": False, "reason": "no validation rows"}, None
     t0 = time.time()
-    texts, y = labelled_rows(data.train_ds, data.y_train, task)
     try:
+        texts, y = partner_rows(data.train_ds, data.y_train, task, cfg.seed, say)
         partner = ngram.fit(texts, y, len(run.labels.names), task.kind == "multi_label", cfg.seed)
-        valid_probs = partner.probs(data.valid_ds.texts)
+        valid_probs = partner.probs(texts_of(data.valid_ds))
     except ValueError as e:  # scikit-learn: one class only, no n-gram in two texts, ...
         say(f"n-gram partner: not fitted ({e})")
         return None, {"mode": cfg.ngram, "kept": False, "reason": str(e)}, None
     kept, record, blend_logits, blend_report = ngram.judge(task, data.y_valid, valid_logits, valid_probs, cfg.ngram)
-    record |= {"features": partner.n_features, "fit_seconds": round(time.time() - t0, 2)}
+    record |= {"features": partner.n_features, "fit_seconds": round(time.time() - t0, 2), "fit_rows": len(texts)}
     say(ngram.describe(record))
     return partner, record, (blend_logits, blend_report) if kept else None
 
 
-def labelled_rows(train_ds, y_train: np.ndarray, task) -> tuple[list[str], np.ndarray]:
-    """(texts, encoded labels) of the labelled training rows: all of them, except after train --texts' unlabelled
-    rows (labels None, after the labelled ones; y_train then packs the teacher's logits too), which the n-gram
-    partner cannot learn from."""
-    if None not in train_ds.labels:
-        return train_ds.texts, y_train
-    n = train_ds.labels.index(None)
-    return train_ds.texts[:n], task.encode(train_ds.labels[:n], train_ds.source)
+def partner_rows(ds, y_train: np.ndarray, task, seed: int, say) -> tuple[list[str], np.ndarray]:
+    """The rows the n-gram partner is fitted on: the labelled training rows, or a seeded random ngram.FIT_ROWS of
+    them (said in one line): TF-IDF's matrix and the fit grow with the rows, the partner's gain does not."""
+    n = labelled_count(ds)
+    y = y_train if n == len(ds) else task.encode(ds.labels[:n], ds.source)  # y_train then packs teacher logits too
+    if n <= ngram.FIT_ROWS:
+        return (texts_of(ds) if n == len(ds) else ds.texts[:n]), y
+    idx = np.sort(np.random.default_rng(seed).choice(n, ngram.FIT_ROWS, replace=False))
+    say(f"n-gram partner: fitted on a random {ngram.FIT_ROWS:,} of the {n:,} training rows ({ngram.FIT_WHY})")
+    return (ds.texts_at(idx) if hasattr(ds, "texts_at") else [ds.texts[i] for i in idx.tolist()]), y[idx]
+
+
+def labelled_count(ds) -> int:
+    """The labelled training rows: all, except that train --texts appends its unlabelled rows (label None) after
+    them, which the n-gram partner cannot learn from."""
+    labels = getattr(ds, "labels", None)
+    return labels.index(None) if isinstance(labels, list) and None in labels else len(ds)
+
+
+def texts_of(ds) -> list[str]:
+    """A split's texts: a Dataset's list, or a stored split's read back from its file (bertclf/data/file_store.py)."""
+    return ds.texts_at(np.arange(len(ds))) if hasattr(ds, "texts_at") else ds.texts
 
 
 def _score_test(run, model, score: dict, blend=None, ngram_record: dict | None = None) -> tuple[dict, dict]:
@@ -197,4 +211,4 @@ def _score_test(run, model, score: dict, blend=None, ngram_record: dict | None =
 
 def chars(ds) -> np.ndarray:
     """Characters per row (a pair: both texts), for the report's length plots."""
-    return np.array([len(t) for t in ds.texts]) + (np.array([len(t) for t in ds.pairs]) if ds.pairs else 0)
+    return np.array([len(t) for t in texts_of(ds)]) + (np.array([len(t) for t in ds.pairs]) if ds.pairs else 0)

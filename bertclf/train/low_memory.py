@@ -48,3 +48,22 @@ def fix_mmap_threshold(nbytes: int = MMAP_THRESHOLD_BYTES) -> bool:
         return bool(libc.mallopt(M_MMAP_THRESHOLD, nbytes))
     except (OSError, AttributeError):
         return False
+
+
+def return_freed_memory() -> bool:
+    """Hand back to the OS what streaming a large file left free in the heaps (glibc's malloc_trim, and
+    pyarrow's memory pool, which keeps freed blocks for reuse): measured ~120 MB of a cold 1M-row run's peak
+    that a warm run does not have. False where the C library is not glibc."""
+    try:
+        import pyarrow
+
+        pyarrow.default_memory_pool().release_unused()
+    except ImportError:
+        pass
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c"))
+        if not hasattr(libc, "gnu_get_libc_version"):
+            return False
+        return bool(libc.malloc_trim(0) or True)
+    except (OSError, AttributeError):
+        return False

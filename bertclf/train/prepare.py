@@ -248,57 +248,31 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
     accelerator.wait_for_everyone()
     set_seed(cfg.seed, device_specific=True)  # + process index: ranks draw different dropout masks
 
-    # data, then the model and tokenizer (vocabulary trimmed to the training texts if asked)
-    train_ds, valid_ds, test_ds = load_data(cfg, log=say)
-    # single- or multi-label: label map, encoding, loss, metrics (bertclf/data/task.py)
-    task = T.make_task(cfg, train_ds.labels, train_ds.source, raw=D.NSMC_LABELS if cfg.data == "nsmc" else None)
-    labels = task.labels
-    y_train = task.encode(train_ds.labels, train_ds.source)
-    y_valid = task.encode(valid_ds.labels, valid_ds.source or "validation")
-    y_test = task.encode(test_ds.labels, test_ds.source) if test_ds else None
-    if cfg.class_weights == "auto":
-        task.set_class_weights(y_train)
-    if objective is not None:  # writes the model cfg.model names (the student) and returns its training rows
-        train_ds, y_train, task = objective.setup(out, train_ds, y_train, task, accelerator, say, resuming)
-    say(f"data: {len(train_ds)} train, {len(valid_ds)} validation"
-        + (f", {len(test_ds)} test" if test_ds else "")
-        + f" rows; labels {', '.join(labels.names)}"
-        + (f"; dropped {train_ds.dropped_empty} empty train" + (f" / {test_ds.dropped_empty} empty test" if test_ds
-                                                                 else "") + " rows"
-           if cfg.data == "nsmc" or train_ds.dropped_empty else ""))
-    base = resolve(cfg.model, log=say)
-    check_max_length(cfg.max_length, base)  # a hub model's positions are known only once it is resolved
-    if cfg.trim_vocab:
-        base = trimmed_base(base, out, train_ds.all_texts() + valid_ds.all_texts(), accelerator, say,
-                            reuse=resuming, cached=uses_store(cfg, len(train_ds)))
-    tokenizer = load_tokenizer(base)
-    model = load_classifier(base, labels.id2label)
+    # data and tokenizer (vocabulary trimmed to the training texts if asked), token ids, then the model
+    if streams_file(cfg, objective):  # a large Parquet/Arrow file: streamed into a token store, no list per row
+        from bertclf.train.streamed import load_streamed
+
+        loaded = load_streamed(cfg, accelerator, out, say, resuming)
+    else:
+        loaded = load_in_memory(cfg, accelerator, out, say, resuming, objective)
+    task, tokenizer, data = loaded.task, loaded.tokenizer, loaded.data
+    model = load_classifier(loaded.base, task.labels.id2label)
     if cfg.low_memory:
         from bertclf.train.low_memory import use_low_memory
 
         say("--low-memory: " + ("; ".join(use_low_memory(model)) or "nothing applies to this model"))
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
 
-    # tokenize once, up front (or open the token store a previous run or the main process wrote)
-    t0 = time.time()
-    (train_ids, train_types), (valid_ids, valid_types), in_train = tokenize(cfg, tokenizer, train_ds, valid_ds,
-                                                                            test_ds, accelerator, say)
-    train_len = lengths(train_ids)
-    say(f"tokenized in {time.time() - t0:.1f}s: " + describe_cut(tokenizer, train_ds, train_ids, cfg.max_length))
-    say_repeats(in_train, valid_ds, test_ds, say)
-
-    plan = make_plan(cfg, batch_size, lr, train_len, world, rank)
+    plan = make_plan(cfg, batch_size, lr, data.train_len, world, rank)
     say(f"model {cfg.model}: {sum(p.numel() for p in model.parameters()) / 1e6:.1f}M parameters; device {device}"
         f" x{world}, precision {'fp32' if mixed == 'no' else mixed}; global batch {plan.eff_batch * world} "
         f"(= {batch_size} per micro-batch x {cfg.grad_accum} accumulation x {world} processes), lr {lr:g}, "
         f"{plan.total_steps} steps over {plan.n_epochs} epoch(s)")
     if not resuming:  # a resumed run loads its head from the checkpoint
-        task.init_head(model, y_train)
+        task.init_head(model, data.y_train)
     optimizer, scheduler = make_optimizer(cfg, model, plan, bf16_weights=mixed == "bf16-weights")
     model, optimizer = accelerator.prepare(model, optimizer)
 
-    data = TrainingData(train_ds, valid_ds, test_ds, y_train, y_valid, y_test, train_ids, valid_ids, train_len,
-                        train_types, valid_types, in_train)
     run = Run(cfg, accelerator, mixed, out, say, Logger(out, main, echo=say), task, data,
               Learner(model, tokenizer, pad_id, optimizer, scheduler), plan, run_args | {"processes": world},
               TrainState(n_micro=cfg.grad_accum), card_extra=objective.card_fields() if objective else {})
@@ -307,6 +281,74 @@ def prepare(cfg: TrainConfig, echo=print, held=None, objective=None) -> Run:
     elif main:
         rundir.clear_previous_run(out)
     return run
+
+
+@dataclass
+class Loaded:
+    """What the data stage of prepare() gives the rest: the rows and their token ids, the task, the tokenizer
+    and the (possibly trimmed) model folder to load."""
+    data: TrainingData
+    task: T.SingleLabel
+    tokenizer: PreTrainedTokenizerBase
+    base: str
+
+
+def streams_file(cfg: TrainConfig, objective=None) -> bool:
+    """Whether the training file is streamed into a token store (bertclf/train/streamed.py) instead of read
+    into lists: a Parquet/Arrow source whose run uses the store (--token-store on, or auto from STORE_FROM_ROWS
+    rows by its metadata), single texts, no --group-col, not a distilled student (whose rows the objective
+    rewrites)."""
+    from bertclf.io.rows import is_columnar_source
+
+    if (objective is not None or cfg.data == "nsmc" or cfg.token_store == "off" or cfg.text_pair_col
+            or cfg.group_col or not is_columnar_source(cfg.train)):
+        return False
+    if cfg.token_store == "on":
+        return True
+    from bertclf.io.columnar import count_rows
+
+    return count_rows(cfg.train) >= STORE_FROM_ROWS
+
+
+def load_in_memory(cfg: TrainConfig, accelerator, out: Path, say, resuming: bool, objective=None) -> Loaded:
+    """Read the files into Dataset lists, encode the labels, trim the vocabulary and tokenize (or open the token
+    store of these rows)."""
+    train_ds, valid_ds, test_ds = load_data(cfg, log=say)
+    # single- or multi-label: label map, encoding, loss, metrics (bertclf/data/task.py)
+    task = T.make_task(cfg, train_ds.labels, train_ds.source, raw=D.NSMC_LABELS if cfg.data == "nsmc" else None)
+    y_train = task.encode(train_ds.labels, train_ds.source)
+    y_valid = task.encode(valid_ds.labels, valid_ds.source or "validation")
+    y_test = task.encode(test_ds.labels, test_ds.source) if test_ds else None
+    if cfg.class_weights == "auto":
+        task.set_class_weights(y_train)
+    if objective is not None:  # writes the model cfg.model names (the student) and returns its training rows
+        train_ds, y_train, task = objective.setup(out, train_ds, y_train, task, accelerator, say, resuming)
+    say_data(cfg, task, train_ds, valid_ds, test_ds, say)
+    base = resolve(cfg.model, log=say)
+    check_max_length(cfg.max_length, base)  # a hub model's positions are known only once it is resolved
+    if cfg.trim_vocab:
+        base = trimmed_base(base, out, train_ds.all_texts() + valid_ds.all_texts(), accelerator, say,
+                            reuse=resuming, cached=uses_store(cfg, len(train_ds)))
+    tokenizer = load_tokenizer(base)
+    # tokenize once, up front (or open the token store a previous run or the main process wrote)
+    t0 = time.time()
+    (train_ids, train_types), (valid_ids, valid_types), in_train = tokenize(cfg, tokenizer, train_ds, valid_ds,
+                                                                            test_ds, accelerator, say)
+    train_len = lengths(train_ids)
+    say(f"tokenized in {time.time() - t0:.1f}s: " + describe_cut(tokenizer, train_ds, train_ids, cfg.max_length))
+    say_repeats(in_train, valid_ds, test_ds, say)
+    data = TrainingData(train_ds, valid_ds, test_ds, y_train, y_valid, y_test, train_ids, valid_ids, train_len,
+                        train_types, valid_types, in_train)
+    return Loaded(data, task, tokenizer, base)
+
+
+def say_data(cfg: TrainConfig, task, train_ds, valid_ds, test_ds, say) -> None:
+    say(f"data: {len(train_ds)} train, {len(valid_ds)} validation"
+        + (f", {len(test_ds)} test" if test_ds else "")
+        + f" rows; labels {', '.join(task.labels.names)}"
+        + (f"; dropped {train_ds.dropped_empty} empty train" + (f" / {test_ds.dropped_empty} empty test" if test_ds
+                                                                 else "") + " rows"
+           if cfg.data == "nsmc" or train_ds.dropped_empty else ""))
 
 
 def make_plan(cfg: TrainConfig, batch_size: int, lr: float, train_len, world: int, rank: int) -> Plan:
@@ -418,7 +460,7 @@ def check_same_data(run: Run, recorded: dict, found: Path) -> None:
 
 
 def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say, reuse: bool = False,
-                 cached: bool = False) -> str:
+                 cached: bool = False, texts_key: str | None = None) -> str:
     """Trim the vocabulary to the pieces the training texts use (once per run; reused on resume only: an
     --overwrite run may train on other texts). cached (runs with a token store): the trim is kept in the bertclf
     cache under (source model, texts) and copied from there by a later run on the same rows, which then does not
@@ -430,7 +472,7 @@ def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say, reuse
         if not cached:
             trim_vocab(base, texts, target, log=say)
         else:
-            kept = trim_cache_dir(base, texts)
+            kept = trim_cache_dir(base, texts, texts_key)
             if (kept / "config.json").is_file():
                 say(f"vocabulary: the trim of these texts, reused ({kept})")
             else:
@@ -448,9 +490,10 @@ def trimmed_base(base: str, out: Path, texts: list[str], accelerator, say, reuse
 TRIM_FORMAT = 1  # bump when trim_vocab's output for the same model and texts changes
 
 
-def trim_cache_dir(base: str, texts: list[str]) -> Path:
+def trim_cache_dir(base: str, texts: list[str], texts_key: str | None = None) -> Path:
     """Where the trim of `base` to `texts` is kept: keyed by the source model's files (tokenizer and config by
-    content, weights by size and modification time) and the texts' content hash."""
+    content, weights by size and modification time) and the texts' content hash (texts_key: what stands for it
+    when the texts are a streamed file's: its SHA-256 and column)."""
     import hashlib
     import json
 
@@ -461,5 +504,5 @@ def trim_cache_dir(base: str, texts: list[str]) -> Path:
     model = {p.name: ([p.stat().st_size, p.stat().st_mtime_ns] if p.suffix in (".safetensors", ".bin")
                       else sha256_file(p)) for p in sorted(src.iterdir()) if p.is_file()}
     key = json.dumps({"format": TRIM_FORMAT, "model": [str(src.resolve()), model],
-                      "texts": content_hash(texts, None)}, sort_keys=True)
+                      "texts": texts_key or content_hash(texts, None)}, sort_keys=True)
     return cache_dir() / "trimmed" / hashlib.sha256(key.encode()).hexdigest()[:32]

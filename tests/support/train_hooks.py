@@ -27,7 +27,8 @@
                                      where the tests cannot mount a small tmpfs (not root).
     BERTCLF_TEST_ROWS_READ=DIR        each process writes DIR/rows-RANK.json when training ends: the training row
                                      indices it read to build its batches, in order, the type of its training
-                                     token ids and, for a token store, the file its ids are memory-mapped from.
+                                     token ids and, for a token store, the file its ids are memory-mapped from,
+                                     and the process's peak RSS (benchmarks/scale.py reads it per rank).
 
 tests/support/hooked_train.py installs them; the package itself never reads these variables.
 """
@@ -164,7 +165,10 @@ class RowsRead(TrainCallback):
     def on_train_end(self, run, card):
         import json
 
+        import resource
+
         rank = run.accelerator.process_index
+        peak_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: kB
         with open(os.path.join(self.folder, f"rows-{rank}.json"), "w") as f:
-            json.dump({"rows": self.read, "kind": self.kind, "mapped": self.mapped, "n_train": len(run.data.train_len)},
-                      f)
+            json.dump({"rows": self.read, "kind": self.kind, "mapped": self.mapped, "n_train": len(run.data.train_len),
+                       "peak_rss_mb": round(peak_mb)}, f)

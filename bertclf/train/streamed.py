@@ -1,0 +1,110 @@
+"""prepare()'s data stage for a large Parquet/Arrow training file (issue 32): the file is streamed into a token
+store (bertclf/data/file_store.py) and every step that walked the rows in Python works from the store's arrays.
+
+What differs from the in-memory path (load_in_memory): the validation split and --sample are drawn with numpy
+(file_store.stratified_positions: the same stratified shares, another draw, so the same seed picks other rows);
+the repeated-text checks compare NFC text hashes; the share of texts cut at --max-length is the whole file's.
+With --valid FILE and no --sample the rows, their order, the batches and the losses are the in-memory path's.
+Per training row the process keeps an int64 row index, its label id and what the OS pages in of the store.
+"""
+from __future__ import annotations
+
+import itertools
+import json
+import time
+
+import numpy as np
+
+from bertclf.data import dataset as D
+from bertclf.data import task as T
+from bertclf.data.file_store import FileRows, StoredDataset, open_or_build_file
+from bertclf.data.long_text import encode_rows
+from bertclf.data.token_store import content_hash, repeats_in, text_hashes
+from bertclf.models.resolve import check_max_length, load_tokenizer, resolve
+from bertclf.models.vocab_trim import TextChunks
+
+
+def load_streamed(cfg, accelerator, out, say, resuming: bool):
+    """prepare.Loaded for cfg.train streamed: the file hashed once, the vocabulary trimmed over a pass of its
+    texts, the store built by the node's main process (or reused), the split drawn from the label codes."""
+    from bertclf.train.prepare import Loaded, TrainingData, say_data, say_repeats, trimmed_base
+
+    from bertclf.train.low_memory import fix_mmap_threshold, return_freed_memory
+
+    if cfg.low_memory:  # from the start, not from the model's load: the chunks of the build are large blocks
+        fix_mmap_threshold()
+    multi = bool(cfg.multi_label)
+    read = dict(encoding=cfg.encoding, columns=cfg.columns, allow_empty_label=multi)
+    rows = FileRows(cfg.train, cfg.text_col, cfg.label_col, **read)
+    valid_file = D.read_labelled(cfg.valid, cfg.text_col, cfg.label_col, **read) if cfg.valid else None
+    test_ds = D.read_labelled(cfg.test, cfg.text_col, cfg.label_col, **read) if cfg.test else None
+    if test_ds is not None:
+        test_ds = D.sample(test_ds, cfg.test_sample, cfg.seed, "--test-sample", multi)
+    with accelerator.local_main_process_first():
+        rows.sha256  # noqa: B018 (one process per node reads the file to hash it; the others find it cached)
+    base = resolve(cfg.model, log=say)
+    check_max_length(cfg.max_length, base)
+    if cfg.trim_vocab:
+        extra = [valid_file.all_texts()] if valid_file else []
+        texts = TextChunks(lambda: itertools.chain(rows.text_chunks(), extra))
+        key = json.dumps(["file", rows.key_parts(), content_hash(extra[0], None) if extra else None])
+        base = trimmed_base(base, out, texts, accelerator, say, reuse=resuming, cached=True, texts_key=key)
+    tokenizer = load_tokenizer(base)
+    t0 = time.time()
+    with accelerator.local_main_process_first():
+        store = open_or_build_file(tokenizer, rows, cfg.max_length, cfg.long_text, log=say,
+                                   builds=accelerator.is_local_main_process)
+    return_freed_memory()  # what the trim's and the build's chunks left in the heaps
+    train_ds, valid_ds = split(cfg, StoredDataset.of(store, rows).sample(cfg.sample, cfg.seed, multi), valid_file,
+                               multi, say)
+    task, (y_train, y_valid, y_test) = encode_labels(cfg, train_ds, valid_ds, test_ds)
+    say_data(cfg, task, train_ds, valid_ds, test_ds, say)
+    train_ids, valid_ids = train_ds.ids(), (valid_ds.ids() if valid_file is None else
+                                        encode_rows(tokenizer, valid_file.texts, None, cfg.max_length,
+                                                    cfg.long_text)[0])
+    train_len = np.array(train_ds.lengths(), dtype=np.int32)  # 4 bytes a row: the buckets' and meter's lengths
+    train_hashes = np.sort(train_ds.hashes())  # sorted once: np.isin below does not sort 10^7 hashes per check
+    in_train = {"valid": repeats_in(valid_ds.hashes() if valid_file is None else text_hashes(valid_file.texts),
+                                    train_hashes),
+                "test": repeats_in(text_hashes(test_ds.texts), train_hashes) if test_ds else None}
+    del train_hashes
+    store.drop_pages(store.hashes, store.labels, store.lengths)  # read once above; training reads ids only
+    say(f"tokenized in {time.time() - t0:.1f}s: mean {train_len.mean():.1f} tokens per training text, "
+        f"{store.meta['cut'] / max(1, len(store)) * 100:.1f}% of the file's texts cut at --max-length "
+        f"{cfg.max_length}")
+    say_repeats(in_train, valid_ds, test_ds, say)
+    data = TrainingData(train_ds, valid_ds, test_ds, y_train, y_valid, y_test, train_ids, valid_ids, train_len,
+                        None, None, in_train)
+    return Loaded(data, task, tokenizer, base)
+
+
+def split(cfg, whole: StoredDataset, valid_file, multi: bool, say):
+    """(train, validation): the file's rows and --valid FILE, or a stratified split of the rows."""
+    if valid_file is not None:
+        return whole, valid_file
+    share = whole.repeated_text_share()
+    if share >= D.REPEAT_HINT_SHARE:
+        say(f"hint: {share:.0%} of the rows of {whole.source} share their '{cfg.text_col}' text with another row, "
+            f"and the validation split is by row: such rows land on both sides; pass --group-col {cfg.text_col} "
+            f"to keep each text's rows together")
+    return whole.split(cfg.valid_frac or D.default_valid_frac(len(whole), multi), cfg.seed, multi)
+
+
+def encode_labels(cfg, train_ds: StoredDataset, valid_ds, test_ds):
+    """The task (from the label values the training rows hold) and the label ids of the three splits; a stored
+    split's ids come from encoding its distinct label values once, not a cell per row."""
+    codes = np.unique(train_ds.codes())
+    task = T.make_task(cfg, [train_ds.label_values[c] for c in codes.tolist()], train_ds.source)
+    y = (stored_ids(task, train_ds), stored_ids(task, valid_ds) if isinstance(valid_ds, StoredDataset) else
+         task.encode(valid_ds.labels, valid_ds.source or "validation"),
+         task.encode(test_ds.labels, test_ds.source) if test_ds else None)
+    if cfg.class_weights == "auto":
+        task.set_class_weights(y[0])
+    return task, y
+
+
+def stored_ids(task, ds: StoredDataset) -> np.ndarray:
+    """task.encode of a stored split's labels: its distinct values encoded (an unknown one is the same one-line
+    error), then looked up per row."""
+    codes, per_row = np.unique(ds.codes(), return_inverse=True)
+    return task.encode([ds.label_values[c] for c in codes.tolist()], ds.source)[per_row]
