@@ -88,10 +88,10 @@ def test_the_ngram_partner_fits_on_a_bounded_sample(nsmc_slices, monkeypatch):
     ds = read_labelled(nsmc_slices["train"], "document", "label")
     y = np.array([int(x) for x in ds.labels])
     said = []
-    texts, y_fit = partner_rows(ds, y, 0, said.append)
+    texts, y_fit = partner_rows(ds, y, None, 0, said.append)  # task: only read for --texts rows
     assert texts is ds.texts and y_fit is y and not said  # up to FIT_ROWS rows: all of them, as before
     monkeypatch.setattr(ngram, "FIT_ROWS", 500)
-    texts, y_fit = partner_rows(ds, y, 0, said.append)
+    texts, y_fit = partner_rows(ds, y, None, 0, said.append)  # task: only read for --texts rows
     assert len(texts) == len(y_fit) == 500 and len(set(texts)) > 450
     assert set(zip(texts, y_fit.tolist())) <= set(zip(ds.texts, y.tolist()))  # each text with its own label
     assert said == [f"n-gram partner: fitted on a random 500 of the 3,000 training rows ({ngram.FIT_WHY})"]
