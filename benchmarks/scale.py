@@ -26,7 +26,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO, nsmc
+if __package__ in (None, ""):  # `python benchmarks/scale.py` (issue 32's command) as well as `python -m benchmarks.scale`
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from benchmarks.common import REPO, nsmc  # noqa: E402
 
 ROW_GROUP = 100_000
 
