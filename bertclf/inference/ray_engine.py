@@ -14,7 +14,9 @@ import itertools
 import json
 import logging
 import os
+import signal
 import sys
+import threading
 from typing import Iterable, Iterator
 
 from bertclf.data.batches import check_batch_size
@@ -136,6 +138,7 @@ def predict_ray_to(model_dir: str, texts: list[str] | None = None, input_path: s
         written = write_records(clf, [], output_path)
         rows.report(log)
         return written
+    handlers = signal_handlers()  # ray.init installs its own SIGTERM handler (sys.exit) in the calling process
     started = connect(ray, workers)
     ctx = ray.data.DataContext.get_current()
     saved = ctx.execution_options.preserve_order, ctx.enable_progress_bars, ctx.print_on_execution_start
@@ -158,5 +161,18 @@ def predict_ray_to(model_dir: str, texts: list[str] | None = None, input_path: s
         data_log.setLevel(saved_level)
         if started:
             ray.shutdown()
+        restore_signal_handlers(handlers)  # a caller of this function keeps its own, as with the settings above
     rows.report(log)
     return written
+
+
+def signal_handlers() -> dict:
+    """SIGTERM's and SIGINT's Python handlers now (none off the main thread, where they cannot be set)."""
+    if threading.current_thread() is not threading.main_thread():
+        return {}
+    return {s: h for s in (signal.SIGTERM, signal.SIGINT) if (h := signal.getsignal(s)) is not None}
+
+
+def restore_signal_handlers(handlers: dict) -> None:
+    for s, h in handlers.items():
+        signal.signal(s, h)

@@ -316,3 +316,22 @@ def test_ray_on_a_header_only_file_writes_what_local_writes(trained_tiny_dir, ns
                     "--engine", engine, env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
         assert r.returncode == 0, r.stderr
     assert (tmp_path / "ray.csv").read_text() == (tmp_path / "local.csv").read_text() != ""  # the CSV header
+
+
+def test_ray_in_this_process_leaves_its_sigterm_handler_as_it_was(trained_tiny_dir, monkeypatch):
+    """ray.init installs a SIGTERM handler that calls sys.exit; called from Python (not the CLI), predict must
+    hand the caller's handler back, or a later stop signal (bertclf train's checkpoint-and-stop) exits instead.
+    A local cluster of its own (no RAY_ADDRESS), started and stopped by the call."""
+    from bertclf.inference.ray_engine import predict_ray_to
+
+    for k in ("RAY_ADDRESS", "RAY_AUTH_MODE", "RAY_AUTH_TOKEN"):
+        monkeypatch.delenv(k, raising=False)
+    mine = lambda signum, frame: None  # noqa: E731
+    previous = signal.signal(signal.SIGTERM, mine)
+    try:
+        out = trained_tiny_dir.parent / "sigterm.jsonl"
+        assert predict_ray_to(str(trained_tiny_dir), texts=["정말 좋아요", "별로예요"], output_path=str(out),
+                              workers=1) == 2
+        assert signal.getsignal(signal.SIGTERM) is mine
+    finally:
+        signal.signal(signal.SIGTERM, previous)
