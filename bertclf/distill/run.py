@@ -69,16 +69,20 @@ class DistillObjective:
         self.chosen = evenly_spaced(n_teacher, self.layers)
         say(f"student: {self.layers} of the teacher's {n_teacher} layers ({', '.join(map(str, self.chosen))}; "
             f"0 = the lowest), its embeddings and classifier head")
-        n_labelled = len(train_ds)
-        if self.texts:
-            train_ds = with_unlabelled(train_ds, read_unlabelled(self.texts, self.read), self.texts)
-            self.n_unlabelled = len(train_ds) - n_labelled
-        logits = self.teacher_logits(out, train_ds.texts, accelerator, say)
+        train_ds, n_labelled, logits = self.rows_and_teacher_logits(out, train_ds, accelerator, say)
         distill_task = Distillation(task, self.temperature, self.alpha)
         say(f"distilling on {n_labelled} labelled + {self.n_unlabelled} unlabelled rows: loss {self.alpha:g} x T^2 "
             f"KL(teacher || student) + {1 - self.alpha:g} x {'cross-entropy' if task.kind == 'single_label' else 'BCE'}"
             f" at T = {self.temperature:g}; 'acc' in the training lines is agreement with the teacher")
         return train_ds, distill_task.targets(y_train, logits), distill_task
+
+    def rows_and_teacher_logits(self, out: Path, train_ds, accelerator, say):
+        """(the labelled rows and then --texts' unlabelled ones, how many are labelled, the teacher's logits of all)."""
+        n_labelled = len(train_ds)
+        if self.texts:
+            train_ds = with_unlabelled(train_ds, read_unlabelled(self.texts, self.read), self.texts)
+            self.n_unlabelled = len(train_ds) - n_labelled
+        return train_ds, n_labelled, self.teacher_logits(out, train_ds.texts, accelerator, say)
 
     def teacher_logits(self, out: Path, texts: list[str], accelerator, say) -> np.ndarray:
         """The teacher's logits for `texts`, computed once (main process) and kept in the work folder."""

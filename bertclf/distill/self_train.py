@@ -24,7 +24,7 @@ import numpy as np
 
 from bertclf.distill.objective import Distillation
 from bertclf.distill.run import (DEFAULT_ALPHA, DEFAULT_TEMPERATURE, SETTINGS_FILE, DistillObjective,
-                                 check_same_settings, read_unlabelled, with_unlabelled)
+                                 check_same_settings, read_unlabelled)
 from bertclf.errors import UserError
 from bertclf.io.files import sha256_file, write_json
 from bertclf.rundir import layout as rundir
@@ -73,10 +73,7 @@ class TeacherIsPassOne(DistillObjective):
             check_same_settings(out, settings, resuming)
             write_json(rundir.distill_dir(out) / SETTINGS_FILE, settings)
         accelerator.wait_for_everyone()
-        n_labelled = len(train_ds)
-        train_ds = with_unlabelled(train_ds, read_unlabelled(self.texts, self.read), self.texts)
-        self.n_unlabelled = len(train_ds) - n_labelled
-        logits = self.teacher_logits(out, train_ds.texts, accelerator, say)
+        train_ds, n_labelled, logits = self.rows_and_teacher_logits(out, train_ds, accelerator, say)
         soft = SoftTargets(task, self.temperature, self.alpha)
         say(f"pass 2: {n_labelled} labelled + {self.n_unlabelled} unlabelled rows; loss {self.alpha:g} x T^2 "
             f"KL(pass 1 || model) + {1 - self.alpha:g} x the task's loss on labelled rows, KL alone on the others, "
