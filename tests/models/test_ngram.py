@@ -46,14 +46,31 @@ def test_weight_leans_to_the_better_model():
     assert w_rev <= 0.3
 
 
-def test_weight_stays_at_half_when_the_two_are_alike():
-    """Two equally good, independent models on a few hundred rows: their difference is noise, the weight 0.5."""
+def test_weight_stays_at_the_prior_when_the_two_are_alike():
+    """Two equally good, independent models on a few hundred rows: the weight leaves the prior (the encoder's side,
+    ngram.PRIOR_WEIGHT) toward the lowest-loss weight only as far as the rows show a difference, and from a prior
+    of 0.5 it stays at about 0.5."""
     for seed in range(5):
         rng = np.random.default_rng(seed)
         n = 300
         y = rng.integers(0, 2, n)
-        choice = ngram.choose_weight(y, synthetic(rng, n, 0.8, y), synthetic(rng, n, 0.8, y), multi_label=False)
-        assert abs(choice["weight"] - 0.5) <= 0.1, (seed, choice)
+        a, b = synthetic(rng, n, 0.8, y), synthetic(rng, n, 0.8, y)
+        choice = ngram.choose_weight(y, a, b, multi_label=False)
+        assert choice["lowest_loss_weight"] < choice["weight"] <= ngram.PRIOR_WEIGHT, (seed, choice)
+        assert choice["log_loss"]["chosen"] - choice["log_loss"]["lowest"] <= choice["standard_error"] + 1e-12
+        assert abs(ngram.choose_weight(y, a, b, multi_label=False, prior=0.5)["weight"] - 0.5) <= 0.1, seed
+
+
+def test_the_rows_move_the_weight_off_the_prior_toward_a_much_better_partner():
+    """The prior is where the rule starts, not where it stays: a partner far better on 300 rows takes the weight."""
+    rng = np.random.default_rng(7)
+    n = 300
+    y = rng.integers(0, 2, n)
+    choice = ngram.choose_weight(y, synthetic(rng, n, 0.6, y), synthetic(rng, n, 0.95, y), multi_label=False)
+    assert choice["weight"] <= 0.3 and choice["weight"] < ngram.PRIOR_WEIGHT
+    _, record, _, _ = ngram.judge(single_label_task(), y, np.log(synthetic(rng, n, 0.8, y)), synthetic(rng, n, 0.8, y),
+                                  "auto")
+    assert f"nearest {ngram.PRIOR_WEIGHT}" in record["rule"]
 
 
 def test_auto_says_no_when_the_partner_only_hurts():

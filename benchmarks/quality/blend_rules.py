@@ -1,0 +1,141 @@
+"""Which rule for the n-gram partner's weight generalises to held-out rows (issue 30 item 1): each candidate rule
+chooses its weight (and whether to keep the partner) on a trained run's own validation rows; the table shows what
+that choice scores on the task's held-out rows, beside the encoder and the partner alone.
+
+    python -m benchmarks.quality.datasets --work /tmp/ds run nsmc hate bias kote    # the trained runs (long)
+    python -m benchmarks.quality.blend_rules --work /tmp/ds collect nsmc hate bias kote  # score both sides once
+    python -m benchmarks.quality.blend_rules --work /tmp/ds table                   # the rules, held out
+
+collect rebuilds each run's validation split from its card (bertclf.data.dataset.load_training_data: the same seed,
+the same rows), scores the validation and the held-out rows with the encoder and the partner separately
+(Classifier.logits_and_cut's `parts`) and keeps the arrays in WORK/blend_NAME.npz; table needs no model.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+
+from benchmarks.quality.datasets import TASKS
+
+PRIORS = (0.5, 0.6, 0.7, 0.8)  # candidate priors of bertclf.models.ngram.choose_weight (the rule: ngram.RULE)
+
+
+def task_of(work: Path, name: str):
+    """The run's task as training built it (metric, kind, labels), from its card."""
+    from bertclf.data.task import task_from_card
+
+    card = json.loads((work / "runs" / name / "bertclf.json").read_text(encoding="utf-8"))
+    return task_from_card(card, card["labels"])
+
+
+def held_out(name: str, task, y, logits) -> float:
+    """The datasets table's metric on the held-out rows (multi-label at the task's current thresholds)."""
+    return float(task.report(y, logits)[TASKS[name]["metric"]])
+
+
+def judged(work: Path, name: str, d: dict, prior: float) -> dict:
+    """bertclf.models.ngram.judge with `prior` on the validation rows (weight and keep, as training decides), then
+    the held-out score of what it kept and the held-out ECE after a temperature fitted on the validation rows
+    (single-label; training calibrates the kept model the same way)."""
+    from bertclf.data.metrics import expected_calibration_error
+    from bertclf.models import ngram as NG
+    from bertclf.train.calibration import fit_temperature
+    from scipy.special import softmax
+
+    task = task_of(work, name)
+    multi = task.kind == "multi_label"
+    kept, record, _, _ = NG.judge(task, d["valid_y"], NG.link(d["valid_encoder"], multi), d["valid_ngram"], "auto",
+                                  prior=prior)
+    w = record["weight"] if kept else 1.0
+    valid_z = NG.blended_logits(task, NG.link(d["valid_encoder"], multi), d["valid_ngram"], w).astype(np.float64)
+    test_z = NG.blended_logits(task, NG.link(d["test_encoder"], multi), d["test_ngram"], w).astype(np.float64)
+    out = {"weight": record["weight"], "kept": kept, "score": held_out(name, task, d["test_y"], test_z)}
+    if not multi:
+        t = fit_temperature(valid_z, d["valid_y"])
+        out["ece"] = float(expected_calibration_error(d["test_y"], softmax(test_z / t, axis=1)))
+    return out
+
+
+def table(work: Path) -> str:
+    from bertclf.models import ngram as NG
+
+    names = [n for n in TASKS if (work / f"blend_{n}.npz").exists()]
+    data = {n: dict(np.load(work / f"blend_{n}.npz")) for n in names}
+    sides = {}
+    for n, d in data.items():
+        task = task_of(work, n)
+        multi = task.kind == "multi_label"
+        enc = held_out(n, task, d["test_y"], _valid_tuned(task, d, NG.link(d["valid_encoder"], multi),
+                                                           NG.link(d["test_encoder"], multi)))
+        gram = held_out(n, task, d["test_y"], _valid_tuned(task, d, NG.link(d["valid_ngram"], multi),
+                                                            NG.link(d["test_ngram"], multi)))
+        sides[n] = (enc, gram)
+    lines = ["| rule (weight on the encoder chosen on validation) | "
+             + " | ".join(f"{n}: weight (kept?), held-out {TASKS[n]['metric']}, vs better side"
+                          + ("" if TASKS[n].get("multi_label") else ", ECE") for n in names)
+             + " | worst vs better side |", "|---|" + "---|" * (len(names) + 1),
+             "| encoder alone | " + " | ".join(f"1.00, {sides[n][0]:.4f}" for n in names) + " | |",
+             "| partner alone | " + " | ".join(f"0.00, {sides[n][1]:.4f}" for n in names) + " | |"]
+    for prior in PRIORS:
+        cells, worst = [], np.inf
+        for n, d in data.items():
+            r = judged(work, n, d, prior)
+            gap = r["score"] - max(sides[n])
+            worst = min(worst, gap)
+            ece = f", {r['ece']:.3f}" if "ece" in r else ""
+            cells.append(f"{r['weight']:.2f} ({'kept' if r['kept'] else 'not kept'}), {r['score']:.4f}, "
+                         f"{100 * gap:+.1f} pt{ece}")
+        lines.append(f"| nearest {prior} within 1 SE of the lowest log-loss | " + " | ".join(cells)
+                     + f" | {100 * worst:+.1f} pt |")
+    return "\n".join(lines)
+
+
+def _valid_tuned(task, d: dict, valid_z, test_z):
+    """test_z, after tuning a multi-label task's thresholds on valid_z (what training does for each side)."""
+    if task.kind == "multi_label":
+        task.validation_report(d["valid_y"], valid_z)
+    return test_z
+
+
+def scan(work: Path) -> str:
+    """Held-out score at every other weight of the grid: what no rule may look at, shown to judge the rules."""
+    from bertclf.models import ngram as NG
+
+    out = []
+    for n in TASKS:
+        if not (work / f"blend_{n}.npz").exists():
+            continue
+        d, task = dict(np.load(work / f"blend_{n}.npz")), task_of(work, n)
+        multi = task.kind == "multi_label"
+        row = []
+        for w in NG.GRID[::2]:
+            vz = NG.blended_logits(task, NG.link(d["valid_encoder"], multi), d["valid_ngram"], w)
+            tz = NG.blended_logits(task, NG.link(d["test_encoder"], multi), d["test_ngram"], w)
+            row.append(f"{w:.1f}:{held_out(n, task, d['test_y'], _valid_tuned(task, d, vz, tz)):.4f}")
+        out.append(f"{n}: " + " ".join(row))
+    return "\n".join(out)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--work", type=Path, required=True)
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    c = sub.add_parser("collect")
+    c.add_argument("tasks", nargs="+", choices=[n for n in TASKS if not TASKS[n].get("pair")])
+    sub.add_parser("table")
+    sub.add_parser("scan")
+    args = ap.parse_args()
+    if args.cmd == "collect":
+        for name in args.tasks:
+            collect(args.work, name)
+    elif args.cmd == "table":
+        print(table(args.work))
+    else:
+        print(scan(args.work))
+
+
+if __name__ == "__main__":
+    main()
