@@ -686,21 +686,22 @@ def test_vocabulary_trim_class_weights_and_multi_label_work_on_pairs(tiny_pair_m
 
 # ---------------------------------------------------------------- the real builtin model (slow)
 
-# measured 0.5858 by benchmarks/quality/datasets.py's run of these defaults on this split (bf16, AMX CPU); the TF-IDF pair
-# baseline scores 0.5150 on it and chance is 0.333: the floor leaves 5.6 pt for another CPU's precision and rounding
-ME5_NLI_FLOOR = 0.53
+# measured 0.6158 by benchmarks/quality/datasets.py's run of 4 epochs (the pair default since) on this split (bf16, Zen 4
+# CPU); 2 epochs scored 0.5858, the TF-IDF pair baseline 0.5150, chance 0.333: the floor is above the 2-epoch model and
+# leaves 2.6 pt for another CPU's precision and rounding
+ME5_NLI_FLOOR = 0.59
 
 
 @pytest.mark.slow
 @pytest.mark.whole_cpu
 def test_me5_small_learns_premise_disjoint_nli(kornli, tmp_path):
     """The done-when recipe, defaults only, on benchmarks/quality/datasets.py's NLI split (80% of the 1,670 premises for
-    training, the other 20% held out whole): me5-small, 2 epochs on 4,008 pairs.
+    training, the other 20% held out whole): me5-small, the pair default of ~400 steps (4 epochs on 3,807 pairs).
 
-    Not the requirement, and why: issue 31's target is TF-IDF + 10 pt on the same rows (the pair baseline scores
-    0.5150 on this split); these defaults measured 0.5858 (benchmarks/RESULTS.md, "Sentence pairs"), so the
-    target is not met by this recipe on 4,000 pairs. What this test holds is "pairs are learned": chance is 0.333, and a
-    model fed one side or scrambled pairs stays near it."""
+    Issue 31's target is TF-IDF + 10 pt on the same rows (0.6150; the pair baseline scores 0.5150 on this split);
+    these defaults measured 0.6158 on a Zen 4 CPU in bf16 (benchmarks/RESULTS.md, "Sentence pairs"). The floor
+    is below the target by a margin for other CPUs' rounding, above what 2 epochs reach (0.5858), and far above
+    chance (0.333), where a model fed one side or scrambled pairs stays."""
     from bertclf.data import dataset as D
     from bertclf.train.loop import TrainConfig, train
 
@@ -716,7 +717,7 @@ def test_me5_small_learns_premise_disjoint_nli(kornli, tmp_path):
     card = train(TrainConfig(out=str(tmp_path / "run"), train=str(files["train"]), test=str(files["test"]),
                              group_col="sentence1", **PAIR_COLS), echo=print)
     acc = card["metrics"]["test"]["accuracy"]
-    assert card["metrics"]["test"]["n"] == len(test_idx)
+    assert card["metrics"]["test"]["n"] == len(test_idx) and card["training"]["epochs"] == 4
     assert acc >= ME5_NLI_FLOOR, f"held-out accuracy {acc:.4f} < {ME5_NLI_FLOOR}"
 
 

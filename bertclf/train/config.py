@@ -106,7 +106,8 @@ class TrainConfig:
     model: str = opt(DEFAULT_MODEL, f"builtin name, local directory or hub name (default {DEFAULT_MODEL})", RECIPE,
                      resume=True)
     epochs: float | None = opt(None, "passes over the training rows, a fraction stops part-way (default 2; "
-                               "multi-label: enough for ~800 optimizer steps, 2 to 10 passes)", RECIPE,
+                               "multi-label: enough for ~800 optimizer steps, 2 to 10 passes; sentence pairs: "
+                               "~400 steps, 2 to 4 passes)", RECIPE,
                                resume=True, range=POSITIVE)
     batch_size: int | None = opt(None, "rows per micro-batch (default 32 on CPU, 256 on GPU)", RECIPE,
                                  resume=True, range=AT_LEAST_1)

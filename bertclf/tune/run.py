@@ -171,7 +171,7 @@ def search_space(fixed: dict, out: Path, echo) -> tuple[Space, dict]:
     model_dir = resolve(cfg.model, log=echo)
     lengths = token_lengths(load_tokenizer(model_dir), train_ds.texts, train_ds.pairs, cfg.seed)
     space = make_space(fixed, len(train_ds), lengths, cfg.multi_label, torch.cuda.is_available(),
-                       usable_positions(model_dir))
+                       usable_positions(model_dir), pairs=train_ds.pairs is not None)
     echo(f"data: {len(train_ds)} train, {len(valid_ds)} validation rows (the same split in every trial)")
     return space, {"train": train_ds.sha256, "valid": valid_ds.sha256 if cfg.valid else None}
 

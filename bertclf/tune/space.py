@@ -72,13 +72,13 @@ class Space:
 
 
 def make_space(fixed: dict, n_train: int, token_lengths: np.ndarray, multi_label: bool, on_gpu: bool,
-               position_limit: int | None) -> Space:
-    """fixed: the settings given to tune ({name: value}, None where searched)."""
+               position_limit: int | None, pairs: bool = False) -> Space:
+    """fixed: the settings given to tune ({name: value}, None where searched); pairs: sentence-pair rows."""
     searched = tuple(k for k in SEARCHED if fixed.get(k) is None)
     default_batch = fixed.get("batch_size") or (256 if on_gpu else 32)
     batch_sizes = tuple(sorted({b for b in BATCH_SIZES if n_train / b >= MIN_STEPS_PER_EPOCH} | {default_batch}))
     steps_per_epoch = math.ceil(n_train / default_batch)
-    default_ep = default_epochs(steps_per_epoch, multi_label)
+    default_ep = default_epochs(steps_per_epoch, multi_label, pairs)
     # small data takes more passes; each pass over big data is already many steps
     max_epochs = max(default_ep, 10 if n_train < 1000 else 6 if n_train < 10_000 else 4 if n_train < 100_000 else 3)
     defaults = {"lr": default_lr(default_batch), "epochs": default_ep, "batch_size": default_batch,

@@ -28,6 +28,9 @@ def test_recipe_defaults_by_batch_and_data_size():
     assert default_epochs(400, True) == 2 and default_epochs(100, True) == 8 and default_epochs(3, True) == 10
     assert default_epochs(1000, True) == 2  # never fewer than 2 passes
     assert default_epochs(3, False) == default_epochs(400, False) == 2
+    # sentence pairs: ~400 steps, 2-4 passes (KorNLI's 3,807 training pairs at batch 32: 119 steps, 4 passes)
+    assert default_epochs(119, False, pairs=True) == 4 and default_epochs(150, False, pairs=True) == 3
+    assert default_epochs(5, False, pairs=True) == 4 and default_epochs(1000, False, pairs=True) == 2
     assert default_valid_frac(4000, multi_label=False) == 0.05
     assert default_valid_frac(4000, multi_label=True) == 0.2
     assert default_valid_frac(10_000, multi_label=True) == 0.1
