@@ -130,6 +130,9 @@ class TrainConfig:
     warmup: float = opt(0.06, "warmup share of the steps", RECIPE, resume=True, range=SHARE)
     weight_decay: float = opt(0.01, "AdamW weight decay (not on biases and LayerNorms)", RECIPE,
                               resume=True, range=SHARE)
+    layer_decay: float = opt(1.0, "layer-wise lr decay: each encoder layer below the top trains at this times the "
+                             "lr of the one above (the embeddings below the first layer; the head and pooler at "
+                             "the full lr); 1: the same lr everywhere", RECIPE, resume=True, range=FRACTION)
     label_smoothing: float = opt(0.0, "share of each target spread over the other labels (0.1 is common; "
                                  "multi-label: each 0/1 pulled that share toward 1/2)", RECIPE, resume=True,
                                  range=SHARE)

@@ -63,6 +63,16 @@ def test_head_learns_faster_and_multi_label_bias_starts_at_the_priors(tiny_model
     assert {g["lr"] for g in big.param_groups} == {2e-3}  # a peak lr above HEAD_LR: the head at the same lr
     assert sum(len(g["params"]) for g in optimizer.param_groups) == len(list(model.parameters()))
 
+    # --layer-decay 0.5 on the 2-layer tiny BERT: top layer and pooler 1e-4, layer 0 5e-5, embeddings 2.5e-5
+    decayed, _ = make_optimizer(TrainConfig(out="x", layer_decay=0.5), model, plan)
+    lr_of = {id(p): g["lr"] for g in decayed.param_groups for p in g["params"]}
+    by_name = {n: lr_of[id(p)] for n, p in model.named_parameters()}
+    assert by_name["classifier.weight"] == HEAD_LR and by_name["bert.pooler.dense.weight"] == 1e-4
+    assert {v for n, v in by_name.items() if ".layer.1." in n} == {1e-4}
+    assert {v for n, v in by_name.items() if ".layer.0." in n} == {5e-5}
+    assert {v for n, v in by_name.items() if "embeddings" in n} == {2.5e-5}
+    assert sum(len(g["params"]) for g in decayed.param_groups) == len(list(model.parameters()))
+
     y = np.array([[1, 0, 0], [1, 1, 0], [1, 0, 0], [0, 0, 0]], dtype=np.float32)  # priors 3/4, 1/4, 0
     MultiLabel(LabelMap(["a", "b", "c"], {})).init_head(model, y)
     bias = output_layer(model, 3).bias.detach()
