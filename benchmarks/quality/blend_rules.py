@@ -5,6 +5,8 @@ that choice scores on the task's held-out rows, beside the encoder and the partn
     python -m benchmarks.quality.datasets --work /tmp/ds run nsmc hate bias kote    # the trained runs (long)
     python -m benchmarks.quality.blend_rules --work /tmp/ds collect nsmc hate bias kote  # score both sides once
     python -m benchmarks.quality.blend_rules --work /tmp/ds table                   # the rules, held out
+    python -m benchmarks.quality.blend_rules --work /tmp/ds scan                    # held out at every weight
+    python -m benchmarks.quality.blend_rules --work /tmp/ds calibration --weight 0.7  # can a temperature reach it?
 
 collect rebuilds each run's validation split from its card (bertclf.data.dataset.load_training_data: the same seed,
 the same rows), scores the validation and the held-out rows with the encoder and the partner separately
@@ -119,6 +121,35 @@ def scan(work: Path) -> str:
     return "\n".join(out)
 
 
+def calibration(work: Path, weight: float) -> str:
+    """Held-out ECE of the blend at `weight` (single-label tasks): uncalibrated, with the temperature fitted on the
+    validation rows (what training does), with the temperature fitted on the held-out rows themselves (the best
+    any temperature can do), and the ECE that a perfectly calibrated model with these probabilities would show on
+    this many rows (labels drawn from its own probabilities, 20 draws): the measurement's noise floor."""
+    from bertclf.data.metrics import expected_calibration_error as ece
+    from bertclf.models import ngram as NG
+    from bertclf.train.calibration import fit_temperature
+    from scipy.special import softmax
+
+    lines = ["| task | held-out rows | ECE at T = 1 | T fitted on validation: T, ECE | T fitted on the held-out rows: T, "
+             "ECE | a perfectly calibrated model's ECE on as many rows |", "|---|---|---|---|---|---|"]
+    rng = np.random.default_rng(0)
+    for n in TASKS:
+        if TASKS[n].get("multi_label") or not (work / f"blend_{n}.npz").exists():
+            continue
+        d, task = dict(np.load(work / f"blend_{n}.npz")), task_of(work, n)
+        zv = NG.blended_logits(task, np.log(d["valid_encoder"]), d["valid_ngram"], weight).astype(np.float64)
+        zt = NG.blended_logits(task, np.log(d["test_encoder"]), d["test_ngram"], weight).astype(np.float64)
+        tv, tt = fit_temperature(zv, d["valid_y"]), fit_temperature(zt, d["test_y"])
+        p = softmax(zt, axis=1)
+        floor = np.mean([ece((rng.random((len(p), 1)) > p.cumsum(1)).sum(1).clip(max=p.shape[1] - 1), p)
+                         for _ in range(20)])
+        lines.append(f"| {n} | {len(zt):,} | {ece(d['test_y'], p):.3f} | {tv:.3f}, "
+                     f"{ece(d['test_y'], softmax(zt / tv, axis=1)):.3f} | {tt:.3f}, "
+                     f"{ece(d['test_y'], softmax(zt / tt, axis=1)):.3f} | {floor:.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True)
@@ -127,12 +158,16 @@ def main() -> None:
     c.add_argument("tasks", nargs="+", choices=[n for n in TASKS if not TASKS[n].get("pair")])
     sub.add_parser("table")
     sub.add_parser("scan")
+    cal = sub.add_parser("calibration")
+    cal.add_argument("--weight", type=float, default=0.7)
     args = ap.parse_args()
     if args.cmd == "collect":
         for name in args.tasks:
             collect(args.work, name)
     elif args.cmd == "table":
         print(table(args.work))
+    elif args.cmd == "calibration":
+        print(calibration(args.work, args.weight))
     else:
         print(scan(args.work))
 
