@@ -330,8 +330,9 @@ class StoredDataset:
     def split(self, frac: float, seed: int, multi_label: bool = False) -> tuple["StoredDataset", "StoredDataset"]:
         """(train, validation): dataset.split_valid's stratified split, drawn with numpy; with groups
         (--group-col), whole groups on each side (grouped_positions)."""
-        if self.groups is not None:
-            valid_idx, train_idx = grouped_positions(self.groups, frac, seed + 1)
+        groups = self.groups  # a split's: copied out of the store's array once
+        if groups is not None:
+            valid_idx, train_idx = grouped_positions(groups, frac, seed + 1)
         else:
             valid_idx, train_idx = stratified_positions(self.strata(multi_label), self.label_values, frac, seed + 1)
         if not len(valid_idx) or not len(train_idx):
@@ -365,7 +366,7 @@ class StoredDataset:
         return {"source": self.source, "sha256": self.sha256, **read, "rows": len(self),
                 "label_counts": dict(sorted(((v, int(c)) for v, c in zip(self.label_values, counts) if c),
                                             key=lambda kv: str(kv[0]))),
-                **({"groups": len(np.unique(self.groups))} if self.groups is not None else {})}
+                **({"groups": len(np.unique(self.groups))} if self.store.groups is not None else {})}
 
 
 def stratified_positions(strata: np.ndarray, names: list[str], frac: float, seed: int

@@ -113,7 +113,7 @@ def split(cfg, whole: StoredDataset, valid_file, multi: bool, say):
     """(train, validation): the file's rows and --valid FILE, or a stratified (or grouped) split of the rows."""
     if valid_file is not None:
         return whole, valid_file
-    share = whole.repeated_text_share() if whole.groups is None else 0.0  # grouped: the hint's advice is taken
+    share = whole.repeated_text_share() if not whole.file.group_col else 0.0  # grouped: the hint's advice is taken
     if share >= D.REPEAT_HINT_SHARE:
         say(f"hint: {share:.0%} of the rows of {whole.source} share their '{cfg.text_col}' text with another row, "
             f"and the validation split is by row: such rows land on both sides; pass --group-col {cfg.text_col} "

@@ -148,6 +148,7 @@ def test_a_grouped_split_of_a_stored_file_keeps_each_group_on_one_side(tiny_mode
         rows = FS.FileRows(str(path), "text", "label", pair_col="text2", group_col=group)
         whole[group] = FS.StoredDataset.of(FS.open_or_build_file(tok, rows, 24, "truncate", log=lambda s: None,
                                                                  root=tmp / "stores"), rows)
+    assert whole["g"].store.path != whole[None].store.path  # the group column is part of the key: no stale store
     train, valid = whole["g"].split(0.2, seed=0)
     assert np.intersect1d(train.groups, valid.groups).size == 0 and len(train) + len(valid) == 597
     assert abs(len(valid) - 0.2 * 597) <= 2  # within half a group (4 rows)
@@ -184,7 +185,10 @@ def test_grouped_positions_hold_whole_groups_and_about_the_asked_share():
 def test_the_pair_and_group_columns_are_part_of_the_store_key(tiny_model_dir, pair_corpus):
     path, _ = pair_corpus
     tok = load_tokenizer(str(tiny_model_dir))
-    key = lambda **kw: FS.file_store_key(tok, FS.FileRows(str(path), "text", "label", **kw), 24, "truncate")  # noqa: E731
+
+    def key(**columns):
+        return FS.file_store_key(tok, FS.FileRows(str(path), "text", "label", **columns), 24, "truncate")
+
     keys = [key(), key(pair_col="text2"), key(pair_col="g"), key(group_col="g"), key(group_col="text2"),
             key(pair_col="text2", group_col="g")]
     assert len(set(keys)) == len(keys)
