@@ -169,6 +169,88 @@ def test_training_feeds_the_model_the_pair_ids_and_token_types(tiny_pair_model_d
     assert any(1 in types for _, types in fed[True])
 
 
+def pairs_parquet(tsv: Path, out: Path) -> Path:
+    """The pair rows of a TSV slice as a Parquet file (what a large corpus is kept in: streamed by training)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from bertclf.data.dataset import read_labelled
+
+    ds = read_labelled(tsv, "sentence1", "gold_label", pair_col="sentence2")
+    pq.write_table(pa.table({"sentence1": ds.texts, "sentence2": ds.pairs, "gold_label": ds.labels}), out,
+                   row_group_size=200)
+    return out
+
+
+def _train_keeping_data(cfg, said: list):
+    from bertclf.train.callbacks import TrainCallback
+    from bertclf.train.loop import train
+
+    kept = {}
+
+    class KeepData(TrainCallback):
+        def on_train_begin(self, run):
+            kept["data"] = run.data
+
+    card = train(cfg, echo=said.append, callbacks=[KeepData()])
+    return card, kept["data"]
+
+
+def test_a_streamed_pair_file_trains_as_the_same_rows_in_memory(tiny_pair_model_dir, pair_slices, tmp_path,
+                                                                monkeypatch):
+    """--valid FILE: a Parquet pair file streamed into a token store gives the in-memory path's pair ids, token
+    type ids (the tiny model's type embeddings differ, so a lost type id changes the losses), trimmed vocabulary
+    (of both texts), batches and losses."""
+    from bertclf.data import file_store as FS
+    from bertclf.train.loop import TrainConfig
+
+    monkeypatch.setenv("BERTCLF_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(FS, "CHUNK_ROWS", 256)  # several chunks
+    train_pq = pairs_parquet(pair_slices["train"], tmp_path / "train.parquet")
+    valid_pq = pairs_parquet(pair_slices["test"], tmp_path / "valid.parquet")
+    runs = {}
+    for name, mode in (("memory", "off"), ("stream", "on")):
+        said = []
+        cfg = TrainConfig(out=str(tmp_path / name), train=str(train_pq), valid=str(valid_pq),
+                          model=str(tiny_pair_model_dir), max_steps=4, log_every=1, batch_size=16, lr=2e-3, seed=0,
+                          max_length=32, precision="fp32", ngram="off", calibrate=False, trim_vocab=True,
+                          token_store=mode, **PAIR_COLS)
+        runs[name] = (*_train_keeping_data(cfg, said), said)
+    (mem_card, mem, mem_said), (card, stream, said) = runs["memory"], runs["stream"]
+    assert isinstance(stream.train_ds, FS.StoredDataset) and stream.train_ds.pairs is not None
+    assert len(stream.train_ids) == len(mem.train_ids) == 900
+    assert all(np.array_equal(mem.train_ids[i], stream.train_ids[i]) and
+               np.array_equal(mem.train_types[i], stream.train_types[i]) for i in range(900))
+    assert any(stream.train_types[i].any() for i in range(900))
+    losses = {name: [r["loss"] for r in map(json.loads, (tmp_path / name / "train_log.jsonl").read_text()
+                                            .splitlines()) if "loss" in r] for name in runs}
+    assert len(losses["memory"]) == 4 and losses["memory"] == losses["stream"]
+    assert card["data"]["train"] == mem_card["data"]["train"]
+    cut = next(s for s in said if s.startswith("tokenized"))
+    assert "per training pair" in cut and "the first text shortened in" in cut and "with token type ids" in cut
+    assert any(s.startswith("token store:") and "built in" in s for s in said)
+
+
+def test_a_streamed_pair_file_holds_out_whole_groups(tiny_pair_model_dir, pair_slices, tmp_path, monkeypatch):
+    """--group-col on a streamed file: every premise on one side, about --valid-frac of the rows held out, no
+    repeated-text hint; the validation split's pairs and token type ids reach scoring and the card."""
+    from bertclf.data.file_store import StoredDataset
+    from bertclf.train.loop import TrainConfig
+
+    monkeypatch.setenv("BERTCLF_CACHE", str(tmp_path / "cache"))
+    said = []
+    card, data = _train_keeping_data(TrainConfig(
+        out=str(tmp_path / "run"), train=str(pairs_parquet(pair_slices["train"], tmp_path / "train.parquet")),
+        model=str(tiny_pair_model_dir), group_col="sentence1", valid_frac=0.2, token_store="on", max_steps=2,
+        batch_size=16, lr=2e-3, seed=0, max_length=32, precision="fp32", **PAIR_COLS), said)
+    assert isinstance(data.train_ds, StoredDataset) and isinstance(data.valid_ds, StoredDataset)
+    assert np.intersect1d(data.train_ds.groups, data.valid_ds.groups).size == 0
+    assert len(data.train_ds) + len(data.valid_ds) == 900 and len(data.valid_ds) == 180  # 60 premises of 3 pairs
+    assert card["data"]["train"]["groups"] + card["data"]["valid"]["groups"] == 300
+    assert data.valid_types is not None and card["metrics"]["valid"]["n"] == 180
+    assert not any("hint:" in s for s in said) and card["data"]["group_col"] == "sentence1"
+
+
 # ---------------------------------------------------------------- eval, predict, Classifier
 
 def test_eval_scores_held_out_pairs_as_classifier_predict_does(pair_run, pair_slices, capsys):

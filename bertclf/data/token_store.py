@@ -12,7 +12,9 @@ offset, a 4-byte length and an 8-byte text hash, paged in by the OS and shared b
 Layout (one folder per key under <bertclf cache>/token-store/): ids.bin (int32, the rows' token ids one after
 another), offsets.bin (int64, n + 1: row i is ids[offsets[i]:offsets[i + 1]]), lengths.bin (int32), hashes.bin
 (uint64, the NFC text's hash per row: repeated-text checks without a set of strings), types.bin / type_offsets
-(sentence pairs whose tokenizer gives token type ids), meta.json (counts, what the build measured).
+(sentence pairs whose tokenizer gives token type ids), meta.json (counts, what the build measured). A file's
+store (bertclf/data/file_store.py) also has labels.bin (int32 label codes), for sentence pairs first_hashes.bin
+(uint64, the first text's hash: the repeated-text hint) and for --group-col groups.bin (uint64, the group's).
 
 The key is (rows' content, tokenizer, max length, long-text mode, pairs or not, FORMAT): another file, another
 tokenizer (a trimmed vocabulary is another tokenizer) or another --max-length is another store. The folder is
@@ -88,6 +90,8 @@ class TokenStore:
     hashes: np.ndarray    # uint64 memory map: text_hashes of the rows
     reused: bool
     labels: np.ndarray | None = None  # a file's store (open_or_build_file): int32 per row, into meta["label_values"]
+    first_hashes: np.ndarray | None = None  # a file's pairs: uint64 per row, text_hashes of the first texts alone
+    groups: np.ndarray | None = None  # a file read with --group-col: uint64 per row, text_hashes of the group values
 
     def __len__(self) -> int:
         return len(self.lengths)
@@ -239,7 +243,9 @@ def open_store(path: Path, reused: bool = True) -> TokenStore:
     n, total = meta["rows"], meta["tokens"]
     sizes = {"ids": (np.int32, total), "offsets": (np.int64, n + 1), "lengths": (np.int32, n),
              "hashes": (np.uint64, n)} | ({"types": (np.int32, total)} if meta["types"] else {}) | (
-             {"labels": (np.int32, n)} if "label_values" in meta else {})
+             {"labels": (np.int32, n)} if "label_values" in meta else {}) | (
+             {"first_hashes": (np.uint64, n)} if meta.get("pair_col") else {}) | (
+             {"groups": (np.uint64, n)} if meta.get("group_col") else {})
     arrays = {}
     for name, (dtype, count) in sizes.items():
         f = path / f"{name}.bin"
@@ -250,7 +256,8 @@ def open_store(path: Path, reused: bool = True) -> TokenStore:
     read = lambda name: (path / f"{name}.bin", path / "offsets.bin") if n and total else None  # noqa: E731
     ids = TokenRows(arrays["ids"], arrays["offsets"], read("ids"))
     types = TokenRows(arrays["types"], arrays["offsets"], read("types")) if meta["types"] else None
-    return TokenStore(path, meta, ids, types, arrays["lengths"], arrays["hashes"], reused, arrays.get("labels"))
+    return TokenStore(path, meta, ids, types, arrays["lengths"], arrays["hashes"], reused, arrays.get("labels"),
+                      arrays.get("first_hashes"), arrays.get("groups"))
 
 
 def repeats_in(hashes: np.ndarray, train_hashes: np.ndarray) -> int:

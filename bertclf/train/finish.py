@@ -210,5 +210,7 @@ def _score_test(run, model, score: dict, blend=None, ngram_record: dict | None =
 
 
 def chars(ds) -> np.ndarray:
-    """Characters per row (a pair: both texts), for the report's length plots."""
-    return np.array([len(t) for t in texts_of(ds)]) + (np.array([len(t) for t in ds.pairs]) if ds.pairs else 0)
+    """Characters per row (a pair: both texts), for the report's length plots; a stored split's texts are read
+    back from its file in one pass."""
+    texts, pairs = ds.sides_at(np.arange(len(ds))) if hasattr(ds, "sides_at") else (ds.texts, ds.pairs)
+    return np.array([len(t) for t in texts]) + (np.array([len(t) for t in pairs]) if pairs else 0)

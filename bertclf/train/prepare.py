@@ -302,12 +302,12 @@ class Loaded:
 def streams_file(cfg: TrainConfig, objective=None) -> bool:
     """Whether the training file is streamed into a token store (bertclf/train/streamed.py) instead of read
     into lists: a Parquet/Arrow source whose run uses the store (--token-store on, or auto from STORE_FROM_ROWS
-    rows by its metadata), single texts, no --group-col, not a distilled student (whose rows the objective
-    rewrites)."""
+    rows by its metadata), single texts or sentence pairs, with or without --group-col, not a distilled student
+    (whose rows the objective rewrites)."""
     from bertclf.io.rows import is_columnar_source
 
-    if (objective is not None or cfg.data == "nsmc" or cfg.token_store == "off" or cfg.text_pair_col
-            or cfg.group_col or not is_columnar_source(cfg.train)):
+    if (objective is not None or cfg.data == "nsmc" or cfg.token_store == "off"
+            or not is_columnar_source(cfg.train)):
         return False
     if cfg.token_store == "on":
         return True

@@ -1,11 +1,16 @@
 """prepare()'s data stage for a large Parquet/Arrow training file (issue 32): the file is streamed into a token
 store (bertclf/data/file_store.py) and every step that walked the rows in Python works from the store's arrays.
 
+Sentence pairs (--text-pair-col) and --group-col stream too: the store holds a pair's ids (and token type ids
+where the tokenizer has them) and a hash per row of its group value.
+
 What differs from the in-memory path (load_in_memory): the validation split and --sample are drawn with numpy
 (file_store.stratified_positions: the same stratified shares, another draw, so the same seed picks other rows);
-the repeated-text checks compare NFC text hashes; the share of texts cut at --max-length is the whole file's.
-With --valid FILE and no --sample the rows, their order, the batches and the losses are the in-memory path's.
-Per training row the process keeps an int64 row index, its label id and what the OS pages in of the store.
+a --group-col split takes whole groups at random up to the asked share (file_store.grouped_positions), not
+scikit-learn's label-balanced StratifiedGroupKFold; the repeated-text checks compare NFC text hashes; the share
+of texts cut at --max-length is the whole file's. With --valid FILE and no --sample the rows, their order, the
+batches and the losses are the in-memory path's. Per training row the process keeps an int64 row index, its
+label id and what the OS pages in of the store.
 """
 from __future__ import annotations
 
@@ -34,12 +39,7 @@ def load_streamed(cfg, accelerator, out, say, resuming: bool):
     if cfg.low_memory:  # from the start, not from the model's load: the chunks of the build are large blocks
         fix_mmap_threshold()
     multi = bool(cfg.multi_label)
-    read = dict(encoding=cfg.encoding, columns=cfg.columns, allow_empty_label=multi)
-    rows = FileRows(cfg.train, cfg.text_col, cfg.label_col, **read)
-    valid_file = D.read_labelled(cfg.valid, cfg.text_col, cfg.label_col, **read) if cfg.valid else None
-    test_ds = D.read_labelled(cfg.test, cfg.text_col, cfg.label_col, **read) if cfg.test else None
-    if test_ds is not None:
-        test_ds = D.sample(test_ds, cfg.test_sample, cfg.seed, "--test-sample", multi)
+    rows, valid_file, test_ds = read_sources(cfg)
     with accelerator.local_main_process_first():
         rows.sha256  # noqa: B018 (one process per node reads the file to hash it; the others find it cached)
     base = resolve(cfg.model, log=say)
@@ -47,7 +47,7 @@ def load_streamed(cfg, accelerator, out, say, resuming: bool):
     if cfg.trim_vocab:
         extra = [valid_file.all_texts()] if valid_file else []
         texts = TextChunks(lambda: itertools.chain(rows.text_chunks(), extra))
-        key = json.dumps(["file", rows.key_parts(), content_hash(extra[0], None) if extra else None])
+        key = json.dumps(["file", rows.texts_key(), content_hash(extra[0], None) if extra else None])
         base = trimmed_base(base, out, texts, accelerator, say, reuse=resuming, cached=True, texts_key=key)
     tokenizer = load_tokenizer(base)
     t0 = time.time()
@@ -59,30 +59,61 @@ def load_streamed(cfg, accelerator, out, say, resuming: bool):
                                multi, say)
     task, (y_train, y_valid, y_test) = encode_labels(cfg, train_ds, valid_ds, test_ds)
     say_data(cfg, task, train_ds, valid_ds, test_ds, say)
-    train_ids, valid_ids = train_ds.ids(), (valid_ds.ids() if valid_file is None else
-                                        encode_rows(tokenizer, valid_file.texts, None, cfg.max_length,
-                                                    cfg.long_text)[0])
+    valid_ids, valid_types = ((valid_ds.ids(), valid_ds.types()) if valid_file is None else
+                              encode_rows(tokenizer, valid_file.texts, valid_file.pairs, cfg.max_length,
+                                          cfg.long_text))
     train_len = np.array(train_ds.lengths(), dtype=np.int32)  # 4 bytes a row: the buckets' and meter's lengths
-    train_hashes = np.sort(train_ds.hashes())  # sorted once: np.isin below does not sort 10^7 hashes per check
-    in_train = {"valid": repeats_in(valid_ds.hashes() if valid_file is None else text_hashes(valid_file.texts),
-                                    train_hashes),
-                "test": repeats_in(text_hashes(test_ds.texts), train_hashes) if test_ds else None}
-    del train_hashes
-    store.drop_pages(store.hashes, store.labels, store.lengths)  # read once above; training reads ids only
-    say(f"tokenized in {time.time() - t0:.1f}s: mean {train_len.mean():.1f} tokens per training text, "
-        f"{store.meta['cut'] / max(1, len(store)) * 100:.1f}% of the file's texts cut at --max-length "
-        f"{cfg.max_length}")
+    in_train = repeats(train_ds, valid_ds, valid_file, test_ds)
+    store.drop_pages(*(a for a in (store.hashes, store.labels, store.lengths, store.first_hashes, store.groups)
+                       if a is not None))  # read once above; training reads ids (and type ids) only
+    say(f"tokenized in {time.time() - t0:.1f}s: " + describe_stored_cut(tokenizer, store, train_len, cfg.max_length))
     say_repeats(in_train, valid_ds, test_ds, say)
-    data = TrainingData(train_ds, valid_ds, test_ds, y_train, y_valid, y_test, train_ids, valid_ids, train_len,
-                        None, None, in_train)
+    data = TrainingData(train_ds, valid_ds, test_ds, y_train, y_valid, y_test, train_ds.ids(), valid_ids, train_len,
+                        train_ds.types(), valid_types, in_train)
     return Loaded(data, task, tokenizer, base)
 
 
+def read_sources(cfg):
+    """(the training file's FileRows, --valid FILE's Dataset or None, --test FILE's or None), read with the same
+    columns; the group column only where the validation rows are carved from the training file (as in memory)."""
+    multi = bool(cfg.multi_label)
+    read = dict(encoding=cfg.encoding, columns=cfg.columns, allow_empty_label=multi)
+    rows = FileRows(cfg.train, cfg.text_col, cfg.label_col, **read, pair_col=cfg.text_pair_col,
+                    group_col=None if cfg.valid else cfg.group_col)
+    read["pair_col"] = cfg.text_pair_col
+    valid_file = D.read_labelled(cfg.valid, cfg.text_col, cfg.label_col, **read) if cfg.valid else None
+    test_ds = D.read_labelled(cfg.test, cfg.text_col, cfg.label_col, **read) if cfg.test else None
+    if test_ds is not None:
+        test_ds = D.sample(test_ds, cfg.test_sample, cfg.seed, "--test-sample", multi)
+    return rows, valid_file, test_ds
+
+
+def repeats(train_ds: StoredDataset, valid_ds, valid_file, test_ds) -> dict:
+    """Validation and test rows whose text (pair) is also a training row's, by NFC hash."""
+    train_hashes = np.sort(train_ds.hashes())  # sorted once: np.isin below does not sort 10^7 hashes per check
+    valid_hashes = valid_ds.hashes() if valid_file is None else text_hashes(valid_file.texts, valid_file.pairs)
+    return {"valid": repeats_in(valid_hashes, train_hashes),
+            "test": repeats_in(text_hashes(test_ds.texts, test_ds.pairs), train_hashes) if test_ds else None}
+
+
+def describe_stored_cut(tokenizer, store, train_len: np.ndarray, max_length: int) -> str:
+    """prepare.describe_cut's line from the counts the build kept (the whole file's, not the training split's)."""
+    from bertclf.train.prepare import types_note
+
+    meta, share = store.meta, lambda n: f"{n / max(1, len(store)) * 100:.1f}%"  # noqa: E731
+    if not meta.get("pair_col"):
+        return (f"mean {train_len.mean():.1f} tokens per training text, {share(meta['cut'])} of the file's texts "
+                f"cut at --max-length {max_length}")
+    return (f"mean {train_len.mean():.1f} tokens per training pair, {share(meta['cut'])} of the file's pairs cut at "
+            f"--max-length {max_length} (longest first: the first text shortened in {share(meta['cut_first'])}, "
+            f"the second in {share(meta['cut_second'])})" + types_note(tokenizer))
+
+
 def split(cfg, whole: StoredDataset, valid_file, multi: bool, say):
-    """(train, validation): the file's rows and --valid FILE, or a stratified split of the rows."""
+    """(train, validation): the file's rows and --valid FILE, or a stratified (or grouped) split of the rows."""
     if valid_file is not None:
         return whole, valid_file
-    share = whole.repeated_text_share()
+    share = whole.repeated_text_share() if not whole.file.group_col else 0.0  # grouped: the hint's advice is taken
     if share >= D.REPEAT_HINT_SHARE:
         say(f"hint: {share:.0%} of the rows of {whole.source} share their '{cfg.text_col}' text with another row, "
             f"and the validation split is by row: such rows land on both sides; pass --group-col {cfg.text_col} "

@@ -81,7 +81,8 @@ def test_the_streamed_path_is_for_large_columnar_files(nsmc_slices, tmp_path, mo
     assert P.streams_file(cfg(train=str(pq_file)))
     assert not P.streams_file(cfg(train=str(pq_file), token_store="off"))
     assert not P.streams_file(cfg(token_store="on"))  # a TSV: read into lists (its store keyed by content)
-    assert not P.streams_file(cfg(train=str(pq_file), group_col="label"))
+    assert P.streams_file(cfg(train=str(pq_file), group_col="label"))  # groups and pairs stream too
+    assert P.streams_file(cfg(train=str(pq_file), text_pair_col="label2"))
 
 
 def test_the_ngram_partner_fits_on_a_bounded_sample(nsmc_slices, monkeypatch):
