@@ -65,3 +65,36 @@ def test_classification_report_against_sklearn():
     assert rep["confusion_matrix"] == confusion_matrix(y, p).tolist()
     prec, rec, f1, sup = precision_recall_fscore_support(y, p)
     assert rep["per_class"]["b"]["recall"] == pytest.approx(rec[1]) and rep["per_class"]["c"]["support"] == sup[2]
+
+
+def list_of_arrays_plan(lengths, batch_size, seed, epoch, pool=64, world_size=1, rank=0):
+    """The plan as bertclf built it before Batches (a list of arrays): the spec the compact plan must equal, so a
+    run resumed mid-epoch across the change sees the same batches."""
+    rng = np.random.default_rng([seed, epoch])
+    order = rng.permutation(len(lengths))
+    global_bs = batch_size * world_size
+    batches = []
+    for start in range(0, len(order), global_bs * pool):
+        chunk = order[start:start + global_bs * pool]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i:i + global_bs] for i in range(0, len(chunk), global_bs)]
+    batches = [batches[i] for i in rng.permutation(len(batches))]
+    if world_size == 1:
+        return batches
+    return [(b if len(b) >= world_size else np.concatenate([b, order[:world_size - len(b)]]))[rank::world_size]
+            for b in batches]
+
+
+@pytest.mark.parametrize("n,batch_size,world_size", [(1003, 32, 1), (1003, 7, 3), (65, 32, 2), (5, 2, 4), (1, 1, 2)])
+def test_the_compact_plan_is_the_list_of_arrays_plan_row_for_row(n, batch_size, world_size):
+    lens = np.random.default_rng(n).integers(3, 120, size=n)
+    for rank in range(world_size):
+        want = list_of_arrays_plan(lens, batch_size, 4, 2, pool=4, world_size=world_size, rank=rank)
+        got = epoch_batches(lens, batch_size, 4, 2, pool=4, world_size=world_size, rank=rank)
+        assert len(got) == len(want)
+        for k in (0, 1, len(want) // 2, len(want)):  # a resumed epoch slices the plan from its step
+            assert len(got[k:]) == len(want[k:])
+            assert all(np.array_equal(a, b) for a, b in zip(got[k:], want[k:]))
+        assert all(np.array_equal(got[i], want[i]) for i in range(len(want)))
+        # one int32 array of rows and one offset per batch: no Python object per batch
+        assert got.rows.dtype == np.int32 and got.rows.nbytes == 4 * sum(map(len, want))
