@@ -114,6 +114,8 @@ def main() -> None:
     ap.add_argument("--procs", type=int, default=2, help="processes of the warm multi-process run (0: none)")
     ap.add_argument("--no-low-memory", action="store_true", help="train without --low-memory")
     ap.add_argument("--no-store", action="store_true", help="also run each size with token ids in memory")
+    ap.add_argument("--warm-only", action="store_true",
+                    help="keep each size's cache from an earlier run and skip the cold run (memory after a change)")
     a = ap.parse_args()
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -125,9 +127,10 @@ def main() -> None:
     for size in [int(float(s)) for s in a.sizes.split(",")]:
         corpus = write_corpus(work / f"corpus-{size}.parquet", size)
         cache = work / f"cache-{size}"
-        shutil.rmtree(cache, ignore_errors=True)
+        if not a.warm_only:
+            shutil.rmtree(cache, ignore_errors=True)
         row = {"rows": size, "parquet_mb": round(corpus.stat().st_size / 1e6, 1)}
-        runs = [("cold", True, 1), ("warm", True, 1)] + ([("procs", True, a.procs)] if a.procs > 1 else []) + (
+        runs = ([] if a.warm_only else [("cold", True, 1)]) + [("warm", True, 1)] + ([("procs", True, a.procs)] if a.procs > 1 else []) + (
             [("memory", False, 1)] if a.no_store else [])
         for name, store, procs in runs:
             row[name] = run_train(corpus, valid, work / "run", cache, store, procs, a.steps, not a.no_low_memory)
@@ -142,6 +145,7 @@ def print_table(table: list[dict], procs: int) -> None:
           f"warm (s) | peak RSS cold / warm (MB) | {procs} processes: peak RSS per rank (MB), disjoint | "
           f"ids in memory: first step (s), RSS (MB) |\n|---|---|---|---|---|---|---|---|---|")
     for r in table:
+        r.setdefault("cold", {"first_step_s": "-", "wall_s": "-", "rss_mb": "-"})  # --warm-only
         mem = f"{r['memory']['first_step_s']}, {r['memory']['rss_mb']}" if "memory" in r else "-"
         multi = (f"{' / '.join(map(str, r['procs']['rank_rss_mb']))}, {'yes' if r['procs']['disjoint'] else 'NO'}"
                  if "procs" in r else "-")
