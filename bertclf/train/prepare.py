@@ -16,7 +16,7 @@ from bertclf.rundir import checkpoint as ckpt
 from bertclf.data import dataset as D
 from bertclf.rundir import layout as rundir
 from bertclf.data import task as T
-from bertclf.data.batches import epoch_batches
+from bertclf.data.batches import Batches, epoch_batches
 from bertclf.train.callbacks import Events
 from bertclf.models.resolve import check_max_length
 from bertclf.train.config import RESUME_KEYS, TrainConfig, trims_vocab
@@ -139,7 +139,7 @@ class Run:
     def autocast_dtype(self):
         return autocast_dtype(self.mixed)
 
-    def batches(self, epoch: int) -> list[np.ndarray]:
+    def batches(self, epoch: int) -> Batches:
         """This process's batches of `epoch`, in order (a pure function of seed and epoch)."""
         return epoch_batches(self.data.train_len, self.plan.eff_batch, self.cfg.seed, epoch, world_size=self.world,
                              rank=self.accelerator.process_index)
