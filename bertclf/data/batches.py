@@ -49,7 +49,8 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, p
     """
     n = len(lengths)
     rng = np.random.default_rng([seed, epoch])
-    order = rng.permutation(n).astype(np.int32 if n < 2**31 else np.int64)
+    order = np.arange(n, dtype=np.int32 if n < 2**31 else np.int64)
+    rng.shuffle(order)  # rng.permutation(n)'s draws and result, without its int64 copy
     head = order[:world_size].copy()  # a short batch's padding rows: the epoch's first, before the sorting
     global_bs = batch_size * world_size
     span = global_bs * pool  # a whole number of global batches: every batch starts at a multiple of global_bs
@@ -68,23 +69,30 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, p
             return Batches(*_concatenated([_rank_share(order, a, k, world_size, rank, head)
                                            for a, k in zip(starts.tolist(), sizes.tolist())]))
         return _rank_batches(order, starts, sizes, world_size, rank)
-    bounds = np.zeros(len(sizes) + 1, dtype=np.int64)
-    np.cumsum(sizes, out=bounds[1:])
-    return Batches(order[_gather_index(starts, sizes, bounds)], bounds)
-
-
-def _gather_index(starts: np.ndarray, sizes: np.ndarray, bounds: np.ndarray) -> np.ndarray:
-    """Positions in the epoch's order of the permuted batches' rows, concatenated (no array per batch)."""
-    return np.arange(bounds[-1], dtype=np.int64) + np.repeat(starts - bounds[:-1], sizes)
+    return _gathered(order, starts, sizes, 1, 0)
 
 
 def _rank_batches(order, starts, sizes, world_size: int, rank: int) -> Batches:
     """Every global batch's rows rank, rank + world_size, ... (each batch has at least world_size rows)."""
+    return _gathered(order, starts, sizes, world_size, rank)
+
+
+GATHER_BATCHES = 1 << 15  # batches gathered at a time: the int64 positions in flight stay ~8 MB at batch 32
+
+
+def _gathered(order, starts, sizes, world_size: int, rank: int) -> Batches:
+    """The batches starting at `starts` (positions in `order`, `sizes` rows each), in that order, each cut to its
+    rows rank, rank + world_size, ...: one array of rows, filled a block of batches at a time."""
     mine = (sizes - rank + world_size - 1) // world_size  # rows of each batch that fall to this rank
     bounds = np.zeros(len(sizes) + 1, dtype=np.int64)
     np.cumsum(mine, out=bounds[1:])
-    within = (np.arange(bounds[-1], dtype=np.int64) - np.repeat(bounds[:-1], mine)) * world_size + rank
-    return Batches(order[np.repeat(starts, mine) + within], bounds)
+    rows = np.empty(int(bounds[-1]), dtype=order.dtype)
+    for lo in range(0, len(sizes), GATHER_BATCHES):
+        hi = min(len(sizes), lo + GATHER_BATCHES)
+        a, b = int(bounds[lo]), int(bounds[hi])
+        within = (np.arange(a, b, dtype=np.int64) - np.repeat(bounds[lo:hi], mine[lo:hi])) * world_size + rank
+        rows[a:b] = order[np.repeat(starts[lo:hi], mine[lo:hi]) + within]
+    return Batches(rows, bounds)
 
 
 def _rank_share(order, start: int, size: int, world_size: int, rank: int, pad: np.ndarray) -> np.ndarray:

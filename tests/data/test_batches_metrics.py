@@ -86,7 +86,12 @@ def list_of_arrays_plan(lengths, batch_size, seed, epoch, pool=64, world_size=1,
 
 
 @pytest.mark.parametrize("n,batch_size,world_size", [(1003, 32, 1), (1003, 7, 3), (65, 32, 2), (5, 2, 4), (1, 1, 2)])
-def test_the_compact_plan_is_the_list_of_arrays_plan_row_for_row(n, batch_size, world_size):
+@pytest.mark.parametrize("gather_batches", [3, 1 << 15])  # many blocks of batches gathered, and one
+def test_the_compact_plan_is_the_list_of_arrays_plan_row_for_row(n, batch_size, world_size, gather_batches,
+                                                                 monkeypatch):
+    import bertclf.data.batches as B
+
+    monkeypatch.setattr(B, "GATHER_BATCHES", gather_batches)
     lens = np.random.default_rng(n).integers(3, 120, size=n)
     for rank in range(world_size):
         want = list_of_arrays_plan(lens, batch_size, 4, 2, pool=4, world_size=world_size, rank=rank)
