@@ -25,6 +25,32 @@ from benchmarks.quality.datasets import TASKS
 PRIORS = (0.5, 0.6, 0.7, 0.8)  # candidate priors of bertclf.models.ngram.choose_weight (the rule: ngram.RULE)
 
 
+def collect(work: Path, name: str) -> None:
+    """Both sides' probabilities on the run's validation rows (rebuilt from its card) and the held-out rows."""
+    from bertclf.data import dataset as D
+    from bertclf.inference.classifier import Classifier
+    from bertclf.train.config import config_from_dict
+
+    run_dir = work / "runs" / name
+    card = json.loads((run_dir / "bertclf.json").read_text(encoding="utf-8"))
+    cfg = config_from_dict(card["args"])
+    _, valid_ds, _ = D.load_training_data(cfg, log=lambda s: None)
+    test_file = work / f"{'hate' if name == 'bias' else name}_test.tsv"  # one split for hate and bias
+    test_ds = D.read_labelled(test_file, cfg.text_col, cfg.label_col, allow_empty_label=bool(cfg.multi_label))
+    clf = Classifier.load(str(run_dir))
+    if clf.partner is None:
+        raise SystemExit(f"{run_dir}: no n-gram partner saved (not kept); rerun it with --ngram on")
+    out = {}
+    for split, ds in (("valid", valid_ds), ("test", test_ds)):
+        parts: dict = {}
+        clf.logits_and_cut(list(ds.texts), parts=parts)
+        out[f"{split}_y"] = clf.task.encode(ds.labels, ds.source)
+        out[f"{split}_encoder"] = clf.task.probs(np.asarray(parts["encoder"], dtype=np.float64))
+        out[f"{split}_ngram"] = clf.task.probs(np.asarray(parts["ngram"], dtype=np.float64))
+    np.savez(work / f"blend_{name}.npz", **out)
+    print(f"{name}: {len(out['valid_y'])} validation rows, {len(out['test_y'])} held-out rows -> blend_{name}.npz")
+
+
 def task_of(work: Path, name: str):
     """The run's task as training built it (metric, kind, labels), from its card."""
     from bertclf.data.task import task_from_card
@@ -65,6 +91,8 @@ def table(work: Path) -> str:
     from bertclf.models import ngram as NG
 
     names = [n for n in TASKS if (work / f"blend_{n}.npz").exists()]
+    if not names:
+        raise SystemExit(f"{work}: no blend_TASK.npz; run `collect` first")
     data = {n: dict(np.load(work / f"blend_{n}.npz")) for n in names}
     sides = {}
     for n, d in data.items():
