@@ -59,22 +59,16 @@ def epoch_batches(lengths: np.ndarray, batch_size: int, seed: int, epoch: int, p
         chunk[:] = chunk[np.argsort(lengths[chunk], kind="stable")]
     starts = np.arange(0, n, global_bs, dtype=np.int64)
     sizes = np.diff(np.append(starts, n))
+    short = n - int(starts[-1]) if n else world_size  # only the sorted order's last batch can be short
+    if short < world_size:
+        # Each rank takes every world_size-th row of each global batch (below). A batch with fewer rows than
+        # ranks borrows rows from the start of the epoch's order, as torch's DistributedSampler pads, so every
+        # rank steps together and the step count matches one process: the borrowed rows follow it in `order`.
+        pad = head[:world_size - short]  # fewer when the epoch has fewer rows than ranks
+        order = np.concatenate([order, pad])
+        sizes[-1] = short + len(pad)
     perm = rng.permutation(len(starts))
-    starts, sizes = starts[perm], sizes[perm]
-    if world_size > 1:
-        # Each rank takes every world_size-th row of each global batch: similar lengths on every rank
-        # (balanced work). A batch with fewer rows than ranks borrows rows from the start of the epoch's order,
-        # as torch's DistributedSampler pads, so every rank steps together and the step count matches one process.
-        if sizes.min() < world_size:
-            return Batches(*_concatenated([_rank_share(order, a, k, world_size, rank, head)
-                                           for a, k in zip(starts.tolist(), sizes.tolist())]))
-        return _rank_batches(order, starts, sizes, world_size, rank)
-    return _gathered(order, starts, sizes, 1, 0)
-
-
-def _rank_batches(order, starts, sizes, world_size: int, rank: int) -> Batches:
-    """Every global batch's rows rank, rank + world_size, ... (each batch has at least world_size rows)."""
-    return _gathered(order, starts, sizes, world_size, rank)
+    return _gathered(order, starts[perm], sizes[perm], world_size, rank)
 
 
 GATHER_BATCHES = 1 << 15  # batches gathered at a time: the int64 positions in flight stay ~8 MB at batch 32
@@ -82,7 +76,8 @@ GATHER_BATCHES = 1 << 15  # batches gathered at a time: the int64 positions in f
 
 def _gathered(order, starts, sizes, world_size: int, rank: int) -> Batches:
     """The batches starting at `starts` (positions in `order`, `sizes` rows each), in that order, each cut to its
-    rows rank, rank + world_size, ...: one array of rows, filled a block of batches at a time."""
+    rows rank, rank + world_size, ... (every rank takes its share of each global batch: similar lengths on every
+    rank, balanced work): one array of rows, filled a block of batches at a time."""
     mine = (sizes - rank + world_size - 1) // world_size  # rows of each batch that fall to this rank
     bounds = np.zeros(len(sizes) + 1, dtype=np.int64)
     np.cumsum(mine, out=bounds[1:])
@@ -93,17 +88,6 @@ def _gathered(order, starts, sizes, world_size: int, rank: int) -> Batches:
         within = (np.arange(a, b, dtype=np.int64) - np.repeat(bounds[lo:hi], mine[lo:hi])) * world_size + rank
         rows[a:b] = order[np.repeat(starts[lo:hi], mine[lo:hi]) + within]
     return Batches(rows, bounds)
-
-
-def _rank_share(order, start: int, size: int, world_size: int, rank: int, pad: np.ndarray) -> np.ndarray:
-    b = order[start:start + size]
-    return (b if size >= world_size else np.concatenate([b, pad[:world_size - size]]))[rank::world_size]
-
-
-def _concatenated(batches: list[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
-    bounds = np.zeros(len(batches) + 1, dtype=np.int64)
-    np.cumsum([len(b) for b in batches], out=bounds[1:])
-    return np.concatenate(batches), bounds
 
 
 def length_sorted_batches(lengths: np.ndarray, batch_size: int) -> list[np.ndarray]:

@@ -124,8 +124,8 @@ def split(cfg, whole: StoredDataset, valid_file, multi: bool, say):
 def encode_labels(cfg, train_ds: StoredDataset, valid_ds, test_ds):
     """The task (from the label values the training rows hold) and the label ids of the three splits; a stored
     split's ids come from encoding its distinct label values once, not a cell per row."""
-    codes = np.flatnonzero(np.bincount(train_ds.codes(), minlength=len(train_ds.label_values)))  # no sorted copy
-    task = T.make_task(cfg, [train_ds.label_values[c] for c in codes.tolist()], train_ds.source)
+    task = T.make_task(cfg, [train_ds.label_values[c] for c in present_codes(train_ds.codes(), train_ds)],
+                       train_ds.source)
     y = (stored_ids(task, train_ds), stored_ids(task, valid_ds) if isinstance(valid_ds, StoredDataset) else
          task.encode(valid_ds.labels, valid_ds.source or "validation"),
          task.encode(test_ds.labels, test_ds.source) if test_ds else None)
@@ -138,11 +138,17 @@ def stored_ids(task, ds: StoredDataset) -> np.ndarray:
     """task.encode of a stored split's labels: its distinct values encoded (an unknown one is the same one-line
     error), then looked up per row."""
     codes = ds.codes()
-    present = np.flatnonzero(np.bincount(codes, minlength=len(ds.label_values)))
-    encoded = task.encode([ds.label_values[c] for c in present.tolist()], ds.source)
+    present = present_codes(codes, ds)
+    encoded = task.encode([ds.label_values[c] for c in present], ds.source)
     # a table from label code to encoded label, indexed per row: no sort and no int64 inverse of 10^7 rows; class
     # ids as int32 (4 bytes a row; collate widens each batch's), multi-hot rows as encoded
     table = np.zeros((len(ds.label_values),) + encoded.shape[1:],
                      dtype=np.int32 if encoded.ndim == 1 else encoded.dtype)
     table[present] = encoded
     return table[codes]
+
+
+def present_codes(codes: np.ndarray, ds: StoredDataset) -> list[int]:
+    """The label codes that occur in `codes` (a stored split's), ascending: a count per label value, no sorted
+    copy of 10^7 codes as np.unique makes."""
+    return np.flatnonzero(np.bincount(codes, minlength=len(ds.label_values))).tolist()

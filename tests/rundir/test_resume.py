@@ -22,6 +22,7 @@ from bertclf.train.config import RESUME_KEYS
 
 from _cli import bertclf, kill_at
 from tiny_runs import tiny_cfg
+from train_hooks import CrashAfter
 
 
 # ---------------------------------------------------------------- --resume refuses changed settings
@@ -135,17 +136,6 @@ def test_resume_with_the_same_settings_is_accepted(resumable):
 
 # ---------------------------------------------------------------- a changed training file, --resume auto
 
-class _StopAt(TrainCallback):
-    """A callback that crashes the run (an exception, as a bug or a lost node would) after step `step`."""
-
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, step):
-        if step == self.step:
-            raise RuntimeError(f"crash after step {step}")
-
-
 class _ResumeAccepted(Exception):
     pass
 
@@ -169,7 +159,7 @@ def test_resume_refuses_a_changed_training_file(tiny_model_dir, nsmc_slices, tmp
     cfg = dict(out=tmp_path / "run", slices={"train": data, "test": nsmc_slices["test"]}, model=tiny_model_dir,
                max_steps=5, checkpoint_every=2, sample=0.2)
     with pytest.raises(RuntimeError, match="crash after step 3"):
-        train(tiny_cfg(**cfg), echo=lambda s: None, callbacks=[_StopAt(3)])
+        train(tiny_cfg(**cfg), echo=lambda s: None, callbacks=[CrashAfter(3)])
     original = data.read_bytes()
     lines = original.decode("utf-8").splitlines(keepends=True)
     data.write_text(lines[0] + lines[2] + lines[1] + "".join(lines[3:]), encoding="utf-8")  # same rows, reordered
@@ -188,10 +178,10 @@ def test_resume_auto_continues_a_checkpoint_or_starts_fresh(tiny_model_dir, nsmc
     out = tmp_path / "run"
     cfg = dict(out=out, slices=nsmc_slices, model=tiny_model_dir, max_steps=5, checkpoint_every=2, sample=0.2)
     with pytest.raises(RuntimeError, match="crash after step 2"):  # before its first checkpoint: fresh start next
-        train(tiny_cfg(**cfg, resume="auto"), echo=lambda s: None, callbacks=[_StopAt(2)])
+        train(tiny_cfg(**cfg, resume="auto"), echo=lambda s: None, callbacks=[CrashAfter(2)])
     assert (out / "train_log.jsonl").exists() and not (out / "checkpoints").exists()
     with pytest.raises(RuntimeError, match="crash after step 3"):
-        train(tiny_cfg(**cfg, resume="auto"), echo=lambda s: None, callbacks=[_StopAt(3)])
+        train(tiny_cfg(**cfg, resume="auto"), echo=lambda s: None, callbacks=[CrashAfter(3)])
 
     begin = _StopAtBegin()
     lines = []

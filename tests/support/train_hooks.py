@@ -48,6 +48,17 @@ DISK_FULL_ENV = "BERTCLF_TEST_DISK_FULL_AT"
 ROWS_READ_ENV = "BERTCLF_TEST_ROWS_READ"
 
 
+class CrashAfter(TrainCallback):
+    """In-process: crash the run (a RuntimeError, as a bug or a lost node would) right after optimizer step `step`."""
+
+    def __init__(self, step: int):
+        self.step = step
+
+    def on_step_end(self, step):
+        if step == self.step:
+            raise RuntimeError(f"crash after step {step}")
+
+
 class PauseAt(TrainCallback):
     KINDS = {"step": "checkpoint-write", "best": "best-write", "best-swap": "best-swap", "final": "final",
              "final-write": "final-write"}

@@ -18,6 +18,7 @@ from bertclf.train.finish import partner_rows
 from bertclf.train.loop import train
 
 from tiny_runs import tiny_cfg
+from train_hooks import CrashAfter
 
 
 def to_parquet(tsv: Path, out: Path, lo: int, hi: int) -> Path:
@@ -98,15 +99,6 @@ def test_the_ngram_partner_fits_on_a_bounded_sample(nsmc_slices, monkeypatch):
     assert said == [f"n-gram partner: fitted on a random 500 of the 3,000 training rows ({ngram.FIT_WHY})"]
 
 
-class _CrashAfter(TrainCallback):
-    def __init__(self, step: int):
-        self.step = step
-
-    def on_step_end(self, step):
-        if step == self.step:
-            raise RuntimeError(f"crash after step {step}")
-
-
 def test_a_streamed_run_resumes_exactly_and_refuses_a_changed_file(tiny_model_dir, nsmc_slices, tmp_path,
                                                                     monkeypatch):
     """Killed after step 3 (checkpoint at 2): the file rewritten with its rows reordered (the same rows, another
@@ -123,7 +115,7 @@ def test_a_streamed_run_resumes_exactly_and_refuses_a_changed_file(tiny_model_di
     cfg = lambda name, **more: tiny_cfg(tmp_path / name, nsmc_slices, tiny_model_dir, **kw, **more)  # noqa: E731
     train(cfg("whole"), echo=lambda s: None)
     with pytest.raises(RuntimeError, match="crash after step 3"):
-        train(cfg("resumed"), echo=lambda s: None, callbacks=[_CrashAfter(3)])
+        train(cfg("resumed"), echo=lambda s: None, callbacks=[CrashAfter(3)])
     original, table = data.read_bytes(), pq.read_table(data)
     pq.write_table(table.take(list(range(1, len(table))) + [0]), data)
     with pytest.raises(UserError, match=r"--resume: .*train\.parquet changed since .*SHA-256 differs"):
