@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from benchmarks.quality.datasets import TASKS
+from benchmarks.quality.datasets import TASKS, split_paths
 
 PRIORS = (0.5, 0.6, 0.7, 0.8)  # candidate priors of bertclf.models.ngram.choose_weight (the rule: ngram.RULE)
 
@@ -35,8 +35,7 @@ def collect(work: Path, name: str) -> None:
     card = json.loads((run_dir / "bertclf.json").read_text(encoding="utf-8"))
     cfg = config_from_dict(card["args"])
     _, valid_ds, _ = D.load_training_data(cfg, log=lambda s: None)
-    test_file = work / f"{'hate' if name == 'bias' else name}_test.tsv"  # one split for hate and bias
-    test_ds = D.read_labelled(test_file, cfg.text_col, cfg.label_col, allow_empty_label=bool(cfg.multi_label))
+    test_ds = D.read_labelled(split_paths(work, name)[1], cfg.text_col, cfg.label_col, allow_empty_label=bool(cfg.multi_label))
     clf = Classifier.load(str(run_dir))
     if clf.partner is None:
         raise SystemExit(f"{run_dir}: no n-gram partner saved (not kept); rerun it with --ngram on")

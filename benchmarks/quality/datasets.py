@@ -76,6 +76,12 @@ def write_tsv(path: Path, header: list[str], rows: list[list[str]]) -> None:
         w.writerows(rows)
 
 
+def split_paths(work: Path, task: str) -> tuple[Path, Path]:
+    """The task's training and held-out files under `work` (make_splits writes them; bias shares hate's split)."""
+    stem = "hate" if task == "bias" else task
+    return work / f"{stem}_train.tsv", work / f"{stem}_test.tsv"
+
+
 def make_splits(work: Path, nsmc_test_frac: float, seed: int = 42, nsmc_texts: int = 0) -> dict[str, tuple]:
     """Seeded held-out splits of the shared files, as TSV files with a header, under `work`. nsmc_texts: also
     WORK/nsmc_texts.tsv, that many other ratings_train.txt reviews, labels dropped (splits["nsmc_texts"])."""
@@ -91,14 +97,14 @@ def make_splits(work: Path, nsmc_test_frac: float, seed: int = 42, nsmc_texts: i
     header = ["comments", "bias", "hate"]
     for name, idx in (("hate_train", train_idx), ("hate_test", test_idx)):
         write_tsv(work / f"{name}.tsv", header, [[rows[i][c] for c in header] for i in idx])
-    out["hate"] = out["bias"] = (work / "hate_train.tsv", work / "hate_test.tsv")
+    out["hate"] = out["bias"] = split_paths(work, "hate")
     # KOTE: header-less in the original; a header is added here (id, text, labels)
     text = (SHARED / "kote" / "val.tsv").read_text(encoding="utf-8")
     kote = [ln.split("\t") for ln in text.splitlines() if ln.strip()]
     test_idx, train_idx = D.stratified_indices([0] * len(kote), 0.2, seed)  # one stratum: a seeded random split
     for name, idx in (("kote_train", train_idx), ("kote_test", test_idx)):
         write_tsv(work / f"{name}.tsv", ["id", "text", "labels"], [kote[i] for i in idx])
-    out["kote"] = (work / "kote_train.tsv", work / "kote_test.tsv")
+    out["kote"] = split_paths(work, "kote")
     # NSMC: 4,000 training reviews, a share of the test file
     train = nsmc("train", SHARED / "nsmc")
     take, _ = D.stratified_indices(train.labels, 4000 / len(train), seed)
@@ -106,7 +112,7 @@ def make_splits(work: Path, nsmc_test_frac: float, seed: int = 42, nsmc_texts: i
     inv = {v: k for k, v in D.NSMC_LABELS.items()}
     write_tsv(work / "nsmc_train.tsv", ["document", "label"], [[train.texts[i], inv[train.labels[i]]] for i in take])
     write_tsv(work / "nsmc_test.tsv", ["document", "label"], [[t, inv[lab]] for t, lab in zip(test.texts, test.labels)])
-    out["nsmc"] = (work / "nsmc_train.tsv", work / "nsmc_test.tsv")
+    out["nsmc"] = split_paths(work, "nsmc")
     if nsmc_texts:  # unlabelled reviews for `train --texts`: never a training or test row
         rest = np.setdiff1d(np.arange(len(train)), take)
         more = np.random.default_rng(seed).choice(rest, min(nsmc_texts, len(rest)), replace=False)
@@ -119,7 +125,7 @@ def make_splits(work: Path, nsmc_test_frac: float, seed: int = 42, nsmc_texts: i
     for name, idx in (("nli_train", train_idx), ("nli_test", test_idx)):
         write_tsv(work / f"{name}.tsv", ["sentence1", "sentence2", "gold_label"],
                   [[nli.texts[i], nli.pairs[i], nli.labels[i]] for i in idx])
-    out["nli"] = (work / "nli_train.tsv", work / "nli_test.tsv")
+    out["nli"] = split_paths(work, "nli")
     return out
 
 
