@@ -136,6 +136,9 @@ class TrainConfig:
     label_smoothing: float = opt(0.0, "share of each target spread over the other labels (0.1 is common; "
                                  "multi-label: each 0/1 pulled that share toward 1/2)", RECIPE, resume=True,
                                  range=SHARE)
+    rdrop: float = opt(0.0, "R-Drop: each row runs twice under two dropout masks and the loss adds this times the "
+                       "symmetric KL between the two predictions (Liang et al. 2021; twice the compute per step); "
+                       "0: off", RECIPE, resume=True, range=Range(0))
     max_grad_norm: float = opt(1.0, "clip the gradient norm to this", RECIPE, resume=True, range=POSITIVE)
     trim_vocab: bool | None = opt(None, "keep only the vocabulary the training texts use (default: on for builtin "
                                   "models: no optimizer work on embedding rows never used; --no-trim-vocab: off)",

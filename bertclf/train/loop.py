@@ -74,7 +74,7 @@ def run_loop(run: Run, events, preemption: Preemption, t_start: float) -> dict:
     compiled = compiled_forward(run)  # None unless --compile
     stepper = Stepper(model, optimizer, run.accelerator, data.train_ids, data.y_train, run.learner.pad_id,
                       plan.eff_batch, cfg.grad_accum, events, run.task, say=run.say, types=data.train_types,
-                      compiled=compiled)
+                      compiled=compiled, rdrop_alpha=cfg.rdrop)
     meter = Meter(run.accelerator, run.world, state.window)
     progress = make_progress(plan.total_steps, state.step, run.main)
     model.train()

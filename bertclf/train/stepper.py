@@ -14,6 +14,7 @@ import math
 import torch
 
 from bertclf.data.batches import collate, split_micro
+from bertclf.train import rdrop
 from bertclf.errors import UserError
 
 # Accelerate's plain data-parallel (DDP) modes, where the loop can hold back the gradient all-reduce itself.
@@ -22,16 +23,19 @@ DDP_TYPES = ("MULTI_GPU", "MULTI_CPU", "MULTI_XPU", "MULTI_NPU", "MULTI_MLU", "M
 
 class Stepper:
     def __init__(self, model, optimizer, accelerator, ids, labels, pad_id: int, eff_batch: int, grad_accum: int,
-                 events, task, say=print, types=None, compiled=None):
+                 events, task, say=print, types=None, compiled=None, rdrop_alpha: float = 0.0):
         """task: bertclf.data.task.SingleLabel | MultiLabel, whose loss (class weights, BCE) and correct count apply;
         types: the rows' token type ids (sentence pairs) or None; compiled: a bertclf.train.compiled.CompiledForward
-        (--compile): the forward that runs, and the static shapes its batches are padded to."""
+        (--compile): the forward that runs, and the static shapes its batches are padded to; rdrop_alpha: --rdrop
+        (bertclf/train/rdrop.py), 0 for off."""
         self.model, self.optimizer, self.acc, self.task = model, optimizer, accelerator, task
         self.ids, self.labels, self.pad_id, self.types = ids, labels, pad_id, types
         self.eff_batch, self.grad_accum, self.events, self.say = eff_batch, grad_accum, events, say
         self.compiled, self.forward = compiled, compiled or model
         self.device, self.world, self.rank = accelerator.device, accelerator.num_processes, accelerator.process_index
         self.agreed_backoff = self.world > 1 and accelerator.distributed_type in DDP_TYPES
+        self.rdrop_alpha = rdrop_alpha
+        self.copies = 2 if rdrop_alpha > 0 else 1  # R-Drop feeds each row twice
 
     def gradients(self, rows, state) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Backward over `rows` for step state.step + 1, gradients averaged over processes; returns the summed
@@ -60,17 +64,19 @@ class Stepper:
         try:
             micro = split_micro(rows, n_micro)
             for i, part in enumerate(micro):
-                batch = {k: v.to(self.device, non_blocking=True) for k, v in self._collate(part, n_micro).items()}
+                fed = rdrop.twice(part) if self.rdrop_alpha else part
+                batch = {k: v.to(self.device, non_blocking=True) for k, v in self._collate(fed, n_micro).items()}
                 # DDP all-reduces gradients inside the last backward; with agreed back-off we do it after.
                 sync = i == len(micro) - 1 and not self.agreed_backoff
                 y = batch.pop("labels")  # the loss is the task's (class weights, BCE), not the model's
                 with self._timed(batch), contextlib.nullcontext() if sync else self.acc.no_sync(self.model):
-                    logits = self.forward(**batch).logits[:len(part)]  # the real rows (compiled: padding rows after)
-                    part_loss = self.task.loss(logits, y)
+                    logits = self.forward(**batch).logits[:len(fed)]  # the real rows (compiled: padding rows after)
+                    part_loss = (rdrop.loss(self.task, logits, y, self.rdrop_alpha) if self.rdrop_alpha
+                                 else self.task.loss(logits, y))
                     self.acc.backward(part_loss * (len(part) / len(rows)))
                 self.events.on_backward(step, i, self.rank)
                 loss += part_loss.detach().float() * len(part)
-                correct += self.task.correct(logits.detach(), y)
+                correct += self.task.correct(logits[:len(part)].detach(), y[:len(part)])
                 nonfinite |= ~torch.isfinite(part_loss.detach())
         except torch.OutOfMemoryError:
             return None  # this frame, and with it the attempt's activations, is freed before the retry
@@ -79,7 +85,7 @@ class Stepper:
     def _collate(self, part, n_micro: int) -> dict:
         if self.compiled is None:
             return collate(self.ids, part, self.pad_id, self.labels, types=self.types)
-        static = self.compiled.shape(math.ceil(self.eff_batch / n_micro))  # every micro-batch padded to the same rows
+        static = self.compiled.shape(self.copies * math.ceil(self.eff_batch / n_micro))  # each padded to the same rows
         return self.compiled.prepare(collate(self.ids, part, self.pad_id, self.labels, types=self.types, **static))
 
     def _timed(self, batch):
