@@ -69,7 +69,7 @@ def judged(work: Path, name: str, d: dict, prior: float) -> dict:
     (single-label; training calibrates the kept model the same way)."""
     from bertclf.data.metrics import expected_calibration_error
     from bertclf.models import ngram as NG
-    from bertclf.train.calibration import fit_temperature
+    from bertclf.train.calibration import kept_temperature
     from scipy.special import softmax
 
     task = task_of(work, name)
@@ -81,7 +81,7 @@ def judged(work: Path, name: str, d: dict, prior: float) -> dict:
     test_z = NG.blended_logits(task, NG.link(d["test_encoder"], multi), d["test_ngram"], w).astype(np.float64)
     out = {"weight": record["weight"], "kept": kept, "score": held_out(name, task, d["test_y"], test_z)}
     if not multi:
-        t = fit_temperature(valid_z, d["valid_y"])
+        t = kept_temperature(valid_z, d["valid_y"])["temperature"]
         out["ece"] = float(expected_calibration_error(d["test_y"], softmax(test_z / t, axis=1)))
     return out
 
@@ -149,17 +149,20 @@ def scan(work: Path) -> str:
 
 
 def calibration(work: Path, weight: float) -> str:
-    """Held-out ECE of the blend at `weight` (single-label tasks): uncalibrated, with the temperature fitted on the
-    validation rows (what training does), with the temperature fitted on the held-out rows themselves (the best
-    any temperature can do), and the ECE that a perfectly calibrated model with these probabilities would show on
-    this many rows (labels drawn from its own probabilities, 20 draws): the measurement's noise floor."""
+    """Held-out ECE of the blend at `weight` (weight 1: the encoder alone; single-label tasks): uncalibrated, with
+    the temperature fitted on the validation rows, with that temperature kept only beyond one standard error
+    (bertclf.train.calibration.kept_temperature: what training does), with the temperature fitted on the held-out
+    rows themselves (the best any temperature can do), and the ECE that a perfectly calibrated model with these
+    probabilities would show on this many rows (labels drawn from its own probabilities, 20 draws): the
+    measurement's noise floor."""
     from bertclf.data.metrics import expected_calibration_error as ece
     from bertclf.models import ngram as NG
-    from bertclf.train.calibration import fit_temperature
+    from bertclf.train.calibration import fit_temperature, kept_temperature
     from scipy.special import softmax
 
-    lines = ["| task | held-out rows | ECE at T = 1 | T fitted on validation: T, ECE | T fitted on the held-out rows: T, "
-             "ECE | a perfectly calibrated model's ECE on as many rows |", "|---|---|---|---|---|---|"]
+    lines = ["| task | held-out rows | ECE at T = 1 | T fitted on validation: T, ECE | the 1-SE rule: NLL gain / SE, "
+             "T, ECE | T fitted on the held-out rows: T, ECE | a perfectly calibrated model's ECE on as many rows |",
+             "|---|---|---|---|---|---|---|"]
     rng = np.random.default_rng(0)
     for n in TASKS:
         if TASKS[n].get("multi_label") or not (work / f"blend_{n}.npz").exists():
@@ -168,12 +171,14 @@ def calibration(work: Path, weight: float) -> str:
         zv = NG.blended_logits(task, np.log(d["valid_encoder"]), d["valid_ngram"], weight).astype(np.float64)
         zt = NG.blended_logits(task, np.log(d["test_encoder"]), d["test_ngram"], weight).astype(np.float64)
         tv, tt = fit_temperature(zv, d["valid_y"]), fit_temperature(zt, d["test_y"])
+        rule = kept_temperature(zv, d["valid_y"])
         p = softmax(zt, axis=1)
         floor = np.mean([ece((rng.random((len(p), 1)) > p.cumsum(1)).sum(1).clip(max=p.shape[1] - 1), p)
                          for _ in range(20)])
         lines.append(f"| {n} | {len(zt):,} | {ece(d['test_y'], p):.3f} | {tv:.3f}, "
-                     f"{ece(d['test_y'], softmax(zt / tv, axis=1)):.3f} | {tt:.3f}, "
-                     f"{ece(d['test_y'], softmax(zt / tt, axis=1)):.3f} | {floor:.3f} |")
+                     f"{ece(d['test_y'], softmax(zt / tv, axis=1)):.3f} | {rule['nll_gain'] / rule['se']:.2f}, "
+                     f"{rule['temperature']:.3f}, {ece(d['test_y'], softmax(zt / rule['temperature'], axis=1)):.3f} | "
+                     f"{tt:.3f}, {ece(d['test_y'], softmax(zt / tt, axis=1)):.3f} | {floor:.3f} |")
     return "\n".join(lines)
 
 

@@ -119,11 +119,16 @@ def _calibrate(run, model, valid_logits, valid_metrics: dict | None) -> tuple[di
                 f"or --valid FILE")
         return None, valid_metrics
     calibration = calibrate(model, valid_logits, data.y_valid)
-    v = calibration["valid"]
+    v, fit = calibration["valid"], calibration["fit"]
     of = "" if model is not None else " of the blend"
-    run.say(f"calibration: temperature {calibration['temperature']:.3f}{of} fitted on {len(data.y_valid)} validation "
-            f"rows; validation ECE {v['ece_before']:.4f} -> {v['ece_after']:.4f}, NLL {v['nll_before']:.4f} -> "
-            f"{v['nll_after']:.4f}")
+    if fit["kept"]:
+        run.say(f"calibration: temperature {calibration['temperature']:.3f}{of} fitted on {len(data.y_valid)} "
+                f"validation rows; validation ECE {v['ece_before']:.4f} -> {v['ece_after']:.4f}, NLL "
+                f"{v['nll_before']:.4f} -> {v['nll_after']:.4f}")
+    else:
+        run.say(f"calibration: temperature{of} kept at 1: the {fit['fitted']:.3f} fitted on {len(data.y_valid)} "
+                f"validation rows lowers their NLL by {fit['nll_gain']:.4f}, within its standard error "
+                f"{fit['se']:.4f} (noise); validation ECE {v['ece_before']:.4f}")
     return calibration, (valid_metrics | {"ece": v["ece_after"]} if valid_metrics else valid_metrics)
 
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 from scipy.special import softmax
 
-from bertclf.train.calibration import MIN_ROWS, fit_temperature, fold_temperature, nll, uncalibrated_probs
+from bertclf.train.calibration import (MIN_ROWS, calibrate, fit_temperature, fold_temperature, kept_temperature, nll,
+                                      uncalibrated_probs)
 from bertclf.data.metrics import expected_calibration_error
 
 from _cli import run_cli  # noqa: E402
@@ -70,6 +71,25 @@ def test_a_perfectly_separated_validation_set_gives_a_finite_temperature():
     logits = np.array([[5.0, -5.0], [-4.0, 4.0]] * 10)
     t = fit_temperature(logits, np.array([0, 1] * 10))
     assert np.isfinite(t) and t > 0
+
+
+def test_a_temperature_within_noise_of_one_is_not_kept():
+    """On 200 rows of a calibrated model the fitted T is noise: T stays 1 and the card says what was fitted and why
+    not kept; a model 3x overconfident keeps its T (the gain is many standard errors)."""
+    for seed in range(5):
+        rng = np.random.default_rng(seed)
+        logits = rng.normal(0, 1.5, (200, 3))
+        y = (rng.random((200, 1)) > softmax(logits, axis=1).cumsum(1)).sum(1).clip(max=2)  # drawn from its own probs
+        choice = kept_temperature(logits, y)
+        assert choice["fitted"] != 1.0 and choice["nll_gain"] > 0  # the fit always finds some gain on its own rows
+        assert not choice["kept"] and choice["temperature"] == 1.0, choice
+        record = calibrate(None, logits, y)
+        assert record["temperature"] == 1.0 and record["fit"]["kept"] is False
+        assert record["valid"]["nll_after"] == record["valid"]["nll_before"]
+    logits, y = overconfident(n=200)
+    choice = kept_temperature(logits, y)
+    assert choice["kept"] and choice["nll_gain"] > 3 * choice["se"] and 2 < choice["temperature"] < 4, choice
+    assert calibrate(None, logits, y)["temperature"] == choice["temperature"]
 
 
 def test_ece_by_hand_and_as_the_report_computes_it():
