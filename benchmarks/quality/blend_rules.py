@@ -7,6 +7,7 @@ that choice scores on the task's held-out rows, beside the encoder and the partn
     python -m benchmarks.quality.blend_rules --work /tmp/ds table                   # the rules, held out
     python -m benchmarks.quality.blend_rules --work /tmp/ds scan                    # held out at every weight
     python -m benchmarks.quality.blend_rules --work /tmp/ds calibration --weight 0.7  # can a temperature reach it?
+    python -m benchmarks.quality.blend_rules --work /tmp/ds calibrators --weight 0.7  # can a richer shape?
 
 collect rebuilds each run's validation split from its card (bertclf.data.dataset.load_training_data: the same seed,
 the same rows), scores the validation and the held-out rows with the encoder and the partner separately
@@ -182,6 +183,48 @@ def calibration(work: Path, weight: float) -> str:
     return "\n".join(lines)
 
 
+def calibrators(work: Path, weight: float) -> str:
+    """Held-out ECE (and accuracy) of richer calibrators than one temperature, each fitted on the validation rows
+    (and, for the best any can do, on the held-out rows themselves): matrix scaling (multinomial logistic regression
+    on the blend's log-probabilities), a stacker (the same on both sides' log-probabilities: it re-weighs them too)
+    and isotonic regression of the top-label confidence (the other classes share the rest in proportion). The
+    question: can any shape fitted on a few hundred validation rows reach ECE <= 0.03 held out?"""
+    from bertclf.data.metrics import expected_calibration_error as ece
+    from sklearn.isotonic import IsotonicRegression
+    from sklearn.linear_model import LogisticRegression
+
+    def isotonic(fit_p, fit_y, p):
+        iso = IsotonicRegression(out_of_bounds="clip", y_min=0, y_max=1)
+        iso.fit(fit_p.max(1), (fit_p.argmax(1) == fit_y).astype(float))
+        top, conf = p.argmax(1), iso.predict(p.max(1))
+        rest = p.copy()
+        rest[np.arange(len(p)), top] = 0
+        rest *= ((1 - conf) / np.maximum(rest.sum(1), 1e-12))[:, None]
+        rest[np.arange(len(p)), top] = conf
+        return rest
+
+    def logistic(fit_x, fit_y, x):
+        return LogisticRegression(C=1e4, max_iter=5000).fit(fit_x, fit_y).predict_proba(x)
+
+    lines = ["| task | validation rows | calibrator | fitted on validation: held-out ECE, accuracy | fitted on the held-out "
+             "rows: ECE |", "|---|---|---|---|---|"]
+    for n in TASKS:
+        if TASKS[n].get("multi_label") or not (work / f"blend_{n}.npz").exists():
+            continue
+        d = dict(np.load(work / f"blend_{n}.npz"))
+        yv, yt = d["valid_y"], d["test_y"]
+        blend = {s: weight * d[f"{s}_encoder"] + (1 - weight) * d[f"{s}_ngram"] for s in ("valid", "test")}
+        log = {s: np.log(np.clip(blend[s], 1e-12, 1)) for s in blend}
+        both = {s: np.log(np.clip(np.hstack([d[f"{s}_encoder"], d[f"{s}_ngram"]]), 1e-12, 1)) for s in blend}
+        for name, make in (("matrix scaling", lambda s, y: logistic(log[s], y, log["test"])),
+                           ("stacker of both sides", lambda s, y: logistic(both[s], y, both["test"])),
+                           ("isotonic, top label", lambda s, y: isotonic(blend[s], y, blend["test"]))):
+            p, oracle = make("valid", yv), make("test", yt)
+            lines.append(f"| {n} | {len(yv)} | {name} | {ece(yt, p):.3f}, {np.mean(p.argmax(1) == yt):.4f} | "
+                         f"{ece(yt, oracle):.3f} |")
+    return "\n".join(lines)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, required=True)
@@ -192,6 +235,8 @@ def main() -> None:
     sub.add_parser("scan")
     cal = sub.add_parser("calibration")
     cal.add_argument("--weight", type=float, default=0.7)
+    richer = sub.add_parser("calibrators")
+    richer.add_argument("--weight", type=float, default=0.7)
     args = ap.parse_args()
     if args.cmd == "collect":
         for name in args.tasks:
@@ -200,6 +245,8 @@ def main() -> None:
         print(table(args.work))
     elif args.cmd == "calibration":
         print(calibration(args.work, args.weight))
+    elif args.cmd == "calibrators":
+        print(calibrators(args.work, args.weight))
     else:
         print(scan(args.work))
 
