@@ -78,7 +78,7 @@ class Trace(TrainCallback):
         from bertclf.train.scoring import gathered_logits
 
         r = self.run
-        lg = gathered_logits(r.unwrapped(), self.ids, r.pad_id, 128, None, r.autocast_dtype)
+        lg = gathered_logits(r.unwrapped(), self.ids, r.learner.pad_id, 128, None, r.autocast_dtype)
         p = torch.softmax(torch.tensor(lg).float(), -1).numpy()
         pred, y = p.argmax(1), self.y
         print(json.dumps({"step": step, "v": tag, "acc": round(accuracy_score(y, pred), 4),
