@@ -190,6 +190,7 @@ def calibrators(work: Path, weight: float) -> str:
     and isotonic regression of the top-label confidence (the other classes share the rest in proportion). The
     question: can any shape fitted on a few hundred validation rows reach ECE <= 0.03 held out?"""
     from bertclf.data.metrics import expected_calibration_error as ece
+    from bertclf.models import ngram as NG
     from sklearn.isotonic import IsotonicRegression
     from sklearn.linear_model import LogisticRegression
 
@@ -213,7 +214,7 @@ def calibrators(work: Path, weight: float) -> str:
             continue
         d = dict(np.load(work / f"blend_{n}.npz"))
         yv, yt = d["valid_y"], d["test_y"]
-        blend = {s: weight * d[f"{s}_encoder"] + (1 - weight) * d[f"{s}_ngram"] for s in ("valid", "test")}
+        blend = {s: NG.blend_probs(d[f"{s}_encoder"], d[f"{s}_ngram"], weight) for s in ("valid", "test")}
         log = {s: np.log(np.clip(blend[s], 1e-12, 1)) for s in blend}
         both = {s: np.log(np.clip(np.hstack([d[f"{s}_encoder"], d[f"{s}_ngram"]]), 1e-12, 1)) for s in blend}
         for name, make in (("matrix scaling", lambda s, y: logistic(log[s], y, log["test"])),

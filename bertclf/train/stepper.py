@@ -35,7 +35,6 @@ class Stepper:
         self.device, self.world, self.rank = accelerator.device, accelerator.num_processes, accelerator.process_index
         self.agreed_backoff = self.world > 1 and accelerator.distributed_type in DDP_TYPES
         self.rdrop_alpha = rdrop_alpha
-        self.copies = 2 if rdrop_alpha > 0 else 1  # R-Drop feeds each row twice
 
     def gradients(self, rows, state) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Backward over `rows` for step state.step + 1, gradients averaged over processes; returns the summed
@@ -85,7 +84,8 @@ class Stepper:
     def _collate(self, part, n_micro: int) -> dict:
         if self.compiled is None:
             return collate(self.ids, part, self.pad_id, self.labels, types=self.types)
-        static = self.compiled.shape(self.copies * math.ceil(self.eff_batch / n_micro))  # each padded to the same rows
+        copies = 2 if self.rdrop_alpha else 1  # R-Drop feeds each row twice
+        static = self.compiled.shape(copies * math.ceil(self.eff_batch / n_micro))  # each padded to the same rows
         return self.compiled.prepare(collate(self.ids, part, self.pad_id, self.labels, types=self.types, **static))
 
     def _timed(self, batch):

@@ -41,3 +41,6 @@ def test_the_table_scores_each_priors_choice_held_out_and_the_worst_gap(tmp_path
     assert "ECE" in lines[0] and "0.0" in BR.scan(tmp_path)
     ece_row = BR.calibration(tmp_path, 0.7).splitlines()[2].split(" | ")
     assert ece_row[0] == "| nsmc" and ece_row[1] == "3,000" and 0 <= float(ece_row[-1].strip(" |")) < 0.1
+    richer = [line.split(" | ") for line in BR.calibrators(tmp_path, 0.7).splitlines()[2:]]
+    assert [r[2] for r in richer] == ["matrix scaling", "stacker of both sides", "isotonic, top label"]
+    assert all(0 <= float(r[3].split(", ")[0]) < 0.1 and 0.85 < float(r[3].split(", ")[1]) for r in richer)
